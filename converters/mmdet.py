@@ -1,0 +1,152 @@
+"""mmdetection GN Mask R-CNN checkpoints (.pth): 1.x (heads at top level, background first)
+and 2.x/3.x (heads under roi_head., background last).
+
+A table of renames, the class-order rule, and where the checkpoint keeps classes and
+preprocessing. No I/O: the engine (gnhub.convert) reads, checks and writes.
+"""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+NAME = "mmdet"
+DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
+
+# (source pattern, gnhub name); patterns are matched against the whole key, in order.
+_GN = r"(weight|bias)"
+RENAMES = [
+    (r"backbone\.(.+)", r"backbone.\1"),
+    (r"neck\.lateral_convs\.(\d)\.conv\.weight", r"fpn.lateral.\1.conv.weight"),
+    (rf"neck\.lateral_convs\.(\d)\.gn\.{_GN}", r"fpn.lateral.\1.norm.\2"),
+    (r"neck\.fpn_convs\.(\d)\.conv\.weight", r"fpn.output.\1.conv.weight"),
+    (rf"neck\.fpn_convs\.(\d)\.gn\.{_GN}", r"fpn.output.\1.norm.\2"),
+    (rf"rpn_head\.rpn_conv\.{_GN}", r"rpn.conv.\1"),
+    (rf"rpn_head\.rpn_cls\.{_GN}", r"rpn.objectness.\1"),
+    (rf"rpn_head\.rpn_reg\.{_GN}", r"rpn.deltas.\1"),
+    (r"(?:roi_head\.)?bbox_head\.shared_convs\.(\d)\.conv\.weight", r"roi_heads.box_head.convs.\1.conv.weight"),
+    (rf"(?:roi_head\.)?bbox_head\.shared_convs\.(\d)\.gn\.{_GN}", r"roi_heads.box_head.convs.\1.norm.\2"),
+    (rf"(?:roi_head\.)?bbox_head\.shared_fcs\.0\.{_GN}", r"roi_heads.box_head.fc.\1"),
+    (rf"(?:roi_head\.)?bbox_head\.fc_cls\.{_GN}", r"roi_heads.box_head.cls_score.\1"),
+    (rf"(?:roi_head\.)?bbox_head\.fc_reg\.{_GN}", r"roi_heads.box_head.bbox_pred.\1"),
+    (r"(?:roi_head\.)?mask_head\.convs\.(\d)\.conv\.weight", r"roi_heads.mask_head.convs.\1.conv.weight"),
+    (rf"(?:roi_head\.)?mask_head\.convs\.(\d)\.gn\.{_GN}", r"roi_heads.mask_head.convs.\1.norm.\2"),
+    (rf"(?:roi_head\.)?mask_head\.upsample\.{_GN}", r"roi_heads.mask_head.upsample.\1"),
+    (rf"(?:roi_head\.)?mask_head\.conv_logits\.{_GN}", r"roi_heads.mask_head.logits.\1"),
+]
+
+# Source tensors that carry no inference weights, reported as dropped.
+DROPPED = [r".*\.num_batches_tracked"]
+
+
+def detect(obj) -> bool:
+    sd = obj.get("state_dict") if isinstance(obj, dict) else None
+    return isinstance(sd, dict) and any(str(k).startswith(("backbone.", "neck.")) for k in sd)
+
+
+def source_tensors(obj) -> dict[str, torch.Tensor]:
+    return obj["state_dict"]
+
+
+def layout_version(keys) -> str:
+    """'1.x' when the heads sit at the top level (background first), else '2.x+'."""
+    return "1.x" if any(k.startswith("bbox_head.") for k in keys) else "2.x+"
+
+
+def reorder_classes(tensors: dict[str, torch.Tensor], version: str) -> None:
+    """1.x put background first in fc_cls and kept a background row in fc_reg and conv_logits.
+
+    gnhub keeps background last in cls_score and none in bbox_pred and logits: move it or drop
+    it (mmdetection's own upgrade tool drops the last bias row of conv_logits instead of the
+    first; gnhub drops the background row of weight and bias alike).
+    """
+    if version != "1.x":
+        return
+    for key in ("roi_heads.box_head.cls_score.weight", "roi_heads.box_head.cls_score.bias"):
+        t = tensors[key]
+        tensors[key] = torch.cat([t[1:], t[:1]])
+    for key in ("roi_heads.box_head.bbox_pred.weight", "roi_heads.box_head.bbox_pred.bias"):
+        tensors[key] = tensors[key][4:]
+    for key in ("roi_heads.mask_head.logits.weight", "roi_heads.mask_head.logits.bias"):
+        tensors[key] = tensors[key][1:]
+
+
+def meta_classes(obj) -> list[str] | None:
+    meta = obj.get("meta") or {}
+    classes = (meta.get("dataset_meta") or {}).get("classes") or meta.get("CLASSES")
+    return [str(c) for c in classes] if classes else None
+
+
+def meta_version(obj) -> str | None:
+    version = (obj.get("meta") or {}).get("mmdet_version")
+    return str(version) if version else None
+
+
+def meta_settings(obj) -> dict:
+    """Preprocessing and test settings read off the embedded config text (parsed, never run).
+
+    Returns a dict with any of: channel_order, mean, std, max_size, size_divisor, rpn.*, roi.*.
+    """
+    text = (obj.get("meta") or {}).get("config")
+    if not isinstance(text, str):
+        return {}
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {}
+    calls = [_literal_kwargs(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    out: dict = {}
+    norm = next((c for c in calls if "mean" in c and "std" in c), None)
+    if norm:
+        out["mean"], out["std"] = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
+        rgb = norm.get("bgr_to_rgb", norm.get("to_rgb", False))
+        out["channel_order"] = "RGB" if rgb else "BGR"
+    pad = next((c for c in calls if "pad_size_divisor" in c or "size_divisor" in c), None)
+    if pad:
+        out["size_divisor"] = int(pad.get("pad_size_divisor", pad.get("size_divisor")))
+    test = _test_pipeline_scale(tree)
+    if test:
+        out["max_size"] = test
+    rpn = next((c for c in calls if "nms_pre" in c and ("max_per_img" in c or "max_num" in c)), None)
+    if rpn:
+        out["rpn.pre_nms_top_n"] = int(rpn["nms_pre"])
+        out["rpn.post_nms_top_n"] = int(rpn.get("max_per_img", rpn.get("max_num")))
+        out["rpn.nms_iou"] = float(rpn.get("nms", {}).get("iou_threshold", rpn.get("nms_thr", 0.7)))
+        out["rpn.min_size"] = float(rpn.get("min_bbox_size", 0))
+    rcnn = next((c for c in calls if "score_thr" in c and "mask_thr_binary" in c), None)
+    if rcnn:
+        out["roi.score_thresh"] = float(rcnn["score_thr"])
+        out["roi.nms_iou"] = float(rcnn["nms"]["iou_threshold"])
+        out["roi.detections_per_image"] = int(rcnn["max_per_img"])
+        out["roi.mask_threshold"] = float(rcnn["mask_thr_binary"])
+    return out
+
+
+def _literal_kwargs(call: ast.Call) -> dict:
+    """The keyword arguments of a call whose values are literals (nested dict(...) included)."""
+    out = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            continue
+        if isinstance(kw.value, ast.Call):
+            out[kw.arg] = _literal_kwargs(kw.value)
+            continue
+        try:
+            out[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            continue
+    return out
+
+
+def _test_pipeline_scale(tree: ast.Module) -> tuple[int, int] | None:
+    """The (long, short) resize scale of the test pipeline (3.x `scale=`, 2.x `img_scale=`)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "test_pipeline" for t in node.targets
+        ):
+            for call in (n for n in ast.walk(node.value) if isinstance(n, ast.Call)):
+                kw = _literal_kwargs(call)
+                scale = kw.get("scale", kw.get("img_scale"))
+                if isinstance(scale, (tuple, list)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
+                    return (max(scale), min(scale))
+    return None

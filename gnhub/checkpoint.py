@@ -1,0 +1,147 @@
+"""Reading checkpoints safely and writing model directories atomically."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import GnhubError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 1.26
+    from numpy.core import multiarray
+
+# Beyond tensors and plain containers, the only objects a real checkpoint's `meta` holds are
+# numpy scalars and arrays (mmcv/mmengine record seeds and versions with them). Pickles name
+# numpy's internals by the module path of the numpy that wrote them: admit both spellings.
+_NUMPY_GLOBALS = [
+    np.dtype,
+    np.ndarray,
+    *{type(np.dtype(t)) for t in "?bBhHiIlLqQefdgFDG"},
+    *[(fn, f"{mod}.multiarray.{fn.__name__}") for fn in (multiarray._reconstruct, multiarray.scalar)
+      for mod in ("numpy.core", "numpy._core")],
+]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_input_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise GnhubError(f"{path}: no such file")
+    if path.is_dir():
+        raise GnhubError(f"{path}: is a directory, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise GnhubError(f"{path}: the file is empty; download it again")
+    return path
+
+
+def read_torch_checkpoint(path: str | Path) -> object:
+    """torch.load with weights_only=True (no code runs); numpy scalars/arrays are admitted."""
+    path = check_input_file(path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise GnhubError(
+            f"{path}: refused to unpickle: {reason.strip()}. gnhub only reads tensors, numbers, "
+            "strings and containers, so nothing in the file can run code"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextmanager
+def atomic_dir(dest: str | Path, force: bool = False):
+    """Yields a fresh temporary directory beside `dest` that becomes `dest` on success.
+
+    On any error (or interrupt) the temporary directory is removed and an existing `dest` is
+    left as it was. An existing `dest` is replaced only with `force`.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / "x")
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_dir(
+    dest: str | Path,
+    config: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    force: bool = False,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Writes config.json + model.safetensors (+ whatever `extra(tmpdir)` writes), atomically."""
+    dest = Path(dest)
+    with atomic_dir(dest, force) as tmp:
+        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt", "gnhub": "1"})
+        config.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
+        config.save(tmp / CONFIG_FILE)
+        if extra is not None:
+            extra(tmp)
+    return dest
+
+
+def read_model_dir(path: str | Path, check_hash: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """config.json + model.safetensors of a gnhub model directory, the weights' sha256 checked."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GnhubError(f"{path}: not a gnhub model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise GnhubError(f"{path}: {name} is missing; convert the model again")
+    config = ModelConfig.load(path / CONFIG_FILE)
+    weights = path / WEIGHTS_FILE
+    if check_hash and config.weights_sha256 and sha256_file(weights) != config.weights_sha256:
+        raise GnhubError(
+            f"{weights}: sha256 does not match config.json's weights_sha256; the file is corrupt "
+            "or was changed: download or convert it again"
+        )
+    try:
+        state_dict = load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise GnhubError(f"{weights}: not a readable safetensors file ({_first_line(e)})") from None
+    return config, state_dict

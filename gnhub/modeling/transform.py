@@ -1,0 +1,103 @@
+"""Images in, network batch out: loading, channel order, aspect-keeping resize, normalise, pad."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from ..config import PreprocessConfig
+from ..errors import GnhubError
+
+def load_image(image) -> np.ndarray:
+    """A path, PIL image or HxW(x3|x4) uint8 array -> HxWx3 uint8 RGB array.
+
+    Grayscale is repeated to three channels, alpha is dropped, EXIF orientation is applied
+    (as OpenCV's imread does for mmdetection).
+    """
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                image = ImageOps.exif_transpose(im).convert("RGB")
+        except FileNotFoundError:
+            raise GnhubError(f"{image}: no such image file") from None
+        except IsADirectoryError:
+            raise GnhubError(f"{image}: is a directory, expected an image file") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise GnhubError(f"{image}: not a readable image ({e})") from None
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise GnhubError(
+            f"expected an image path, PIL image or numpy array, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise GnhubError(f"image array has dtype {image.dtype}; pass uint8 RGB values 0-255")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise GnhubError(f"image array has shape {image.shape}; expected HxWx3 RGB (or HxW, HxWx4)")
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+@dataclass
+class ImageBatch:
+    """Normalised, zero-padded images and the geometry needed to map results back."""
+
+    tensor: Tensor  # (B, 3, H, W), channels in network order
+    image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padding
+    original_sizes: list[tuple[int, int]]  # (h, w) of each input image
+    scale_factors: list[tuple[float, float]]  # (w, h): resized / original
+
+
+class Preprocessor:
+    def __init__(self, cfg: PreprocessConfig):
+        if cfg.channel_order not in ("RGB", "BGR"):
+            raise GnhubError(f"preprocess.channel_order must be RGB or BGR, got {cfg.channel_order!r}")
+        self.cfg = cfg
+
+    def resize(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """RGB uint8 -> network-order uint8 fitting in max_size, and the (w, h) scale factor.
+
+        The scale and rounding are mmcv's `imrescale`; the interpolation is OpenCV's bilinear on
+        uint8, the same call mmdetection makes.
+        """
+        h, w = rgb.shape[:2]
+        long_side, short_side = max(self.cfg.max_size), min(self.cfg.max_size)
+        scale = min(long_side / max(h, w), short_side / min(h, w))
+        new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+        img = rgb[:, :, ::-1] if self.cfg.channel_order == "BGR" else rgb
+        img = cv2.resize(np.ascontiguousarray(img), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        return img, (new_w / w, new_h / h)
+
+    def batch(
+        self,
+        images: list[np.ndarray],
+        original_sizes: list[tuple[int, int]],
+        scale_factors: list[tuple[float, float]],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> ImageBatch:
+        """Network-order uint8 HxWx3 images -> one normalised batch padded to size_divisor."""
+        div = self.cfg.size_divisor
+        ph = math.ceil(max(im.shape[0] for im in images) / div) * div
+        pw = math.ceil(max(im.shape[1] for im in images) / div) * div
+        mean = torch.tensor(self.cfg.mean, device=device).view(-1, 1, 1)
+        std = torch.tensor(self.cfg.std, device=device).view(-1, 1, 1)
+        out = torch.zeros(len(images), 3, ph, pw, device=device, dtype=dtype)
+        for i, im in enumerate(images):
+            x = torch.from_numpy(im).to(device).permute(2, 0, 1).float()
+            out[i, :, : im.shape[0], : im.shape[1]] = (x - mean) / std
+        sizes = [im.shape[:2] for im in images]
+        return ImageBatch(out, sizes, list(original_sizes), list(scale_factors))
+
+    def __call__(self, rgbs: list[np.ndarray], device="cpu", dtype=torch.float32) -> ImageBatch:
+        resized = [self.resize(im) for im in rgbs]
+        return self.batch(
+            [r[0] for r in resized], [im.shape[:2] for im in rgbs], [r[1] for r in resized], device, dtype
+        )
