@@ -13,29 +13,30 @@ import torch
 NAME = "mmdet"
 DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
 
-# (source pattern, gnhub name); patterns are matched against the whole key, in order.
-_GN = r"(weight|bias)"
+# (source name, gnhub name) templates; {i}, {p} (weight|bias) and {rest} are the engine's
+# placeholders, {roi} this format's own: the "roi_head." prefix of 2.x+, absent in 1.x.
 RENAMES = [
-    (r"backbone\.(.+)", r"backbone.\1"),
-    (r"neck\.lateral_convs\.(\d)\.conv\.weight", r"fpn.lateral.\1.conv.weight"),
-    (rf"neck\.lateral_convs\.(\d)\.gn\.{_GN}", r"fpn.lateral.\1.norm.\2"),
-    (r"neck\.fpn_convs\.(\d)\.conv\.weight", r"fpn.output.\1.conv.weight"),
-    (rf"neck\.fpn_convs\.(\d)\.gn\.{_GN}", r"fpn.output.\1.norm.\2"),
-    (rf"rpn_head\.rpn_conv\.{_GN}", r"rpn.conv.\1"),
-    (rf"rpn_head\.rpn_cls\.{_GN}", r"rpn.objectness.\1"),
-    (rf"rpn_head\.rpn_reg\.{_GN}", r"rpn.deltas.\1"),
-    (r"(?:roi_head\.)?bbox_head\.shared_convs\.(\d)\.conv\.weight", r"roi_heads.box_head.convs.\1.conv.weight"),
-    (rf"(?:roi_head\.)?bbox_head\.shared_convs\.(\d)\.gn\.{_GN}", r"roi_heads.box_head.convs.\1.norm.\2"),
-    (rf"(?:roi_head\.)?bbox_head\.shared_fcs\.0\.{_GN}", r"roi_heads.box_head.fc.\1"),
-    (rf"(?:roi_head\.)?bbox_head\.fc_cls\.{_GN}", r"roi_heads.box_head.cls_score.\1"),
-    (rf"(?:roi_head\.)?bbox_head\.fc_reg\.{_GN}", r"roi_heads.box_head.bbox_pred.\1"),
-    (r"(?:roi_head\.)?mask_head\.convs\.(\d)\.conv\.weight", r"roi_heads.mask_head.convs.\1.conv.weight"),
-    (rf"(?:roi_head\.)?mask_head\.convs\.(\d)\.gn\.{_GN}", r"roi_heads.mask_head.convs.\1.norm.\2"),
-    (rf"(?:roi_head\.)?mask_head\.upsample\.{_GN}", r"roi_heads.mask_head.upsample.\1"),
-    (rf"(?:roi_head\.)?mask_head\.conv_logits\.{_GN}", r"roi_heads.mask_head.logits.\1"),
+    ("backbone.{rest}", "backbone.{rest}"),
+    ("neck.lateral_convs.{i}.conv.weight", "fpn.lateral.{i}.conv.weight"),
+    ("neck.lateral_convs.{i}.gn.{p}", "fpn.lateral.{i}.norm.{p}"),
+    ("neck.fpn_convs.{i}.conv.weight", "fpn.output.{i}.conv.weight"),
+    ("neck.fpn_convs.{i}.gn.{p}", "fpn.output.{i}.norm.{p}"),
+    ("rpn_head.rpn_conv.{p}", "rpn.conv.{p}"),
+    ("rpn_head.rpn_cls.{p}", "rpn.objectness.{p}"),
+    ("rpn_head.rpn_reg.{p}", "rpn.deltas.{p}"),
+    ("{roi}bbox_head.shared_convs.{i}.conv.weight", "roi_heads.box_head.convs.{i}.conv.weight"),
+    ("{roi}bbox_head.shared_convs.{i}.gn.{p}", "roi_heads.box_head.convs.{i}.norm.{p}"),
+    ("{roi}bbox_head.shared_fcs.0.{p}", "roi_heads.box_head.fc.{p}"),
+    ("{roi}bbox_head.fc_cls.{p}", "roi_heads.box_head.cls_score.{p}"),
+    ("{roi}bbox_head.fc_reg.{p}", "roi_heads.box_head.bbox_pred.{p}"),
+    ("{roi}mask_head.convs.{i}.conv.weight", "roi_heads.mask_head.convs.{i}.conv.weight"),
+    ("{roi}mask_head.convs.{i}.gn.{p}", "roi_heads.mask_head.convs.{i}.norm.{p}"),
+    ("{roi}mask_head.upsample.{p}", "roi_heads.mask_head.upsample.{p}"),
+    ("{roi}mask_head.conv_logits.{p}", "roi_heads.mask_head.logits.{p}"),
 ]
+PLACEHOLDERS = {"roi": (r"(?:roi_head\.)?", "roi_head.")}  # name: (pattern, value when writing)
 
-# Source tensors that carry no inference weights, reported as dropped.
+# Source tensors that carry no inference weights (regular expressions), reported as dropped.
 DROPPED = [r".*\.num_batches_tracked"]
 
 

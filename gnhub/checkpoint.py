@@ -65,11 +65,13 @@ def read_torch_checkpoint(path: str | Path) -> object:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+        if refused is None:
+            raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({lines[0] if lines else e})") from None
         raise GnhubError(
-            f"{path}: refused to unpickle: {reason.strip()}. gnhub only reads tensors, numbers, "
-            "strings and containers, so nothing in the file can run code"
+            f"{path}: refused to unpickle: {refused}. gnhub only reads tensors, numbers, strings "
+            "and containers, so nothing in the file can run code"
         ) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, zoo
-from .checkpoint import check_input_file, read_torch_checkpoint, sha256_file, write_model_dir
+from .checkpoint import check_input_file, read_torch_checkpoint, sha256_file
 from .config import COCO_CLASSES, ModelConfig
 from .converters import FORMATS
 from .errors import GnhubError
@@ -21,20 +21,61 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
 
-def map_tensors(source: dict[str, torch.Tensor], converter, where: str):
-    """Applies the converter's renames to every source tensor: (mapped, dropped names).
+_PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+", None)}
 
-    Every tensor is either renamed or matched by the converter's DROPPED patterns; anything
-    else, or two tensors mapped to one name, stops the conversion.
+
+class RenameTable:
+    """A converter's (source, gnhub) name templates, usable in both directions."""
+
+    def __init__(self, converter):
+        holders = {**_PLACEHOLDERS, **getattr(converter, "PLACEHOLDERS", {})}
+        self.defaults = {k: v for k, (_, v) in holders.items() if v is not None}
+        self.rules = [
+            (_compile(src, holders), src, _compile(dst, holders), dst) for src, dst in converter.RENAMES
+        ]
+        self.dropped = [re.compile(p) for p in converter.DROPPED]
+
+    def to_gnhub(self, key: str) -> str | None:
+        for src_re, _, _, dst in self.rules:
+            m = src_re.fullmatch(key)
+            if m:
+                return dst.format(**m.groupdict())
+        return None
+
+    def to_source(self, key: str) -> str | None:
+        for _, src, dst_re, _ in self.rules:
+            m = dst_re.fullmatch(key)
+            if m:
+                return src.format(**{**self.defaults, **m.groupdict()})
+        return None
+
+    def is_dropped(self, key: str) -> bool:
+        return any(p.fullmatch(key) for p in self.dropped)
+
+
+def _compile(template: str, holders: dict) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile(
+        "".join(f"(?P<{p}>{holders[p][0]})" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+    )
+
+
+def map_tensors(source: dict[str, torch.Tensor], converter, where: str):
+    """Renames every source tensor by the converter's table: (mapped, dropped names).
+
+    Every tensor is either matched by the converter's DROPPED patterns or renamed; anything
+    else, a non-tensor, or two tensors mapped to one name stops the conversion.
     """
-    rules = [(re.compile(p), repl) for p, repl in converter.RENAMES]
+    table = RenameTable(converter)
     mapped, dropped, unknown = {}, [], []
     for key, tensor in source.items():
-        rule = next((r for r in rules if r[0].fullmatch(key)), None)
-        if rule is None:
-            (dropped if any(re.fullmatch(p, key) for p in converter.DROPPED) else unknown).append(key)
+        if table.is_dropped(key):
+            dropped.append(key)
             continue
-        new = rule[0].sub(rule[1], key)
+        new = table.to_gnhub(key)
+        if new is None:
+            unknown.append(key)
+            continue
         if new in mapped:
             raise GnhubError(f"{where}: two source tensors map to {new}")
         if not isinstance(tensor, torch.Tensor):

@@ -14,6 +14,7 @@ from torch import Tensor
 from ..config import PreprocessConfig
 from ..errors import GnhubError
 
+
 def load_image(image) -> np.ndarray:
     """A path, PIL image or HxW(x3|x4) uint8 array -> HxWx3 uint8 RGB array.
 

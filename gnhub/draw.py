@@ -1,0 +1,36 @@
+"""Overlay pictures: translucent masks, boxes, class names and scores, sized to the image."""
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """n well-separated colours (golden-ratio hues)."""
+    return [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 1.0)) for i in range(n)
+    ]
+
+
+def overlay(rgb: np.ndarray, result: dict, classes: tuple[str, ...], alpha: float = 0.45) -> Image.Image:
+    """The image with each detection's mask, box and "class score" label drawn on it."""
+    img = rgb.astype(np.float32)
+    colors = palette(len(classes))
+    labels = result["labels"].tolist()
+    for mask, label in zip(result["masks"].numpy(), labels):
+        img[mask] = (1 - alpha) * img[mask] + alpha * np.array(colors[label], np.float32)
+    out = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    h, w = rgb.shape[:2]
+    line = max(1, round(min(h, w) / 300))
+    font = ImageFont.load_default(size=max(10, round(min(h, w) / 40)))
+    for box, label, score in zip(result["boxes"].tolist(), labels, result["scores"].tolist()):
+        draw.rectangle(box, outline=colors[label], width=line)
+        text = f"{classes[label]} {score:.2f}"
+        x0, y0 = box[0], max(0, box[1] - font.size - 2 * line)
+        tb = draw.textbbox((x0, y0), text, font=font)
+        draw.rectangle((tb[0] - line, tb[1] - line, tb[2] + line, tb[3] + line), fill=colors[label])
+        draw.text((x0, y0), text, fill=(0, 0, 0), font=font)
+    return out

@@ -1,0 +1,115 @@
+"""Batch prediction over files, folders and globs: overlay PNGs and COCO-format results."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import rle
+from .draw import overlay
+from .errors import GnhubError
+from .modeling import GNMaskRCNN
+from .modeling.transform import load_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            paths.append(p)
+        elif glob.has_magic(item):
+            paths += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        else:
+            raise GnhubError(f"{item}: no such image, folder or matching pattern")
+    if not paths:
+        raise GnhubError(f"no images found in {' '.join(inputs)}")
+    return paths
+
+
+def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
+    """COCO results format: bbox as [x, y, w, h], segmentation as compressed RLE."""
+    out = []
+    for box, score, label, mask in zip(
+        result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), result["masks"].numpy()
+    ):
+        x0, y0, x1, y1 = box
+        out.append({
+            "image_id": image_id,
+            "category_id": label,
+            "category": classes[label],
+            "bbox": [round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0)],
+            "score": round(score, 5),
+            "segmentation": rle.encode(mask),
+        })
+    return out
+
+
+def predict_files(
+    model: GNMaskRCNN,
+    paths: list[Path],
+    out_dir: Path,
+    batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all.
+
+    Unreadable images are skipped and listed; returns a summary.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = model.config.classes
+    results, skipped, written = [], [], []
+    used: set[str] = set()
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch_size):
+        chunk, images = [], []
+        for p in paths[i : i + batch_size]:
+            try:
+                images.append(load_image(p))
+                chunk.append(p)
+            except GnhubError as e:
+                skipped.append(str(e))
+        preds = model.predict(images, batch_size=batch_size) if images else []
+        for p, rgb, pred in zip(chunk, images, preds):
+            stem = _unique(p.stem, used)
+            dets = detections_json(pred, classes, p.name)
+            _atomic_write(out_dir / f"{stem}.json", json.dumps({"image": str(p), "detections": dets}, indent=1))
+            tmp = out_dir / f".{stem}.png.tmp"
+            overlay(rgb, pred, classes).save(tmp, format="PNG")
+            os.replace(tmp, out_dir / f"{stem}.png")
+            results += dets
+            written.append(stem)
+        if progress:
+            progress(len(paths[i : i + batch_size]))
+    _atomic_write(out_dir / "results.json", json.dumps(results))
+    seconds = time.perf_counter() - start
+    return {
+        "images": len(written),
+        "skipped": skipped,
+        "detections": len(results),
+        "out": str(out_dir),
+        "images_per_second": round(len(written) / seconds, 3) if seconds else None,
+    }
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+    used.add(name)
+    return name
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

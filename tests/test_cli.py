@@ -1,0 +1,126 @@
+"""The `gnhub` command as a user runs it: real processes, exit codes, files written."""
+import json
+import os
+import pickle
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from gnhub.samples import sample_images
+
+GNHUB = [sys.executable, "-m", "gnhub"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(GNHUB + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
+
+
+def test_help_lists_commands():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for cmd in ("convert", "predict", "demo"):
+        assert cmd in proc.stdout
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no such file"),
+    ("dir", "is a directory"),
+    (b"", "empty"),
+    (random.Random(0).randbytes(4096), "not a readable PyTorch checkpoint"),
+])
+def test_convert_bad_files(tmp_path, content, fragment):
+    path = tmp_path if content == "dir" else tmp_path / "x.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    assert_one_line_error(run("convert", path, "-o", tmp_path / "out"), str(path), fragment)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_hostile_checkpoint_is_refused_and_never_runs(tmp_path, legacy):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "meta": _Payload(marker)}, path, _use_new_zipfile_serialization=not legacy)
+    proc = run("convert", path, "-o", tmp_path / "out")
+    assert_one_line_error(proc, "refused to unpickle", "system")
+    assert not marker.exists()
+
+
+def test_hostile_bare_pickle_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"state_dict": {}, "meta": _Payload(marker)}))
+    assert_one_line_error(run("convert", path, "-o", tmp_path / "out"), str(path))
+    assert not marker.exists()
+
+
+def test_convert_then_predict(reference_checkpoint, tmp_path):
+    proc = run("convert", reference_checkpoint, "-o", tmp_path / "m", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["tensors"] == 223 and summary["depth"] == 50
+    assert_one_line_error(run("convert", reference_checkpoint, "-o", tmp_path / "m"), "--force")
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sample_images()[2:]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "broken.png").write_bytes(b"nope")
+    proc = run("predict", images, "--model", tmp_path / "m", "--out", tmp_path / "pred")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stderr and "broken.png" in proc.stderr
+    assert re.search(r"2 images .* 1 skipped", proc.stdout)
+    out = tmp_path / "pred"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.json", "square.json", "square.png", "tiny.json", "tiny.png"
+    ]
+    results = json.loads((out / "results.json").read_text())
+    per_image = json.loads((out / "square.json").read_text())["detections"]
+    assert results and all(set(r) >= {"image_id", "category_id", "bbox", "score", "segmentation"} for r in results)
+    assert len(per_image) == sum(r["image_id"] == "square.png" for r in results)
+
+
+def test_predict_errors(tmp_path):
+    assert_one_line_error(run("predict", tmp_path / "nope.jpg", "--model", tmp_path), "no such image")
+    assert_one_line_error(run("predict", sample_images()[0], "--model", tmp_path / "m"), "no such model")
+
+
+def test_readme_main_job_runs(tmp_path):
+    """The README's main job: `gnhub demo` end to end, nothing downloaded."""
+    proc = run("demo", "--out", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "UNTRAINED" in proc.stdout
+    pngs = sorted(p.name for p in (tmp_path / "demo" / "predictions").glob("*.png"))
+    assert pngs == sorted(p.name for p in sample_images())
+
+
+def test_readme_commands_match_ci():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = re.search(r"\*\*Run the tests\*\*.*?```bash\n(.+?)\n```", readme, re.S).group(1)
+    main_cmd = re.search(r"\*\*Run the main job\*\*.*?```bash\n(.+?)\n```", readme, re.S).group(1)
+    assert test_cmd in ci.splitlines()
+    assert main_cmd.endswith("gnhub demo")
+    assert Path(ROOT / ".ci" / "run").stat().st_mode & 0o111

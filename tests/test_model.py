@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from conftest import small_config
+from PIL import Image
+
+from gnhub import GNMaskRCNN, load
+from gnhub.demo import deterministic_weights
+from gnhub.errors import GnhubError
+from gnhub.samples import sample_images
+
+
+@pytest.mark.parametrize("depth,blocks", [(50, (3, 4, 6, 3)), (101, (3, 4, 23, 3))])
+def test_stage_shapes_and_dtypes(depth, blocks):
+    model = GNMaskRCNN(small_config(depth, num_classes=7))
+    model.load_state_dict(deterministic_weights(model))
+    assert tuple(len(getattr(model.backbone, f"layer{i}")) for i in range(1, 5)) == blocks
+    image = np.asarray(Image.open(sample_images()[0]).convert("RGB"))  # 320x480 -> 192x288
+    rec = model.inspect(image)
+    assert rec["input"].shape == (1, 3, 192, 288)
+    for i, (ch, stride) in enumerate(zip((256, 512, 1024, 2048), (4, 8, 16, 32))):
+        assert rec[f"backbone.c{i + 2}"].shape == (1, ch, 192 // stride, 288 // stride)
+    for lvl, stride in zip(range(2, 7), (4, 8, 16, 32, 64)):
+        h, w = -(-192 // stride), -(-288 // stride)
+        assert rec[f"fpn.p{lvl}"].shape == (1, 256, h, w)
+        assert rec[f"rpn.objectness.p{lvl}"].shape == (1, 3, h, w)
+        assert rec[f"rpn.deltas.p{lvl}"].shape == (1, 12, h, w)
+    n = len(rec["proposals"])
+    assert 0 < n <= 1000 and rec["proposals"].shape == (n, 4)
+    assert torch.all(rec["proposal_scores"][:-1] >= rec["proposal_scores"][1:])
+    assert rec["roi.cls_logits"].shape == (n, 8) and rec["roi.box_deltas"].shape == (n, 28)
+    d = len(rec["boxes"])
+    assert 0 < d <= 100
+    assert rec["mask_logits"].shape == (d, 28, 28)
+    assert rec["masks"].shape == (d, 320, 480) and rec["masks"].dtype == torch.bool
+    assert rec["labels"].dtype == torch.int64 and int(rec["labels"].max()) < 7
+    assert all(t.dtype == torch.float32 for k, t in rec.items() if k not in ("labels", "masks"))
+    assert float(rec["boxes"][:, 2].max()) <= 480 and float(rec["boxes"][:, 3].max()) <= 320
+
+
+def test_save_load_round_trip_is_bit_identical(small_model, tmp_path):
+    small_model.save_pretrained(tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    for k, v in small_model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    a, b = small_model.predict(sample_images()[2]), loaded.predict(sample_images()[2])
+    assert len(a["boxes"]) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_save_refuses_to_overwrite_without_force(small_model, tmp_path):
+    small_model.save_pretrained(tmp_path / "m")
+    with pytest.raises(GnhubError, match="--force"):
+        small_model.save_pretrained(tmp_path / "m")
+    small_model.save_pretrained(tmp_path / "m", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary leftovers
+
+
+def test_corrupt_weights_are_refused(small_model, tmp_path):
+    small_model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GnhubError, match="sha256"):
+        load(tmp_path / "m")
+
+
+def test_predictions_do_not_depend_on_input_type(small_model):
+    path = sample_images()[1]
+    pil = Image.open(path)
+    arr = np.asarray(pil.convert("RGB"))
+    results = [small_model.predict(x) for x in (path, str(path), pil, arr)]
+    for other in results[1:]:
+        for k in results[0]:
+            assert torch.equal(results[0][k], other[k]), k
+
+
+def test_batch_equals_single_images(small_model):
+    paths = sample_images()
+    singles = [small_model.predict(p) for p in paths]
+    batched = small_model.predict(paths + [paths[0]], batch_size=4)
+    assert len(batched) == 5
+    for s, b in zip(singles + [singles[0]], batched):
+        assert torch.equal(s["labels"], b["labels"])
+        torch.testing.assert_close(s["boxes"], b["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(s["scores"], b["scores"], rtol=0, atol=1e-5)
+
+
+def test_image_conversions(small_model):
+    rgb = np.asarray(Image.open(sample_images()[3]).convert("RGB"))
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    assert small_model.predict(gray)["masks"].shape[1:] == gray.shape
+    torch.testing.assert_close(small_model.predict(rgba)["boxes"], small_model.predict(rgb)["boxes"])
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("/no/such/image.jpg", "no such image file"),
+        (np.zeros((10, 10, 3), np.float32), "dtype float32"),
+        (np.zeros((10, 10, 2), np.uint8), "shape"),
+        ([], "empty list"),
+        (42, "got int"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(small_model, bad, match):
+    with pytest.raises(GnhubError, match=match):
+        small_model.predict(bad)
+
+
+def test_not_an_image_file(small_model, tmp_path):
+    (tmp_path / "x.jpg").write_bytes(b"not an image")
+    with pytest.raises(GnhubError, match="not a readable image"):
+        small_model.predict(tmp_path / "x.jpg")
+    with pytest.raises(GnhubError, match="directory"):
+        small_model.predict(tmp_path)
