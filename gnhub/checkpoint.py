@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
+import struct
+import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .errors import GnhubError
@@ -40,9 +43,10 @@ _NUMPY_GLOBALS = [
 
 
 def sha256_file(path: str | Path) -> str:
+    """In 16 MiB chunks: hashing releases the GIL, so few chunks let it run beside other work."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
     return h.hexdigest()
 
@@ -59,11 +63,16 @@ def check_input_file(path: str | Path) -> Path:
 
 
 def read_torch_checkpoint(path: str | Path) -> object:
-    """torch.load with weights_only=True (no code runs); numpy scalars/arrays are admitted."""
+    """torch.load with weights_only=True (no code runs); numpy scalars/arrays are admitted.
+
+    Zip checkpoints are memory-mapped: tensors are read from the file as they are used.
+    """
     path = check_input_file(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines()]
         refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
@@ -108,23 +117,51 @@ def atomic_dir(dest: str | Path, force: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> str:
+    """Writes a safetensors file and returns its sha256, hashing each tensor while it is written."""
+    if sys.byteorder != "little":
+        raise GnhubError("writing safetensors needs a little-endian machine")
+    header: dict = {"__metadata__": metadata}
+    items, offset = [], 0
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        items.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    prefix = struct.pack("<Q", len(text)) + text
+    digest = hashlib.sha256(prefix)
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
+        f.write(prefix)
+        for buf in items:
+            hashed = pool.submit(digest.update, buf)  # hashlib and write both release the GIL
+            f.write(buf)
+            hashed.result()
+    return digest.hexdigest()
+
+
+def write_model_files(directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """model.safetensors, then config.json carrying its sha256."""
+    config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"})
+    config.save(directory / CONFIG_FILE)
+
+
 def write_model_dir(
-    dest: str | Path,
-    config: ModelConfig,
-    state_dict: dict[str, torch.Tensor],
-    force: bool = False,
-    extra: Callable[[Path], None] | None = None,
+    dest: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], force: bool = False
 ) -> Path:
-    """Writes config.json + model.safetensors (+ whatever `extra(tmpdir)` writes), atomically."""
-    dest = Path(dest)
+    """Writes config.json + model.safetensors into `dest`, atomically."""
     with atomic_dir(dest, force) as tmp:
-        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt", "gnhub": "1"})
-        config.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
-        config.save(tmp / CONFIG_FILE)
-        if extra is not None:
-            extra(tmp)
-    return dest
+        write_model_files(tmp, config, state_dict)
+    return Path(dest)
 
 
 def read_model_dir(path: str | Path, check_hash: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

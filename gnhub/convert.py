@@ -5,16 +5,17 @@ import dataclasses
 import datetime
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from . import __version__, zoo
-from .checkpoint import check_input_file, read_torch_checkpoint, sha256_file
+from .checkpoint import atomic_dir, check_input_file, read_torch_checkpoint, sha256_file, write_model_files
 from .config import COCO_CLASSES, ModelConfig
 from .converters import FORMATS
 from .errors import GnhubError
-from .modeling.mask_rcnn import GNMaskRCNN, load_weights
+from .modeling.mask_rcnn import with_weights
 from .modeling.resnet import STAGE_BLOCKS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,17 +128,29 @@ def convert(
     """Converts checkpoint `src` into a gnhub model directory; returns a summary dict."""
     start = time.perf_counter()
     path = check_input_file(src)
-    where = str(path)
     if dtype not in DTYPES:
         raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    sha = sha256_file(path)
+    with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
+        source_sha = pool.submit(sha256_file, path)
+        try:
+            obj = read_torch_checkpoint(path)
+        except GnhubError:
+            _check_hash(path, source_sha.result(), check_hash)  # a corrupt download says so first
+            raise
+        return _convert(path, obj, source_sha, out, fmt, name, dtype, check_hash, force, start)
+
+
+def _check_hash(path: Path, sha: str, check: bool) -> None:
     m = _HASH_IN_NAME.search(path.name)
-    if check_hash and m and not sha.startswith(m.group(1)):
+    if check and m and not sha.startswith(m.group(1)):
         raise GnhubError(
-            f"{where}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
+            f"{path}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
             "is corrupt or renamed: download it again, or pass --no-check-hash"
         )
-    obj = read_torch_checkpoint(path)
+
+
+def _convert(path, obj, source_sha, out, fmt, name, dtype, check_hash, force, start) -> dict:
+    where = str(path)
     converter = _pick(fmt, obj, where)
     source = converter.source_tensors(obj)
     mapped, dropped = map_tensors(source, converter, where)
@@ -162,7 +175,7 @@ def convert(
     config.name = name or (entry.name if entry else _HASH_IN_NAME.sub("", path.name).rsplit(".", 1)[0])
     config.provenance = {
         "source_file": path.name,
-        "source_sha256": sha,
+        "source_sha256": None,
         "source_format": converter.NAME,
         "source_version": converter.meta_version(obj) or version,
         "source_layout": version,
@@ -172,11 +185,12 @@ def convert(
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
     }
-    model = GNMaskRCNN(config)
-    load_weights(model, {k: v.float() for k, v in mapped.items()}, where)
-    model.to(DTYPES[dtype])
+    model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
     dest = Path(out) if out else Path(config.name)
-    model.save_pretrained(dest, force=force)
+    with atomic_dir(dest, force) as tmp:
+        config.provenance["source_sha256"] = source_sha.result()
+        _check_hash(path, config.provenance["source_sha256"], check_hash)
+        write_model_files(tmp, config, model.state_dict())
     state = model.state_dict()
     return {
         "name": config.name,

@@ -7,8 +7,8 @@ from torch import Tensor
 
 def base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
     """(len(ratios) * len(scales), 4) anchors at the origin, ratio-major, ratio = height / width."""
-    r = torch.tensor(ratios, dtype=torch.float32)
-    s = torch.tensor(scales, dtype=torch.float32)
+    r = torch.tensor(ratios, dtype=torch.float32, device="cpu")
+    s = torch.tensor(scales, dtype=torch.float32, device="cpu")
     h_ratios = torch.sqrt(r)
     w_ratios = 1 / h_ratios
     ws = (stride * w_ratios[:, None] * s[None, :]).view(-1)

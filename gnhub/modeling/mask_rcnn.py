@@ -137,13 +137,16 @@ class GNMaskRCNN(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GNMaskRCNN:
         config, state_dict = read_model_dir(path)
-        model = cls(config)
-        load_weights(model, state_dict, str(path))
-        return model
+        return with_weights(config, state_dict, str(path))
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, Tensor], where: str) -> None:
-    """load_state_dict(strict) with a one-line error naming the tensors that do not fit."""
+def with_weights(config: ModelConfig, state_dict: dict[str, Tensor], where: str) -> GNMaskRCNN:
+    """A model whose parameters are the given tensors (no copy, no random initialisation).
+
+    A missing, unexpected or misshapen tensor raises one error naming them.
+    """
+    with torch.device("meta"):
+        model = GNMaskRCNN(config)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -155,9 +158,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], where: str) ->
             if names
         ]
         raise GnhubError(f"{where}: weights do not fit the model in config.json: {'; '.join(parts)}")
-    dtype = next(iter(state_dict.values())).dtype
-    model.to(dtype)
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=True)
+    return model.eval()
 
 
 def _to_rois(boxes: list[Tensor]) -> Tensor:
