@@ -133,7 +133,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
         size = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        dtype = _SAFETENSORS_DTYPES[t.dtype]
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         items.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
