@@ -1,4 +1,47 @@
-"""Source formats gnhub converts from: one module each, a table of names and conventions."""
+"""Source formats gnhub converts from: one module each, a table of names and conventions.
+
+`RenameTable` reads a module's (source, gnhub) name templates in either direction.
+"""
+import re
+
 from . import mmdet
 
 FORMATS = {mmdet.NAME: mmdet}
+
+_PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+", None)}
+
+
+class RenameTable:
+    """A converter's (source, gnhub) name templates, usable in both directions."""
+
+    def __init__(self, converter):
+        holders = {**_PLACEHOLDERS, **getattr(converter, "PLACEHOLDERS", {})}
+        self.defaults = {k: v for k, (_, v) in holders.items() if v is not None}
+        self.rules = [
+            (_compile(src, holders), src, _compile(dst, holders), dst) for src, dst in converter.RENAMES
+        ]
+        self.dropped = [re.compile(p) for p in converter.DROPPED]
+
+    def to_gnhub(self, key: str) -> str | None:
+        for src_re, _, _, dst in self.rules:
+            m = src_re.fullmatch(key)
+            if m:
+                return dst.format(**m.groupdict())
+        return None
+
+    def to_source(self, key: str) -> str | None:
+        for _, src, dst_re, _ in self.rules:
+            m = dst_re.fullmatch(key)
+            if m:
+                return src.format(**{**self.defaults, **m.groupdict()})
+        return None
+
+    def is_dropped(self, key: str) -> bool:
+        return any(p.fullmatch(key) for p in self.dropped)
+
+
+def _compile(template: str, holders: dict) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile(
+        "".join(f"(?P<{p}>{holders[p][0]})" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+    )

@@ -103,6 +103,7 @@ def atomic_dir(dest: str | Path, force: bool = False):
         raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
         if dest.exists():

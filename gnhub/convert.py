@@ -1,64 +1,24 @@
 """The conversion engine: read safely -> pick a converter -> map every tensor -> write the layout."""
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from . import __version__, zoo
-from .checkpoint import atomic_dir, check_input_file, read_torch_checkpoint, sha256_file, write_model_files
+from . import __version__
+from .checkpoint import atomic_dir, write_model_files
 from .config import COCO_CLASSES, ModelConfig
-from .converters import FORMATS
+from .converters import RenameTable
 from .errors import GnhubError
 from .modeling.mask_rcnn import with_weights
 from .modeling.resnet import STAGE_BLOCKS
+from .source import HASH_IN_NAME, check_hash_in_name, open_source
+from .verify import failure_message, images_for, source_names, verify_against, write_results
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
-
-
-_PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+", None)}
-
-
-class RenameTable:
-    """A converter's (source, gnhub) name templates, usable in both directions."""
-
-    def __init__(self, converter):
-        holders = {**_PLACEHOLDERS, **getattr(converter, "PLACEHOLDERS", {})}
-        self.defaults = {k: v for k, (_, v) in holders.items() if v is not None}
-        self.rules = [
-            (_compile(src, holders), src, _compile(dst, holders), dst) for src, dst in converter.RENAMES
-        ]
-        self.dropped = [re.compile(p) for p in converter.DROPPED]
-
-    def to_gnhub(self, key: str) -> str | None:
-        for src_re, _, _, dst in self.rules:
-            m = src_re.fullmatch(key)
-            if m:
-                return dst.format(**m.groupdict())
-        return None
-
-    def to_source(self, key: str) -> str | None:
-        for _, src, dst_re, _ in self.rules:
-            m = dst_re.fullmatch(key)
-            if m:
-                return src.format(**{**self.defaults, **m.groupdict()})
-        return None
-
-    def is_dropped(self, key: str) -> bool:
-        return any(p.fullmatch(key) for p in self.dropped)
-
-
-def _compile(template: str, holders: dict) -> re.Pattern:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile(
-        "".join(f"(?P<{p}>{holders[p][0]})" if i % 2 else re.escape(p) for i, p in enumerate(parts))
-    )
 
 
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str):
@@ -124,73 +84,58 @@ def convert(
     dtype: str = "float32",
     check_hash: bool = True,
     force: bool = False,
+    verify: bool = True,
+    log=lambda msg: None,
 ) -> dict:
-    """Converts checkpoint `src` into a gnhub model directory; returns a summary dict."""
+    """Converts checkpoint `src` into a gnhub model directory; returns a summary dict.
+
+    With `verify`, the converted model is compared stage by stage with an independent forward
+    of the source on the built-in images; the directory gets verification.json and
+    golden.safetensors, and a failed comparison writes nothing and raises.
+    """
     start = time.perf_counter()
-    path = check_input_file(src)
     if dtype not in DTYPES:
         raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
-        source_sha = pool.submit(sha256_file, path)
-        try:
-            obj = read_torch_checkpoint(path)
-        except GnhubError:
-            _check_hash(path, source_sha.result(), check_hash)  # a corrupt download says so first
-            raise
-        return _convert(path, obj, source_sha, out, fmt, name, dtype, check_hash, force, start)
-
-
-def _check_hash(path: Path, sha: str, check: bool) -> None:
-    m = _HASH_IN_NAME.search(path.name)
-    if check and m and not sha.startswith(m.group(1)):
-        raise GnhubError(
-            f"{path}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
-            "is corrupt or renamed: download it again, or pass --no-check-hash"
-        )
-
-
-def _convert(path, obj, source_sha, out, fmt, name, dtype, check_hash, force, start) -> dict:
-    where = str(path)
-    converter = _pick(fmt, obj, where)
-    source = converter.source_tensors(obj)
-    mapped, dropped = map_tensors(source, converter, where)
-    version = converter.layout_version(source.keys())
-    converter.reorder_classes(mapped, version)
-    config = infer_config(mapped, where)
-
-    entry = zoo.find_by_file(path.name)
-    settings = converter.meta_settings(obj)
-    if "mean" in settings:
-        preprocess_from = "checkpoint config"
-    elif entry is not None:
-        config.preprocess = dataclasses.replace(entry.preprocess)
-        preprocess_from = f"gnhub zoo ({entry.name})"
-    else:
-        preprocess_from = "gnhub default (Detectron BGR means, std 1)"
-    apply_settings(config, settings)
-    classes = converter.meta_classes(obj)
-    if classes and len(classes) == config.num_classes:
-        config.classes = tuple(classes)
-
-    config.name = name or (entry.name if entry else _HASH_IN_NAME.sub("", path.name).rsplit(".", 1)[0])
-    config.provenance = {
-        "source_file": path.name,
-        "source_sha256": None,
-        "source_format": converter.NAME,
-        "source_version": converter.meta_version(obj) or version,
-        "source_layout": version,
-        "preprocess_from": preprocess_from,
-        "dropped_tensors": dropped,
-        "converter": f"gnhub {__version__}",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-    }
-    model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
-    dest = Path(out) if out else Path(config.name)
-    with atomic_dir(dest, force) as tmp:
-        config.provenance["source_sha256"] = source_sha.result()
-        _check_hash(path, config.provenance["source_sha256"], check_hash)
-        write_model_files(tmp, config, model.state_dict())
+        source = open_source(src, fmt, check_hash, pool)
+        where, converter = str(source.path), source.converter
+        mapped, dropped = map_tensors(source.tensors, converter, where)
+        version = converter.layout_version(source.tensors.keys())
+        converter.reorder_classes(mapped, version)
+        config = infer_config(mapped, where)
+        apply_settings(config, source.settings)
+        classes = converter.meta_classes(source.obj)
+        if classes and len(classes) == config.num_classes:
+            config.classes = tuple(classes)
+        entry = source.entry
+        config.name = name or (entry.name if entry else HASH_IN_NAME.sub("", source.path.name).rsplit(".", 1)[0])
+        config.provenance = {
+            "source_file": source.path.name,
+            "source_sha256": None,
+            "source_format": converter.NAME,
+            "source_version": converter.meta_version(source.obj) or version,
+            "source_layout": version,
+            "preprocess_from": source.preprocess_from,
+            "dropped_tensors": dropped,
+            "converter": f"gnhub {__version__}",
+            "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        }
+        model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
+        report = None
+        if verify:
+            log("verifying against the source on the built-in images ...")
+            report, golden = verify_against(source, model, images_for(None))
+            if not report.passed:
+                raise GnhubError(f"{where}: conversion does not verify, nothing written: "
+                                 f"{failure_message(report, source_names(source))}")
+        dest = Path(out) if out else Path(config.name)
+        with atomic_dir(dest, force) as tmp:
+            config.provenance["source_sha256"] = source.sha256.result()
+            check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)
+            write_model_files(tmp, config, model.state_dict())
+            if report is not None:
+                write_results(tmp, report, golden)
     state = model.state_dict()
     return {
         "name": config.name,
@@ -203,21 +148,7 @@ def _convert(path, obj, source_sha, out, fmt, name, dtype, check_hash, force, st
         "dropped": dropped,
         "parameters": sum(t.numel() for t in state.values()),
         "bytes": (dest / "model.safetensors").stat().st_size,
-        "preprocess_from": preprocess_from,
+        "preprocess_from": source.preprocess_from,
+        "verified": None if report is None else report.passed,
         "seconds": round(time.perf_counter() - start, 2),
     }
-
-
-def _pick(fmt: str, obj, where: str):
-    if fmt != "auto":
-        if fmt not in FORMATS:
-            raise GnhubError(f"unknown format {fmt!r}; choose auto or one of {sorted(FORMATS)}")
-        if not FORMATS[fmt].detect(obj):
-            raise GnhubError(f"{where}: does not look like a {FORMATS[fmt].DESCRIPTION}")
-        return FORMATS[fmt]
-    for converter in FORMATS.values():
-        if converter.detect(obj):
-            return converter
-    raise GnhubError(
-        f"{where}: not a checkpoint format gnhub knows ({', '.join(c.DESCRIPTION for c in FORMATS.values())})"
-    )

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from .config import COCO_CLASSES, ModelConfig
-from .convert import RenameTable
-from .converters import mmdet
+from .converters import RenameTable, mmdet
 from .modeling import GNMaskRCNN
 
 DEMO_NAME = "mask_rcnn_r50_fpn_gn-all_untrained_demo"

@@ -67,3 +67,33 @@ def small_model() -> GNMaskRCNN:
     model = GNMaskRCNN(small_config())
     model.load_state_dict(deterministic_weights(model))
     return model
+
+
+# An mmdetection config whose test settings make forwards fast: images fit 320x192, fewer proposals.
+SMALL_MMDET_CONFIG = """
+model = dict(
+    data_preprocessor=dict(type='DetDataPreprocessor', mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0],
+                           bgr_to_rgb=False, pad_size_divisor=32),
+    test_cfg=dict(
+        rpn=dict(nms_pre=300, max_per_img=200, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+        rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=50, mask_thr_binary=0.5)))
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(320, 192), keep_ratio=True)]
+"""
+
+
+def mmdet_checkpoint(path: Path, state_dict, config_text=SMALL_MMDET_CONFIG, legacy=False, **meta) -> Path:
+    """Writes `state_dict` as mmdetection publishes it: {"meta": ..., "state_dict": ...}."""
+    meta = {"mmdet_version": "3.3.0", "config": config_text, **meta}
+    torch.save({"meta": meta, "state_dict": state_dict}, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_state_dict(reference_checkpoint):
+    return torch.load(reference_checkpoint, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="session")
+def small_source(reference_state_dict, tmp_path_factory) -> Path:
+    """The reference weights with fast test settings, as an mmdetection 3.x checkpoint."""
+    return mmdet_checkpoint(tmp_path_factory.mktemp("small") / "small_r50.pth", reference_state_dict)

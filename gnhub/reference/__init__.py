@@ -1,0 +1,4 @@
+"""Independent forwards of each source format, over the source's own tensor names."""
+from .mmdet import MMDetReference
+
+REFERENCES = {"mmdet": MMDetReference}

@@ -1,0 +1,76 @@
+"""A source checkpoint, read safely: its format, tensors, settings and (hashed aside) sha256."""
+from __future__ import annotations
+
+import re
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import zoo
+from .checkpoint import check_input_file, read_torch_checkpoint, sha256_file
+from .converters import FORMATS
+from .errors import GnhubError
+
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
+
+
+@dataclass
+class Source:
+    path: Path
+    obj: object
+    converter: object  # a module of gnhub.converters
+    sha256: Future
+    settings: dict  # preprocess fields and rpn.*/roi.* test settings
+    preprocess_from: str
+    entry: zoo.ZooEntry | None
+
+    @property
+    def tensors(self) -> dict:
+        return self.converter.source_tensors(self.obj)
+
+
+def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> Source:
+    """Reads `src` (nothing in it can run code) while `pool` hashes it; picks its converter."""
+    path = check_input_file(src)
+    sha = pool.submit(sha256_file, path)
+    try:
+        obj = read_torch_checkpoint(path)
+    except GnhubError:
+        check_hash_in_name(path, sha.result(), check_hash)  # a corrupt download says so first
+        raise
+    converter = _pick(fmt, obj, str(path))
+    entry = zoo.find_by_file(path.name)
+    settings = converter.meta_settings(obj)
+    if "mean" in settings:
+        preprocess_from = "checkpoint config"
+    elif entry is not None:
+        p = entry.preprocess
+        settings.update(channel_order=p.channel_order, mean=p.mean, std=p.std)
+        preprocess_from = f"gnhub zoo ({entry.name})"
+    else:
+        preprocess_from = "gnhub default (Detectron BGR means, std 1)"
+    return Source(path, obj, converter, sha, settings, preprocess_from, entry)
+
+
+def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
+    m = HASH_IN_NAME.search(path.name)
+    if check and m and not sha.startswith(m.group(1)):
+        raise GnhubError(
+            f"{path}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
+            "is corrupt or renamed: download it again, or pass --no-check-hash"
+        )
+
+
+def _pick(fmt: str, obj, where: str):
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise GnhubError(f"unknown format {fmt!r}; choose auto or one of {sorted(FORMATS)}")
+        if not FORMATS[fmt].detect(obj):
+            raise GnhubError(f"{where}: does not look like a {FORMATS[fmt].DESCRIPTION}")
+        return FORMATS[fmt]
+    for converter in FORMATS.values():
+        if converter.detect(obj):
+            return converter
+    raise GnhubError(
+        f"{where}: not a checkpoint format gnhub knows ({', '.join(c.DESCRIPTION for c in FORMATS.values())})"
+    )

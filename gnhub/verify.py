@@ -1,0 +1,299 @@
+"""Stage-by-stage comparison of a gnhub model with a reference: the source's own forward, or the
+golden outputs stored beside the model at conversion."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from . import __version__
+from .converters import RenameTable
+from .errors import GnhubError
+from .modeling import GNMaskRCNN
+from .modeling.mask_rcnn import with_weights
+from .modeling.transform import load_image
+from .reference import REFERENCES
+from .samples import sample_images
+from .source import open_source
+
+VERIFICATION_FILE = "verification.json"
+GOLDEN_FILE = "golden.safetensors"
+
+# Dense stages: max |a - b| / max |b| must stay below `dense`. Detections are matched by box IoU.
+TOLERANCES = {
+    "float32": {"dense": 1e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
+    "float16": {"dense": 2e-2, "iou": 0.95, "score": 2e-2, "mask_iou": 0.95, "matched": 0.9},
+    "bfloat16": {"dense": 5e-2, "iou": 0.9, "score": 5e-2, "mask_iou": 0.9, "matched": 0.8},
+}
+
+DENSE_STAGES = (
+    ["input"] + [f"backbone.c{i}" for i in range(2, 6)] + [f"fpn.p{i}" for i in range(2, 7)]
+    + [f"rpn.objectness.p{i}" for i in range(2, 7)] + [f"rpn.deltas.p{i}" for i in range(2, 7)]
+)
+# What to look at when a stage differs: gnhub tensor prefixes (or a config section).
+_HINTS = {
+    "input": ["config.json preprocess (mean, std, channel_order, max_size)"],
+    **{f"backbone.c{i}": ["backbone.conv1", "backbone.gn1"] + [f"backbone.layer{j}" for j in range(1, i)]
+       for i in range(2, 6)},
+    **{f"fpn.p{i}": [f"fpn.lateral.{j}" for j in range(i - 2, 4)] + [f"fpn.output.{min(i - 2, 3)}"]
+       for i in range(2, 7)},
+    "rpn": ["rpn.conv", "rpn.objectness", "rpn.deltas", "config.json rpn"],
+    "proposals": ["rpn.conv", "rpn.objectness", "rpn.deltas", "config.json rpn"],
+    "roi": ["roi_heads.box_head", "config.json roi_heads"],
+    "detections": ["roi_heads.box_head.cls_score", "roi_heads.box_head.bbox_pred", "config.json roi_heads"],
+    "mask": ["roi_heads.mask_head", "config.json roi_heads.mask_threshold"],
+}
+# The stages kept as golden outputs (small: no full-resolution feature maps).
+GOLDEN_STAGES = ("fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits")
+
+
+@dataclass
+class StageCheck:
+    image: str
+    stage: str
+    passed: bool
+    max_abs: float | None
+    max_rel: float | None
+    tolerance: str
+    detail: str = ""
+
+
+def _dense(image: str, stage: str, got: Tensor, ref: Tensor, tol: float) -> StageCheck:
+    if got.shape != ref.shape:
+        return StageCheck(image, stage, False, None, None, f"shape {tuple(ref.shape)}",
+                          f"shape {tuple(got.shape)} != {tuple(ref.shape)}")
+    diff = (got.float() - ref.float()).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(ref.float().abs().max()) if ref.numel() else 0.0
+    rel = max_abs / scale if scale else max_abs
+    return StageCheck(image, stage, rel <= tol, max_abs, rel, f"rel <= {tol:g}")
+
+
+def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: str | None = None):
+    """For each of the better-scored half of the reference boxes, the gnhub box with IoU >= thr
+    (and the same label) whose score is closest: (reference indices, gnhub indices, found).
+
+    Near-duplicate boxes (across FPN levels, across classes) are told apart by their scores;
+    the lower half is left out because near-tied boxes at a top-k cut-off may swap in and out.
+    """
+    n, m = (len(ref[boxes]) + 1) // 2, len(got[boxes])
+    r = torch.arange(n)
+    if not n or not m:
+        return r, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
+    ok = box_iou(ref[boxes][:n].float(), got[boxes].float()) >= thr
+    if labels:
+        ok &= ref[labels][:n, None] == got[labels][None, :]
+    cost = (ref[scores][:n].float()[:, None] - got[scores].float()[None, :]).abs()
+    idx = torch.where(ok, cost, torch.inf).argmin(dim=1)
+    return r, idx, ok.any(dim=1)
+
+
+def _matched(image, stage, got_scores, ref_scores, ok, tol, counts) -> StageCheck:
+    frac = float(ok.float().mean()) if len(ok) else 1.0
+    diff = float((got_scores - ref_scores).abs().max()) if len(ref_scores) else 0.0
+    return StageCheck(image, stage, frac >= tol["matched"] and diff <= tol["score"], diff, 1 - frac,
+                      f"matched >= {tol['matched']:g} at IoU {tol['iou']:g}, score <= {tol['score']:g}",
+                      f"{counts}; {frac:.1%} of the better half matched")
+
+
+def compare(image: str, got: dict[str, Tensor], ref: dict[str, Tensor], dtype: str) -> list[StageCheck]:
+    """Every stage present in both, in pipeline order."""
+    tol = TOLERANCES[dtype]
+    checks = [_dense(image, s, got[s], ref[s], tol["dense"]) for s in DENSE_STAGES if s in ref and s in got]
+    if "proposals" in ref:
+        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"])
+        checks.append(_matched(image, "proposals", got["proposal_scores"][idx[ok]], ref["proposal_scores"][r[ok]],
+                               ok, tol, f"{len(ref['proposals'])} reference / {len(got['proposals'])} gnhub"))
+        if "roi.cls_logits" in ref and ok.any():
+            for s in ("roi.cls_logits", "roi.box_deltas"):
+                checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol["dense"]))
+    if "boxes" in ref:
+        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels")
+        checks.append(_matched(image, "detections", got["scores"][idx[ok]], ref["scores"][r[ok]], ok, tol,
+                               f"{len(ref['boxes'])} reference / {len(got['boxes'])} gnhub"))
+        if ok.any():
+            checks.append(_dense(image, "mask_logits", got["mask_logits"][idx[ok]], ref["mask_logits"][r[ok]],
+                                 tol["dense"]))
+            if "masks" in ref:
+                a, b = got["masks"][idx[ok]], ref["masks"][r[ok]]
+                union = (a | b).flatten(1).sum(1)
+                iou = torch.where(union > 0, (a & b).flatten(1).sum(1) / union.clamp(min=1), 1.0)  # empty = empty
+                checks.append(StageCheck(image, "masks", float(iou.min()) >= tol["mask_iou"], None,
+                                         1 - float(iou.min()), f"mask IoU >= {tol['mask_iou']:g}",
+                                         f"min mask IoU {float(iou.min()):.4f}"))
+    return checks
+
+
+def hint(stage: str, names: dict[str, str] | None = None) -> str:
+    """Which tensors to check for a stage; with `names` (gnhub -> source), their source names."""
+    stage = stage.removeprefix("precision.")
+    head = stage.split(".")[0]
+    key = stage if stage in _HINTS else head if head in _HINTS else "mask" if "mask" in stage else "detections"
+    items = []
+    for prefix in _HINTS[key]:
+        sources = [v for k, v in (names or {}).items() if k.startswith(prefix + ".") and v]
+        common = os.path.commonprefix(sources).rsplit(".", 1)[0] if sources else ""
+        items.append(f"{prefix} <- {common}" if common else prefix)
+    return "check " + ", ".join(items)
+
+
+def source_names(source) -> dict[str, str]:
+    """gnhub tensor name -> the source checkpoint's own name for it."""
+    table = RenameTable(source.converter)
+    return {table.to_gnhub(k): k for k in source.tensors if not table.is_dropped(k)}
+
+
+def float32_model(model: GNMaskRCNN) -> GNMaskRCNN:
+    """The model with its stored (possibly half precision) weights widened to float32, on CPU."""
+    if model.dtype == torch.float32 and model.device.type == "cpu":
+        return model
+    return with_weights(model.config, {k: v.float().cpu() for k, v in model.state_dict().items()}, "model")
+
+
+def run_model(model: GNMaskRCNN, image: np.ndarray) -> dict[str, Tensor]:
+    return {k: v.cpu() for k, v in model.inspect(image).items()}
+
+
+@dataclass
+class Report:
+    checks: list[StageCheck]
+    dtype: str
+    against: str
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def first_failure(self) -> StageCheck | None:
+        return next((c for c in self.checks if not c.passed), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "against": self.against,
+            "dtype": self.dtype,
+            "tolerances": TOLERANCES[self.dtype],
+            "versions": {"gnhub": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                         "python": platform.python_version()},
+            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def summary(self) -> list[dict]:
+        """Per stage, the worst case over images."""
+        rows: dict[str, dict] = {}
+        for c in self.checks:
+            row = rows.setdefault(c.stage, {"stage": c.stage, "passed": True, "max_abs": 0.0, "max_rel": 0.0,
+                                            "tolerance": c.tolerance})
+            row["passed"] &= c.passed
+            for k in ("max_abs", "max_rel"):
+                v = getattr(c, k)
+                row[k] = max(row[k], v) if v is not None else row[k]
+        return list(rows.values())
+
+
+def images_for(extra: list[str] | None) -> list[tuple[str, np.ndarray]]:
+    paths = [*sample_images(), *(extra or [])]
+    return [(Path(p).name, load_image(p)) for p in paths]
+
+
+def dtype_name(model: GNMaskRCNN) -> str:
+    return str(model.dtype).replace("torch.", "")
+
+
+def verify_against(source, model: GNMaskRCNN, images, tolerance: str | None = None):
+    """Compares `model` with the source's own forward on each image: (report, golden tensors).
+
+    The model runs in float32 on CPU with its weights as stored. The mapping is checked against
+    the source with its weights rounded to the model's dtype, at float32 tolerances, so every
+    stage must agree; for half-precision weights the loss of precision is checked too, as
+    `precision.*` stages: the dense stages against the full-precision source at the tolerances
+    of `tolerance` (default: the weights' dtype). Golden tensors come from the rounded source.
+    """
+    stored = dtype_name(model)
+    tolerance = tolerance or stored
+    mapping = reference_for(source, model.dtype)
+    full = reference_for(source) if stored != "float32" else None
+    model = float32_model(model)
+    checks, golden = [], {}
+    for name, rgb in images:
+        got = run_model(model, rgb)
+        ref = mapping(rgb)
+        checks += compare(name, got, ref, "float32" if full else tolerance)
+        if full is not None:
+            exact = full(rgb)
+            for c in compare(name, got, {k: exact[k] for k in DENSE_STAGES}, tolerance):
+                c.stage = "precision." + c.stage
+                checks.append(c)
+        golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES})
+    return Report(checks, tolerance, f"source {source.path.name}"), golden
+
+
+def verify_golden(model: GNMaskRCNN, model_dir: Path, dtype: str | None = None) -> Report:
+    path = Path(model_dir) / GOLDEN_FILE
+    if not path.is_file():
+        raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass --source with the original checkpoint")
+    stored = load_file(path)
+    names = sorted({k.split("/")[0] for k in stored})
+    by_name = dict(images_for(None))
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise GnhubError(f"{path}: golden outputs for unknown built-in images {missing}")
+    checks = []
+    dtype = dtype or "float32"  # golden outputs come from the source with the model's own weights
+    model = float32_model(model)
+    for name in names:
+        ref = {k.split("/", 1)[1]: v for k, v in stored.items() if k.startswith(name + "/")}
+        checks += compare(name, run_model(model, by_name[name]), ref, dtype)
+    return Report(checks, dtype, "golden outputs")
+
+
+def write_results(directory: Path, report: Report, golden: dict[str, Tensor]) -> None:
+    (directory / VERIFICATION_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    save_file(golden, directory / GOLDEN_FILE)
+
+
+def reference_for(source, dtype: torch.dtype = torch.float32):
+    """The independent forward for a source's format over its own tensors (rounded to `dtype`)."""
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.tensors.items()}
+    return REFERENCES[source.converter.NAME](tensors, source.settings)
+
+
+def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
+    """The first stage that diverges, by how much, and which tensors to check."""
+    c = report.first_failure()
+    if c is None:
+        return "every stage within tolerance"
+    amount = f"max abs {c.max_abs:.3g}, " if c.max_abs is not None else ""
+    rel = f"rel {c.max_rel:.3g}" if c.max_rel is not None else ""
+    detail = f"; {c.detail}" if c.detail else ""
+    return (f"{c.stage} differs on {c.image} ({amount}{rel}; needs {c.tolerance}{detail}): "
+            f"{hint(c.stage, names)}")
+
+
+def run_verify(model: GNMaskRCNN, model_name, source_path, extra_images, tolerance) -> tuple[Report, dict | None]:
+    """`gnhub verify`: against the source when given, else the golden outputs.
+
+    Returns the report and, with a source, the gnhub -> source tensor names for hints."""
+    if source_path is None:
+        if extra_images:
+            raise GnhubError("--image needs --source: golden outputs exist only for the built-in images")
+        model_dir = Path(model_name)
+        if not model_dir.is_dir():
+            raise GnhubError(f"{model_name}: golden outputs live in a model directory; pass --source")
+        return verify_golden(model, model_dir, tolerance), None
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(source_path, "auto", check_hash=False, pool=pool)
+    report, _ = verify_against(source, model, images_for(extra_images), tolerance)
+    return report, source_names(source)

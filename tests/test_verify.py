@@ -1,0 +1,157 @@
+"""`gnhub verify`: passes on correct conversions, fails at the right stage on broken ones."""
+import json
+from collections import OrderedDict
+
+import pytest
+import torch
+from conftest import FIXTURES, mmdet_checkpoint
+from test_cli import assert_one_line_error, run
+
+from gnhub import load
+from gnhub.checkpoint import read_model_dir, write_model_dir
+from gnhub.convert import convert
+from gnhub.errors import GnhubError
+from gnhub.verify import GOLDEN_FILE, VERIFICATION_FILE, failure_message, run_verify
+
+
+@pytest.fixture(scope="module")
+def small_dir(small_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("verified") / "m"
+    summary = convert(small_source, out)
+    assert summary["verified"] is True
+    return out
+
+
+def to_mmdet_1x(state_dict):
+    """mmdetection 1.x layout: heads at top level, background first / present in every head."""
+    g = torch.Generator().manual_seed(0)
+    old = OrderedDict()
+    for k, v in state_dict.items():
+        k = k.replace("roi_head.", "")
+        if k.startswith("bbox_head.fc_cls."):
+            v = torch.cat([v[-1:], v[:-1]])
+        elif k.startswith(("bbox_head.fc_reg.", "mask_head.conv_logits.")):
+            n = 4 if "fc_reg" in k else 1
+            v = torch.cat([torch.randn((n,) + v.shape[1:], generator=g), v])
+        old[k] = v
+    return old
+
+
+def broken_copy(src_dir, dest, change):
+    """The model directory with `change(state, config)` applied (weights hash updated)."""
+    config, state = read_model_dir(src_dir)
+    change(state, config)
+    write_model_dir(dest, config, state)
+    return dest
+
+
+def verify_source(model_dir, source, tolerance=None):
+    return run_verify(load(model_dir), str(model_dir), source, [], tolerance)
+
+
+def test_conversion_stores_verification_and_golden_outputs(small_dir):
+    report = json.loads((small_dir / VERIFICATION_FILE).read_text())
+    assert report["passed"] and report["against"] == "source small_r50.pth"
+    assert set(report["versions"]) >= {"gnhub", "torch", "torchvision"}
+    stages = {c["stage"] for c in report["checks"]}
+    assert {"input", "backbone.c5", "fpn.p2", "rpn.objectness.p6", "proposals", "roi.cls_logits",
+            "detections", "mask_logits", "masks"} <= stages
+    assert {c["image"] for c in report["checks"]} == {"street.png", "portrait.png", "square.png", "tiny.png"}
+    assert (small_dir / GOLDEN_FILE).stat().st_size < 5 * 2**20
+
+
+def test_golden_outputs_verify_on_this_machine(small_dir):
+    report, _ = run_verify(load(small_dir), str(small_dir), None, [], None)
+    assert report.passed and report.against == "golden outputs"
+
+
+def test_verify_cli_against_source_with_extra_image(small_dir, small_source, tmp_path):
+    from gnhub.samples import sample_images
+
+    proc = run("verify", small_dir, "--source", small_source, "--image", sample_images()[0],
+               "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "every stage within float32 tolerance" in proc.stdout and "ok   fpn.p3" in proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["passed"]
+
+
+def test_mmdet_1x_and_r101_conversions_verify(reference_state_dict, detweights, tmp_path):
+    v1 = mmdet_checkpoint(tmp_path / "v1.pth", to_mmdet_1x(reference_state_dict), legacy=True)
+    assert convert(v1, tmp_path / "v1")["verified"]
+    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    r101 = mmdet_checkpoint(tmp_path / "r101.pth", detweights.make_state_dict(entries, 5))
+    summary = convert(r101, tmp_path / "r101")
+    assert summary["verified"] and summary["depth"] == 101
+
+
+def _swap_gn(state, config):
+    p = "backbone.layer2.0.gn2."
+    state[p + "weight"], state[p + "bias"] = state[p + "bias"].clone(), state[p + "weight"].clone()
+
+
+def _swap_fpn_outputs(state, config):
+    a, b = "fpn.output.1.conv.weight", "fpn.output.2.conv.weight"
+    state[a], state[b] = state[b].clone(), state[a].clone()
+
+
+def _rgb_instead_of_bgr(state, config):
+    config.preprocess.channel_order = "RGB"
+
+
+@pytest.mark.parametrize("change,stage,expected", [
+    (_swap_gn, "backbone.c3", ["backbone.layer2 <- backbone.layer2"]),
+    (_swap_fpn_outputs, "fpn.p3", ["fpn.output.1 <- neck.fpn_convs.1"]),
+    (_rgb_instead_of_bgr, "input", ["channel_order"]),
+])
+def test_broken_conversions_fail_at_the_right_stage(small_dir, small_source, tmp_path, change, stage, expected):
+    broken = broken_copy(small_dir, tmp_path / "broken", change)
+    report, names = verify_source(broken, small_source)
+    assert not report.passed
+    assert report.first_failure().stage == stage
+    message = failure_message(report, names)
+    assert message.startswith(f"{stage} differs on street.png")
+    for n in expected:
+        assert n in message
+
+
+def test_background_not_reordered_fails_at_the_class_logits(reference_state_dict, tmp_path, monkeypatch):
+    v1 = mmdet_checkpoint(tmp_path / "v1.pth", to_mmdet_1x(reference_state_dict))
+    good = tmp_path / "good"
+    convert(v1, good, verify=False)
+    bad = broken_copy(good, tmp_path / "bad", lambda s, c: s.update({
+        k: torch.cat([s[k][-1:], s[k][:-1]]) for k in ("roi_heads.box_head.cls_score.weight",
+                                                       "roi_heads.box_head.cls_score.bias")}))
+    report, names = verify_source(bad, v1)
+    assert report.first_failure().stage == "roi.cls_logits"
+    assert "roi_heads.box_head <- bbox_head" in failure_message(report, names)
+    # and a converter that forgets the reorder cannot write a model
+    import gnhub.converters.mmdet as mmdet
+
+    def forgets_to_move_background(tensors, version):
+        for k in ("bbox_pred.weight", "bbox_pred.bias"):
+            tensors["roi_heads.box_head." + k] = tensors["roi_heads.box_head." + k][4:]
+        for k in ("logits.weight", "logits.bias"):
+            tensors["roi_heads.mask_head." + k] = tensors["roi_heads.mask_head." + k][1:]
+
+    monkeypatch.setattr(mmdet, "reorder_classes", forgets_to_move_background)
+    with pytest.raises(GnhubError, match="conversion does not verify, nothing written: roi.cls_logits"):
+        convert(v1, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_half_precision_weights_need_half_precision_tolerances(small_source, tmp_path):
+    out = tmp_path / "fp16"
+    summary = convert(small_source, out, dtype="float16")
+    assert summary["verified"]
+    assert json.loads((out / VERIFICATION_FILE).read_text())["dtype"] == "float16"
+    report, _ = verify_source(out, small_source, tolerance="float32")
+    assert not report.passed
+    assert report.first_failure().stage.startswith("precision.")  # the mapping itself is exact
+
+
+def test_verify_cli_failure_is_one_clear_line(small_dir, small_source, tmp_path):
+    broken = broken_copy(small_dir, tmp_path / "broken", _swap_gn)
+    proc = run("verify", broken, "--source", small_source)
+    assert_one_line_error(proc, "backbone.c3 differs", "backbone.layer2")
+    assert "FAIL backbone.c3" in proc.stdout
+    assert_one_line_error(run("verify", broken), "no golden.safetensors")
