@@ -1,20 +1,26 @@
-"""load(): a model directory (and, with the hub, a zoo name) -> a ready model in eval mode."""
+"""load(): a model directory, `hf-hub:owner/repo[@rev]` or a zoo name -> a ready model in eval mode."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import zoo
-from .errors import GnhubError
+from .hub import HubSettings, resolve
 from .modeling import GNMaskRCNN
 
 
-def load(name_or_path: str | Path, device: str = "cpu") -> GNMaskRCNN:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return GNMaskRCNN.from_pretrained(path).to(device).eval()
-    if str(name_or_path) in zoo.MODELS:
-        raise GnhubError(
-            f"{name_or_path} is a zoo model, but downloading from a hub is not available yet: "
-            f"convert {zoo.MODELS[str(name_or_path)].url} with `gnhub convert` and load the directory"
-        )
-    raise GnhubError(f"{name_or_path}: no such model directory or zoo model name")
+def load(
+    name_or_path: str | Path,
+    device: str = "cpu",
+    *,
+    endpoint: str | None = None,
+    org: str | None = None,
+    hub_dir: str | None = None,
+    token: str | None = None,
+) -> GNMaskRCNN:
+    """The model, its weights' sha256 checked against config.json.
+
+    A zoo name (see `gnhub.list_models()`) is fetched from ORG/NAME on the hub: the Hugging Face
+    Hub through huggingface_hub's cache (HF_HUB_OFFLINE works once cached), or a directory hub
+    (`hub_dir` / GNHUB_HUB_DIR). `endpoint` / GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror.
+    """
+    path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token))
+    return GNMaskRCNN.from_pretrained(path).to(device).eval()

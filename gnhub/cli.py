@@ -17,9 +17,14 @@ def cli():
     """Group Normalization Mask R-CNN checkpoints (mmdetection, Detectron) in plain PyTorch.
 
     \b
-    gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json)
+    gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
+    gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
     gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
+    gnhub list / info NAME  the model zoo
+    gnhub card / publish    model card, and upload to a hub (Hugging Face Hub or a directory)
     gnhub demo              the whole pipeline on an untrained embedded model
+
+    MODEL is a model directory, a zoo name or hf-hub:owner/repo[@revision].
     """
 
 
@@ -73,10 +78,13 @@ def verify(model, source, images, tolerance, json_out):
     proposals, RoI logits and deltas, detections and masks. Without it, MODEL is compared with
     the golden outputs stored at conversion. Exits 0 only if every stage is within tolerance.
     """
-    from .api import load
+    from .hub import resolve
+    from .modeling import GNMaskRCNN
     from .verify import run_verify
 
-    report, names = run_verify(load(model), model, source, [str(i) for i in images], tolerance)
+    model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
+    report, names = run_verify(GNMaskRCNN.from_pretrained(model_dir), model_dir, source,
+                               [str(i) for i in images], tolerance)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
@@ -92,7 +100,7 @@ def verify(model, source, images, tolerance, json_out):
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("-m", "--model", "model_path", required=True, help="Model directory.")
+@click.option("-m", "--model", "model_path", required=True, help="Model directory, zoo name or hf-hub:owner/repo.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True)
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
@@ -119,26 +127,168 @@ def predict(images, model_path, out, batch_size, device, dtype):
     )
 
 
+@cli.command("list")
+@click.argument("pattern", required=False)
+def list_(pattern):
+    """List the zoo models (PATTERN: fnmatch wildcards, e.g. '*r101*')."""
+    from .zoo import MODELS, list_models
+
+    names = list_models(pattern)
+    if not names:
+        raise GnhubError(f"no zoo model matches {pattern!r}")
+    for n in names:
+        e = MODELS[n]
+        click.echo(f"{n:42s} R-{e.depth:<3d} {e.pretrain} {e.schedule}  box AP {e.box_ap}  mask AP {e.mask_ap}")
+
+
+@cli.command()
+@click.argument("name")
+def info(name):
+    """Show everything gnhub knows about zoo model NAME, or a model directory, or a raw checkpoint."""
+    import dataclasses
+
+    from .zoo import MODELS
+
+    if name in MODELS:
+        e = MODELS[name]
+        data = {**dataclasses.asdict(e), "url": e.url, "sha256_prefix": e.sha256_prefix, "hub_repo": e.hub_repo()}
+    elif Path(name).is_dir():
+        from .checkpoint import read_model_dir
+
+        config, state = read_model_dir(name)
+        data = {**config.to_dict(), "tensors": len(state), "parameters": sum(t.numel() for t in state.values())}
+        data.pop("classes")
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .source import open_source
+
+        with ThreadPoolExecutor(1) as pool:
+            src = open_source(name, "auto", check_hash=False, pool=pool)
+            data = {"format": src.converter.DESCRIPTION, "tensors": len(src.tensors), "sha256": src.sha256.result(),
+                    "version": src.converter.meta_version(src.obj), "settings": src.settings,
+                    "preprocess_from": src.preprocess_from}
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--name", help="The name users load it by [default: the zoo name, else the directory].")
+def card(model_dir, name):
+    """Render MODEL_DIR/README.md, the model card, from config.json, the zoo and verification.json."""
+    from .cards import write_card
+
+    click.echo(write_card(model_dir, name))
+
+
+_HUB_OPTIONS = [
+    click.option("--hub-dir", help="Publish to / load from a directory hub (ORG/NAME/) [env GNHUB_HUB_DIR]."),
+    click.option("--endpoint", help="Hub endpoint, for a mirror [env GNHUB_ENDPOINT, HF_ENDPOINT]."),
+]
+
+
+def _hub_options(fn):
+    for option in reversed(_HUB_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, help="ORG/NAME on the hub.")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--revision", help="Branch to commit to (created if needed).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; upload nothing.")
+@click.option("--allow-unverified", is_flag=True, help="Publish even without a passed verification.")
+@_hub_options
+def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unverified, hub_dir, endpoint):
+    """Upload MODEL_DIR (weights, config, verification, generated card) to a hub in one commit.
+
+    An unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
+    and is never printed.
+    """
+    from .cards import render_card
+    from .hub import HubSettings, publishable
+    from .hub import publish as run
+
+    report = publishable(model_dir, allow_unverified)
+    text = render_card(model_dir)
+    if dry_run:
+        files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != "README.md")
+        click.echo(f"would publish to {repo_id}: {', '.join(files)} + README.md (generated card, "
+                   f"{len(text)} characters); verification {'passed' if report.get('passed') else 'missing/failed'}")
+        return
+    result = run(model_dir, repo_id, text, HubSettings(endpoint=endpoint, hub_dir=hub_dir), private=private,
+                 revision=revision, create_pr=create_pr)
+    state = "published" if result["changed"] else "unchanged, no new commit"
+    click.echo(f"{repo_id}: {state} ({result['url']})")
+
+
+@cli.command("publish-zoo")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--org", default=None, help="Organisation of the hub repositories [env GNHUB_ORG, default gnhub].")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path("gnhub-zoo"), show_default=True)
+@_hub_options
+def publish_zoo(folder, org, work_dir, hub_dir, endpoint):
+    """Convert, verify, card and publish every zoo model whose source file is in FOLDER."""
+    from .cards import render_card
+    from .convert import convert as run
+    from .hub import HubSettings
+    from .hub import publish as upload
+    from .zoo import MODELS
+
+    settings = HubSettings(endpoint=endpoint, org=org, hub_dir=hub_dir).resolved()
+    rows = []
+    for name, entry in MODELS.items():
+        src = folder / entry.file
+        if not src.is_file():
+            continue
+        try:
+            out = work_dir / name
+            s = run(src, out, force=True, log=lambda m, n=name: click.echo(f"{n}: {m}", err=True))
+            r = upload(out, entry.hub_repo(settings.org), render_card(out, name), settings)
+            rows.append((name, "published" if r["changed"] else "unchanged", f"{s['seconds']:.0f} s"))
+        except GnhubError as e:
+            rows.append((name, "FAILED", str(e)))
+    if not rows:
+        raise GnhubError(f"{folder}: none of the zoo's source files is there (`gnhub info NAME` shows file names)")
+    for row in rows:
+        click.echo(f"{row[0]:42s} {row[1]:10s} {row[2]}")
+    if any(r[1] == "FAILED" for r in rows):
+        raise GnhubError(f"{sum(r[1] == 'FAILED' for r in rows)} of {len(rows)} models failed")
+
+
 @cli.command()
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("gnhub-demo"), show_default=True)
 def demo(out):
     """Run the whole pipeline on an embedded UNTRAINED model and the bundled sample images.
 
-    Writes an mmdetection-format checkpoint with deterministic random weights, converts it and
-    predicts on the sample images. The detections are meaningless: the weights are not trained.
+    Writes an mmdetection-format checkpoint with deterministic random weights, converts and
+    verifies it, renders its card, publishes it to a directory hub, loads it back by name and
+    predicts on the sample images. Nothing is downloaded; the detections are meaningless.
     """
     from .api import load
+    from .cards import write_card
     from .convert import convert as run
-    from .demo import write_demo_checkpoint
+    from .demo import DEMO_NAME, write_demo_checkpoint
+    from .hub import HubSettings
+    from .hub import publish as upload
     from .predict import predict_files
     from .samples import sample_images
 
     ckpt = write_demo_checkpoint(out)
     click.echo(f"1. checkpoint (mmdetection format, UNTRAINED weights): {ckpt}")
-    s = run(ckpt, out / "model", force=True)
-    click.echo(f"2. converted model: {s['output']} ({s['tensors']} tensors, {s['seconds']:.1f} s)")
-    summary = predict_files(load(s["output"]), sample_images(), out / "predictions")
-    click.echo(f"3. predictions on {summary['images']} sample images: {summary['out']}/ (*.png, *.json)")
+    s = run(ckpt, out / DEMO_NAME, force=True, log=lambda m: click.echo(f"   {m}"))
+    click.echo(f"2. converted and verified: {s['output']} ({s['tensors']} tensors, {s['seconds']:.0f} s)")
+    click.echo(f"3. model card: {write_card(s['output'])}")
+    hub = HubSettings(hub_dir=str(out / "hub"))
+    result = upload(Path(s["output"]), f"demo/{DEMO_NAME}", (Path(s["output"]) / "README.md").read_text(), hub)
+    click.echo(f"4. published to a directory hub: {result['url']}")
+    model = load(f"demo/{DEMO_NAME}", hub_dir=hub.hub_dir)
+    click.echo(f"5. loaded by name: gnhub.load('demo/{DEMO_NAME}', hub_dir='{hub.hub_dir}')")
+    summary = predict_files(model, sample_images(), out / "predictions")
+    click.echo(f"6. predictions on {summary['images']} sample images: {summary['out']}/ (*.png, *.json)")
 
 
 def main() -> None:

@@ -282,17 +282,16 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
             f"{hint(c.stage, names)}")
 
 
-def run_verify(model: GNMaskRCNN, model_name, source_path, extra_images, tolerance) -> tuple[Report, dict | None]:
-    """`gnhub verify`: against the source when given, else the golden outputs.
+def run_verify(
+    model: GNMaskRCNN, model_dir: Path, source_path, extra_images, tolerance
+) -> tuple[Report, dict | None]:
+    """`gnhub verify`: against the source when given, else the golden outputs in `model_dir`.
 
     Returns the report and, with a source, the gnhub -> source tensor names for hints."""
     if source_path is None:
         if extra_images:
             raise GnhubError("--image needs --source: golden outputs exist only for the built-in images")
-        model_dir = Path(model_name)
-        if not model_dir.is_dir():
-            raise GnhubError(f"{model_name}: golden outputs live in a model directory; pass --source")
-        return verify_golden(model, model_dir, tolerance), None
+        return verify_golden(model, Path(model_dir), tolerance), None
     with ThreadPoolExecutor(1) as pool:
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
     report, _ = verify_against(source, model, images_for(extra_images), tolerance)

@@ -46,7 +46,7 @@ def broken_copy(src_dir, dest, change):
 
 
 def verify_source(model_dir, source, tolerance=None):
-    return run_verify(load(model_dir), str(model_dir), source, [], tolerance)
+    return run_verify(load(model_dir), model_dir, source, [], tolerance)
 
 
 def test_conversion_stores_verification_and_golden_outputs(small_dir):
@@ -61,7 +61,7 @@ def test_conversion_stores_verification_and_golden_outputs(small_dir):
 
 
 def test_golden_outputs_verify_on_this_machine(small_dir):
-    report, _ = run_verify(load(small_dir), str(small_dir), None, [], None)
+    report, _ = run_verify(load(small_dir), small_dir, None, [], None)
     assert report.passed and report.against == "golden outputs"
 
 

@@ -1,0 +1,80 @@
+"""Model cards: README.md rendered from model_cards/ templates, config.json, the zoo and verification.json."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from . import zoo
+from .checkpoint import CONFIG_FILE
+from .config import ModelConfig
+from .verify import VERIFICATION_FILE, Report, StageCheck
+
+SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION)}
+
+
+def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
+    """The model card of a model directory, with Hugging Face metadata front matter."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    model_dir = Path(model_dir)
+    config = ModelConfig.load(model_dir / CONFIG_FILE)
+    p = config.provenance
+    entry = zoo.MODELS.get(config.name)
+    report_path = model_dir / VERIFICATION_FILE
+    verification = json.loads(report_path.read_text()) if report_path.is_file() else None
+    stages = []
+    if verification:
+        checks = [StageCheck(**c) for c in verification["checks"]]
+        stages = Report(checks, verification["dtype"], verification["against"]).summary()
+    family, citation = SOURCE_FAMILIES.get(p.get("source_format"), (p.get("source_format", "source"), None))
+    results = []
+    if entry:
+        common = {"dataset_type": "coco", "dataset_name": "COCO 2017", "dataset_split": "validation",
+                  "source_name": family, "source_url": entry.results_source}
+        results = [
+            EvalResult(task_type="object-detection", metric_type="mAP", metric_name="box AP",
+                       metric_value=entry.box_ap, **common),
+            EvalResult(task_type="image-segmentation", metric_type="mAP", metric_name="mask AP",
+                       metric_value=entry.mask_ap, **common),
+        ]
+    untrained = "untrained" in config.name
+    data = ModelCardData(
+        license=entry.license if entry else "apache-2.0",
+        library_name="gnhub",
+        tags=["instance-segmentation", "object-detection", "mask-rcnn", "group-normalization", family]
+        + (["untrained"] if untrained else []),
+        datasets=["coco"],
+        pipeline_tag="image-segmentation",
+        model_name=config.name if results else None,
+        eval_results=results or None,
+    )
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(
+        resources.files("gnhub.model_cards").joinpath("model_card.md.j2").read_text(encoding="utf-8"))
+    depth = config.backbone.depth
+    return template.render(
+        metadata=data.to_yaml(),
+        c=config,
+        p=p,
+        entry=entry,
+        untrained=untrained,
+        summary=f"Mask R-CNN with a ResNet-{depth}-FPN backbone and Group Normalization in every layer "
+        f"(backbone, FPN and heads), {config.num_classes} classes.",
+        source_family=family,
+        load_name=load_name or (config.name if entry else str(model_dir)),
+        verification=verification,
+        stages=stages,
+        gn_citation=zoo.GN_CITATION,
+        source_citation=citation,
+        license=(entry.license if entry else "see the source") + " (the source's license)",
+    )
+
+
+def write_card(model_dir: str | Path, load_name: str | None = None) -> Path:
+    path = Path(model_dir) / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(render_card(model_dir, load_name), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,159 @@
+"""Model hubs: name -> model directory (Hugging Face Hub or a plain directory hub), and publishing.
+
+Configuration, argument first, then environment:
+    endpoint  GNHUB_ENDPOINT (else HF_ENDPOINT, else huggingface.co)
+    org       GNHUB_ORG (default "gnhub"): where zoo names live, as ORG/NAME
+    hub_dir   GNHUB_HUB_DIR: a directory laid out as ORG/NAME/ used instead of a server
+Tokens come from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and are never printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import zoo
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_dir, read_model_dir, sha256_file
+from .errors import GnhubError
+from .verify import GOLDEN_FILE, VERIFICATION_FILE
+
+CARD_FILE = "README.md"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+EXTRA_FILES = (VERIFICATION_FILE, GOLDEN_FILE, CARD_FILE)
+
+
+@dataclass
+class HubSettings:
+    endpoint: str | None = None
+    org: str | None = None
+    hub_dir: str | None = None
+    token: str | None = None
+
+    def resolved(self) -> HubSettings:
+        return HubSettings(
+            self.endpoint or os.environ.get("GNHUB_ENDPOINT") or None,
+            self.org or os.environ.get("GNHUB_ORG") or zoo.DEFAULT_ORG,
+            self.hub_dir or os.environ.get("GNHUB_HUB_DIR") or None,
+            self.token,
+        )
+
+
+def resolve(name: str | Path, settings: HubSettings | None = None) -> Path:
+    """A local model directory for a directory, `hf-hub:owner/repo[@rev]`, a zoo name, or
+    ORG/NAME in a directory hub."""
+    s = (settings or HubSettings()).resolved()
+    text = str(name)
+    if Path(text).is_dir():
+        return Path(text)
+    if text.startswith("hf-hub:"):
+        repo, _, revision = text[len("hf-hub:"):].partition("@")
+        return _fetch(repo, revision or None, s)
+    if text in zoo.MODELS:
+        return _fetch(zoo.MODELS[text].hub_repo(s.org), None, s)
+    if s.hub_dir and (Path(s.hub_dir) / text / CONFIG_FILE).is_file():  # ORG/NAME in a directory hub
+        return Path(s.hub_dir) / text
+    close = zoo.suggest(text)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `gnhub list` shows the zoo"
+    raise GnhubError(f"{text}: no such model directory or zoo model{hint}")
+
+
+def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
+    if s.hub_dir:
+        path = Path(s.hub_dir) / repo_id
+        if not (path / CONFIG_FILE).is_file():
+            raise GnhubError(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path}/{CONFIG_FILE})")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id} on {s.endpoint or 'the Hugging Face Hub'}"
+    try:
+        paths = [hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token)
+                 for f in MODEL_FILES]
+        for f in EXTRA_FILES:
+            try:
+                hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token)
+            except EntryNotFoundError:  # optional files: absent remotely, or not cached when offline
+                pass
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise GnhubError(f"{where}: repository not found, or private and no valid token "
+                         "(set HF_TOKEN or run `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise GnhubError(f"{where}: revision {revision!r} not found") from None
+    except LocalEntryNotFoundError:
+        raise GnhubError(f"{where}: not in the local cache and the hub cannot be reached "
+                         "(offline: HF_HUB_OFFLINE is set or there is no network)") from None
+    except RemoteEntryNotFoundError as e:
+        raise GnhubError(f"{where}: not a gnhub model repository ({_first(e)})") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise GnhubError(f"{where}: download failed ({_first(e)})") from None
+    return Path(paths[0]).parent
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+def publishable(model_dir: Path, allow_unverified: bool) -> dict:
+    """Checks a model directory before publishing; returns its verification report (or {})."""
+    read_model_dir(model_dir)  # config valid, weights match their sha256
+    report_path = model_dir / VERIFICATION_FILE
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if not allow_unverified:
+        if not report:
+            raise GnhubError(f"{model_dir}: no {VERIFICATION_FILE}; run `gnhub convert` with verification, "
+                             "or pass --allow-unverified")
+        if not report.get("passed"):
+            raise GnhubError(f"{model_dir}: verification failed; fix the conversion or pass --allow-unverified")
+    return report
+
+
+def publish(model_dir: Path, repo_id: str, card: str, settings: HubSettings | None = None, private: bool = False,
+            revision: str | None = None, create_pr: bool = False, message: str | None = None) -> dict:
+    """Uploads the model files and the card in one commit; no commit if nothing changed."""
+    s = (settings or HubSettings()).resolved()
+    files = {f: model_dir / f for f in (*MODEL_FILES, VERIFICATION_FILE, GOLDEN_FILE) if (model_dir / f).is_file()}
+    if s.hub_dir:
+        return _publish_to_dir(Path(s.hub_dir) / repo_id, files, card)
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=s.endpoint, token=s.token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        before = api.repo_info(repo_id, revision=revision).sha
+        ops = [CommitOperationAdd(name, str(path)) for name, path in files.items()]
+        ops.append(CommitOperationAdd(CARD_FILE, card.encode("utf-8")))
+        info = api.create_commit(repo_id, ops, commit_message=message or f"gnhub: publish {model_dir.name}",
+                                 revision=revision, create_pr=create_pr)
+    except HfHubHTTPError as e:
+        raise GnhubError(f"{repo_id}: publishing failed ({_first(e)})") from None
+    return {"repo_id": repo_id, "commit": info.oid, "changed": info.oid != before,
+            "url": info.pr_url or info.commit_url}
+
+
+def _publish_to_dir(dest: Path, files: dict[str, Path], card: str) -> dict:
+    """A directory hub: the same files, replaced atomically; unchanged content is left alone."""
+    same = dest.is_dir() and (dest / CARD_FILE).is_file() and (dest / CARD_FILE).read_text() == card and all(
+        (dest / n).is_file() and sha256_file(dest / n) == sha256_file(p) for n, p in files.items())
+    if not same:
+        with atomic_dir(dest, force=True) as tmp:
+            for name, path in files.items():
+                shutil.copyfile(path, tmp / name)
+            (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+    return {"repo_id": str(dest), "commit": None, "changed": not same, "url": str(dest)}
