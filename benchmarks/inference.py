@@ -1,11 +1,12 @@
 """CPU latency of GN Mask R-CNN R-50 `predict` vs torchvision's Mask R-CNN R-50, same input, same run.
 
-    python benchmarks/inference.py [--runs 5] [--threads N]
+    python benchmarks/inference.py [--runs 5] [--threads N] [--batch]
 
 Both models get the same 800x1333 RGB image and keep up to 100 detections (torchvision's score
 threshold is lowered to 0 so its mask head runs on as many boxes as gnhub's: random weights
 score every class about equally). Prints the median of each, their ratio, and where gnhub's
-time goes stage by stage.
+time goes stage by stage. With --batch: images/s of both for batch sizes 1, 2 and 4 (and, on a
+GPU, gnhub in float16 and under torch.compile).
 """
 from __future__ import annotations
 
@@ -66,10 +67,37 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
     return out
 
 
+def batch_mode(gn: GNMaskRCNN, tv, runs: int, device: str) -> None:
+    """Images/s for batch sizes 1, 2, 4: gnhub.predict vs torchvision on the same images."""
+    images = [np.random.default_rng(i).integers(0, 256, (800, 1333, 3), dtype=np.uint8) for i in range(4)]
+    tv_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
+    variants = {"gnhub float32": gn}
+    if device != "cpu":
+        variants["gnhub float16"] = GNMaskRCNN(gn.config).to(device)
+        variants["gnhub float16"].load_state_dict(gn.state_dict())
+        variants["gnhub float16"].half()
+        compiled = GNMaskRCNN(gn.config).to(device)
+        compiled.load_state_dict(gn.state_dict())
+        compiled.backbone = torch.compile(compiled.backbone)
+        variants["gnhub torch.compile backbone"] = compiled
+    print(f"batch mode, {device}, median of {runs} runs, images/s")
+    for bs in (1, 2, 4):
+        row = []
+        for label, model in variants.items():
+            t = median_seconds(lambda m=model, b=bs: m.predict(images[:b], batch_size=b), runs)
+            row.append(f"{label} {bs / t:6.2f}")
+        with torch.inference_mode():
+            t = median_seconds(lambda b=bs: tv(tv_images[:b]), runs)
+        row.append(f"torchvision {bs / t:6.2f}")
+        print(f"  batch {bs}: " + " | ".join(row))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -78,6 +106,9 @@ def main() -> None:
     gn.load_state_dict(deterministic_weights(gn))
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
     tv.eval()
+    if args.batch:
+        batch_mode(gn.to(args.device), tv.to(args.device), args.runs, args.device)
+        return
     tv_input = [torch.from_numpy(image).permute(2, 0, 1).float() / 255]
 
     def run_tv():

@@ -74,21 +74,108 @@ def read_torch_checkpoint(path: str | Path) -> object:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()]
+        # torch's message suggests weights_only=False; gnhub never does: keep only the reason.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
-        if refused is None:
-            raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({lines[0] if lines else e})") from None
-        raise GnhubError(
-            f"{path}: refused to unpickle: {refused}. gnhub only reads tensors, numbers, strings "
-            "and containers, so nothing in the file can run code"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        if refused is not None:
+            raise GnhubError(
+                f"{path}: refused to unpickle: {refused}. gnhub only reads tensors, numbers, strings "
+                "and containers, so nothing in the file can run code"
+            ) from None
+        detail = next((ln for ln in lines if ln.startswith(("Unsupported operand", "Unsupported"))), None)
+        if detail is not None:
+            raise GnhubError(f"{path}: not a readable PyTorch checkpoint: the safe unpickler refused it "
+                             f"({detail}; pickle protocols above 3 and corrupt files stop here)") from None
+        reason = next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln), "corrupt")
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
+            AssertionError) as e:  # torch's readers check formats with assert
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# What a Detectron .pkl may contain besides plain containers, strings and numbers: numpy arrays,
+# their dtypes and numpy scalars, under either numpy's or Python 2's module names.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
+}
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """How Python 3 writes bytes in pickle protocols 0-2 (`_codecs.encode`), latin-1 only: a codec
+    name taken from the file could make the codec registry import modules."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"global _codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+class _BoundedFile:
+    """A file whose reads may not ask for more than the file still holds (no giant allocations)."""
+
+    def __init__(self, f, size: int):
+        self.f, self.left = f, size
+
+    def _take(self, n: int) -> None:
+        if n > self.left:
+            raise pickle.UnpicklingError(f"claims {n} bytes where only {self.left} remain")
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else n
+        self._take(n)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        self._take(len(buf))
+        n = self.f.readinto(buf)
+        self.left -= n
+        return n
+
+    def readline(self) -> bytes:
+        line = self.f.readline()
+        self.left -= len(line)
+        return line
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length before allocating it
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def read_pickle(path: str | Path) -> object:
+    """A (Python 2 or 3) pickle of numpy arrays in plain containers, as Detectron writes them.
+
+    Only numpy arrays, dtypes and scalars are admitted beyond containers, strings and numbers;
+    anything else is refused before it is built, so nothing in the file can run code.
+    """
+    path = check_input_file(path)
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        if "not allowed" in str(e):
+            raise GnhubError(f"{path}: refused to unpickle: {e}. gnhub only reads numpy arrays, numbers, "
+                             "strings and containers, so nothing in the file can run code") from None
+        raise GnhubError(f"{path}: not a readable pickle ({e})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
+            UnicodeError, OverflowError, RecursionError, struct.error, AssertionError, LookupError) as e:
+        raise GnhubError(f"{path}: not a readable pickle ({type(e).__name__}: {_first_line(e)})") from None
 
 
 @contextmanager
@@ -101,8 +188,11 @@ def atomic_dir(dest: str | Path, force: bool = False):
     dest = Path(dest)
     if dest.exists() and not force:
         raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as e:
+        raise GnhubError(f"{dest}: cannot write there ({e.strerror}); choose another output") from None
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
@@ -113,6 +203,9 @@ def atomic_dir(dest: str | Path, force: bool = False):
             shutil.rmtree(old)
         else:
             os.replace(tmp, dest)
+    except OSError as e:
+        raise GnhubError(f"{dest}: writing failed ({e.strerror}); nothing was written: free some space "
+                         "or choose another output") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

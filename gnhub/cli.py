@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def cli():
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
     gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
     gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
+    gnhub eval MODEL        box and mask AP on a COCO-format dataset
     gnhub list / info NAME  the model zoo
     gnhub card / publish    model card, and upload to a hub (Hugging Face Hub or a directory)
     gnhub demo              the whole pipeline on an untrained embedded model
@@ -37,8 +39,9 @@ def cli():
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip the stage-by-stage comparison with the source.")
+@click.option("--strict", is_flag=True, help="Refuse weights with NaN or Inf values (default: warn).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, as_json):
+def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict, as_json):
     """Convert checkpoint SRC into a gnhub model directory.
 
     By default the converted model is verified against an independent forward of SRC on the
@@ -50,7 +53,7 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, as_json
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     log(f"converting {src} ...")
     s = run(src, out, fmt=fmt, name=name, dtype=dtype, check_hash=not no_check_hash, force=force,
-            verify=not no_verify, log=log)
+            verify=not no_verify, strict=strict, log=log)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -125,6 +128,45 @@ def predict(images, model_path, out, batch_size, device, dtype):
         f"{summary['images']} images ({summary['images_per_second']} images/s), "
         f"{summary['detections']} detections, {len(summary['skipped'])} skipped -> {summary['out']}/"
     )
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False), help="Image folder.")
+@click.option("--annotations", required=True, type=click.Path(path_type=Path), help="COCO instances JSON.")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("coco_results.json"), show_default=True,
+              help="Where detections go (COCO results format); an interrupted run resumes from it.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
+def eval_(model, images, annotations, results, batch_size, device):
+    """Box and mask AP of MODEL on a COCO-format dataset (needs pycocotools: pip install 'gnhub[coco]').
+
+    Under torchrun each process takes a shard of the images and rank 0 merges and scores them.
+    """
+    import os
+
+    import torch
+
+    from .api import load
+    from .evaluate import METRICS, evaluate
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = device or (f"cuda:{local}" if world > 1 and torch.cuda.is_available() else "cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    m = load(model, device=device)
+    metrics = evaluate(m, images, annotations, results, batch_size)
+    if not metrics:  # not rank 0
+        return
+    click.echo(f"{metrics['images']} images, {metrics['images_per_second']} images/s; results: {results}")
+    click.echo(f"{'':5s} " + " ".join(f"{k:>6s}" for k in METRICS) + "  published AP")
+    for key in ("box", "mask"):
+        published = metrics.get("published", {}).get(key, {}).get("AP")
+        row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
+        click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
 
 
 @cli.command("list")
@@ -291,7 +333,12 @@ def demo(out):
     click.echo(f"6. predictions on {summary['images']} sample images: {summary['out']}/ (*.png, *.json)")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # so that temporary outputs are removed on the way out
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(standalone_mode=False)
     except GnhubError as e:

@@ -85,13 +85,15 @@ def convert(
     check_hash: bool = True,
     force: bool = False,
     verify: bool = True,
+    strict: bool = False,
     log=lambda msg: None,
 ) -> dict:
     """Converts checkpoint `src` into a gnhub model directory; returns a summary dict.
 
     With `verify`, the converted model is compared stage by stage with an independent forward
     of the source on the built-in images; the directory gets verification.json and
-    golden.safetensors, and a failed comparison writes nothing and raises.
+    golden.safetensors, and a failed comparison writes nothing and raises. NaN or Inf weights
+    are reported through `log` (refused with `strict`).
     """
     start = time.perf_counter()
     if dtype not in DTYPES:
@@ -103,11 +105,20 @@ def convert(
         version = converter.layout_version(source.tensors.keys())
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
+        entry = source.entry
+        if entry and entry.depth != config.backbone.depth:
+            raise GnhubError(f"{where}: named like zoo model {entry.name} (ResNet-{entry.depth}) but holds a "
+                             f"ResNet-{config.backbone.depth}; wrong or renamed file")
+        bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        if bad:
+            message = f"{where}: NaN or Inf values in {len(bad)} tensors: {bad[:5]}"
+            if strict:
+                raise GnhubError(message + " (refused because of --strict)")
+            log("warning: " + message)
         apply_settings(config, source.settings)
         classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
             config.classes = tuple(classes)
-        entry = source.entry
         config.name = name or (entry.name if entry else HASH_IN_NAME.sub("", source.path.name).rsplit(".", 1)[0])
         config.provenance = {
             "source_file": source.path.name,
@@ -150,5 +161,6 @@ def convert(
         "bytes": (dest / "model.safetensors").stat().st_size,
         "preprocess_from": source.preprocess_from,
         "verified": None if report is None else report.passed,
+        "nonfinite": bad,
         "seconds": round(time.perf_counter() - start, 2),
     }

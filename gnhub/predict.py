@@ -64,7 +64,10 @@ def predict_files(
 
     Unreadable images are skipped and listed; returns a summary.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GnhubError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     classes = model.config.classes
     results, skipped, written = [], [], []
     used: set[str] = set()
@@ -81,15 +84,15 @@ def predict_files(
         for p, rgb, pred in zip(chunk, images, preds):
             stem = _unique(p.stem, used)
             dets = detections_json(pred, classes, p.name)
-            _atomic_write(out_dir / f"{stem}.json", json.dumps({"image": str(p), "detections": dets}, indent=1))
-            tmp = out_dir / f".{stem}.png.tmp"
-            overlay(rgb, pred, classes).save(tmp, format="PNG")
-            os.replace(tmp, out_dir / f"{stem}.png")
+            text = json.dumps({"image": str(p), "detections": dets}, indent=1)
+            _atomic_write(out_dir / f"{stem}.json", lambda t, text=text: t.write_text(text, encoding="utf-8"))
+            picture = overlay(rgb, pred, classes)
+            _atomic_write(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"))
             results += dets
             written.append(stem)
         if progress:
             progress(len(paths[i : i + batch_size]))
-    _atomic_write(out_dir / "results.json", json.dumps(results))
+    _atomic_write(out_dir / "results.json", lambda t: t.write_text(json.dumps(results), encoding="utf-8"))
     seconds = time.perf_counter() - start
     return {
         "images": len(written),
@@ -109,7 +112,12 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename; a failed write (disk full) leaves no partial file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GnhubError(f"{path}: writing failed ({e.strerror}); free some space or choose another --out") from None

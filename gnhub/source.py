@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import zoo
-from .checkpoint import check_input_file, read_torch_checkpoint, sha256_file
+from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint, sha256_file
 from .converters import FORMATS
 from .errors import GnhubError
 
@@ -34,7 +34,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
     path = check_input_file(src)
     sha = pool.submit(sha256_file, path)
     try:
-        obj = read_torch_checkpoint(path)
+        obj = read_pickle(path) if path.suffix == ".pkl" else read_torch_checkpoint(path)
     except GnhubError:
         check_hash_in_name(path, sha.result(), check_hash)  # a corrupt download says so first
         raise

@@ -77,11 +77,11 @@ def test_hostile_bare_pickle_never_runs(tmp_path):
 
 
 def test_convert_then_predict(reference_checkpoint, tmp_path):
-    proc = run("convert", reference_checkpoint, "-o", tmp_path / "m", "--json")
+    proc = run("convert", reference_checkpoint, "-o", tmp_path / "m", "--json", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["tensors"] == 223 and summary["depth"] == 50
-    assert_one_line_error(run("convert", reference_checkpoint, "-o", tmp_path / "m"), "--force")
+    assert_one_line_error(run("convert", reference_checkpoint, "-o", tmp_path / "m", "--no-verify"), "--force")
 
     images = tmp_path / "imgs"
     images.mkdir()

@@ -42,7 +42,7 @@ def test_legacy_serialization_gives_the_same_model(reference_model_dir, source, 
     path = _save(source, tmp_path / "legacy.pth", legacy=True)
     with open(path, "rb") as f:
         assert f.read(2) != b"PK"  # really the pre-1.6 format, not a zip
-    convert(path, tmp_path / "out")
+    convert(path, tmp_path / "out", verify=False)
     want, got = _weights(reference_model_dir), _weights(tmp_path / "out")
     assert all(torch.equal(want[k], got[k]) for k in want)
 
@@ -61,7 +61,8 @@ def test_mmdet_1x_layout_converts_to_the_same_model(reference_model_dir, source,
             v = torch.cat([torch.randn((1,) + v.shape[1:], generator=g), v])
         old[k] = v
     meta = {"mmdet_version": "1.0rc0+abc", "CLASSES": source["meta"]["dataset_meta"]["classes"]}
-    summary = convert(_save({"meta": meta, "state_dict": old}, tmp_path / "v1.pth", legacy=True), tmp_path / "out")
+    path = _save({"meta": meta, "state_dict": old}, tmp_path / "v1.pth", legacy=True)
+    summary = convert(path, tmp_path / "out", verify=False)
     assert summary["source_version"] == "1.0rc0+abc"
     want, got = _weights(reference_model_dir), _weights(tmp_path / "out")
     assert set(want) == set(got)
@@ -72,7 +73,8 @@ def test_mmdet_1x_layout_converts_to_the_same_model(reference_model_dir, source,
 def test_r101_key_list_converts(detweights, tmp_path):
     entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
     sd = OrderedDict(detweights.make_state_dict(entries, seed=3))
-    summary = convert(_save({"meta": {}, "state_dict": sd}, tmp_path / "r101.pth"), tmp_path / "out")
+    summary = convert(_save({"meta": {}, "state_dict": sd}, tmp_path / "r101.pth"), tmp_path / "out",
+                      verify=False)
     assert summary["depth"] == 101 and summary["tensors"] == len(sd)
     assert summary["preprocess_from"].startswith("gnhub default")
 
@@ -80,7 +82,7 @@ def test_r101_key_list_converts(detweights, tmp_path):
 def test_zoo_name_supplies_preprocessing_without_embedded_config(source, tmp_path):
     name = "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco_20200207-00000000.pth"
     path = _save({"meta": {}, "state_dict": source["state_dict"]}, tmp_path / name)
-    summary = convert(path, tmp_path / "out", check_hash=False)
+    summary = convert(path, tmp_path / "out", check_hash=False, verify=False)
     assert summary["name"] == "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco"
     assert summary["preprocess_from"] == "gnhub zoo (mask_rcnn_r50_fpn_gn-all_contrib_2x_coco)"
     from gnhub.config import ModelConfig
@@ -106,7 +108,7 @@ def test_totality(source, tmp_path, change, match):
         sd["rpn_head.rpn_conv.bias"] = "oops"
     path = _save({"meta": {}, "state_dict": sd}, tmp_path / "bad.pth")
     with pytest.raises(GnhubError, match=match):
-        convert(path, tmp_path / "out")
+        convert(path, tmp_path / "out", verify=False)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.pth"]  # no partial output
 
@@ -114,7 +116,7 @@ def test_totality(source, tmp_path, change, match):
 def test_dropped_tensors_are_reported(source, tmp_path):
     sd = OrderedDict(source["state_dict"])
     sd["backbone.bn_extra.num_batches_tracked"] = torch.tensor(5)
-    summary = convert(_save({"meta": {}, "state_dict": sd}, tmp_path / "x.pth"), tmp_path / "out")
+    summary = convert(_save({"meta": {}, "state_dict": sd}, tmp_path / "x.pth"), tmp_path / "out", verify=False)
     assert summary["dropped"] == ["backbone.bn_extra.num_batches_tracked"]
 
 
@@ -122,8 +124,8 @@ def test_hash_prefix_in_the_name_is_checked(reference_checkpoint, tmp_path):
     wrong = tmp_path / "model_20200101-deadbeef.pth"
     os.symlink(reference_checkpoint, wrong)
     with pytest.raises(GnhubError, match="does not match the deadbeef.*--no-check-hash"):
-        convert(wrong, tmp_path / "out")
-    convert(wrong, tmp_path / "out", check_hash=False)
+        convert(wrong, tmp_path / "out", verify=False)
+    convert(wrong, tmp_path / "out", check_hash=False, verify=False)
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
@@ -132,16 +134,16 @@ def test_existing_output_needs_force(reference_checkpoint, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(GnhubError, match="already exists.*--force"):
-        convert(reference_checkpoint, out)
+        convert(reference_checkpoint, out, verify=False)
     assert (out / "keep.txt").read_text() == "mine"
-    convert(reference_checkpoint, out, force=True)
+    convert(reference_checkpoint, out, force=True, verify=False)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_conversion(reference_checkpoint, tmp_path, dtype):
-    convert(reference_checkpoint, tmp_path / "out", dtype=dtype)
+    convert(reference_checkpoint, tmp_path / "out", dtype=dtype, verify=False)
     weights = _weights(tmp_path / "out")
     assert {str(v.dtype) for v in weights.values()} == {f"torch.{dtype}"}
 
@@ -149,6 +151,6 @@ def test_half_precision_conversion(reference_checkpoint, tmp_path, dtype):
 def test_wrong_format_is_refused(tmp_path):
     path = _save({"model": {"w": torch.zeros(2)}}, tmp_path / "x.pth")
     with pytest.raises(GnhubError, match="not a checkpoint format gnhub knows"):
-        convert(path, tmp_path / "out")
+        convert(path, tmp_path / "out", verify=False)
     with pytest.raises(GnhubError, match="unknown format"):
-        convert(path, tmp_path / "out", fmt="caffe")
+        convert(path, tmp_path / "out", fmt="caffe", verify=False)

@@ -1,0 +1,113 @@
+"""COCO evaluation on a tiny dataset with drawn objects and exact annotations."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pycocotools.mask as coco_mask
+import pytest
+from PIL import Image
+
+from gnhub import rle
+from gnhub.config import COCO_CLASSES
+from gnhub.convert import convert
+from gnhub.evaluate import _coco, score
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    """Three images with a rectangle ('car') and an ellipse ('person'), annotated exactly."""
+    assert COCO_CLASSES[0] == "person" and COCO_CLASSES[2] == "car"
+    root = tmp_path_factory.mktemp("coco")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(3):
+        h, w = 120 + 20 * i, 160
+        img = np.full((h, w, 3), 90, np.uint8) + rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        car = (yy >= 20 + 5 * i) & (yy < 60 + 5 * i) & (xx >= 10) & (xx < 90)
+        person = ((yy - 80) / 25.0) ** 2 + ((xx - 120 + 4 * i) / 15.0) ** 2 < 1
+        img[car], img[person] = (200, 40, 40), (40, 40, 200)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        for cat, m in ((3, car), (1, person)):
+            ys, xs = np.nonzero(m)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
+                         "area": int(m.sum()), "segmentation": rle.encode(m),
+                         "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                  float(ys.max() - ys.min() + 1)]})
+    # like instances_val2017.json: every category listed (person = 1, car = 3), two annotated
+    cats = [{"id": i + 1, "name": name} for i, name in enumerate(COCO_CLASSES)]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def _as_results(anns, shift=0):
+    out = []
+    for a in anns:
+        m = coco_mask.decode(a["segmentation"]).astype(bool)
+        m = np.roll(m, shift, axis=1)
+        x, y, w, h = a["bbox"]
+        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+                    "bbox": [x + shift, y, w, h], "segmentation": rle.encode(m)})
+    return out
+
+
+def test_ground_truth_as_predictions_scores_one(tiny_coco):
+    coco = _coco(tiny_coco / "instances.json")
+    metrics = score(coco, _as_results(coco.dataset["annotations"]))
+    assert metrics["box"]["AP"] == 1.0 and metrics["mask"]["AP"] == 1.0
+    assert metrics["box"]["AP50"] == 1.0 and metrics["mask"]["AP75"] == 1.0
+
+
+def test_shifted_predictions_lower_ap_as_expected(tiny_coco):
+    coco = _coco(tiny_coco / "instances.json")
+    small = score(coco, _as_results(coco.dataset["annotations"], shift=4))
+    large = score(coco, _as_results(coco.dataset["annotations"], shift=40))
+    for key in ("box", "mask"):
+        assert small[key]["AP50"] == 1.0  # a 4 px shift keeps IoU above 0.5 ...
+        assert 0 < small[key]["AP"] < 1.0  # ... but fails the strict thresholds
+        assert large[key]["AP"] < small[key]["AP"]
+
+
+def test_eval_cli_resumes_and_round_trips_rle(tiny_coco, small_source, tmp_path):
+    model = tmp_path / "m"
+    convert(small_source, model, verify=False)
+    results = tmp_path / "r.json"
+    args = [sys.executable, "-m", "gnhub", "eval", str(model), "--images", str(tiny_coco / "images"),
+            "--annotations", str(tiny_coco / "instances.json"), "--results", str(results)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 images" in proc.stdout and "box" in proc.stdout and "mask" in proc.stdout
+    first = json.loads(results.read_text())
+    assert first and {r["category_id"] for r in first} <= set(range(1, 81))
+    for r in first[:20]:  # our RLE is what pycocotools reads and writes
+        m = coco_mask.decode(r["segmentation"])
+        assert coco_mask.encode(np.asfortranarray(m))["counts"].decode() == r["segmentation"]["counts"]
+    # interrupted after the first image: only the missing ones are predicted again
+    part = results.with_name("r.json.parts") / "rank0.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text(lines[0] + "\n" + lines[1][:10])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len(part.read_text().splitlines()) == 3  # 1 kept, the cut line dropped, 2 redone
+    assert json.loads(results.read_text()) == first
+
+
+def test_eval_under_torchrun_matches_one_process(tiny_coco, small_source, tmp_path):
+    model = tmp_path / "m"
+    convert(small_source, model, verify=False)
+    common = ["--images", str(tiny_coco / "images"), "--annotations", str(tiny_coco / "instances.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
+    single = subprocess.run([sys.executable, "-m", "gnhub", "eval", str(model), *common, "--results",
+                             str(tmp_path / "one.json")], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "gnhub", "eval", str(model), *common, "--results",
+                           str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=600)
+    assert dist.returncode == 0, dist.stderr[-2000:]
+    assert sorted(map(json.dumps, json.loads((tmp_path / "two.json").read_text()))) == \
+        sorted(map(json.dumps, json.loads((tmp_path / "one.json").read_text())))
+    assert single.stdout.splitlines()[-2:] == dist.stdout.splitlines()[-2:]  # the same AP table

@@ -1,0 +1,265 @@
+"""Hostile and broken inputs: nothing executes, nothing is lost, one clear error."""
+import builtins
+import importlib
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cli import assert_one_line_error, run
+
+from gnhub.checkpoint import read_model_dir, read_pickle, read_torch_checkpoint, write_model_dir
+from gnhub.config import ModelConfig
+from gnhub.convert import convert
+from gnhub.errors import GnhubError
+
+
+class Payload:
+    """Unpickling it calls `fn(*args)`; every variant tries to create the marker file."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def payloads(marker: Path):
+    touch = f"open({str(marker)!r}, 'w').write('x')"
+    return {
+        "os.system": Payload(os.system, (f"touch {marker}",)),
+        "builtins.exec": Payload(builtins.exec, (touch,)),
+        "builtins.eval": Payload(builtins.eval, (touch,)),
+        "subprocess.Popen": Payload(subprocess.Popen, (["touch", str(marker)],)),
+        "importlib.import_module": Payload(importlib.import_module, ("antigravity",)),
+    }
+
+
+def hostile_files(tmp_path: Path, marker: Path):
+    """(name, path) of checkpoints carrying each payload in each place gnhub reads from."""
+    weights = OrderedDict([("backbone.conv1.weight", torch.zeros(2, 3, 1, 1))])
+    files = []
+    for name, p in payloads(marker).items():
+        places = {
+            "meta": {"meta": {"config": p}, "state_dict": weights},
+            "tensor": {"meta": {}, "state_dict": OrderedDict([("backbone.conv1.weight", p)])},
+        }
+        for where, obj in places.items():
+            for proto in (2, 4, 5):
+                path = tmp_path / f"{name}_{where}_zip_p{proto}.pth"
+                torch.save(obj, path, pickle_protocol=proto)
+                files.append((path.name, path))
+            path = tmp_path / f"{name}_{where}_legacy.pth"
+            torch.save(obj, path, _use_new_zipfile_serialization=False)
+            files.append((path.name, path))
+        for proto in range(6):  # a Detectron .pkl: Python 2-style blobs dict
+            path = tmp_path / f"{name}_blobs_p{proto}.pkl"
+            path.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros(3, np.float32), "pred_w": p}},
+                                          protocol=proto))
+            files.append((path.name, path))
+    # a .pth zip whose data.pkl alone is replaced by a hostile pickle
+    good = tmp_path / "good.pth"
+    torch.save({"meta": {}, "state_dict": weights}, good)
+    evil = tmp_path / "zip_with_hostile_data_pkl.pth"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                data = pickle.dumps(Payload(os.system, (f"touch {marker}",)), protocol=2)
+            zout.writestr(item, data)
+    files.append((evil.name, evil))
+    return files
+
+
+def test_no_hostile_checkpoint_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    files = hostile_files(tmp_path, marker)
+    assert len(files) > 60
+    for name, path in files:
+        with pytest.raises(GnhubError) as e:
+            convert(path, tmp_path / "out", verify=False)
+        assert str(path) in str(e.value), name
+        assert "refused" in str(e.value) and "weights_only=False" not in str(e.value), (name, str(e.value))
+        assert not marker.exists(), name
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "verify", "info"])
+def test_every_cli_reading_path_refuses(tmp_path, small_dir_for_cli, command):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"meta": {"x": Payload(os.system, (f"touch {marker}",))}, "state_dict": {}}, path)
+    args = {"convert": ["convert", path, "-o", tmp_path / "o"], "info": ["info", path],
+            "verify": ["verify", small_dir_for_cli, "--source", path]}[command]
+    assert_one_line_error(run(*args), str(path), "refused to unpickle", "posix.system")
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def small_dir_for_cli(small_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "m"
+    convert(small_source, out, verify=False)
+    return out
+
+
+# -- broken files ---------------------------------------------------------------------------
+
+def _small_checkpoints():
+    sd = OrderedDict((f"backbone.layer1.{i}.conv1.weight", torch.randn(4, 4, 1, 1)) for i in range(3))
+    out = {}
+    for legacy in (False, True):
+        buf = io.BytesIO()
+        torch.save({"meta": {"mmdet_version": "2.0"}, "state_dict": sd}, buf, _use_new_zipfile_serialization=not legacy)
+        out["legacy" if legacy else "zip"] = buf.getvalue()
+    out["pkl"] = pickle.dumps({"blobs": {k: v.numpy() for k, v in sd.items()}}, protocol=2)
+    return out
+
+
+SMALL = _small_checkpoints()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(SMALL)), cut=st.floats(0, 1, exclude_max=True))
+def test_truncated_checkpoints_give_one_clear_error(tmp_path, kind, cut):
+    data = SMALL[kind]
+    path = tmp_path / f"t.{'pkl' if kind == 'pkl' else 'pth'}"
+    path.write_bytes(data[: int(cut * len(data))])
+    reader = read_pickle if kind == "pkl" else read_torch_checkpoint
+    with pytest.raises(GnhubError, match=str(path)):
+        reader(path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(SMALL)), data=st.data())
+def test_fuzzed_checkpoints_never_escape_as_other_errors(tmp_path, kind, data):
+    raw = bytearray(SMALL[kind])
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    path = tmp_path / f"f.{'pkl' if kind == 'pkl' else 'pth'}"
+    path.write_bytes(bytes(raw))
+    try:
+        (read_pickle if kind == "pkl" else read_torch_checkpoint)(path)
+    except GnhubError:
+        pass
+
+
+def test_giant_size_claims_are_refused_before_allocating(tmp_path):
+    path = tmp_path / "giant.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + (10**15).to_bytes(8, "little") + b"xx")
+    with pytest.raises(GnhubError, match="claims 1000000000000000 bytes where only 2 remain"):
+        read_pickle(path)
+
+
+def test_random_bytes_and_foreign_zip(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(GnhubError, match="not a readable PyTorch checkpoint"):
+        read_torch_checkpoint(junk)
+    foreign = tmp_path / "foreign.pth"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("hello.txt", "not a checkpoint")
+    with pytest.raises(GnhubError, match="not a readable PyTorch checkpoint"):
+        read_torch_checkpoint(foreign)
+
+
+def _model_dir(tmp_path):
+    config = ModelConfig()
+    config.backbone.depth = 50
+    from gnhub.demo import deterministic_weights
+    from gnhub.modeling import GNMaskRCNN
+
+    model = GNMaskRCNN(config)
+    return write_model_dir(tmp_path / "m", config, deterministic_weights(model))
+
+
+@pytest.mark.parametrize("lie", ["offsets", "dtype", "header_length"])
+def test_safetensors_whose_header_lies(tmp_path, lie):
+    import json
+    import struct
+
+    m = _model_dir(tmp_path)
+    path = m / "model.safetensors"
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    if lie == "offsets":
+        header[name]["data_offsets"][1] += 10**12
+    elif lie == "dtype":
+        header[name]["dtype"] = "F64"
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    length = 10**15 if lie == "header_length" else len(text)
+    path.write_bytes(struct.pack("<Q", length) + text + raw[8 + n:])
+    with pytest.raises(GnhubError, match=str(path)):
+        read_model_dir(m, check_hash=False)
+
+
+def test_nan_weights_warn_by_default_and_are_refused_with_strict(small_source, tmp_path):
+    obj = torch.load(small_source, weights_only=True)
+    obj["state_dict"] = OrderedDict(obj["state_dict"])
+    obj["state_dict"]["rpn_head.rpn_conv.bias"] = obj["state_dict"]["rpn_head.rpn_conv.bias"].clone()
+    obj["state_dict"]["rpn_head.rpn_conv.bias"][3] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(obj, path)
+    messages = []
+    summary = convert(path, tmp_path / "out", verify=False, log=messages.append)
+    assert summary["nonfinite"] == ["rpn.conv.bias"] and "NaN or Inf" in messages[0]
+    with pytest.raises(GnhubError, match="--strict"):
+        convert(path, tmp_path / "out2", verify=False, strict=True)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_r101_weights_under_an_r50_zoo_name(detweights, tmp_path):
+    from conftest import FIXTURES
+
+    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    path = tmp_path / "mask_rcnn_r50_fpn_gn-all_2x_coco_20200206-8eee02a6.pth"
+    torch.save({"meta": {}, "state_dict": detweights.make_state_dict(entries, 1)}, path)
+    with pytest.raises(GnhubError, match="named like zoo model mask_rcnn_r50_fpn_gn-all_2x_coco .* ResNet-101"):
+        convert(path, tmp_path / "out", check_hash=False, verify=False)
+
+
+# -- nothing lost -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_conversion_leaves_the_previous_output_intact(reference_checkpoint, tmp_path, sig):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("keep me")
+    proc = subprocess.Popen([sys.executable, "-m", "gnhub", "convert", str(reference_checkpoint), "-o", str(out),
+                             "--force", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # the write has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it could be interrupted"
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    assert (out / "previous.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial files
+
+
+def test_full_disk_gives_one_error_and_no_partial_output(reference_checkpoint, tmp_path):
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10 * 2**20, 10 * 2**20))
+
+    proc = subprocess.run([sys.executable, "-m", "gnhub", "convert", str(reference_checkpoint), "-o",
+                           str(tmp_path / "out"), "--no-verify"], capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=300)
+    assert_one_line_error(proc, "writing failed", "nothing was written")
+    assert not any(p for p in tmp_path.iterdir())
