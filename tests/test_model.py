@@ -117,3 +117,13 @@ def test_not_an_image_file(small_model, tmp_path):
         small_model.predict(tmp_path / "x.jpg")
     with pytest.raises(GnhubError, match="directory"):
         small_model.predict(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_predict_on_cpu(dtype):
+    model = GNMaskRCNN(small_config())
+    model.load_state_dict(deterministic_weights(model))
+    model.to(dtype)
+    result = model.predict(sample_images()[3])
+    assert len(result["boxes"]) > 0 and result["boxes"].dtype == torch.float32  # box math stays float32
+    assert result["masks"].shape[1:] == (24, 40)

@@ -46,6 +46,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float, split
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
+    boxes, scores = boxes.float(), scores.float()  # IoUs in float32, whatever the model's dtype
     offsets = groups.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
     shifted = boxes + offsets[:, None]
     if len(boxes) < split:

@@ -35,9 +35,12 @@ class MultiLevelRoIAlign(nn.Module):
         for i, stride in enumerate(self.strides):
             idx = (levels == i).nonzero().squeeze(1)
             if idx.numel():
+                f = feats[i]
+                if f.device.type == "cpu" and f.dtype == torch.bfloat16:  # no CPU kernel: float32
+                    f = f.float()
                 out[idx] = roi_align(
-                    feats[i], rois[idx], size, 1.0 / stride, self.sampling_ratio, self.aligned
-                )
+                    f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio, self.aligned
+                ).to(out.dtype)
         return out
 
 
@@ -86,9 +89,9 @@ class RoIHeads(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-class decoding, score threshold, per-class NMS -> boxes, scores, labels (best first)."""
         cfg, k, n = self.cfg, self.num_classes, len(proposals)
-        scores = F.softmax(cls_logits, dim=-1)[:, :-1].reshape(-1)
+        scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
         boxes = decode_boxes(
-            proposals.repeat_interleave(k, dim=0), box_deltas.reshape(-1, 4), cfg.box_stds, image_size
+            proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), cfg.box_stds, image_size
         )
         labels = torch.arange(k, device=scores.device).repeat(n)
         idx = (scores > cfg.score_thresh).nonzero().squeeze(1)

@@ -36,8 +36,8 @@ class RPN(nn.Module):
         cfg = self.cfg
         boxes, scores, anchors, levels = [], [], [], []
         for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
-            s = obj[b].permute(1, 2, 0).reshape(-1).sigmoid()
-            d = dlt[b].permute(1, 2, 0).reshape(-1, 4)
+            s = obj[b].permute(1, 2, 0).reshape(-1).float().sigmoid()  # box math in float32
+            d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
             a = grid_anchors(self.base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
             if 0 < cfg.pre_nms_top_n < s.numel():
                 s, order = s.sort(descending=True)
