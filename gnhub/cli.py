@@ -271,8 +271,9 @@ def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unv
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--org", default=None, help="Organisation of the hub repositories [env GNHUB_ORG, default gnhub].")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("gnhub-zoo"), show_default=True)
+@click.option("--no-check-hash", is_flag=True, help="Accept files whose sha256 differs from the published one.")
 @_hub_options
-def publish_zoo(folder, org, work_dir, hub_dir, endpoint):
+def publish_zoo(folder, org, work_dir, no_check_hash, hub_dir, endpoint):
     """Convert, verify, card and publish every zoo model whose source file is in FOLDER."""
     from .cards import render_card
     from .convert import convert as run
@@ -288,7 +289,8 @@ def publish_zoo(folder, org, work_dir, hub_dir, endpoint):
             continue
         try:
             out = work_dir / name
-            s = run(src, out, force=True, log=lambda m, n=name: click.echo(f"{n}: {m}", err=True))
+            s = run(src, out, force=True, check_hash=not no_check_hash,
+                    log=lambda m, n=name: click.echo(f"{n}: {m}", err=True))
             r = upload(out, entry.hub_repo(settings.org), render_card(out, name), settings)
             rows.append((name, "published" if r["changed"] else "unchanged", f"{s['seconds']:.0f} s"))
         except GnhubError as e:

@@ -189,3 +189,19 @@ def test_directory_hub_and_torch_hub(zoo_named_dir, tmp_path):
     assert (hub_dir / "gnhub" / NAME / "README.md").is_file()
     model = torch.hub.load(str(ROOT), NAME.replace("-", "_"), source="local", hub_dir=str(hub_dir))
     assert json.loads((hub_dir / "gnhub" / NAME / "config.json").read_text())["name"] == model.config.name
+
+
+def test_publish_zoo_continues_past_a_failing_model(small_source, tmp_path):
+    from gnhub.zoo import MODELS
+
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    (folder / MODELS[NAME].file).write_bytes(small_source.read_bytes())  # a stand-in, re-saved weights
+    (folder / MODELS["mask_rcnn_r101_fpn_gn-all_3x_coco"].file).write_bytes(b"truncated download")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GNHUB_")}
+    proc = gnhub_cli(env, "publish-zoo", folder, "--hub-dir", tmp_path / "hub", "--work-dir", tmp_path / "work",
+                     "--no-check-hash")
+    assert proc.returncode == 1 and "1 of 2 models failed" in proc.stderr
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()}
+    assert rows == {NAME: "published", "mask_rcnn_r101_fpn_gn-all_3x_coco": "FAILED"}
+    assert load(NAME, hub_dir=str(tmp_path / "hub")).config.name == NAME
