@@ -120,8 +120,15 @@ def predict(images, model_path, out, batch_size, device, dtype):
 
     paths = expand_inputs(list(images))
     model = load(model_path, device=device).to(DTYPES[dtype])
-    with click.progressbar(length=len(paths), label="predicting", file=sys.stderr) as bar:
-        summary = predict_files(model, paths, out, batch_size, progress=bar.update)
+    rate = {"value": 0.0}
+    with click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
+                           item_show_func=lambda _: f"{rate['value']:.2f} images/s") as bar:
+
+        def progress(n, images_per_second):
+            rate["value"] = images_per_second
+            bar.update(n)
+
+        summary = predict_files(model, paths, out, batch_size, progress=progress)
     for reason in summary["skipped"]:
         click.echo(f"warning: skipped {reason}", err=True)
     click.echo(

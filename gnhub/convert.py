@@ -133,6 +133,11 @@ def convert(
             "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         }
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
+        dest = Path(out) if out else Path(config.name)
+        if dest.exists() and not force:  # say so now, not after verification
+            raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
+        config.provenance["source_sha256"] = source.sha256.result()
+        check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)
         report = None
         if verify:
             log("verifying against the source on the built-in images ...")
@@ -140,10 +145,7 @@ def convert(
             if not report.passed:
                 raise GnhubError(f"{where}: conversion does not verify, nothing written: "
                                  f"{failure_message(report, source_names(source))}")
-        dest = Path(out) if out else Path(config.name)
         with atomic_dir(dest, force) as tmp:
-            config.provenance["source_sha256"] = source.sha256.result()
-            check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)
             write_model_files(tmp, config, model.state_dict())
             if report is not None:
                 write_results(tmp, report, golden)

@@ -58,11 +58,12 @@ def predict_files(
     paths: list[Path],
     out_dir: Path,
     batch_size: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all.
 
-    Unreadable images are skipped and listed; returns a summary.
+    Unreadable images are skipped and listed; `progress(images done, images/s)` is called after
+    each batch; returns a summary.
     """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def predict_files(
             results += dets
             written.append(stem)
         if progress:
-            progress(len(paths[i : i + batch_size]))
+            progress(len(paths[i : i + batch_size]), len(written) / (time.perf_counter() - start))
     _atomic_write(out_dir / "results.json", lambda t: t.write_text(json.dumps(results), encoding="utf-8"))
     seconds = time.perf_counter() - start
     return {

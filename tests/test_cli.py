@@ -124,3 +124,16 @@ def test_readme_commands_match_ci():
     assert test_cmd in ci.splitlines()
     assert main_cmd.endswith("gnhub demo")
     assert Path(ROOT / ".ci" / "run").stat().st_mode & 0o111
+
+
+def test_wheel_ships_templates_images_and_converters(tmp_path):
+    """Cards must render from an installed wheel, not only from a checkout."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("gnhub-*.whl"))).namelist()
+    for member in ("gnhub/model_cards/model_card.md.j2", "gnhub/data/images/tiny.png",
+                   "gnhub/converters/mmdet.py", "gnhub/reference/mmdet.py", "gnhub/cli.py"):
+        assert member in names, member

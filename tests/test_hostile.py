@@ -263,3 +263,23 @@ def test_full_disk_gives_one_error_and_no_partial_output(reference_checkpoint, t
                           preexec_fn=limit_file_size, timeout=300)
     assert_one_line_error(proc, "writing failed", "nothing was written")
     assert not any(p for p in tmp_path.iterdir())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_safetensors_never_escape_as_other_errors(tmp_path_factory, data):
+    from gnhub.checkpoint import save_safetensors
+
+    d = tmp_path_factory.mktemp("st")
+    path = d / "model.safetensors"
+    save_safetensors({"a": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.float16)}, path, {})
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 6))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    raw = raw[: data.draw(st.integers(0, len(raw)))]
+    path.write_bytes(bytes(raw))
+    ModelConfig().save(d / "config.json")
+    try:
+        read_model_dir(d, check_hash=False)
+    except GnhubError:
+        pass
