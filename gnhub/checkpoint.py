@@ -244,9 +244,13 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     return digest.hexdigest()
 
 
-def write_model_files(directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
-    """model.safetensors, then config.json carrying its sha256."""
+def write_model_files(
+    directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], before_config=None
+) -> None:
+    """model.safetensors, then config.json carrying its sha256 (`before_config()` runs between)."""
     config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"})
+    if before_config is not None:
+        before_config()
     config.save(directory / CONFIG_FILE)
 
 

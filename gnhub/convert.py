@@ -109,7 +109,7 @@ def convert(
         if entry and entry.depth != config.backbone.depth:
             raise GnhubError(f"{where}: named like zoo model {entry.name} (ResNet-{entry.depth}) but holds a "
                              f"ResNet-{config.backbone.depth}; wrong or renamed file")
-        bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not _finite(v))
         if bad:
             message = f"{where}: NaN or Inf values in {len(bad)} tensors: {bad[:5]}"
             if strict:
@@ -136,17 +136,17 @@ def convert(
         dest = Path(out) if out else Path(config.name)
         if dest.exists() and not force:  # say so now, not after verification
             raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
-        config.provenance["source_sha256"] = source.sha256.result()
-        check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)
         report = None
-        if verify:
+        if verify:  # a long step: first make sure the file is the one its name promises
+            check_hash_in_name(source.path, source.sha256.result(), check_hash)
             log("verifying against the source on the built-in images ...")
             report, golden = verify_against(source, model, images_for(None))
             if not report.passed:
                 raise GnhubError(f"{where}: conversion does not verify, nothing written: "
                                  f"{failure_message(report, source_names(source))}")
         with atomic_dir(dest, force) as tmp:
-            write_model_files(tmp, config, model.state_dict())
+            write_model_files(tmp, config, model.state_dict(), before_config=lambda: _provenance_hash(
+                config, source, check_hash))
             if report is not None:
                 write_results(tmp, report, golden)
     state = model.state_dict()
@@ -166,3 +166,16 @@ def convert(
         "nonfinite": bad,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf. A sum (one pass, no temporary) propagates both; only when it is not finite
+    (or overflows) are the elements checked, in chunks."""
+    if torch.isfinite(t.sum()):
+        return True
+    return all(bool(torch.isfinite(c).all()) for c in t.reshape(-1).split(1 << 20))
+
+
+def _provenance_hash(config: ModelConfig, source, check_hash: bool) -> None:
+    config.provenance["source_sha256"] = source.sha256.result()
+    check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)
