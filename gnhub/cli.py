@@ -15,7 +15,7 @@ from .errors import GnhubError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gnhub")
 def cli():
-    """Group Normalization Mask R-CNN checkpoints (mmdetection, Detectron) in plain PyTorch.
+    """Group Normalization Mask R-CNN checkpoints in plain PyTorch (mmdetection today; Detectron next).
 
     \b
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified

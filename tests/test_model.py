@@ -121,7 +121,10 @@ def test_not_an_image_file(small_model, tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_models_predict_on_cpu(dtype):
-    model = GNMaskRCNN(small_config())
+    config = small_config()
+    config.preprocess.max_size = (128, 64)  # CPUs have no fast half kernels: keep it small
+    config.rpn.pre_nms_top_n, config.rpn.post_nms_top_n = 50, 16
+    model = GNMaskRCNN(config)
     model.load_state_dict(deterministic_weights(model))
     model.to(dtype)
     result = model.predict(sample_images()[3])
