@@ -5,7 +5,6 @@ meaningless), scaled so that a few classes clear the score threshold and every s
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import zlib
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import sha256_file
 from .config import COCO_CLASSES, ModelConfig
 from .converters import RenameTable, mmdet
 from .modeling import GNMaskRCNN
@@ -48,12 +48,11 @@ def deterministic_weights(model: nn.Module, seed: int = 0) -> dict[str, torch.Te
     return out
 
 
-def write_demo_checkpoint(dest_dir: str | Path, depth: int = 50, seed: int = 0) -> Path:
+def write_demo_checkpoint(dest_dir: str | Path) -> Path:
     """Writes `<DEMO_NAME>-<sha256[:8]>.pth` (meta + state_dict, as mmdetection publishes)."""
     config = ModelConfig(name=DEMO_NAME)
-    config.backbone.depth = depth
     table = RenameTable(mmdet)
-    weights = deterministic_weights(GNMaskRCNN(config), seed)
+    weights = deterministic_weights(GNMaskRCNN(config))
     state_dict = OrderedDict((table.to_source(k), v) for k, v in weights.items())
     meta = {
         "mmdet_version": "3.3.0",
@@ -65,7 +64,7 @@ def write_demo_checkpoint(dest_dir: str | Path, depth: int = 50, seed: int = 0) 
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = dest_dir / f".{DEMO_NAME}.tmp"
     torch.save({"meta": meta, "state_dict": state_dict}, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    digest = sha256_file(tmp)
     path = dest_dir / f"{DEMO_NAME}-{digest[:8]}.pth"
     os.replace(tmp, path)
     return path
