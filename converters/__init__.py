@@ -4,9 +4,9 @@
 """
 import re
 
-from . import mmdet
+from . import detectron, mmdet
 
-FORMATS = {mmdet.NAME: mmdet}
+FORMATS = {mmdet.NAME: mmdet, detectron.NAME: detectron}
 
 _PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+", None)}
 
@@ -29,11 +29,12 @@ class RenameTable:
                 return dst.format(**m.groupdict())
         return None
 
-    def to_source(self, key: str) -> str | None:
+    def to_source(self, key: str, **values: str) -> str | None:
+        """The source name of a gnhub name; `values` fill placeholders absent from the gnhub name."""
         for _, src, dst_re, _ in self.rules:
             m = dst_re.fullmatch(key)
             if m:
-                return src.format(**{**self.defaults, **m.groupdict()})
+                return src.format(**{**self.defaults, **values, **m.groupdict()})
         return None
 
     def is_dropped(self, key: str) -> bool:

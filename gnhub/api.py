@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .hub import HubSettings, resolve
-from .modeling import GNMaskRCNN
+from .modeling import GNModel
 
 
 def load(
@@ -15,12 +15,13 @@ def load(
     org: str | None = None,
     hub_dir: str | None = None,
     token: str | None = None,
-) -> GNMaskRCNN:
-    """The model, its weights' sha256 checked against config.json.
+) -> GNModel:
+    """The model (a GNMaskRCNN, or a GNResNetClassifier for a bare backbone), its weights'
+    sha256 checked against config.json.
 
     A zoo name (see `gnhub.list_models()`) is fetched from ORG/NAME on the hub: the Hugging Face
     Hub through huggingface_hub's cache (HF_HUB_OFFLINE works once cached), or a directory hub
     (`hub_dir` / GNHUB_HUB_DIR). `endpoint` / GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror.
     """
     path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token))
-    return GNMaskRCNN.from_pretrained(path).to(device).eval()
+    return GNModel.from_pretrained(path).to(device).eval()

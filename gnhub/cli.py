@@ -82,11 +82,11 @@ def verify(model, source, images, tolerance, json_out):
     the golden outputs stored at conversion. Exits 0 only if every stage is within tolerance.
     """
     from .hub import resolve
-    from .modeling import GNMaskRCNN
+    from .modeling import GNModel
     from .verify import run_verify
 
     model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
-    report, names = run_verify(GNMaskRCNN.from_pretrained(model_dir), model_dir, source,
+    report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
                                [str(i) for i in images], tolerance)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"

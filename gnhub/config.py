@@ -23,10 +23,28 @@ COCO_CLASSES = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-# mmdetection's data preprocessors for the two GN families.
+# ImageNet-1k class names in class-index order (torchvision's list).
+IMAGENET_CLASSES = tuple(
+    (Path(__file__).parent / "data" / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+)
+
+# mmdetection's data preprocessors for the two GN families, and Detectron's own PIXEL_MEANS.
 DETECTRON_BGR_MEAN = (103.53, 116.28, 123.675)
+DETECTRON_PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
 IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
+
+
+CHOICES = {
+    "task": ("instance-segmentation", "image-classification"),
+    "box_convention": ("mmdet", "detectron"),
+    "preprocess.channel_order": ("RGB", "BGR"),
+    "preprocess.resize": ("mmcv", "detectron"),
+    "rpn.anchor_generator": ("mmdet", "detectron"),
+    "rpn.clip_to": ("image", "padded"),
+    "roi_heads.detect_in": ("network", "original"),
+    "roi_heads.paste": ("mmdet", "detectron"),
+}
 
 
 @dataclass
@@ -50,6 +68,10 @@ class PreprocessConfig:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     max_size: tuple[int, int] = (1333, 800)  # (long side, short side) the resized image fits in
     size_divisor: int = 32  # the batch is zero-padded (after normalisation) to a multiple of this
+    # "mmcv": uint8 resize to the size mmcv's imrescale picks, then normalise; "detectron":
+    # subtract the mean in float32, then cv2.resize(fx=fy=scale), scale as Detectron picks it
+    resize: str = "mmcv"
+    crop_size: int = 0  # > 0: shorter side resized to min(max_size), then this centre square
 
 
 @dataclass
@@ -62,6 +84,8 @@ class RPNConfig:
     post_nms_top_n: int = 1000  # per image, over all levels
     min_size: float = 0.0  # proposals need width and height > min_size
     box_stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    anchor_generator: str = "mmdet"  # "mmdet" (centred on 0, unrounded) or "detectron" (rounded, +1)
+    clip_to: str = "image"  # proposals clipped to the resized "image" or to the "padded" batch
 
 
 @dataclass
@@ -80,6 +104,8 @@ class RoIHeadsConfig:
     nms_iou: float = 0.5
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    detect_in: str = "network"  # boxes decoded in "network" (resized) or "original" image pixels
+    paste: str = "mmdet"  # "mmdet" (grid_sample, >= threshold) or "detectron" (cv2.resize, > threshold)
 
 
 @dataclass
@@ -98,6 +124,9 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    # "mmdet": widths x2 - x1; "detectron": widths x2 - x1 + 1 in decoding, NMS (IoU >= thr),
+    # proposal filtering and level mapping, and the limit of detections by a score threshold
+    box_convention: str = "mmdet"
     provenance: dict = field(default_factory=dict)  # source file, sha256, format, converter, date
     weights_sha256: str = ""  # of model.safetensors, written with it
     format_version: int = FORMAT_VERSION
@@ -111,7 +140,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        return _build(cls, data, "config")
+        config = _build(cls, data, "config")
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Every convention field holds one of its known values."""
+        for where, value in (
+            ("task", self.task), ("box_convention", self.box_convention),
+            ("preprocess.channel_order", self.preprocess.channel_order), ("preprocess.resize", self.preprocess.resize),
+            ("rpn.anchor_generator", self.rpn.anchor_generator), ("rpn.clip_to", self.rpn.clip_to),
+            ("roi_heads.detect_in", self.roi_heads.detect_in), ("roi_heads.paste", self.roi_heads.paste),
+        ):
+            if value not in CHOICES[where]:
+                raise GnhubError(f"config: {where} is {value!r}; expected one of {list(CHOICES[where])}")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -10,10 +10,10 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_dir, write_model_files
-from .config import COCO_CLASSES, ModelConfig
+from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from .converters import RenameTable
 from .errors import GnhubError
-from .modeling.mask_rcnn import with_weights
+from .modeling import with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, check_hash_in_name, open_source
 from .verify import failure_message, images_for, source_names, verify_against, write_results
@@ -57,23 +57,29 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
         raise GnhubError(f"{where}: backbone has {blocks} blocks in stage 4; expected ResNet-50 (6) or -101 (23)")
-    cls = tensors.get("roi_heads.box_head.cls_score.weight")
-    if cls is None:
-        raise GnhubError(f"{where}: no box classifier found; is this a Mask R-CNN checkpoint?")
     config = ModelConfig()
     config.backbone.depth = depth
-    num_classes = cls.shape[0] - 1
-    if num_classes != len(COCO_CLASSES):
-        config.classes = tuple(f"class_{i}" for i in range(num_classes))
+    if "fc.weight" in tensors:  # a backbone with its ImageNet classifier
+        config.task = "image-classification"
+        num_classes, known = tensors["fc.weight"].shape[0], IMAGENET_CLASSES
+    elif "roi_heads.box_head.cls_score.weight" in tensors:
+        num_classes, known = tensors["roi_heads.box_head.cls_score.weight"].shape[0] - 1, COCO_CLASSES
+    else:
+        raise GnhubError(f"{where}: no box classifier or ImageNet classifier found; is this a GN Mask R-CNN "
+                         "or a GN ResNet checkpoint?")
+    config.classes = known if num_classes == len(known) else tuple(f"class_{i}" for i in range(num_classes))
     return config
 
 
 def apply_settings(config: ModelConfig, settings: dict) -> None:
-    """Sets preprocess fields and `rpn.*` / `roi.*` test settings from a converter's reading."""
+    """Sets preprocess fields, `rpn.*` / `roi.*` test settings and top-level conventions
+    (box_convention) from a converter's reading."""
     sections = {"rpn": config.rpn, "roi": config.roi_heads}
     for key, value in settings.items():
         section, _, field = key.rpartition(".")
-        setattr(sections[section] if section else config.preprocess, field, value)
+        target = sections[section] if section else config.preprocess if hasattr(config.preprocess, field) else config
+        setattr(target, field, value)
+    config.check()
 
 
 def convert(

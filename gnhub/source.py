@@ -41,7 +41,10 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
     converter = _pick(fmt, obj, str(path))
     entry = zoo.find_by_file(path.name)
     settings = converter.meta_settings(obj)
-    if "mean" in settings:
+    origin = getattr(converter, "settings_origin", None)
+    if origin is not None:
+        preprocess_from = origin(obj)
+    elif "mean" in settings:
         preprocess_from = "checkpoint config"
     elif entry is not None:
         p = entry.preprocess

@@ -20,8 +20,7 @@ from torchvision.ops import box_iou
 from . import __version__
 from .converters import RenameTable
 from .errors import GnhubError
-from .modeling import GNMaskRCNN
-from .modeling.mask_rcnn import with_weights
+from .modeling import GNModel, with_weights
 from .modeling.transform import load_image
 from .reference import REFERENCES
 from .samples import sample_images
@@ -39,7 +38,7 @@ TOLERANCES = {
 
 DENSE_STAGES = (
     ["input"] + [f"backbone.c{i}" for i in range(2, 6)] + [f"fpn.p{i}" for i in range(2, 7)]
-    + [f"rpn.objectness.p{i}" for i in range(2, 7)] + [f"rpn.deltas.p{i}" for i in range(2, 7)]
+    + [f"rpn.objectness.p{i}" for i in range(2, 7)] + [f"rpn.deltas.p{i}" for i in range(2, 7)] + ["logits"]
 )
 # What to look at when a stage differs: gnhub tensor prefixes (or a config section).
 _HINTS = {
@@ -53,9 +52,10 @@ _HINTS = {
     "roi": ["roi_heads.box_head", "config.json roi_heads"],
     "detections": ["roi_heads.box_head.cls_score", "roi_heads.box_head.bbox_pred", "config.json roi_heads"],
     "mask": ["roi_heads.mask_head", "config.json roi_heads.mask_threshold"],
+    "logits": ["fc", "backbone.layer4"],
 }
 # The stages kept as golden outputs (small: no full-resolution feature maps).
-GOLDEN_STAGES = ("fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits")
+GOLDEN_STAGES = ("fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits", "logits")
 
 
 @dataclass
@@ -80,18 +80,20 @@ def _dense(image: str, stage: str, got: Tensor, ref: Tensor, tol: float) -> Stag
     return StageCheck(image, stage, rel <= tol, max_abs, rel, f"rel <= {tol:g}")
 
 
-def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: str | None = None):
+def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: str | None = None, offset=0.0):
     """For each of the better-scored half of the reference boxes, the gnhub box with IoU >= thr
     (and the same label) whose score is closest: (reference indices, gnhub indices, found).
 
     Near-duplicate boxes (across FPN levels, across classes) are told apart by their scores;
     the lower half is left out because near-tied boxes at a top-k cut-off may swap in and out.
+    `offset` 1 measures widths as x2 - x1 + 1 (Detectron's boxes, which may be one pixel wide).
     """
     n, m = (len(ref[boxes]) + 1) // 2, len(got[boxes])
     r = torch.arange(n)
     if not n or not m:
         return r, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
-    ok = box_iou(ref[boxes][:n].float(), got[boxes].float()) >= thr
+    pad = torch.tensor([0.0, 0.0, offset, offset])
+    ok = box_iou(ref[boxes][:n].float() + pad, got[boxes].float() + pad) >= thr
     if labels:
         ok &= ref[labels][:n, None] == got[labels][None, :]
     cost = (ref[scores][:n].float()[:, None] - got[scores].float()[None, :]).abs()
@@ -107,19 +109,21 @@ def _matched(image, stage, got_scores, ref_scores, ok, tol, counts) -> StageChec
                       f"{counts}; {frac:.1%} of the better half matched")
 
 
-def compare(image: str, got: dict[str, Tensor], ref: dict[str, Tensor], dtype: str) -> list[StageCheck]:
-    """Every stage present in both, in pipeline order."""
+def compare(
+    image: str, got: dict[str, Tensor], ref: dict[str, Tensor], dtype: str, offset: float = 0.0
+) -> list[StageCheck]:
+    """Every stage present in both, in pipeline order; `offset`: see `_match`."""
     tol = TOLERANCES[dtype]
     checks = [_dense(image, s, got[s], ref[s], tol["dense"]) for s in DENSE_STAGES if s in ref and s in got]
     if "proposals" in ref:
-        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"])
+        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"], offset=offset)
         checks.append(_matched(image, "proposals", got["proposal_scores"][idx[ok]], ref["proposal_scores"][r[ok]],
                                ok, tol, f"{len(ref['proposals'])} reference / {len(got['proposals'])} gnhub"))
         if "roi.cls_logits" in ref and ok.any():
             for s in ("roi.cls_logits", "roi.box_deltas"):
                 checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol["dense"]))
     if "boxes" in ref:
-        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels")
+        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels", offset=offset)
         checks.append(_matched(image, "detections", got["scores"][idx[ok]], ref["scores"][r[ok]], ok, tol,
                                f"{len(ref['boxes'])} reference / {len(got['boxes'])} gnhub"))
         if ok.any():
@@ -154,14 +158,18 @@ def source_names(source) -> dict[str, str]:
     return {table.to_gnhub(k): k for k in source.tensors if not table.is_dropped(k)}
 
 
-def float32_model(model: GNMaskRCNN) -> GNMaskRCNN:
+def float32_model(model: GNModel) -> GNModel:
     """The model with its stored (possibly half precision) weights widened to float32, on CPU."""
     if model.dtype == torch.float32 and model.device.type == "cpu":
         return model
     return with_weights(model.config, {k: v.float().cpu() for k, v in model.state_dict().items()}, "model")
 
 
-def run_model(model: GNMaskRCNN, image: np.ndarray) -> dict[str, Tensor]:
+def box_offset(model: GNModel) -> float:
+    return 1.0 if model.config.box_convention == "detectron" else 0.0
+
+
+def run_model(model: GNModel, image: np.ndarray) -> dict[str, Tensor]:
     return {k: v.cpu() for k, v in model.inspect(image).items()}
 
 
@@ -208,11 +216,11 @@ def images_for(extra: list[str] | None) -> list[tuple[str, np.ndarray]]:
     return [(Path(p).name, load_image(p)) for p in paths]
 
 
-def dtype_name(model: GNMaskRCNN) -> str:
+def dtype_name(model: GNModel) -> str:
     return str(model.dtype).replace("torch.", "")
 
 
-def verify_against(source, model: GNMaskRCNN, images, tolerance: str | None = None):
+def verify_against(source, model: GNModel, images, tolerance: str | None = None):
     """Compares `model` with the source's own forward on each image: (report, golden tensors).
 
     The model runs in float32 on CPU with its weights as stored. The mapping is checked against
@@ -230,17 +238,17 @@ def verify_against(source, model: GNMaskRCNN, images, tolerance: str | None = No
     for name, rgb in images:
         got = run_model(model, rgb)
         ref = mapping(rgb)
-        checks += compare(name, got, ref, "float32" if full else tolerance)
+        checks += compare(name, got, ref, "float32" if full else tolerance, box_offset(model))
         if full is not None:
             exact = full(rgb)
-            for c in compare(name, got, {k: exact[k] for k in DENSE_STAGES}, tolerance):
+            for c in compare(name, got, {k: exact[k] for k in DENSE_STAGES if k in exact}, tolerance):
                 c.stage = "precision." + c.stage
                 checks.append(c)
-        golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES})
+        golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES if k in ref})
     return Report(checks, tolerance, f"source {source.path.name}"), golden
 
 
-def verify_golden(model: GNMaskRCNN, model_dir: Path, dtype: str | None = None) -> Report:
+def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> Report:
     path = Path(model_dir) / GOLDEN_FILE
     if not path.is_file():
         raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass --source with the original checkpoint")
@@ -255,7 +263,7 @@ def verify_golden(model: GNMaskRCNN, model_dir: Path, dtype: str | None = None) 
     model = float32_model(model)
     for name in names:
         ref = {k.split("/", 1)[1]: v for k, v in stored.items() if k.startswith(name + "/")}
-        checks += compare(name, run_model(model, by_name[name]), ref, dtype)
+        checks += compare(name, run_model(model, by_name[name]), ref, dtype, box_offset(model))
     return Report(checks, dtype, "golden outputs")
 
 
@@ -283,7 +291,7 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
 
 
 def run_verify(
-    model: GNMaskRCNN, model_dir: Path, source_path, extra_images, tolerance
+    model: GNModel, model_dir: Path, source_path, extra_images, tolerance
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: against the source when given, else the golden outputs in `model_dir`.
 

@@ -1,8 +1,9 @@
-"""Box coding and NMS with mmdetection's semantics (xyxy boxes, widths x2 - x1)."""
+"""Box coding and NMS: mmdetection's (xyxy boxes, widths x2 - x1) and Detectron's (widths + 1)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import nms
@@ -57,3 +58,45 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float, split
         kept[idx[nms(shifted[idx], scores[idx], iou)]] = True
     keep = kept.nonzero().view(-1)
     return keep[scores[keep].sort(descending=True)[1]]
+
+
+def decode_boxes_detectron(
+    boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], max_shape: tuple[int, int]
+) -> Tensor:
+    """Detectron's bbox_transform and clip_tiled_boxes: widths x2 - x1 + 1, deltas divided by
+    the weights 1 / stds, dw and dh clamped from above only, corners clipped to [0, size - 1]."""
+    w = boxes[:, 2] - boxes[:, 0] + 1.0
+    h = boxes[:, 3] - boxes[:, 1] + 1.0
+    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
+    wx, wy, ww, wh = (1.0 / s for s in stds)
+    dw = (deltas[:, 2] / ww).clamp(max=MAX_LOG_SCALE)
+    dh = (deltas[:, 3] / wh).clamp(max=MAX_LOG_SCALE)
+    px, py = deltas[:, 0] / wx * w + cx, deltas[:, 1] / wy * h + cy
+    pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+    x1, y1 = px - 0.5 * pw, py - 0.5 * ph
+    x2, y2 = px + 0.5 * pw - 1, py + 0.5 * ph - 1
+    out = torch.stack([x1, y1, x2, y2], dim=1)
+    out[:, 0::2].clamp_(min=0, max=max_shape[1] - 1)
+    out[:, 1::2].clamp_(min=0, max=max_shape[0] - 1)
+    return out
+
+
+def nms_detectron(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
+    """Detectron's greedy NMS: areas with + 1, a box is suppressed at IoU >= iou; kept indices by
+    decreasing score (ties: lower index first). float32 throughout, as its Cython kernel."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    b = boxes.float()[order].cpu()
+    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    w = (torch.minimum(b[:, None, 2], b[None, :, 2]) - torch.maximum(b[:, None, 0], b[None, :, 0]) + 1).clamp(min=0)
+    h = (torch.minimum(b[:, None, 3], b[None, :, 3]) - torch.maximum(b[:, None, 1], b[None, :, 1]) + 1).clamp(min=0)
+    inter = w * h
+    over = (inter / (area[:, None] + area[None, :] - inter) >= iou).numpy()
+    removed = np.zeros(len(b), dtype=bool)
+    keep = []
+    for i in range(len(b)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= over[i]
+    return order[torch.tensor(keep, device=order.device)]

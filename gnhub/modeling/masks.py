@@ -1,8 +1,10 @@
-"""Pasting 28x28 mask probabilities into full-resolution images."""
+"""Pasting 28x28 mask probabilities into full-resolution images, as mmdetection or Detectron does."""
 from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,3 +37,26 @@ def _grid(start: int, stop: int, lo: float, hi: float, device) -> Tensor:
     hi_t = torch.tensor(hi, dtype=torch.float32, device=device)
     t = (t - lo_t) / (hi_t - lo_t) * 2 - 1
     return torch.where(torch.isinf(t), torch.zeros_like(t), t)
+
+
+def paste_masks_detectron(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float) -> Tensor:
+    """Detectron's segm_results: the M x M mask zero-padded to M + 2, its box widened by
+    (M + 2) / M and cut to whole pixels, cv2.resize to the box (corners inclusive), > threshold."""
+    out = torch.zeros(len(probs), height, width, dtype=torch.bool)
+    if not len(probs):
+        return out.to(probs.device)
+    m = probs.shape[-1]
+    b = boxes.float().cpu()
+    half_w = (b[:, 2] - b[:, 0]) * 0.5 * ((m + 2.0) / m)
+    half_h = (b[:, 3] - b[:, 1]) * 0.5 * ((m + 2.0) / m)
+    cx, cy = (b[:, 2] + b[:, 0]) * 0.5, (b[:, 3] + b[:, 1]) * 0.5
+    ref = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).double().numpy().astype(np.int32)
+    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
+    for i, (prob, (x0, y0, x1, y1)) in enumerate(zip(probs.float().cpu().numpy(), ref.tolist())):
+        padded[1:-1, 1:-1] = prob
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        mask = cv2.resize(padded, (w, h)) > threshold
+        xa, xb, ya, yb = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
+        if xa < xb and ya < yb:
+            out[i, ya:yb, xa:xb] = torch.from_numpy(mask[ya - y0 : yb - y0, xa - x0 : xb - x0])
+    return out.to(probs.device)

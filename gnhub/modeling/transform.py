@@ -58,23 +58,39 @@ class ImageBatch:
 
 class Preprocessor:
     def __init__(self, cfg: PreprocessConfig):
-        if cfg.channel_order not in ("RGB", "BGR"):
-            raise GnhubError(f"preprocess.channel_order must be RGB or BGR, got {cfg.channel_order!r}")
         self.cfg = cfg
 
     def resize(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-        """RGB uint8 -> network-order uint8 fitting in max_size, and the (w, h) scale factor.
+        """RGB uint8 -> the resized image in network order and the (w, h) scale factor.
 
-        The scale and rounding are mmcv's `imrescale`; the interpolation is OpenCV's bilinear on
-        uint8, the same call mmdetection makes.
+        "mmcv": scale and rounding of mmcv's `imrescale`, OpenCV bilinear on uint8 (normalised
+        later, in `batch`). "detectron": Detectron's `prep_im_for_blob`: the mean subtracted in
+        float32, then OpenCV bilinear with fx = fy = scale; the result is already normalised.
+        With crop_size, the shorter side goes to min(max_size) and the centre square is kept.
         """
-        h, w = rgb.shape[:2]
-        long_side, short_side = max(self.cfg.max_size), min(self.cfg.max_size)
-        scale = min(long_side / max(h, w), short_side / min(h, w))
-        new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
-        img = rgb[:, :, ::-1] if self.cfg.channel_order == "BGR" else rgb
-        img = cv2.resize(np.ascontiguousarray(img), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        return img, (new_w / w, new_h / h)
+        cfg = self.cfg
+        img = np.ascontiguousarray(rgb[:, :, ::-1] if cfg.channel_order == "BGR" else rgb)
+        h, w = img.shape[:2]
+        long_side, short_side = max(cfg.max_size), min(cfg.max_size)
+        if cfg.resize == "detectron":
+            scale = short_side / min(h, w)
+            if not cfg.crop_size and round(scale * max(h, w)) > long_side:
+                scale = long_side / max(h, w)
+            img = (img - np.asarray(cfg.mean)) / np.asarray(cfg.std)  # float64, like Detectron's `im -= means`
+            img = cv2.resize(img.astype(np.float32), None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+            factors = (scale, scale)
+        else:
+            scale = short_side / min(h, w) if cfg.crop_size else min(long_side / max(h, w), short_side / min(h, w))
+            new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+            img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            factors = (new_w / w, new_h / h)
+        if cfg.crop_size:
+            c = cfg.crop_size
+            if min(img.shape[:2]) < c:
+                raise GnhubError(f"preprocess: image resized to {img.shape[1]}x{img.shape[0]} is smaller than crop {c}")
+            top, left = (img.shape[0] - c) // 2, (img.shape[1] - c) // 2
+            img = np.ascontiguousarray(img[top : top + c, left : left + c])
+        return img, factors
 
     def batch(
         self,
@@ -84,7 +100,8 @@ class Preprocessor:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> ImageBatch:
-        """Network-order uint8 HxWx3 images -> one normalised batch padded to size_divisor."""
+        """Resized HxWx3 images (uint8, or float32 already normalised) -> one normalised batch
+        zero-padded to size_divisor."""
         div = self.cfg.size_divisor
         ph = math.ceil(max(im.shape[0] for im in images) / div) * div
         pw = math.ceil(max(im.shape[1] for im in images) / div) * div
@@ -93,7 +110,7 @@ class Preprocessor:
         out = torch.zeros(len(images), 3, ph, pw, device=device, dtype=dtype)
         for i, im in enumerate(images):
             x = torch.from_numpy(im).to(device).permute(2, 0, 1).float()
-            out[i, :, : im.shape[0], : im.shape[1]] = (x - mean) / std
+            out[i, :, : im.shape[0], : im.shape[1]] = (x - mean) / std if im.dtype == np.uint8 else x
         sizes = [im.shape[:2] for im in images]
         return ImageBatch(out, sizes, list(original_sizes), list(scale_factors))
 

@@ -1,4 +1,5 @@
 """Independent forwards of each source format, over the source's own tensor names."""
+from .detectron import DetectronReference
 from .mmdet import MMDetReference
 
-REFERENCES = {"mmdet": MMDetReference}
+REFERENCES = {"mmdet": MMDetReference, "detectron": DetectronReference}

@@ -1,0 +1,106 @@
+"""What every gnhub model shares: its config, device and dtype, `inspect`, its directory layout,
+and `with_weights`, which builds the model a config's task names."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import read_model_dir, write_model_dir
+from ..config import ModelConfig
+from ..errors import GnhubError
+from .transform import load_image
+
+MODELS: dict[str, type[GNModel]] = {}  # config.task -> model class
+
+
+class GNModel(nn.Module):
+    """A GN network with its preprocessing; subclasses set `task` and implement `run`."""
+
+    task: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODELS[cls.task] = cls
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.conv1.weight.dtype
+
+    def run(self, batch, record: dict | None = None):
+        raise NotImplementedError
+
+    def predict(self, images, batch_size: int = 1):
+        """Results for one image (a dict) or a list of images (a list of dicts); see the class.
+
+        An image is a file path, a PIL image or an HxWx3 uint8 RGB array. Images are batched
+        only with images of the same padded size, so a result never depends on what else is in
+        the batch (GroupNorm statistics would change with padding).
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            raise GnhubError("predict got an empty list of images")
+        if batch_size < 1:
+            raise GnhubError(f"batch size must be at least 1, got {batch_size}")
+        rgbs = [load_image(im) for im in items]
+        resized = [self.preprocessor.resize(im) for im in rgbs]
+        groups = defaultdict(list)
+        div = self.config.preprocess.size_divisor
+        for i, (img, _) in enumerate(resized):
+            groups[(-(-img.shape[0] // div), -(-img.shape[1] // div))].append(i)
+        results: list[dict | None] = [None] * len(items)
+        for idx in groups.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start : start + batch_size]
+                batch = self.preprocessor.batch(
+                    [resized[i][0] for i in chunk], [rgbs[i].shape[:2] for i in chunk],
+                    [resized[i][1] for i in chunk], self.device, self.dtype,
+                )
+                for i, res in zip(chunk, self.run(batch)):
+                    results[i] = {k: v.cpu() for k, v in res.items()}
+        return results[0] if single else results
+
+    def inspect(self, image) -> dict[str, Tensor]:
+        """Every stage of one image, by name (see docs/layout.md, "Stage names")."""
+        record: dict[str, Tensor] = {}
+        self.run(self.preprocessor([load_image(image)], self.device, self.dtype), record)
+        return record
+
+    def save_pretrained(self, path: str | Path, force: bool = False) -> Path:
+        return write_model_dir(path, self.config, self.state_dict(), force=force)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> GNModel:
+        """The model in a gnhub directory: the class its config.json's task names."""
+        config, state_dict = read_model_dir(path)
+        model = with_weights(config, state_dict, str(path))
+        if not isinstance(model, cls):
+            raise GnhubError(f"{path}: holds a {config.task} model, not a {cls.__name__}")
+        return model
+
+
+def with_weights(config: ModelConfig, state_dict: dict[str, Tensor], where: str) -> GNModel:
+    """The model for `config.task` whose parameters are the given tensors (no copy, no random
+    initialisation). A missing, unexpected or misshapen tensor raises one error naming them."""
+    with torch.device("meta"):
+        model = MODELS[config.task](config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if names
+        ]
+        raise GnhubError(f"{where}: weights do not fit the model in config.json: {'; '.join(parts)}")
+    model.load_state_dict(state_dict, assign=True)
+    return model.eval()

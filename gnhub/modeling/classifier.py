@@ -1,0 +1,43 @@
+"""GNResNetClassifier: a GN ResNet with its ImageNet classifier (Detectron's R-50-GN.pkl, R-101-GN.pkl)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .base import GNModel
+from .resnet import STAGE_CHANNELS, GNResNet
+from .transform import ImageBatch, Preprocessor
+
+
+class GNResNetClassifier(GNModel):
+    """GN ResNet -> global average pool -> fc (`fc`, Detectron's `pred`); inference only.
+
+    `predict(images)` gives per image the `top_k` best `labels` (indexing `config.classes`) and
+    their softmax `scores`. Its `backbone` has the same tensor names as GNMaskRCNN's, so it can
+    start a detector: `detector.backbone.load_state_dict(classifier.backbone.state_dict())`.
+    """
+
+    task = "image-classification"
+
+    def __init__(self, config: ModelConfig, top_k: int = 5):
+        super().__init__()
+        config.check()
+        self.config = config
+        self.top_k = top_k
+        self.preprocessor = Preprocessor(config.preprocess)
+        self.backbone = GNResNet(config.backbone)
+        self.fc = nn.Linear(STAGE_CHANNELS[-1], config.num_classes)
+        self.eval()
+
+    @torch.inference_mode()
+    def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
+        c = self.backbone(batch.tensor)
+        logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
+        scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)
+        if record is not None:
+            record["input"] = batch.tensor[:1]
+            record.update({f"backbone.c{i + 2}": x[:1] for i, x in enumerate(c)})
+            record["logits"] = logits[:1]
+        return [{"labels": lab, "scores": s} for lab, s in zip(labels, scores)]
