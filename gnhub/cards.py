@@ -12,7 +12,7 @@ from .checkpoint import CONFIG_FILE
 from .config import ModelConfig
 from .verify import VERIFICATION_FILE, Report, StageCheck
 
-SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION)}
+SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION), "detectron": ("Detectron", zoo.DETECTRON_CITATION)}
 
 
 def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
@@ -30,8 +30,14 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
         checks = [StageCheck(**c) for c in verification["checks"]]
         stages = Report(checks, verification["dtype"], verification["against"]).summary()
     family, citation = SOURCE_FAMILIES.get(p.get("source_format"), (p.get("source_format", "source"), None))
+    classifier = config.task == "image-classification"
     results = []
-    if entry:
+    if entry and classifier:
+        results = [EvalResult(task_type="image-classification", metric_type="accuracy", metric_name="top-1 accuracy",
+                              metric_value=round(100 - entry.top1_error, 1), dataset_type="imagenet-1k",
+                              dataset_name="ImageNet-1k", dataset_split="validation", source_name=family,
+                              source_url=entry.results_source)]
+    elif entry:
         common = {"dataset_type": "coco", "dataset_name": "COCO 2017", "dataset_split": "validation",
                   "source_name": family, "source_url": entry.results_source}
         results = [
@@ -44,10 +50,10 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
     data = ModelCardData(
         license=entry.license if entry else "apache-2.0",
         library_name="gnhub",
-        tags=["instance-segmentation", "object-detection", "mask-rcnn", "group-normalization", family]
-        + (["untrained"] if untrained else []),
-        datasets=["coco"],
-        pipeline_tag="image-segmentation",
+        tags=(["image-classification", "resnet"] if classifier else ["instance-segmentation", "object-detection",
+              "mask-rcnn"]) + ["group-normalization", family] + (["untrained"] if untrained else []),
+        datasets=["imagenet-1k"] if classifier else ["coco"],
+        pipeline_tag="image-classification" if classifier else "image-segmentation",
         model_name=config.name if results else None,
         eval_results=results or None,
     )
@@ -60,7 +66,10 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
         p=p,
         entry=entry,
         untrained=untrained,
-        summary=f"Mask R-CNN with a ResNet-{depth}-FPN backbone and Group Normalization in every layer "
+        classifier=classifier,
+        summary=f"ResNet-{depth} with Group Normalization in every layer and its ImageNet classifier, "
+        f"{config.num_classes} classes." if classifier else
+        f"Mask R-CNN with a ResNet-{depth}-FPN backbone and Group Normalization in every layer "
         f"(backbone, FPN and heads), {config.num_classes} classes.",
         source_family=family,
         load_name=load_name or (config.name if entry else str(model_dir)),

@@ -112,7 +112,8 @@ def predict(images, model_path, out, batch_size, device, dtype):
     """Detect and segment objects in IMAGES (files, folders or glob patterns).
 
     Writes NAME.png (masks, boxes, classes and scores drawn) and NAME.json per image, and
-    results.json with all detections in COCO results format (RLE masks).
+    results.json with all detections in COCO results format (RLE masks). With an ImageNet
+    classifier (a converted R-50-GN.pkl), NAME.json and results.json list the top 5 classes.
     """
     from .api import load
     from .convert import DTYPES
@@ -133,7 +134,8 @@ def predict(images, model_path, out, batch_size, device, dtype):
         click.echo(f"warning: skipped {reason}", err=True)
     click.echo(
         f"{summary['images']} images ({summary['images_per_second']} images/s), "
-        f"{summary['detections']} detections, {len(summary['skipped'])} skipped -> {summary['out']}/"
+        f"{summary['detections']} {'top classes' if model.task == 'image-classification' else 'detections'}, "
+        f"{len(summary['skipped'])} skipped -> {summary['out']}/"
     )
 
 
@@ -187,7 +189,7 @@ def list_(pattern):
         raise GnhubError(f"no zoo model matches {pattern!r}")
     for n in names:
         e = MODELS[n]
-        click.echo(f"{n:42s} R-{e.depth:<3d} {e.pretrain} {e.schedule}  box AP {e.box_ap}  mask AP {e.mask_ap}")
+        click.echo(f"{n:42s} R-{e.depth:<3d} {e.source_format:9s} {e.schedule.split()[0]:8s} {e.results_text}")
 
 
 @cli.command()

@@ -72,6 +72,8 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
     With `results` (a .json path), detections are also written there; per-image progress is
     kept in `<results>.parts/` so an interrupted run resumes where it stopped.
     """
+    if model.task != "instance-segmentation":
+        raise GnhubError(f"{model.config.name}: is an ImageNet classifier; COCO evaluation needs a Mask R-CNN")
     coco = _coco(annotations)
     cat_ids = category_ids(model.config.classes, coco)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

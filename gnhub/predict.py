@@ -11,7 +11,7 @@ from pathlib import Path
 from . import rle
 from .draw import overlay
 from .errors import GnhubError
-from .modeling import GNMaskRCNN
+from .modeling import GNModel
 from .modeling.transform import load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -54,13 +54,14 @@ def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[di
 
 
 def predict_files(
-    model: GNMaskRCNN,
+    model: GNModel,
     paths: list[Path],
     out_dir: Path,
     batch_size: int = 1,
     progress: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all.
+    """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all; for a
+    classifier, <stem>.json and results.json hold the top classes and their scores.
 
     Unreadable images are skipped and listed; `progress(images done, images/s)` is called after
     each batch; returns a summary.
@@ -84,11 +85,15 @@ def predict_files(
         preds = model.predict(images, batch_size=batch_size) if images else []
         for p, rgb, pred in zip(chunk, images, preds):
             stem = _unique(p.stem, used)
-            dets = detections_json(pred, classes, p.name)
+            if model.task == "image-classification":
+                dets = [{"image_id": p.name, "category_id": label, "category": classes[label], "score": round(s, 5)}
+                        for label, s in zip(pred["labels"].tolist(), pred["scores"].tolist())]
+            else:
+                dets = detections_json(pred, classes, p.name)
+                picture = overlay(rgb, pred, classes)
+                _atomic_write(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"))
             text = json.dumps({"image": str(p), "detections": dets}, indent=1)
             _atomic_write(out_dir / f"{stem}.json", lambda t, text=text: t.write_text(text, encoding="utf-8"))
-            picture = overlay(rgb, pred, classes)
-            _atomic_write(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"))
             results += dets
             written.append(stem)
         if progress:

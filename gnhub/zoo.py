@@ -29,6 +29,14 @@ MMDET_CITATION = """@article{mmdetection,
   year={2019}
 }"""
 MMDET_RESULTS = "https://github.com/open-mmlab/mmdetection/blob/main/configs/gn/README.md"
+DETECTRON_CITATION = """@misc{Detectron2018,
+  author = {Ross Girshick and Ilija Radosavovic and Georgia Gkioxari and Piotr Doll\\'{a}r and Kaiming He},
+  title = {Detectron},
+  howpublished = {\\url{https://github.com/facebookresearch/detectron}},
+  year = {2018}
+}"""
+DETECTRON_RESULTS = "https://github.com/facebookresearch/Detectron/blob/main/projects/GN/README.md"
+DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron/"
 DEFAULT_ORG = "gnhub"
 
 
@@ -37,12 +45,12 @@ class ZooEntry:
     name: str
     source_format: str
     depth: int
-    pretrain: str  # "(d)" Detectron backbone, "(c)" contributed backbone
+    pretrain: str  # "(d)" Detectron backbone, "(c)" contributed backbone, "imagenet", "scratch", "none"
     schedule: str
-    epochs: int
-    file: str
-    box_ap: float
-    mask_ap: float
+    epochs: int | None
+    file: str  # the file name gnhub expects (Detectron's detectors are all model_final.pkl upstream)
+    box_ap: float | None
+    mask_ap: float | None
     train_memory_gb: float | None  # per GPU, as published
     inference_fps: float | None  # as published
     architecture: str = "Mask R-CNN, ResNet-FPN with GroupNorm everywhere (4conv1fc box head)"
@@ -50,14 +58,18 @@ class ZooEntry:
     hardware: str = "NVIDIA V100 (mmdetection v2.0 benchmark; upstream marks memory and speed as outdated)"
     license: str = "apache-2.0"
     results_source: str = MMDET_RESULTS
+    source_url: str | None = ""  # "": mmdetection's URL pattern; None: no published download
+    top1_error: float | None = None  # ImageNet classifiers, centre crop, as published
+    task: str = "instance-segmentation"
 
     @property
-    def url(self) -> str:
-        return MMDET_URL.format(name=self.name, file=self.file)
+    def url(self) -> str | None:
+        return MMDET_URL.format(name=self.name, file=self.file) if self.source_url == "" else self.source_url
 
     @property
-    def sha256_prefix(self) -> str:
-        return re.search(r"-([0-9a-f]{8})\.pth$", self.file).group(1)
+    def sha256_prefix(self) -> str | None:
+        m = re.search(r"-([0-9a-f]{8})\.pth$", self.file)
+        return m.group(1) if m else None
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -66,7 +78,16 @@ class ZooEntry:
     @property
     def pretrain_text(self) -> str:
         return {"(d)": "ImageNet R-{d}-GN backbone converted from Detectron (d)",
-                "(c)": "ImageNet R-{d}-GN backbone contributed to mmdetection (c)"}[self.pretrain].format(d=self.depth)
+                "(c)": "ImageNet R-{d}-GN backbone contributed to mmdetection (c)",
+                "imagenet": "Detectron's ImageNet R-{d}-GN backbone",
+                "scratch": "none: trained from scratch",
+                "none": "trained on ImageNet-1k from scratch"}[self.pretrain].format(d=self.depth)
+
+    @property
+    def results_text(self) -> str:
+        if self.top1_error is not None:
+            return f"top-1 error {self.top1_error}%"
+        return f"box AP {self.box_ap}  mask AP {self.mask_ap}"
 
     def hub_repo(self, org: str = DEFAULT_ORG) -> str:
         return f"{org}/{self.name}"
@@ -81,9 +102,45 @@ _MMDET = [
     ("mask_rcnn_r50_fpn_gn-all_contrib_3x_coco", 50, "(c)", "3x", 36, "20200225-542aefbc", 40.1, 36.2, 7.1, 9.6),
 ]
 
+# Detectron's GN models (projects/GN/README.md): detectors trained on coco_2014_train +
+# valminusminival (= COCO 2017 train), scored on minival (= val2017); 2x = 180k, 3x = 270k
+# iterations of 16 images. Inference speed is the published s/image on one P100, as fps.
+_DETECTRON_HOME = dict(
+    source_format="detectron", results_source=DETECTRON_RESULTS, epochs=None,
+    dataset="COCO 2014 train + valminusminival (= 2017 train; metrics on minival = val2017)",
+    hardware="NVIDIA Tesla P100 (Detectron model zoo)",
+)
+_DETECTRON_RUN = "GN/{id}/04_2018_gn_baselines/{run}/output/train/coco_2014_train%3Acoco_2014_valminusminival/" \
+    "generalized_rcnn/model_final.pkl"
+_DETECTRON = [
+    ("e2e_mask_rcnn_R-50-FPN_2x_gn", 50, "imagenet", "2x", 40.3, 35.7, 10.5, 0.146 + 0.017,
+     "48616381", "e2e_mask_rcnn_R-50-FPN_2x_gn_0416.13_23_38.bTlTI97Q"),
+    ("e2e_mask_rcnn_R-101-FPN_2x_gn", 101, "imagenet", "2x", 41.8, 36.8, 12.4, 0.180 + 0.015,
+     "48616724", "e2e_mask_rcnn_R-101-FPN_2x_gn_0416.13_26_34.GLnri4GR"),
+    ("e2e_mask_rcnn_R-50-FPN_3x_gn", 50, "imagenet", "3x", 40.8, 36.1, 10.5, 0.145 + 0.015,
+     "48734751", "e2e_mask_rcnn_R-50-FPN_3x_gn_0417.09_54_59.nwCTtPVk"),
+    ("e2e_mask_rcnn_R-101-FPN_3x_gn", 101, "imagenet", "3x", 42.3, 37.2, 12.4, 0.180 + 0.014,
+     "48734779", "e2e_mask_rcnn_R-101-FPN_3x_gn_0417.09_55_23.HMtcR8wg"),
+    ("scratch_e2e_mask_rcnn_R-50-FPN_3x_gn", 50, "scratch", "3x", 39.5, 35.2, 10.8, 0.140 + 0.019, "56421872", None),
+    ("scratch_e2e_mask_rcnn_R-101-FPN_3x_gn", 101, "scratch", "3x", 41.0, 36.4, 12.7, 0.177 + 0.019, "56421911", None),
+]
+
 MODELS: dict[str, ZooEntry] = {
-    name: ZooEntry(name, "mmdet", depth, pre, sched, epochs, f"{name}_{stamp}.pth", box, mask, mem, fps)
-    for name, depth, pre, sched, epochs, stamp, box, mask, mem, fps in _MMDET
+    **{name: ZooEntry(name, "mmdet", depth, pre, sched, epochs, f"{name}_{stamp}.pth", box, mask, mem, fps)
+       for name, depth, pre, sched, epochs, stamp, box, mask, mem, fps in _MMDET},
+    **{name: ZooEntry(name=name, depth=depth, pretrain=pre, schedule=f"{sched} (model id {mid})", file=f"{name}.pkl",
+                      box_ap=box, mask_ap=mask, train_memory_gb=mem, inference_fps=round(1 / seconds, 1),
+                      source_url=DETECTRON_URL + _DETECTRON_RUN.format(id=mid, run=run) if run else None,
+                      **_DETECTRON_HOME)
+       for name, depth, pre, sched, box, mask, mem, seconds, mid, run in _DETECTRON},
+    **{name: ZooEntry(name=name, depth=depth, pretrain="none", schedule=f"ImageNet-1k (model id {mid})",
+                      file=f"{name}.pkl", box_ap=None, mask_ap=None, train_memory_gb=None, inference_fps=None,
+                      source_url=f"{DETECTRON_URL}ImageNetPretrained/{mid}/{name}.pkl", top1_error=err,
+                      task="image-classification",
+                      architecture="ResNet with GroupNorm (32 groups), ImageNet classifier",
+                      dataset="ImageNet-1k (metrics: validation set, centre crop)", hardware="not published",
+                      source_format="detectron", results_source=DETECTRON_RESULTS, epochs=None)
+       for name, depth, mid, err in (("R-50-GN", 50, "47261647", 24.0), ("R-101-GN", 101, "47592356", 22.6))},
 }
 
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from gnhub import GNMaskRCNN, ModelConfig
 from gnhub.demo import deterministic_weights
@@ -97,3 +101,100 @@ def reference_state_dict(reference_checkpoint):
 def small_source(reference_state_dict, tmp_path_factory) -> Path:
     """The reference weights with fast test settings, as an mmdetection 3.x checkpoint."""
     return mmdet_checkpoint(tmp_path_factory.mktemp("small") / "small_r50.pth", reference_state_dict)
+
+
+# -- Detectron -----------------------------------------------------------------------------
+
+def detectron_blobs(depth: int, detector: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """The blob names and shapes of a Detectron GN checkpoint, spelled out from Detectron's own
+    naming (modeling/ResNet.py, FPN.py, fast_rcnn_heads.py, mask_rcnn_heads.py), not gnhub's table."""
+    def conv_gn(name, out, inp, k):
+        return [(f"{name}_w", (out, inp, k, k)), (f"{name}_gn_s", (out,)), (f"{name}_gn_b", (out,))]
+
+    def conv_bias(name, out, inp, k):
+        return [(f"{name}_w", (out, inp, k, k)), (f"{name}_b", (out,))]
+
+    blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    blobs = conv_gn("conv1", 64, 3, 7)
+    inp = 64
+    for stage, n in zip(range(2, 6), blocks):
+        out = 256 * 2 ** (stage - 2)
+        for i in range(n):
+            blobs += conv_gn(f"res{stage}_{i}_branch2a", out // 4, inp if i == 0 else out, 1)
+            blobs += conv_gn(f"res{stage}_{i}_branch2b", out // 4, out // 4, 3)
+            blobs += conv_gn(f"res{stage}_{i}_branch2c", out, out // 4, 1)
+            if i == 0:
+                blobs += conv_gn(f"res{stage}_0_branch1", out, inp, 1)
+        inp = out
+    if not detector:
+        return blobs + [("pred_w", (1000, 2048)), ("pred_b", (1000,))]
+    last = [f"res{s}_{n - 1}_sum" for s, n in zip(range(2, 6), blocks)]
+    blobs += conv_gn(f"fpn_inner_{last[3]}", 256, 2048, 1)
+    for s in (2, 1, 0):
+        blobs += conv_gn(f"fpn_inner_{last[s]}_lateral", 256, 256 * 2**s, 1)
+    for s in range(4):
+        blobs += conv_gn(f"fpn_{last[s]}", 256, 256, 3)
+    blobs += conv_bias("conv_rpn_fpn2", 256, 256, 3) + conv_bias("rpn_cls_logits_fpn2", 3, 256, 1)
+    blobs += conv_bias("rpn_bbox_pred_fpn2", 12, 256, 1)
+    for n in range(1, 5):
+        blobs += conv_gn(f"head_conv{n}", 256, 256, 3)
+    blobs += [("fc6_w", (1024, 256 * 49)), ("fc6_b", (1024,)), ("cls_score_w", (81, 1024)), ("cls_score_b", (81,)),
+              ("bbox_pred_w", (324, 1024)), ("bbox_pred_b", (324,))]
+    for n in range(1, 5):
+        blobs += conv_gn(f"_[mask]_fcn{n}", 256, 256, 3)
+    return blobs + conv_bias("conv5_mask", 256, 256, 2) + conv_bias("mask_fcn_logits", 81, 256, 1)
+
+
+class Py2Pickler(pickle._Pickler):
+    """Pickles bytes and str as Python 2's `str` (BINSTRING), as Detectron's files hold them."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj):
+        self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj if len(obj) < 256
+                   else pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin1"))
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+# Detectron's cfg YAML is a dump of its AttrDict: mimic the Python tags it carries.
+class AttrDict(dict):
+    pass
+
+
+SMALL_DETECTRON_TEST = {"SCALE": 192, "MAX_SIZE": 320, "RPN_PRE_NMS_TOP_N": 300, "RPN_POST_NMS_TOP_N": 200,
+                        "DETECTIONS_PER_IM": 50}
+
+
+def detectron_pickle(path: Path, blobs: dict, test: dict | None = SMALL_DETECTRON_TEST) -> Path:
+    """Writes `blobs` as Detectron saves a model: {'blobs': ..., 'cfg': YAML}, Python 2 style."""
+    obj = {"blobs": blobs}
+    if test is not None:
+        obj["cfg"] = yaml.dump(AttrDict(MODEL=AttrDict(TYPE="generalized_rcnn"), TEST=AttrDict(test)))
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+    return path
+
+
+@pytest.fixture(scope="session")
+def detectron_e2e(detweights, tmp_path_factory) -> Path:
+    """A Detectron R-50-FPN GN Mask R-CNN model_final.pkl (deterministic weights, fast test settings),
+    with momentum blobs as trained files hold them."""
+    arrays = detweights.make_arrays(detectron_blobs(50, True), seed=1)
+    arrays.update({k + "_momentum": np.zeros_like(arrays[k]) for k in ("conv1_w", "fc6_b", "cls_score_w")})
+    return detectron_pickle(tmp_path_factory.mktemp("detectron") / "e2e_mask_rcnn_R-50-FPN_2x_gn.pkl", arrays)
+
+
+@pytest.fixture(scope="session")
+def detectron_backbone(detweights, tmp_path_factory) -> Path:
+    """A Detectron ImageNet R-50-GN.pkl: the bare blobs dict, no cfg."""
+    arrays = detweights.make_arrays(detectron_blobs(50, False), seed=2)
+    path = tmp_path_factory.mktemp("detectron") / "R-50-GN.pkl"
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(arrays)
+    return path
