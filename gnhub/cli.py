@@ -15,7 +15,7 @@ from .errors import GnhubError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gnhub")
 def cli():
-    """Group Normalization Mask R-CNN checkpoints in plain PyTorch (mmdetection today; Detectron next).
+    """Group Normalization Mask R-CNN checkpoints (mmdetection .pth, Detectron .pkl) in plain PyTorch.
 
     \b
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
@@ -33,7 +33,8 @@ def cli():
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME].")
-@click.option("--format", "fmt", default="auto", show_default=True, help="Source format: auto or mmdet.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron"]), default="auto", show_default=True,
+              help="Source format: mmdetection .pth or Detectron .pkl; auto detects it from the contents.")
 @click.option("--name", help="Model name [default: the zoo name, else the file name].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
@@ -44,9 +45,12 @@ def cli():
 def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict, as_json):
     """Convert checkpoint SRC into a gnhub model directory.
 
-    By default the converted model is verified against an independent forward of SRC on the
-    built-in images (about a minute for R-50 on 2 cores); verification.json and
-    golden.safetensors are written beside the weights. A failed verification writes nothing.
+    SRC is an mmdetection GN Mask R-CNN (.pth), a Detectron GN Mask R-CNN (model_final.pkl) or a
+    Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an ImageNet classifier whose
+    backbone has the detector's tensor names). By default the converted model is verified
+    against an independent forward of SRC on the built-in images (about a minute for R-50 on 2
+    cores); verification.json and golden.safetensors are written beside the weights. A failed
+    verification writes nothing.
     """
     from .convert import convert as run
 

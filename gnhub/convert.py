@@ -146,7 +146,7 @@ def convert(
         if verify:  # a long step: first make sure the file is the one its name promises
             check_hash_in_name(source.path, source.sha256.result(), check_hash)
             log("verifying against the source on the built-in images ...")
-            report, golden = verify_against(source, model, images_for(None))
+            report, golden = verify_against(source, model, images_for(None), first_failure=True)
             if not report.passed:
                 raise GnhubError(f"{where}: conversion does not verify, nothing written: "
                                  f"{failure_message(report, source_names(source))}")

@@ -220,7 +220,7 @@ def dtype_name(model: GNModel) -> str:
     return str(model.dtype).replace("torch.", "")
 
 
-def verify_against(source, model: GNModel, images, tolerance: str | None = None):
+def verify_against(source, model: GNModel, images, tolerance: str | None = None, first_failure: bool = False):
     """Compares `model` with the source's own forward on each image: (report, golden tensors).
 
     The model runs in float32 on CPU with its weights as stored. The mapping is checked against
@@ -228,6 +228,7 @@ def verify_against(source, model: GNModel, images, tolerance: str | None = None)
     stage must agree; for half-precision weights the loss of precision is checked too, as
     `precision.*` stages: the dense stages against the full-precision source at the tolerances
     of `tolerance` (default: the weights' dtype). Golden tensors come from the rounded source.
+    With `first_failure`, images after the first one with a failing stage are skipped.
     """
     stored = dtype_name(model)
     tolerance = tolerance or stored
@@ -245,6 +246,8 @@ def verify_against(source, model: GNModel, images, tolerance: str | None = None)
                 c.stage = "precision." + c.stage
                 checks.append(c)
         golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES if k in ref})
+        if first_failure and not all(c.passed for c in checks):
+            break
     return Report(checks, tolerance, f"source {source.path.name}"), golden
 
 

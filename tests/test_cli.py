@@ -76,12 +76,12 @@ def test_hostile_bare_pickle_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_convert_then_predict(reference_checkpoint, tmp_path):
-    proc = run("convert", reference_checkpoint, "-o", tmp_path / "m", "--json", "--no-verify")
+def test_convert_then_predict(small_source, tmp_path):
+    proc = run("convert", small_source, "-o", tmp_path / "m", "--json", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["tensors"] == 223 and summary["depth"] == 50
-    assert_one_line_error(run("convert", reference_checkpoint, "-o", tmp_path / "m", "--no-verify"), "--force")
+    assert_one_line_error(run("convert", small_source, "-o", tmp_path / "m", "--no-verify"), "--force")
 
     images = tmp_path / "imgs"
     images.mkdir()
