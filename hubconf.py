@@ -1,5 +1,5 @@
 """torch.hub entry points: torch.hub.load("<this repo>", "mask_rcnn_r50_fpn_gn-all_2x_coco")."""
-dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "numpy", "cv2", "PIL", "jinja2"]
+dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "numpy", "cv2", "PIL", "jinja2", "yaml"]
 
 from gnhub import load as _load  # noqa: E402
 from gnhub.zoo import MODELS as _MODELS  # noqa: E402
@@ -11,7 +11,8 @@ def _entry(name):
 
     entry.__name__ = name
     e = _MODELS[name]
-    entry.__doc__ = f"GN Mask R-CNN {name}, pretrained (COCO box AP {e.box_ap}, mask AP {e.mask_ap})."
+    what = "GN ResNet ImageNet classifier" if e.task == "image-classification" else "GN Mask R-CNN"
+    entry.__doc__ = f"{what} {name}, pretrained ({e.results_text}, {e.source_format})."
     return entry
 
 

@@ -1,12 +1,13 @@
 """CPU latency of GN Mask R-CNN R-50 `predict` vs torchvision's Mask R-CNN R-50, same input, same run.
 
-    python benchmarks/inference.py [--runs 5] [--threads N] [--batch]
+    python benchmarks/inference.py [--runs 5] [--threads N] [--batch] [--conventions detectron]
 
 Both models get the same 800x1333 RGB image and keep up to 100 detections (torchvision's score
 threshold is lowered to 0 so its mask head runs on as many boxes as gnhub's: random weights
 score every class about equally). Prints the median of each, their ratio, and where gnhub's
 time goes stage by stage. With --batch: images/s of both for batch sizes 1, 2 and 4 (and, on a
-GPU, gnhub in float16 and under torch.compile).
+GPU, gnhub in float16 and under torch.compile). With --conventions detectron, gnhub runs with the
+config fields of a converted Detectron model (Detectron's resize, anchors, NMS, paste).
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import time
 import numpy as np
 import torch
 import torchvision
+from gnhub.converters import detectron
 
 from gnhub import GNMaskRCNN, ModelConfig
+from gnhub.convert import apply_settings
 from gnhub.demo import deterministic_weights
 
 
@@ -98,11 +101,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--conventions", choices=["mmdet", "detectron"], default="mmdet")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     image = np.random.default_rng(0).integers(0, 256, (800, 1333, 3), dtype=np.uint8)
-    gn = GNMaskRCNN(ModelConfig())
+    config = ModelConfig()
+    if args.conventions == "detectron":
+        apply_settings(config, detectron.SETTINGS)
+    gn = GNMaskRCNN(config)
     gn.load_state_dict(deterministic_weights(gn))
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
     tv.eval()
@@ -121,8 +128,10 @@ def main() -> None:
     t_tv = median_seconds(run_tv, args.runs)
     print(f"input 800x1333, CPU, {args.threads} threads, median of {args.runs} runs")
     print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:7.3f} s  ({n_tv} detections)")
-    print(f"gnhub GN Mask R-CNN R-50          : {t_gn:7.3f} s  ({n_gn} detections)")
+    print(f"gnhub GN Mask R-CNN R-50 ({args.conventions:9s}): {t_gn:7.3f} s  ({n_gn} detections)")
     print(f"ratio gnhub / torchvision         : {t_gn / t_tv:7.2f}x  (target <= 1.1x)")
+    if args.conventions != "mmdet":
+        return
     print("gnhub stages:")
     for name, sec in stage_times(gn, image).items():
         print(f"  {name:24s} {sec:7.3f} s")

@@ -26,10 +26,11 @@ class MultiLevelRoIAlign(nn.Module):
     def levels(self, rois: Tensor) -> Tensor:
         """Level index of (K, 5) RoIs: floor(log2(sqrt(area) / finest_scale + 1e-6)), clamped.
 
-        Detectron: floor(4 + log2(sqrt(area) / (4 * finest_scale) + 1e-6)) - 2, areas with + 1.
+        Detectron: floor(4 + log2(sqrt(area) / (4 * finest_scale) + 1e-6)) - 2, areas with + 1
+        (a negative area, where Detectron would assert, counts as 0).
         """
         if self.detectron:
-            scale = torch.sqrt((rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1))
+            scale = torch.sqrt(((rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1)).clamp(min=0))
             lvl = torch.floor(4 + torch.log2(scale / (4 * self.finest_scale) + 1e-6)) - 2
         else:
             scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))

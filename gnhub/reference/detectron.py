@@ -191,8 +191,9 @@ class DetectronReference:
     # -- RoI heads -------------------------------------------------------------------------
     @staticmethod
     def levels(rois: np.ndarray) -> np.ndarray:
-        """modeling/FPN.py map_rois_to_fpn_levels with canonical scale 224 at level 4, levels 2-5."""
-        s = np.sqrt((rois[:, 2] - rois[:, 0] + 1) * (rois[:, 3] - rois[:, 1] + 1))
+        """modeling/FPN.py map_rois_to_fpn_levels with canonical scale 224 at level 4, levels 2-5.
+        Detectron asserts on a negative area (a sub-pixel box scaled up); here it counts as 0."""
+        s = np.sqrt(np.maximum((rois[:, 2] - rois[:, 0] + 1) * (rois[:, 3] - rois[:, 1] + 1), 0))
         return np.clip(np.floor(4 + np.log2(s / 224 + np.float32(1e-6))), 2, 5).astype(int)
 
     def roi_transform(self, p: list[Tensor], rois: np.ndarray, size: int) -> Tensor:
