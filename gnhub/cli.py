@@ -76,14 +76,20 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
               help="An extra image (with --source); repeatable.")
 @click.option("--tolerance", type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Tolerances to apply [default: the dtype of the weights].")
+@click.option("--against", type=click.Choice(["gnhub", "mmdet"]), default="gnhub", show_default=True,
+              help="Reference run on --source: gnhub's independent forward, or mmdetection itself if installed.")
+@click.option("--mmdet-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="mmdetection config for --against mmdet [default: its packaged config of the zoo model].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
-def verify(model, source, images, tolerance, json_out):
+def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
     With --source, MODEL and an independent forward over SRC's own tensors run on the built-in
     images (plus any --image) and every stage is compared: backbone, FPN levels, RPN maps,
-    proposals, RoI logits and deltas, detections and masks. Without it, MODEL is compared with
-    the golden outputs stored at conversion. Exits 0 only if every stage is within tolerance.
+    proposals, RoI logits and deltas, detections and masks. With --against mmdet the reference is
+    mmdetection itself (optional, see the README), built from its packaged config of the zoo
+    model or --mmdet-config. Without --source, MODEL is compared with the golden outputs stored
+    at conversion. Exits 0 only if every stage is within tolerance.
     """
     from .hub import resolve
     from .modeling import GNModel
@@ -91,7 +97,7 @@ def verify(model, source, images, tolerance, json_out):
 
     model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
     report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
-                               [str(i) for i in images], tolerance)
+                               [str(i) for i in images], tolerance, against, mmdet_config)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "

@@ -220,7 +220,10 @@ def dtype_name(model: GNModel) -> str:
     return str(model.dtype).replace("torch.", "")
 
 
-def verify_against(source, model: GNModel, images, tolerance: str | None = None, first_failure: bool = False):
+def verify_against(
+    source, model: GNModel, images, tolerance: str | None = None, first_failure: bool = False, framework=None,
+    against: str | None = None,
+):
     """Compares `model` with the source's own forward on each image: (report, golden tensors).
 
     The model runs in float32 on CPU with its weights as stored. The mapping is checked against
@@ -229,11 +232,12 @@ def verify_against(source, model: GNModel, images, tolerance: str | None = None,
     `precision.*` stages: the dense stages against the full-precision source at the tolerances
     of `tolerance` (default: the weights' dtype). Golden tensors come from the rounded source.
     With `first_failure`, images after the first one with a failing stage are skipped.
+    `framework(tensors, settings)` replaces the format's own reference forward (`--against`).
     """
     stored = dtype_name(model)
     tolerance = tolerance or stored
-    mapping = reference_for(source, model.dtype)
-    full = reference_for(source) if stored != "float32" else None
+    mapping = reference_for(source, model.dtype, framework)
+    full = reference_for(source, torch.float32, framework) if stored != "float32" else None
     model = float32_model(model)
     checks, golden = [], {}
     for name, rgb in images:
@@ -248,7 +252,7 @@ def verify_against(source, model: GNModel, images, tolerance: str | None = None,
         golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES if k in ref})
         if first_failure and not all(c.passed for c in checks):
             break
-    return Report(checks, tolerance, f"source {source.path.name}"), golden
+    return Report(checks, tolerance, against or f"source {source.path.name}"), golden
 
 
 def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> Report:
@@ -275,10 +279,11 @@ def write_results(directory: Path, report: Report, golden: dict[str, Tensor]) ->
     save_file(golden, directory / GOLDEN_FILE)
 
 
-def reference_for(source, dtype: torch.dtype = torch.float32):
+def reference_for(source, dtype: torch.dtype = torch.float32, framework=None):
     """The independent forward for a source's format over its own tensors (rounded to `dtype`)."""
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.tensors.items()}
-    return REFERENCES[source.converter.NAME](tensors, source.settings)
+    tensors = {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
+               for k, v in source.tensors.items()}
+    return (framework or REFERENCES[source.converter.NAME])(tensors, source.settings)
 
 
 def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
@@ -294,16 +299,31 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
 
 
 def run_verify(
-    model: GNModel, model_dir: Path, source_path, extra_images, tolerance
+    model: GNModel, model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub",
+    mmdet_config: Path | None = None,
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: against the source when given, else the golden outputs in `model_dir`.
 
-    Returns the report and, with a source, the gnhub -> source tensor names for hints."""
+    `against="mmdet"` runs mmdetection itself on the source's tensors instead of gnhub's
+    reference forward. Returns the report and, with a source, the gnhub -> source tensor names
+    for hints."""
     if source_path is None:
-        if extra_images:
-            raise GnhubError("--image needs --source: golden outputs exist only for the built-in images")
+        if extra_images or against != "gnhub":
+            raise GnhubError("--image and --against need --source: golden outputs exist only for the built-in images")
         return verify_golden(model, Path(model_dir), tolerance), None
+    framework = label = None
+    if against == "mmdet":
+        from .reference.mmdet_framework import MMDetFramework, mmdet_version, packaged_config
+
+        version = mmdet_version()
     with ThreadPoolExecutor(1) as pool:
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
-    report, _ = verify_against(source, model, images_for(extra_images), tolerance)
+    if against == "mmdet":
+        if source.converter.NAME != "mmdet":
+            raise GnhubError(f"{source.path}: --against mmdet needs an mmdetection checkpoint, "
+                             f"not a {source.converter.NAME} one")
+        config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
+        framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
+        label = f"mmdetection {version} ({config.name}) on {source.path.name}"
+    report, _ = verify_against(source, model, images_for(extra_images), tolerance, framework=framework, against=label)
     return report, source_names(source)

@@ -155,3 +155,13 @@ def test_verify_cli_failure_is_one_clear_line(small_dir, small_source, tmp_path)
     assert_one_line_error(proc, "backbone.c3 differs", "backbone.layer2")
     assert "FAIL backbone.c3" in proc.stdout
     assert_one_line_error(run("verify", broken), "no golden.safetensors")
+
+
+def test_against_mmdet_without_mmdetection_says_how_to_install(small_dir, small_source):
+    try:
+        import mmdet.apis  # noqa: F401
+        pytest.skip("mmdetection is installed here: tests/test_against_mmdet.py runs it")
+    except Exception:
+        pass
+    proc = run("verify", small_dir, "--source", small_source, "--against", "mmdet")
+    assert_one_line_error(proc, "mim install")
