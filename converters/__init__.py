@@ -14,13 +14,15 @@ _PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+",
 class RenameTable:
     """A converter's (source, gnhub) name templates, usable in both directions."""
 
-    def __init__(self, converter):
+    def __init__(self, converter, layout: str | None = None):
+        """`layout` (a converter's layout_version) adds the blobs that layout carries unused."""
         holders = {**_PLACEHOLDERS, **getattr(converter, "PLACEHOLDERS", {})}
         self.defaults = {k: v for k, (_, v) in holders.items() if v is not None}
         self.rules = [
             (_compile(src, holders), src, _compile(dst, holders), dst) for src, dst in converter.RENAMES
         ]
-        self.dropped = [re.compile(p) for p in converter.DROPPED]
+        unused = getattr(converter, "UNUSED", {}).get(layout, [])
+        self.dropped = [re.compile(p) for p in converter.DROPPED + unused]
 
     def to_gnhub(self, key: str) -> str | None:
         for src_re, _, _, dst in self.rules:

@@ -65,14 +65,18 @@ RENAMES = [
     *_with_bias("fc6", "roi_heads.box_head.fc"),
     *_with_bias("cls_score", "roi_heads.box_head.cls_score"),
     *_with_bias("bbox_pred", "roi_heads.box_head.bbox_pred"),
-    *_four_convs("_[mask]_fcn", "roi_heads.mask_head"),
+    *_four_convs("_mask_fcn", "roi_heads.mask_head"),  # the GN mask head's names
+    *_four_convs("_[mask]_fcn", "roi_heads.mask_head"),  # the names of Detectron's other mask heads
     *_with_bias("conv5_mask", "roi_heads.mask_head.upsample"),
     *_with_bias("mask_fcn_logits", "roi_heads.mask_head.logits"),
 ]
 PLACEHOLDERS = {"last": (r"\d+", "5")}  # when writing an R-101 name, pass last="22"
 
-# Optimizer state and Caffe2 bookkeeping: no inference weights.
-DROPPED = [r".*_momentum", r"lr", r"iter", r"weight_order", r"__preserve__.*"]
+# Optimizer state: no inference weights.
+DROPPED = [r".*_momentum"]
+# Blobs a layout carries without using them: a detector trained from an ImageNet backbone keeps
+# its classifier (Detectron "preserves" unused blobs of the initial weights file and saves them).
+UNUSED = {"e2e": [r"pred_[wb]"]}
 
 # Detectron's test conventions (core/config.py defaults and the GN configs).
 SETTINGS = {
@@ -81,7 +85,8 @@ SETTINGS = {
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "rpn.anchor_generator": "detectron", "rpn.clip_to": "padded",
     "roi.score_thresh": 0.05, "roi.nms_iou": 0.5, "roi.detections_per_image": 100, "roi.mask_threshold": 0.5,
-    "roi.sampling_ratio": 2, "roi.aligned": False, "roi.detect_in": "original", "roi.paste": "detectron",
+    "roi.box_stds": (0.1, 0.1, 0.2, 0.2), "roi.sampling_ratio": 2, "roi.aligned": False,
+    "roi.detect_in": "original", "roi.paste": "detectron",
     "box_convention": "detectron",
 }
 # ImageNet classification with a Detectron backbone: the same BGR means, the centre 224 crop of
@@ -164,6 +169,9 @@ def meta_settings(obj) -> dict:
     ):
         if isinstance(test.get(key), (int, float)) and not isinstance(test.get(key), bool):
             out[name] = kind(test[key])
+    weights = _numbers((cfg.get("MODEL") or {}).get("BBOX_REG_WEIGHTS"))
+    if len(weights) == 4 and all(weights):
+        out["roi.box_stds"] = tuple(1.0 / w for w in weights)  # gnhub multiplies, Detectron divides
     if isinstance(mrcnn.get("THRESH_BINARIZE"), (int, float)):
         out["roi.mask_threshold"] = float(mrcnn["THRESH_BINARIZE"])
     return out

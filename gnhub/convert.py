@@ -21,16 +21,17 @@ from .verify import failure_message, images_for, source_names, verify_against, w
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def map_tensors(source: dict[str, torch.Tensor], converter, where: str):
+def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
     """Renames every source tensor by the converter's table: (mapped, dropped names).
 
-    Every tensor is either matched by the converter's DROPPED patterns or renamed; anything
-    else, a non-tensor, or two tensors mapped to one name stops the conversion.
+    Every tensor is either matched by the converter's DROPPED patterns (or those of `layout`),
+    empty (None), or renamed; anything else, a non-tensor, or two tensors mapped to one name
+    stops the conversion.
     """
-    table = RenameTable(converter)
+    table = RenameTable(converter, layout)
     mapped, dropped, unknown = {}, [], []
     for key, tensor in source.items():
-        if table.is_dropped(key):
+        if tensor is None or table.is_dropped(key):
             dropped.append(key)
             continue
         new = table.to_gnhub(key)
@@ -107,8 +108,8 @@ def convert(
     with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
         source = open_source(src, fmt, check_hash, pool)
         where, converter = str(source.path), source.converter
-        mapped, dropped = map_tensors(source.tensors, converter, where)
         version = converter.layout_version(source.tensors.keys())
+        mapped, dropped = map_tensors(source.tensors, converter, where, version)
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
         entry = source.entry

@@ -154,8 +154,10 @@ def hint(stage: str, names: dict[str, str] | None = None) -> str:
 
 def source_names(source) -> dict[str, str]:
     """gnhub tensor name -> the source checkpoint's own name for it."""
-    table = RenameTable(source.converter)
-    return {table.to_gnhub(k): k for k in source.tensors if not table.is_dropped(k)}
+    table = RenameTable(source.converter, source.converter.layout_version(source.tensors.keys()))
+    names = {table.to_gnhub(k): k for k, v in source.tensors.items() if v is not None and not table.is_dropped(k)}
+    names.pop(None, None)
+    return names
 
 
 def float32_model(model: GNModel) -> GNModel:

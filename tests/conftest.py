@@ -141,7 +141,7 @@ def detectron_blobs(depth: int, detector: bool) -> list[tuple[str, tuple[int, ..
     blobs += [("fc6_w", (1024, 256 * 49)), ("fc6_b", (1024,)), ("cls_score_w", (81, 1024)), ("cls_score_b", (81,)),
               ("bbox_pred_w", (324, 1024)), ("bbox_pred_b", (324,))]
     for n in range(1, 5):
-        blobs += conv_gn(f"_[mask]_fcn{n}", 256, 256, 3)
+        blobs += conv_gn(f"_mask_fcn{n}", 256, 256, 3)  # mask_rcnn_fcn_head_v1upXconvs_gn
     return blobs + conv_bias("conv5_mask", 256, 256, 2) + conv_bias("mask_fcn_logits", 81, 256, 1)
 
 
@@ -184,9 +184,11 @@ def detectron_pickle(path: Path, blobs: dict, test: dict | None = SMALL_DETECTRO
 @pytest.fixture(scope="session")
 def detectron_e2e(detweights, tmp_path_factory) -> Path:
     """A Detectron R-50-FPN GN Mask R-CNN model_final.pkl (deterministic weights, fast test settings),
-    with momentum blobs as trained files hold them."""
+    with what trained files also hold: momentum blobs, the ImageNet classifier preserved from the
+    initial weights, an empty preserved blob."""
     arrays = detweights.make_arrays(detectron_blobs(50, True), seed=1)
     arrays.update({k + "_momentum": np.zeros_like(arrays[k]) for k in ("conv1_w", "fc6_b", "cls_score_w")})
+    arrays.update(pred_w=np.zeros((1000, 2048), np.float32), pred_b=np.zeros(1000, np.float32), res_conv1_bn_s=None)
     return detectron_pickle(tmp_path_factory.mktemp("detectron") / "e2e_mask_rcnn_R-50-FPN_2x_gn.pkl", arrays)
 
 

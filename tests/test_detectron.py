@@ -44,10 +44,18 @@ def test_every_blob_maps_to_a_model_tensor_and_back(depth, detector):
         assert table.to_source(key, last=str({50: 5, 101: 22}[depth])) == name
 
 
-def test_momentum_and_bookkeeping_blobs_are_dropped():
-    table = RenameTable(detectron)
-    assert table.is_dropped("res2_0_branch2a_w_momentum") and table.is_dropped("lr")
+def test_momentum_and_preserved_classifier_blobs_are_dropped():
+    table = RenameTable(detectron, "e2e")
+    assert table.is_dropped("res2_0_branch2a_w_momentum") and table.is_dropped("pred_w")
     assert not table.is_dropped("res2_0_branch2a_w")
+    assert not RenameTable(detectron, "imagenet").is_dropped("pred_w")  # a backbone's own classifier
+
+
+def test_both_spellings_of_the_mask_head_map():
+    table = RenameTable(detectron)
+    for name in ("_mask_fcn3_gn_s", "_[mask]_fcn3_gn_s"):
+        assert table.to_gnhub(name) == "roi_heads.mask_head.convs.2.norm.weight"
+    assert table.to_source("roi_heads.mask_head.convs.2.norm.weight") == "_mask_fcn3_gn_s"
 
 
 # -- Detectron's conventions ---------------------------------------------------------------
@@ -102,10 +110,12 @@ def test_roi_align_is_unaligned_and_levels_use_plus_one_areas():
 def test_detectron_yaml_settings_are_read_without_running_anything():
     text = "!!python/object/new:detectron.utils.collections.AttrDict\ndictitems:\n  TEST: !!python/object/" \
            "new:detectron.utils.collections.AttrDict\n    dictitems: {SCALES: !!python/tuple [600], MAX_SIZE: 1000, " \
-           "NMS: 0.6}\n  PIXEL_MEANS: [[[1.0, 2.0, 3.0]]]\n  EVIL: !!python/object/apply:os.system [touch pwned]\n"
+           "NMS: 0.6}\n  MODEL: {BBOX_REG_WEIGHTS: !!python/tuple [20.0, 20.0, 10.0, 10.0]}\n" \
+           "  PIXEL_MEANS: [[[1.0, 2.0, 3.0]]]\n  EVIL: !!python/object/apply:os.system [touch pwned]\n"
     settings = detectron.meta_settings({"blobs": {"fpn_x": 0}, "cfg": text})
     assert settings["max_size"] == (1000, 600) and settings["roi.nms_iou"] == 0.6
     assert settings["mean"] == (1.0, 2.0, 3.0) and settings["box_convention"] == "detectron"
+    assert settings["roi.box_stds"] == (0.05, 0.05, 0.1, 0.1)
     assert detectron.meta_settings({"blobs": {"fpn_x": 0}, "cfg": "{not yaml"})["max_size"] == (1333, 800)
 
 
@@ -128,8 +138,8 @@ def test_e2e_converts_with_detectron_conventions_and_verifies(e2e_dir, detectron
     assert (roi.aligned, roi.sampling_ratio, roi.detect_in, roi.paste) == (False, 2, "original", "detectron")
     assert config.preprocess.resize == "detectron" and config.preprocess.max_size == (320, 192)  # from the cfg
     assert config.classes == COCO_CLASSES
-    assert sorted(config.provenance["dropped_tensors"]) == ["cls_score_w_momentum", "conv1_w_momentum",
-                                                            "fc6_b_momentum"]
+    assert sorted(config.provenance["dropped_tensors"]) == [
+        "cls_score_w_momentum", "conv1_w_momentum", "fc6_b_momentum", "pred_b", "pred_w", "res_conv1_bn_s"]
     report = json.loads((e2e_dir / VERIFICATION_FILE).read_text())
     assert report["passed"]
     by_stage = {}

@@ -215,8 +215,9 @@ class DetectronReference:
         return cls, F.linear(x, self.b["bbox_pred_w"], self.b["bbox_pred_b"])
 
     def mask_head(self, x: Tensor) -> Tensor:
+        prefix = "_mask_fcn" if "_mask_fcn1_w" in self.b else "_[mask]_fcn"  # GN head's names, or older heads'
         for n in range(1, 5):
-            x = self.conv_gn(x, f"_[mask]_fcn{n}", 1, 1)
+            x = self.conv_gn(x, f"{prefix}{n}", 1, 1)
         x = F.relu(F.conv_transpose2d(x, self.b["conv5_mask_w"], self.b["conv5_mask_b"], 2))
         return self.conv(x, "mask_fcn_logits")
 
@@ -271,7 +272,8 @@ class DetectronReference:
         cls, deltas = self.box_head(self.roi_transform(p, rois, 7))
         scores = torch.softmax(cls, 1).numpy()
         h, w = rgb.shape[:2]
-        pred = self.clip(self.bbox_transform(rois / np.float32(scale), deltas.numpy(), (10.0, 10.0, 5.0, 5.0)), h, w)
+        weights = tuple(1.0 / s for s in self.s["roi.box_stds"])  # MODEL.BBOX_REG_WEIGHTS
+        pred = self.clip(self.bbox_transform(rois / np.float32(scale), deltas.numpy(), weights), h, w)
         boxes, det_scores, labels = self.detections(scores, pred)
         order = np.argsort(-det_scores, kind="stable")
         boxes, det_scores, labels = boxes[order], det_scores[order], labels[order]
