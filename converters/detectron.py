@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import yaml
 
+from .background import move_background_last
+
 NAME = "detectron"
 DESCRIPTION = "Detectron (Caffe2) pickle (.pkl: blobs of numpy arrays)"
 
@@ -122,15 +124,8 @@ def layout_version(keys) -> str:
 def reorder_classes(tensors: dict[str, torch.Tensor], version: str) -> None:
     """Detectron puts background first in cls_score and keeps a background box and mask: gnhub
     moves the first class score last and drops the background box deltas and mask logits."""
-    if version != "e2e":
-        return
-    for key in ("roi_heads.box_head.cls_score.weight", "roi_heads.box_head.cls_score.bias"):
-        t = tensors[key]
-        tensors[key] = torch.cat([t[1:], t[:1]])
-    for key in ("roi_heads.box_head.bbox_pred.weight", "roi_heads.box_head.bbox_pred.bias"):
-        tensors[key] = tensors[key][4:]
-    for key in ("roi_heads.mask_head.logits.weight", "roi_heads.mask_head.logits.bias"):
-        tensors[key] = tensors[key][1:]
+    if version == "e2e":
+        move_background_last(tensors)
 
 
 def meta_classes(obj) -> list[str] | None:

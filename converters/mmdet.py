@@ -10,6 +10,8 @@ import ast
 
 import torch
 
+from .background import move_background_last
+
 NAME = "mmdet"
 DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
 
@@ -61,15 +63,8 @@ def reorder_classes(tensors: dict[str, torch.Tensor], version: str) -> None:
     it (mmdetection's own upgrade tool drops the last bias row of conv_logits instead of the
     first; gnhub drops the background row of weight and bias alike).
     """
-    if version != "1.x":
-        return
-    for key in ("roi_heads.box_head.cls_score.weight", "roi_heads.box_head.cls_score.bias"):
-        t = tensors[key]
-        tensors[key] = torch.cat([t[1:], t[:1]])
-    for key in ("roi_heads.box_head.bbox_pred.weight", "roi_heads.box_head.bbox_pred.bias"):
-        tensors[key] = tensors[key][4:]
-    for key in ("roi_heads.mask_head.logits.weight", "roi_heads.mask_head.logits.bias"):
-        tensors[key] = tensors[key][1:]
+    if version == "1.x":
+        move_background_last(tensors)
 
 
 def meta_classes(obj) -> list[str] | None:
