@@ -54,21 +54,16 @@ class GNMaskRCNN(GNModel):
         rois = _to_rois([boxes for boxes, _ in props])
         cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], rois))
         counts = [len(boxes) for boxes, _ in props]
-        original = cfg.detect_in == "original"
-        dets = [
-            self.roi_heads.detect(
-                logit, delta, boxes / _scale(boxes, sf) if original else boxes, orig if original else size
-            )
-            for logit, delta, (boxes, _), size, orig, sf in zip(
-                cls_logits.split(counts), box_deltas.split(counts), props, batch.image_sizes, batch.original_sizes,
-                batch.scale_factors,
-            )
-        ]
-        if original:  # back into the network's pixels, in float64 as Detectron's _get_rois_blob
-            mask_boxes = [(b.double() * b.new_tensor(sf, dtype=torch.float64).repeat(2)).to(b.dtype)
-                          for (b, _, _), sf in zip(dets, batch.scale_factors)]
-        else:
-            mask_boxes = [b for b, _, _ in dets]
+        original = cfg.detect_in == "original"  # else in the network's (resized) pixels
+        dets = []
+        for logit, delta, (boxes, _), size, orig, sf in zip(
+            cls_logits.split(counts), box_deltas.split(counts), props, batch.image_sizes, batch.original_sizes,
+            batch.scale_factors,
+        ):
+            if original:
+                boxes, size = boxes / _scale(boxes, sf), orig
+            dets.append(self.roi_heads.detect(logit, delta, boxes, size))
+        mask_boxes = [_to_network(b, sf) if original else b for (b, _, _), sf in zip(dets, batch.scale_factors)]
         labels = torch.cat([lab for _, _, lab in dets])
         mask_logits = self.roi_heads.mask_logits(p[:4], _to_rois(mask_boxes), labels).split([len(d[0]) for d in dets])
 
@@ -99,6 +94,11 @@ class GNMaskRCNN(GNModel):
 def _scale(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
     """(w, h) scale factors as a divisor for xyxy boxes, in the boxes' dtype."""
     return boxes.new_tensor(factors).repeat(2)
+
+
+def _to_network(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
+    """Original-pixel boxes into the network's pixels, in float64 as Detectron's _get_rois_blob."""
+    return (boxes.double() * boxes.new_tensor(factors, dtype=torch.float64).repeat(2)).to(boxes.dtype)
 
 
 def _to_rois(boxes: list[Tensor]) -> Tensor:
