@@ -47,12 +47,10 @@ class RPN(nn.Module):
             s = obj[b].permute(1, 2, 0).reshape(-1).float().sigmoid()  # box math in float32
             d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
             a = grid_anchors(self.base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
-            if 0 < cfg.pre_nms_top_n < s.numel():
+            top = cfg.pre_nms_top_n if 0 < cfg.pre_nms_top_n < s.numel() else None
+            if top is not None or self.detectron:  # Detectron sorts every level (ties: lower index first)
                 s, order = s.sort(descending=True, stable=self.detectron)
-                s, order = s[: cfg.pre_nms_top_n], order[: cfg.pre_nms_top_n]
-                d, a = d[order], a[order]
-            elif self.detectron:
-                s, order = s.sort(descending=True, stable=True)
+                s, order = s[:top], order[:top]
                 d, a = d[order], a[order]
             if self.detectron:  # Detectron: NMS per level, then the best over all levels
                 box, s = self._detectron_level(a, d, s, image_size, scale)
