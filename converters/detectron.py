@@ -144,8 +144,7 @@ def settings_origin(obj) -> str:
 def meta_settings(obj) -> dict:
     """Detectron's defaults, overridden by the test settings of the `cfg` YAML saved with a
     trained model (read with a safe loader; Python tags in it are read as plain data)."""
-    blobs = _blobs(obj)
-    if isinstance(blobs, dict) and "pred_w" in blobs and not any(str(k).startswith("fpn_") for k in blobs):
+    if layout_version(map(str, _blobs(obj))) == "imagenet":
         return dict(CLASSIFIER_SETTINGS)
     out = dict(SETTINGS)
     cfg = _read_cfg(obj.get("cfg") if isinstance(obj, dict) else None)
