@@ -78,64 +78,88 @@ def meta_version(obj) -> str | None:
     return str(version) if version else None
 
 
+MAX_CONFIG_CHARS = 1 << 20  # real configs are about 10 kB
+_MAX_DEPTH = 20  # nesting of dict(...) calls read
+
+
 def meta_settings(obj) -> dict:
     """Preprocessing and test settings read off the embedded config text (parsed, never run).
 
-    Returns a dict with any of: channel_order, mean, std, max_size, size_divisor, rpn.*, roi.*.
+    Returns a dict with any of: channel_order, mean, std, max_size, size_divisor, rpn.*, roi.*,
+    and "ignored": what could not be read (the engine checks the values' types and ranges).
     """
-    text = (obj.get("meta") or {}).get("config")
+    text = (obj.get("meta") or {}).get("config") if isinstance(obj.get("meta"), dict) else None
     if not isinstance(text, str):
         return {}
+    if len(text) > MAX_CONFIG_CHARS:
+        return {"ignored": [f"the embedded config is {len(text)} characters (more than {MAX_CONFIG_CHARS})"]}
     try:
         tree = ast.parse(text)
-    except SyntaxError:
-        return {}
-    calls = [_literal_kwargs(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        calls = [_literal_kwargs(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        return {"ignored": [f"the embedded config does not parse ({type(e).__name__})"]}
     out: dict = {}
+    ignored: list[str] = []
+
+    def read(what: str, fn) -> None:
+        try:
+            out.update(fn())
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+            ignored.append(f"{what} ({type(e).__name__}: {str(e)[:80]})")
+
+    def norm_settings(c):
+        rgb = c.get("bgr_to_rgb", c.get("to_rgb", False))
+        return {"mean": tuple(map(float, c["mean"])), "std": tuple(map(float, c["std"])),
+                "channel_order": "RGB" if rgb is True else "BGR"}
+
+    def rpn_settings(c):
+        nms = c.get("nms", {})
+        return {"rpn.pre_nms_top_n": c["nms_pre"], "rpn.post_nms_top_n": c.get("max_per_img", c.get("max_num")),
+                "rpn.nms_iou": nms.get("iou_threshold") if isinstance(nms, dict) else c.get("nms_thr", 0.7),
+                "rpn.min_size": c.get("min_bbox_size", 0)}
+
+    def rcnn_settings(c):
+        return {"roi.score_thresh": c["score_thr"], "roi.nms_iou": c["nms"]["iou_threshold"],
+                "roi.detections_per_image": c["max_per_img"], "roi.mask_threshold": c["mask_thr_binary"]}
+
     norm = next((c for c in calls if "mean" in c and "std" in c), None)
     if norm:
-        out["mean"], out["std"] = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
-        rgb = norm.get("bgr_to_rgb", norm.get("to_rgb", False))
-        out["channel_order"] = "RGB" if rgb else "BGR"
+        read("data preprocessor mean/std", lambda: norm_settings(norm))
     pad = next((c for c in calls if "pad_size_divisor" in c or "size_divisor" in c), None)
     if pad:
-        out["size_divisor"] = int(pad.get("pad_size_divisor", pad.get("size_divisor")))
-    test = _test_pipeline_scale(tree)
-    if test:
-        out["max_size"] = test
+        out["size_divisor"] = pad.get("pad_size_divisor", pad.get("size_divisor"))
+    read("test pipeline scale", lambda: _test_pipeline_scale(tree))
     rpn = next((c for c in calls if "nms_pre" in c and ("max_per_img" in c or "max_num" in c)), None)
     if rpn:
-        out["rpn.pre_nms_top_n"] = int(rpn["nms_pre"])
-        out["rpn.post_nms_top_n"] = int(rpn.get("max_per_img", rpn.get("max_num")))
-        out["rpn.nms_iou"] = float(rpn.get("nms", {}).get("iou_threshold", rpn.get("nms_thr", 0.7)))
-        out["rpn.min_size"] = float(rpn.get("min_bbox_size", 0))
+        read("rpn test settings", lambda: rpn_settings(rpn))
     rcnn = next((c for c in calls if "score_thr" in c and "mask_thr_binary" in c), None)
     if rcnn:
-        out["roi.score_thresh"] = float(rcnn["score_thr"])
-        out["roi.nms_iou"] = float(rcnn["nms"]["iou_threshold"])
-        out["roi.detections_per_image"] = int(rcnn["max_per_img"])
-        out["roi.mask_threshold"] = float(rcnn["mask_thr_binary"])
+        read("rcnn test settings", lambda: rcnn_settings(rcnn))
+    if ignored:
+        out["ignored"] = ignored
     return out
 
 
-def _literal_kwargs(call: ast.Call) -> dict:
+def _literal_kwargs(call: ast.Call, depth: int = 0) -> dict:
     """The keyword arguments of a call whose values are literals (nested dict(...) included)."""
     out = {}
     for kw in call.keywords:
         if kw.arg is None:
             continue
         if isinstance(kw.value, ast.Call):
-            out[kw.arg] = _literal_kwargs(kw.value)
+            if depth < _MAX_DEPTH:
+                out[kw.arg] = _literal_kwargs(kw.value, depth + 1)
             continue
         try:
             out[kw.arg] = ast.literal_eval(kw.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
     return out
 
 
-def _test_pipeline_scale(tree: ast.Module) -> tuple[int, int] | None:
-    """The (long, short) resize scale of the test pipeline (3.x `scale=`, 2.x `img_scale=`)."""
+def _test_pipeline_scale(tree: ast.Module) -> dict:
+    """{"max_size": (long, short)}: the resize scale of the test pipeline (3.x `scale=`, 2.x
+    `img_scale=`), or {}."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "test_pipeline" for t in node.targets
@@ -144,5 +168,5 @@ def _test_pipeline_scale(tree: ast.Module) -> tuple[int, int] | None:
                 kw = _literal_kwargs(call)
                 scale = kw.get("scale", kw.get("img_scale"))
                 if isinstance(scale, (tuple, list)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
-                    return (max(scale), min(scale))
-    return None
+                    return {"max_size": (max(scale), min(scale))}
+    return {}

@@ -1,10 +1,26 @@
-"""gnhub: Group Normalization Mask R-CNN checkpoints in plain PyTorch."""
+"""gnhub: Group Normalization Mask R-CNN checkpoints in plain PyTorch.
+
+Names are imported on first use (PEP 562), so `import gnhub` and the torch-free parts
+(`gnhub.zoo`, `gnhub.runtime`, the CLI's help) do not pay for torch.
+"""
 __version__ = "0.1.0"
 
-from .api import load  # noqa: E402
-from .config import ModelConfig  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .modeling import GNMaskRCNN, GNResNetClassifier  # noqa: E402
-from .zoo import list_models  # noqa: E402
+_LAZY = {
+    "load": ".api", "ModelConfig": ".config", "evaluate": ".evaluate", "GNMaskRCNN": ".modeling",
+    "GNResNetClassifier": ".modeling", "list_models": ".zoo",
+}
+__all__ = sorted([*_LAZY, "__version__"])
 
-__all__ = ["GNMaskRCNN", "GNResNetClassifier", "ModelConfig", "__version__", "evaluate", "list_models", "load"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gnhub' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from .errors import GnhubError
 from .hub import HubSettings, resolve
 from .modeling import GNModel
 
@@ -23,5 +26,23 @@ def load(
     Hub through huggingface_hub's cache (HF_HUB_OFFLINE works once cached), or a directory hub
     (`hub_dir` / GNHUB_HUB_DIR). `endpoint` / GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror.
     """
+    target = check_device(device)
     path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token))
-    return GNModel.from_pretrained(path).to(device).eval()
+    return GNModel.from_pretrained(path).to(target).eval()
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device that exists on this machine, else one clear error."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GnhubError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise GnhubError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise GnhubError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPUs are here")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise GnhubError(f"device {device!r}: MPS is not available here; use --device cpu")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise GnhubError(f"device {device!r}: gnhub runs on cpu, cuda or mps")
+    return d

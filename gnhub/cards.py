@@ -1,16 +1,15 @@
 """Model cards: README.md rendered from model_cards/ templates, config.json, the zoo and verification.json."""
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from . import zoo
-from .checkpoint import CONFIG_FILE
 from .config import ModelConfig
-from .verify import VERIFICATION_FILE, Report, StageCheck
+from .layout import CARD_FILE, CONFIG_FILE, write_atomic
+from .report import Report, StageCheck, read_report
 
 SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION), "detectron": ("Detectron", zoo.DETECTRON_CITATION)}
 
@@ -23,8 +22,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
     config = ModelConfig.load(model_dir / CONFIG_FILE)
     p = config.provenance
     entry = zoo.MODELS.get(config.name)
-    report_path = model_dir / VERIFICATION_FILE
-    verification = json.loads(report_path.read_text()) if report_path.is_file() else None
+    verification = read_report(model_dir, config.task)
     stages = []
     if verification:
         checks = [StageCheck(**c) for c in verification["checks"]]
@@ -82,8 +80,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
 
 
 def write_card(model_dir: str | Path, load_name: str | None = None) -> Path:
-    path = Path(model_dir) / "README.md"
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(render_card(model_dir, load_name), encoding="utf-8")
-    tmp.replace(path)
+    path = Path(model_dir) / CARD_FILE
+    text = render_card(model_dir, load_name)
+    write_atomic(path, lambda t: t.write_text(text, encoding="utf-8"))
     return path

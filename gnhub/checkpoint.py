@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import shutil
+import re
 import struct
 import sys
-import tempfile
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,7 @@ from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .errors import GnhubError
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from .layout import CONFIG_FILE, WEIGHTS_FILE, atomic_dir, check_model_dir
 
 try:
     from numpy._core import multiarray
@@ -40,15 +36,6 @@ _NUMPY_GLOBALS = [
     *[(fn, f"{mod}.multiarray.{fn.__name__}") for fn in (multiarray._reconstruct, multiarray.scalar)
       for mod in ("numpy.core", "numpy._core")],
 ]
-
-
-def sha256_file(path: str | Path) -> str:
-    """In 16 MiB chunks: hashing releases the GIL, so few chunks let it run beside other work."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_input_file(path: str | Path) -> Path:
@@ -71,16 +58,19 @@ def read_torch_checkpoint(path: str | Path) -> object:
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols are not the user's concern
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        # torch's message suggests weights_only=False; gnhub never does: keep only the reason.
+        # torch's message suggests weights_only=False or allowlisting; gnhub never does: keep the global.
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        refused = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), None)
+        refused = next((m.group(1) for ln in lines for m in [re.search(r"GLOBAL (\S+)", ln)] if m), None)
+        if refused is None and any("Unsupported global" in ln for ln in lines):
+            refused = "an unsupported global"
         if refused is not None:
             raise GnhubError(
-                f"{path}: refused to unpickle: {refused}. gnhub only reads tensors, numbers, strings "
-                "and containers, so nothing in the file can run code"
+                f"{path}: refused to unpickle: GLOBAL {refused} is not allowed. gnhub only reads tensors, "
+                "numbers, strings and containers, so nothing in the file can run code"
             ) from None
         detail = next((ln for ln in lines if ln.startswith(("Unsupported operand", "Unsupported"))), None)
         if detail is not None:
@@ -92,6 +82,31 @@ def read_torch_checkpoint(path: str | Path) -> object:
             TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
             AssertionError) as e:  # torch's readers check formats with assert
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    short = next((name for name, t in _tensors(obj) if not _storage_holds(t)), None)
+    if short is not None:
+        raise GnhubError(f"{path}: corrupt: tensor {short} needs more bytes than its storage in the file holds; "
+                         "download it again")
+    return obj
+
+
+def _tensors(obj, prefix: str = "", depth: int = 0):
+    """(name, tensor) of every tensor in nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix or "<root>", obj
+    elif depth < 8 and isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+    elif depth < 8 and isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i), depth + 1)
+
+
+def _storage_holds(t: torch.Tensor) -> bool:
+    """The tensor's elements all lie inside its storage (a truncated zip entry does not)."""
+    if t.numel() == 0:
+        return True
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return (last + 1) * t.element_size() <= t.untyped_storage().nbytes()
 
 
 def _first_line(e: BaseException) -> str:
@@ -178,39 +193,6 @@ def read_pickle(path: str | Path) -> object:
         raise GnhubError(f"{path}: not a readable pickle ({type(e).__name__}: {_first_line(e)})") from None
 
 
-@contextmanager
-def atomic_dir(dest: str | Path, force: bool = False):
-    """Yields a fresh temporary directory beside `dest` that becomes `dest` on success.
-
-    On any error (or interrupt) the temporary directory is removed and an existing `dest` is
-    left as it was. An existing `dest` is replaced only with `force`.
-    """
-    dest = Path(dest)
-    if dest.exists() and not force:
-        raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    except OSError as e:
-        raise GnhubError(f"{dest}: cannot write there ({e.strerror}); choose another output") from None
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
-        yield tmp
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dest)
-    except OSError as e:
-        raise GnhubError(f"{dest}: writing failed ({e.strerror}); nothing was written: free some space "
-                         "or choose another output") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -265,19 +247,8 @@ def write_model_dir(
 
 def read_model_dir(path: str | Path, check_hash: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """config.json + model.safetensors of a gnhub model directory, the weights' sha256 checked."""
-    path = Path(path)
-    if not path.is_dir():
-        raise GnhubError(f"{path}: not a gnhub model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (path / name).is_file():
-            raise GnhubError(f"{path}: {name} is missing; convert the model again")
-    config = ModelConfig.load(path / CONFIG_FILE)
-    weights = path / WEIGHTS_FILE
-    if check_hash and config.weights_sha256 and sha256_file(weights) != config.weights_sha256:
-        raise GnhubError(
-            f"{weights}: sha256 does not match config.json's weights_sha256; the file is corrupt "
-            "or was changed: download or convert it again"
-        )
+    config = check_model_dir(path, check_hash)
+    weights = Path(path) / WEIGHTS_FILE
     try:
         state_dict = load_file(weights)
     except (SafetensorError, OSError) as e:

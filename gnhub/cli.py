@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -91,6 +92,10 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     model or --mmdet-config. Without --source, MODEL is compared with the golden outputs stored
     at conversion. Exits 0 only if every stage is within tolerance.
     """
+    from .layout import check_output_file
+
+    if json_out:
+        check_output_file(json_out, "--json")
     from .hub import resolve
     from .modeling import GNModel
     from .verify import run_verify
@@ -127,10 +132,14 @@ def predict(images, model_path, out, batch_size, device, dtype):
     """
     from .api import load
     from .convert import DTYPES
-    from .predict import expand_inputs, predict_files
+    from .predict import expand_inputs, predict_files, prepare_out_dir
 
     paths = expand_inputs(list(images))
+    prepare_out_dir(out)
     model = load(model_path, device=device).to(DTYPES[dtype])
+    if dtype == "float16" and model.device.type == "cpu":
+        click.echo("note: float16 on the CPU runs slower than float32 (no half-precision CPU kernels); "
+                   "bfloat16 is the fast half precision on CPUs", err=True)
     rate = {"value": 0.0}
     with click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
                            item_show_func=lambda _: f"{rate['value']:.2f} images/s") as bar:
@@ -167,7 +176,9 @@ def eval_(model, images, annotations, results, batch_size, device):
     import torch
 
     from .api import load
-    from .evaluate import METRICS, evaluate
+    from .evaluate import METRICS, check_results, evaluate
+
+    check_results(results)
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -214,10 +225,11 @@ def info(name):
         e = MODELS[name]
         data = {**dataclasses.asdict(e), "url": e.url, "sha256_prefix": e.sha256_prefix, "hub_repo": e.hub_repo()}
     elif Path(name).is_dir():
-        from .checkpoint import read_model_dir
+        from .layout import check_model_dir, tensor_shapes
 
-        config, state = read_model_dir(name)
-        data = {**config.to_dict(), "tensors": len(state), "parameters": sum(t.numel() for t in state.values())}
+        config = check_model_dir(name)
+        shapes = tensor_shapes(Path(name))
+        data = {**config.to_dict(), "tensors": len(shapes), "parameters": sum(math.prod(s) for s in shapes.values())}
         data.pop("classes")
     else:
         from concurrent.futures import ThreadPoolExecutor
@@ -269,6 +281,9 @@ def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unv
     An unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
     and is never printed.
     """
+    from .hub import check_repo_id
+
+    check_repo_id(repo_id)
     from .cards import render_card
     from .hub import HubSettings, publishable
     from .hub import publish as run

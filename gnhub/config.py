@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,15 +146,9 @@ class ModelConfig:
         return config
 
     def check(self) -> None:
-        """Every convention field holds one of its known values."""
-        for where, value in (
-            ("task", self.task), ("box_convention", self.box_convention),
-            ("preprocess.channel_order", self.preprocess.channel_order), ("preprocess.resize", self.preprocess.resize),
-            ("rpn.anchor_generator", self.rpn.anchor_generator), ("rpn.clip_to", self.rpn.clip_to),
-            ("roi_heads.detect_in", self.roi_heads.detect_in), ("roi_heads.paste", self.roi_heads.paste),
-        ):
-            if value not in CHOICES[where]:
-                raise GnhubError(f"config: {where} is {value!r}; expected one of {list(CHOICES[where])}")
+        """Every field holds a value a real model can have (config.json is untrusted input)."""
+        for path, value in _walk(self):
+            check_value(path, value)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -173,6 +168,91 @@ class ModelConfig:
         return cls.from_dict(data)
 
 
+# Bounds of the numeric and text fields: (type, low, high, length). Length None: a scalar;
+# an int: a tuple of exactly that many; 0: a tuple of any length >= 1.
+_F, _I = float, int
+RULES = {
+    "name": (str, 1, 200, None),
+    "classes": (str, 1, 200, 0),
+    "backbone.depth": (_I, 50, 101, None), "backbone.num_groups": (_I, 1, 1024, None),
+    "backbone.norm_eps": (_F, 1e-12, 1.0, None),
+    "fpn.channels": (_I, 1, 4096, None), "fpn.num_groups": (_I, 1, 1024, None), "fpn.norm_eps": (_F, 1e-12, 1.0, None),
+    "preprocess.mean": (_F, -1e4, 1e4, 3), "preprocess.std": (_F, 1e-6, 1e4, 3),
+    "preprocess.max_size": (_I, 16, 8192, 2), "preprocess.size_divisor": (_I, 1, 1024, None),
+    "preprocess.crop_size": (_I, 0, 8192, None),
+    "rpn.strides": (_I, 1, 1024, 5), "rpn.ratios": (_F, 1e-3, 1e3, 0), "rpn.scales": (_F, 1e-3, 1e3, 0),
+    "rpn.pre_nms_top_n": (_I, 0, 1_000_000, None), "rpn.nms_iou": (_F, 0.0, 1.0, None),
+    "rpn.post_nms_top_n": (_I, 1, 100_000, None), "rpn.min_size": (_F, 0.0, 1e4, None),
+    "rpn.box_stds": (_F, 1e-6, 1e3, 4),
+    "roi_heads.box_pool_size": (_I, 1, 64, None), "roi_heads.mask_pool_size": (_I, 1, 64, None),
+    "roi_heads.sampling_ratio": (_I, 0, 64, None), "roi_heads.aligned": (bool, 0, 1, None),
+    "roi_heads.finest_scale": (_F, 1e-3, 1e5, None), "roi_heads.num_convs": (_I, 0, 16, None),
+    "roi_heads.fc_channels": (_I, 1, 65536, None), "roi_heads.num_groups": (_I, 1, 1024, None),
+    "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 4),
+    "roi_heads.score_thresh": (_F, 0.0, 1.0, None), "roi_heads.nms_iou": (_F, 0.0, 1.0, None),
+    "roi_heads.detections_per_image": (_I, 1, 10_000, None), "roi_heads.mask_threshold": (_F, 0.0, 1.0, None),
+    "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),
+}
+
+
+def check_value(path: str, value):
+    """`value` for config field `path` (e.g. "preprocess.mean"), checked against its bounds or
+    choices; lists become tuples, ints widen to floats. One clear error otherwise."""
+    if path in CHOICES:
+        if value not in CHOICES[path]:
+            raise GnhubError(f"config: {path} is {_short(value)}; expected one of {list(CHOICES[path])}")
+        return value
+    if path == "provenance":
+        if not isinstance(value, dict):
+            raise GnhubError(f"config: provenance is {_short(value)}; expected an object")
+        return value
+    if path not in RULES:
+        return value
+    kind, low, high, length = RULES[path]
+    if length is None:
+        return _scalar(path, value, kind, low, high)
+    if not isinstance(value, (list, tuple)) or (length and len(value) != length) or not value or len(value) > 100_000:
+        count = f"{length}" if length else "one or more"
+        raise GnhubError(f"config: {path} is {_short(value)}; expected a list of {count} {kind.__name__} values")
+    try:
+        return tuple(_scalar(path, v, kind, low, high) for v in value)
+    except GnhubError as e:
+        raise GnhubError(f"config: {path} is {_short(value)}; {str(e).split('; ', 1)[1]} each") from None
+
+
+def _scalar(path: str, value, kind, low, high):
+    where = f"config: {path} is {_short(value)}"
+    if kind is str:
+        if not isinstance(value, str) or not low <= len(value) <= high:
+            raise GnhubError(f"{where}; expected text of {low} to {high} characters")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise GnhubError(f"{where}; expected true or false")
+        return value
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types) or not math.isfinite(value):
+        raise GnhubError(f"{where}; expected {'a whole' if kind is int else 'a'} number from {low:g} to {high:g}")
+    if not low <= value <= high:
+        raise GnhubError(f"{where}; expected a number from {low:g} to {high:g}")
+    return kind(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _walk(obj, prefix: str = ""):
+    """(dotted path, value) of every field of a (nested) config dataclass."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
 def _build(cls, data, where: str):
     """Builds dataclass `cls` from a dict, checking names; lists become tuples."""
     if not isinstance(data, dict):
@@ -184,9 +264,10 @@ def _build(cls, data, where: str):
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name)
+        path = f"{where}.{name}".removeprefix("config.")
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            value = tuple(value)
+        else:
+            value = check_value(path, value)
         kwargs[name] = value
     return cls(**kwargs)

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoint import atomic_dir, write_model_files
+from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from .converters import RenameTable
 from .errors import GnhubError
+from .layout import atomic_dir
 from .modeling import with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, check_hash_in_name, open_source
@@ -100,7 +101,7 @@ def convert(
     With `verify`, the converted model is compared stage by stage with an independent forward
     of the source on the built-in images; the directory gets verification.json and
     golden.safetensors, and a failed comparison writes nothing and raises. NaN or Inf weights
-    are reported through `log` (refused with `strict`).
+    are refused (a corrupt file), or only reported through `log` without `verify` or `strict`.
     """
     start = time.perf_counter()
     if dtype not in DTYPES:
@@ -108,6 +109,8 @@ def convert(
     with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
         source = open_source(src, fmt, check_hash, pool)
         where, converter = str(source.path), source.converter
+        for note in source.notes:
+            log(f"warning: {where}: {note}; not used (the zoo's or the default value is)")
         version = converter.layout_version(source.tensors.keys())
         mapped, dropped = map_tensors(source.tensors, converter, where, version)
         converter.reorder_classes(mapped, version)
@@ -118,9 +121,12 @@ def convert(
                              f"ResNet-{config.backbone.depth}; wrong or renamed file")
         bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not _finite(v))
         if bad:
-            message = f"{where}: NaN or Inf values in {len(bad)} tensors: {bad[:5]}"
+            message = f"{where}: corrupt: NaN or Inf values in {len(bad)} tensors: {bad[:5]}"
             if strict:
                 raise GnhubError(message + " (refused because of --strict)")
+            if verify:
+                raise GnhubError(message + "; such a checkpoint cannot verify: download it again, or convert it "
+                                 "with --no-verify to keep them")
             log("warning: " + message)
         apply_settings(config, source.settings)
         classes = converter.meta_classes(source.obj)
@@ -141,20 +147,17 @@ def convert(
         }
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
         dest = Path(out) if out else Path(config.name)
-        if dest.exists() and not force:  # say so now, not after verification
-            raise GnhubError(f"{dest}: already exists; choose another output or pass --force")
-        report = None
-        if verify:  # a long step: first make sure the file is the one its name promises
-            check_hash_in_name(source.path, source.sha256.result(), check_hash)
-            log("verifying against the source on the built-in images ...")
-            report, golden = verify_against(source, model, images_for(None), first_failure=True)
-            if not report.passed:
-                raise GnhubError(f"{where}: conversion does not verify, nothing written: "
-                                 f"{failure_message(report, source_names(source))}")
-        with atomic_dir(dest, force) as tmp:
+        with atomic_dir(dest, force) as tmp:  # checks the output first, not after verification
+            if verify:  # a long step: first make sure the file is the one its name promises
+                check_hash_in_name(source.path, source.sha256.result(), check_hash)
+                log("verifying against the source on the built-in images ...")
+                report, golden = verify_against(source, model, images_for(None), first_failure=True)
+                if not report.passed:
+                    raise GnhubError(f"{where}: conversion does not verify, nothing written: "
+                                     f"{failure_message(report, source_names(source))}")
             write_model_files(tmp, config, model.state_dict(), before_config=lambda: _provenance_hash(
                 config, source, check_hash))
-            if report is not None:
+            if verify:
                 write_results(tmp, report, golden)
     state = model.state_dict()
     return {
@@ -169,7 +172,7 @@ def convert(
         "parameters": sum(t.numel() for t in state.values()),
         "bytes": (dest / "model.safetensors").stat().st_size,
         "preprocess_from": source.preprocess_from,
-        "verified": None if report is None else report.passed,
+        "verified": report.passed if verify else None,
         "nonfinite": bad,
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import sha256_file
 from .config import COCO_CLASSES, ModelConfig
 from .converters import RenameTable, mmdet
+from .layout import sha256_file
 from .modeling import GNMaskRCNN
 
 DEMO_NAME = "mask_rcnn_r50_fpn_gn-all_untrained_demo"

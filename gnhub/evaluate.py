@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import zoo
 from .errors import GnhubError
+from .layout import check_output_file, write_atomic
 from .modeling import GNMaskRCNN
 from .predict import detections_json
 
@@ -77,7 +78,7 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
     coco = _coco(annotations)
     cat_ids = category_ids(model.config.classes, coco)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    results_path = Path(results) if results else None
+    results_path = check_results(results) if results else None
     parts = results_path.with_name(results_path.name + ".parts") if results_path else None
     if parts:
         parts.mkdir(parents=True, exist_ok=True)
@@ -116,9 +117,7 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
         done = _read_parts(sorted(parts.glob("rank*.jsonl")))
     all_results = [d for i in sorted(done) for d in done[i]]
     if results_path:
-        tmp = results_path.with_name(f".{results_path.name}.tmp")
-        tmp.write_text(json.dumps(all_results), encoding="utf-8")
-        tmp.replace(results_path)
+        write_atomic(results_path, lambda t: t.write_text(json.dumps(all_results), encoding="utf-8"), "--results")
     metrics = score(coco, all_results)
     metrics["images"] = len(done)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
@@ -127,6 +126,24 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
     if entry:
         metrics["published"] = {"box": {"AP": entry.box_ap / 100}, "mask": {"AP": entry.mask_ap / 100}}
     return metrics
+
+
+def check_results(results: str | Path) -> Path:
+    """The results path, checked before any work: writable, and where it or its `.parts/`
+    folder exist, gnhub's own (a JSON list; rank*.jsonl files), never a user's file replaced."""
+    path = check_output_file(results, "--results")
+    parts = path.with_name(path.name + ".parts")
+    if path.is_file():
+        try:
+            ours = isinstance(json.loads(path.read_text(encoding="utf-8")), list)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ours = False
+        if not ours:
+            raise GnhubError(f"{path}: exists and is not a COCO results file gnhub wrote; choose another --results")
+    if parts.exists() and not (parts.is_dir() and all(p.is_file() and p.match("rank*.jsonl")
+                                                      for p in parts.iterdir())):
+        raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
+    return path
 
 
 def _read_parts(paths) -> dict[int, list[dict]]:

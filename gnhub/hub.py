@@ -8,18 +8,26 @@ Tokens come from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and 
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import zoo
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_dir, read_model_dir, sha256_file
 from .errors import GnhubError
-from .verify import GOLDEN_FILE, VERIFICATION_FILE
+from .layout import (
+    CARD_FILE,
+    CONFIG_FILE,
+    GOLDEN_FILE,
+    VERIFICATION_FILE,
+    WEIGHTS_FILE,
+    atomic_dir,
+    check_model_dir,
+    sha256_file,
+)
+from .report import read_report
 
-CARD_FILE = "README.md"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 EXTRA_FILES = (VERIFICATION_FILE, GOLDEN_FILE, CARD_FILE)
 
@@ -45,18 +53,40 @@ def resolve(name: str | Path, settings: HubSettings | None = None) -> Path:
     ORG/NAME in a directory hub."""
     s = (settings or HubSettings()).resolved()
     text = str(name)
+    if not text.strip():
+        raise GnhubError("no model given: pass a model directory, a zoo name (`gnhub list`) or hf-hub:ORG/NAME")
     if Path(text).is_dir():
         return Path(text)
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
-        return _fetch(repo, revision or None, s)
+        return _fetch(check_repo_id(repo), revision or None, s)
     if text in zoo.MODELS:
-        return _fetch(zoo.MODELS[text].hub_repo(s.org), None, s)
-    if s.hub_dir and (Path(s.hub_dir) / text / CONFIG_FILE).is_file():  # ORG/NAME in a directory hub
+        return _fetch(check_repo_id(zoo.MODELS[text].hub_repo(s.org)), None, s)
+    if s.hub_dir and _is_repo_id(text) and (Path(s.hub_dir) / text / CONFIG_FILE).is_file():  # in a directory hub
         return Path(s.hub_dir) / text
     close = zoo.suggest(text)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `gnhub list` shows the zoo"
     raise GnhubError(f"{text}: no such model directory or zoo model{hint}")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is ORG/NAME by the Hugging Face Hub's rules (huggingface_hub's own
+    validation), else one clear error: nothing outside a hub is ever named by one."""
+    if not _is_repo_id(repo_id):
+        raise GnhubError(f"{repo_id!r}: not a hub repository id; expected ORG/NAME (letters, digits, '-', '_', "
+                         "'.'; no '--' or '..'; at most 96 characters each)")
+    return repo_id
+
+
+def _is_repo_id(repo_id: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return repo_id.count("/") == 1
 
 
 def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
@@ -77,6 +107,9 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
     )
 
     where = f"{repo_id} on {s.endpoint or 'the Hugging Face Hub'}"
+    hf_logger = logging.getLogger("huggingface_hub")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)  # its per-retry warnings; gnhub says once what failed
     try:
         paths = [hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token)
                  for f in MODEL_FILES]
@@ -95,9 +128,25 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
                          "(offline: HF_HUB_OFFLINE is set or there is no network)") from None
     except RemoteEntryNotFoundError as e:
         raise GnhubError(f"{where}: not a gnhub model repository ({_first(e)})") from None
-    except (HfHubHTTPError, OSError) as e:
+    except HfHubHTTPError as e:
         raise GnhubError(f"{where}: download failed ({_first(e)})") from None
+    except (OSError, httpx_errors()) as e:
+        raise GnhubError(f"{where}: the hub cannot be reached ({_first(e)}); check the network or the endpoint, "
+                         "or work offline from the cache with HF_HUB_OFFLINE=1") from None
+    finally:
+        hf_logger.setLevel(level)
     return Path(paths[0]).parent
+
+
+def httpx_errors() -> tuple[type[BaseException], ...]:
+    """The transport errors of huggingface_hub's HTTP client (httpx, or its httpx2 fork)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        return (module.TransportError,)
+    return ()
 
 
 def _first(e: BaseException) -> str:
@@ -109,9 +158,8 @@ def _first(e: BaseException) -> str:
 
 def publishable(model_dir: Path, allow_unverified: bool) -> dict:
     """Checks a model directory before publishing; returns its verification report (or {})."""
-    read_model_dir(model_dir)  # config valid, weights match their sha256
-    report_path = model_dir / VERIFICATION_FILE
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    config = check_model_dir(model_dir)  # config valid, weights match their sha256
+    report = read_report(model_dir, config.task) or {}
     if not allow_unverified:
         if not report:
             raise GnhubError(f"{model_dir}: no {VERIFICATION_FILE}; run `gnhub convert` with verification, "
@@ -124,6 +172,7 @@ def publishable(model_dir: Path, allow_unverified: bool) -> dict:
 def publish(model_dir: Path, repo_id: str, card: str, settings: HubSettings | None = None, private: bool = False,
             revision: str | None = None, create_pr: bool = False, message: str | None = None) -> dict:
     """Uploads the model files and the card in one commit; no commit if nothing changed."""
+    check_repo_id(repo_id)
     s = (settings or HubSettings()).resolved()
     files = {f: model_dir / f for f in (*MODEL_FILES, VERIFICATION_FILE, GOLDEN_FILE) if (model_dir / f).is_file()}
     if s.hub_dir:
@@ -152,7 +201,7 @@ def _publish_to_dir(dest: Path, files: dict[str, Path], card: str) -> dict:
     same = dest.is_dir() and (dest / CARD_FILE).is_file() and (dest / CARD_FILE).read_text() == card and all(
         (dest / n).is_file() and sha256_file(dest / n) == sha256_file(p) for n, p in files.items())
     if not same:
-        with atomic_dir(dest, force=True) as tmp:
+        with atomic_dir(dest, force=True, what="a model published to the directory hub") as tmp:
             for name, path in files.items():
                 shutil.copyfile(path, tmp / name)
             (tmp / CARD_FILE).write_text(card, encoding="utf-8")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
-import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 from . import rle
 from .draw import overlay
 from .errors import GnhubError
+from .layout import write_atomic
 from .modeling import GNModel
 from .modeling.transform import load_image
 
@@ -33,6 +34,29 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not paths:
         raise GnhubError(f"no images found in {' '.join(inputs)}")
     return paths
+
+
+RESULTS_FILE = "results.json"
+
+
+def is_predictions_dir(path: Path) -> bool:
+    """A folder `gnhub predict` wrote: results.json beside per-image .png and .json files only."""
+    files = list(path.iterdir())
+    return (path / RESULTS_FILE).is_file() and all(f.is_file() and f.suffix in (".png", ".json") for f in files)
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Creates `--out`, or checks that an existing one is empty or an earlier `gnhub predict`
+    output (whose files may be overwritten) and writable, before any work is done."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or is_predictions_dir(out_dir))):
+        raise GnhubError(f"{out_dir}: exists and is not an empty folder or an earlier gnhub predict output; "
+                         "choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise GnhubError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out") from None
 
 
 def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
@@ -61,15 +85,13 @@ def predict_files(
     progress: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all; for a
-    classifier, <stem>.json and results.json hold the top classes and their scores.
+    classifier, <stem>.json and results.json hold the top classes and their scores. `image_id`
+    is the file name, made unique like the output files (a second x.png is x_2.png).
 
     Unreadable images are skipped and listed; `progress(images done, images/s)` is called after
     each batch; returns a summary.
     """
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GnhubError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    prepare_out_dir(out_dir)
     classes = model.config.classes
     results, skipped, written = [], [], []
     used: set[str] = set()
@@ -85,20 +107,23 @@ def predict_files(
         preds = model.predict(images, batch_size=batch_size) if images else []
         for p, rgb, pred in zip(chunk, images, preds):
             stem = _unique(p.stem, used)
+            image_id = stem + p.suffix  # unique: a second x.png (from another folder) is x_2.png
             if model.task == "image-classification":
-                dets = [{"image_id": p.name, "category_id": label, "category": classes[label], "score": round(s, 5)}
+                dets = [{"image_id": image_id, "category_id": label, "category": classes[label], "score": round(s, 5)}
                         for label, s in zip(pred["labels"].tolist(), pred["scores"].tolist())]
             else:
-                dets = detections_json(pred, classes, p.name)
+                dets = detections_json(pred, classes, image_id)
                 picture = overlay(rgb, pred, classes)
-                _atomic_write(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"))
-            text = json.dumps({"image": str(p), "detections": dets}, indent=1)
-            _atomic_write(out_dir / f"{stem}.json", lambda t, text=text: t.write_text(text, encoding="utf-8"))
+                write_atomic(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"), "--out")
+            text = json.dumps({"image": str(p), "image_id": image_id, "detections": dets}, indent=1)
+            write_atomic(out_dir / f"{stem}.json", lambda t, text=text: t.write_text(text, encoding="utf-8"), "--out")
             results += dets
             written.append(stem)
         if progress:
             progress(len(paths[i : i + batch_size]), len(written) / (time.perf_counter() - start))
-    _atomic_write(out_dir / "results.json", lambda t: t.write_text(json.dumps(results), encoding="utf-8"))
+    if not written:
+        raise GnhubError(f"nothing was predicted: all {len(paths)} images were skipped ({skipped[0]})")
+    write_atomic(out_dir / RESULTS_FILE, lambda t: t.write_text(json.dumps(results), encoding="utf-8"), "--out")
     seconds = time.perf_counter() - start
     return {
         "images": len(written),
@@ -116,14 +141,3 @@ def _unique(stem: str, used: set[str]) -> str:
         name = f"{stem}_{n}"
     used.add(name)
     return name
-
-
-def _atomic_write(path: Path, write) -> None:
-    """`write(tmp)` then rename; a failed write (disk full) leaves no partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GnhubError(f"{path}: writing failed ({e.strerror}); free some space or choose another --out") from None

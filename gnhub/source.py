@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import zoo
-from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint, sha256_file
+from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
+from .config import PreprocessConfig, check_value
 from .converters import FORMATS
 from .errors import GnhubError
+from .layout import sha256_file
 
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
@@ -20,9 +22,10 @@ class Source:
     obj: object
     converter: object  # a module of gnhub.converters
     sha256: Future
-    settings: dict  # preprocess fields and rpn.*/roi.* test settings
+    settings: dict  # preprocess fields and rpn.*/roi.* test settings, checked
     preprocess_from: str
     entry: zoo.ZooEntry | None
+    notes: list[str] = field(default_factory=list)  # settings of the file that were not used, and why
 
     @property
     def tensors(self) -> dict:
@@ -40,7 +43,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
         raise
     converter = _pick(fmt, obj, str(path))
     entry = zoo.find_by_file(path.name)
-    settings = converter.meta_settings(obj)
+    settings, notes = checked_settings(converter.meta_settings(obj), getattr(converter, "SETTINGS", {}))
     origin = getattr(converter, "settings_origin", None)
     if origin is not None:
         preprocess_from = origin(obj)
@@ -52,7 +55,34 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
         preprocess_from = f"gnhub zoo ({entry.name})"
     else:
         preprocess_from = "gnhub default (Detectron BGR means, std 1)"
-    return Source(path, obj, converter, sha, settings, preprocess_from, entry)
+    return Source(path, obj, converter, sha, settings, preprocess_from, entry, notes)
+
+
+_SECTIONS = {"rpn": "rpn", "roi": "roi_heads"}
+_PREPROCESS_FIELDS = {f.name for f in fields(PreprocessConfig)}
+_PREPROCESS = ("mean", "std", "channel_order")  # taken together, or not at all
+
+
+def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
+    """A converter's reading of a file's settings with every value checked against the config's
+    bounds: (valid settings, notes on what was left out). An invalid value is replaced by the
+    format's own default (`fallback`) where it has one, else left out. The file is untrusted."""
+    raw = dict(raw)
+    notes = [f"checkpoint config: could not read {what}" for what in raw.pop("ignored", [])]
+    out = {}
+    for key, value in raw.items():
+        section, _, name = key.rpartition(".")
+        path = f"{_SECTIONS[section]}.{name}" if section else f"preprocess.{key}" if key in _PREPROCESS_FIELDS else key
+        try:
+            out[key] = check_value(path, value)
+        except GnhubError as e:
+            notes.append(f"checkpoint {str(e).removeprefix('config: ')}")
+            if key in fallback:
+                out[key] = fallback[key]
+    if any(k not in out for k in _PREPROCESS if k in raw):
+        for k in _PREPROCESS:
+            out.pop(k, None)
+    return out, notes
 
 
 def check_hash_in_name(path: Path, sha: str, check: bool) -> None:

@@ -2,42 +2,30 @@
 golden outputs stored beside the model at conversion."""
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from . import __version__
 from .converters import RenameTable
 from .errors import GnhubError
+from .layout import GOLDEN_FILE, VERIFICATION_FILE
 from .modeling import GNModel, with_weights
 from .modeling.transform import load_image
 from .reference import REFERENCES
+from .report import TOLERANCES, Report, StageCheck
 from .samples import sample_images
 from .source import open_source
 
-VERIFICATION_FILE = "verification.json"
-GOLDEN_FILE = "golden.safetensors"
-
-# Dense stages: max |a - b| / max |b| must stay below `dense`. Detections are matched by box IoU.
-TOLERANCES = {
-    "float32": {"dense": 1e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
-    "float16": {"dense": 2e-2, "iou": 0.95, "score": 2e-2, "mask_iou": 0.95, "matched": 0.9},
-    "bfloat16": {"dense": 5e-2, "iou": 0.9, "score": 5e-2, "mask_iou": 0.9, "matched": 0.8},
-}
-
 DENSE_STAGES = (
-    ["input"] + [f"backbone.c{i}" for i in range(2, 6)] + [f"fpn.p{i}" for i in range(2, 7)]
+    ["input", "input.sample"] + [f"backbone.c{i}" for i in range(2, 6)] + [f"fpn.p{i}" for i in range(2, 7)]
     + [f"rpn.objectness.p{i}" for i in range(2, 7)] + [f"rpn.deltas.p{i}" for i in range(2, 7)] + ["logits"]
 )
 # What to look at when a stage differs: gnhub tensor prefixes (or a config section).
@@ -54,25 +42,25 @@ _HINTS = {
     "mask": ["roi_heads.mask_head", "config.json roi_heads.mask_threshold"],
     "logits": ["fc", "backbone.layer4"],
 }
-# The stages kept as golden outputs (small: no full-resolution feature maps).
-GOLDEN_STAGES = ("fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits", "logits")
+# The stages kept as golden outputs (small: no full-resolution feature maps; the input as every
+# 8th pixel), per task. Every one is required, for every built-in image.
+GOLDEN_STAGES = {
+    "instance-segmentation": ("input.sample", "fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels",
+                              "mask_logits"),
+    "image-classification": ("input.sample", "logits"),
+}
+INPUT_SAMPLE = 8  # golden `input.sample`: input[..., ::8, ::8]
 
 
-@dataclass
-class StageCheck:
-    image: str
-    stage: str
-    passed: bool
-    max_abs: float | None
-    max_rel: float | None
-    tolerance: str
-    detail: str = ""
+NONFINITE = "the reference itself holds NaN or Inf"
 
 
 def _dense(image: str, stage: str, got: Tensor, ref: Tensor, tol: float) -> StageCheck:
     if got.shape != ref.shape:
         return StageCheck(image, stage, False, None, None, f"shape {tuple(ref.shape)}",
                           f"shape {tuple(got.shape)} != {tuple(ref.shape)}")
+    if not bool(torch.isfinite(ref.float()).all()):
+        return StageCheck(image, stage, False, None, None, f"rel <= {tol:g}", NONFINITE)
     diff = (got.float() - ref.float()).abs()
     max_abs = float(diff.max()) if diff.numel() else 0.0
     scale = float(ref.float().abs().max()) if ref.numel() else 0.0
@@ -172,45 +160,13 @@ def box_offset(model: GNModel) -> float:
 
 
 def run_model(model: GNModel, image: np.ndarray) -> dict[str, Tensor]:
-    return {k: v.cpu() for k, v in model.inspect(image).items()}
+    return with_input_sample({k: v.cpu() for k, v in model.inspect(image).items()})
 
 
-@dataclass
-class Report:
-    checks: list[StageCheck]
-    dtype: str
-    against: str
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def first_failure(self) -> StageCheck | None:
-        return next((c for c in self.checks if not c.passed), None)
-
-    def to_dict(self) -> dict:
-        return {
-            "passed": self.passed,
-            "against": self.against,
-            "dtype": self.dtype,
-            "tolerances": TOLERANCES[self.dtype],
-            "versions": {"gnhub": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "python": platform.python_version()},
-            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-            "checks": [asdict(c) for c in self.checks],
-        }
-
-    def summary(self) -> list[dict]:
-        """Per stage, the worst case over images."""
-        rows: dict[str, dict] = {}
-        for c in self.checks:
-            row = rows.setdefault(c.stage, {"stage": c.stage, "passed": True, "max_abs": 0.0, "max_rel": 0.0,
-                                            "tolerance": c.tolerance})
-            row["passed"] &= c.passed
-            for k in ("max_abs", "max_rel"):
-                v = getattr(c, k)
-                row[k] = max(row[k], v) if v is not None else row[k]
-        return list(rows.values())
+def with_input_sample(stages: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adds `input.sample`, every INPUT_SAMPLE-th pixel of the network input (golden outputs keep it)."""
+    stages["input.sample"] = stages["input"][..., ::INPUT_SAMPLE, ::INPUT_SAMPLE].contiguous()
+    return stages
 
 
 def images_for(extra: list[str] | None) -> list[tuple[str, np.ndarray]]:
@@ -246,33 +202,42 @@ def verify_against(
         got = run_model(model, rgb)
         ref = mapping(rgb)
         checks += compare(name, got, ref, "float32" if full else tolerance, box_offset(model))
+        ref = with_input_sample(ref)
         if full is not None:
             exact = full(rgb)
             for c in compare(name, got, {k: exact[k] for k in DENSE_STAGES if k in exact}, tolerance):
                 c.stage = "precision." + c.stage
                 checks.append(c)
-        golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES if k in ref})
+        golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES[model.task]})
         if first_failure and not all(c.passed for c in checks):
             break
     return Report(checks, tolerance, against or f"source {source.path.name}"), golden
 
 
 def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> Report:
+    """The model against the golden outputs stored beside it: every golden stage of every
+    built-in image must be there, and is compared."""
     path = Path(model_dir) / GOLDEN_FILE
     if not path.is_file():
         raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass --source with the original checkpoint")
-    stored = load_file(path)
-    names = sorted({k.split("/")[0] for k in stored})
+    try:
+        stored = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise GnhubError(f"{path}: not a readable safetensors file ({str(e).strip()[:100]}); "
+                         "download or convert the model again") from None
     by_name = dict(images_for(None))
-    missing = [n for n in names if n not in by_name]
+    stages = GOLDEN_STAGES[model.task]
+    missing = [f"{n}/{s}" for n in by_name for s in stages if f"{n}/{s}" not in stored]
     if missing:
-        raise GnhubError(f"{path}: golden outputs for unknown built-in images {missing}")
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise GnhubError(f"{path}: golden outputs incomplete: {', '.join(missing[:4])}{more} missing (every stage "
+                         f"{', '.join(stages)} of each built-in image is needed); convert the model again")
     checks = []
     dtype = dtype or "float32"  # golden outputs come from the source with the model's own weights
     model = float32_model(model)
-    for name in names:
-        ref = {k.split("/", 1)[1]: v for k, v in stored.items() if k.startswith(name + "/")}
-        checks += compare(name, run_model(model, by_name[name]), ref, dtype, box_offset(model))
+    for name, rgb in by_name.items():
+        ref = {s: stored[f"{name}/{s}"] for s in stages}
+        checks += compare(name, run_model(model, rgb), ref, dtype, box_offset(model))
     return Report(checks, dtype, "golden outputs")
 
 
@@ -292,7 +257,13 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
     """The first stage that diverges, by how much, and which tensors to check."""
     c = report.first_failure()
     if c is None:
-        return "every stage within tolerance"
+        return "every stage within tolerance" if report.checks else "nothing was compared"
+    if c.detail == NONFINITE:
+        return (f"the reference gives NaN or Inf at {c.stage} on {c.image}: the source is corrupt (NaN or Inf "
+                f"weights; {hint(c.stage, names).removeprefix('check ')}); download it again")
+    if c.stage.startswith("input"):
+        return (f"{c.stage} differs on {c.image} ({c.detail or f'rel {c.max_rel:.3g}'}): the network input itself, "
+                f"so the preprocessing is not the source's: {hint(c.stage, names)}")
     amount = f"max abs {c.max_abs:.3g}, " if c.max_abs is not None else ""
     rel = f"rel {c.max_rel:.3g}" if c.max_rel is not None else ""
     detail = f"; {c.detail}" if c.detail else ""

@@ -103,6 +103,17 @@ def small_source(reference_state_dict, tmp_path_factory) -> Path:
     return mmdet_checkpoint(tmp_path_factory.mktemp("small") / "small_r50.pth", reference_state_dict)
 
 
+@pytest.fixture(scope="session")
+def small_dir(small_source, tmp_path_factory) -> Path:
+    """small_source converted with verification: a model directory as gnhub writes it."""
+    from gnhub.convert import convert
+
+    out = tmp_path_factory.mktemp("verified") / "m"
+    summary = convert(small_source, out)
+    assert summary["verified"] is True
+    return out
+
+
 # -- Detectron -----------------------------------------------------------------------------
 
 def detectron_blobs(depth: int, detector: bool) -> list[tuple[str, tuple[int, ...]]]:

@@ -135,10 +135,14 @@ def test_existing_output_needs_force(reference_checkpoint, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(GnhubError, match="already exists.*--force"):
         convert(reference_checkpoint, out, verify=False)
+    with pytest.raises(GnhubError, match="not a gnhub model directory"):  # --force replaces only gnhub's own
+        convert(reference_checkpoint, out, force=True, verify=False)
     assert (out / "keep.txt").read_text() == "mine"
+    out = tmp_path / "model"
+    convert(reference_checkpoint, out, verify=False)
     convert(reference_checkpoint, out, force=True, verify=False)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -233,21 +233,29 @@ def test_r101_weights_under_an_r50_zoo_name(detweights, tmp_path):
 
 # -- nothing lost -----------------------------------------------------------------------------
 
+def _writing(folder: Path) -> bool:
+    """A temporary output directory beside the destination has its first file: the write has begun."""
+    try:
+        return any(p.name.endswith(".tmp") and any(p.iterdir()) for p in folder.iterdir())
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_conversion_leaves_the_previous_output_intact(reference_checkpoint, tmp_path, sig):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("keep me")
+    convert(reference_checkpoint, out, verify=False)
+    previous = (out / "config.json").read_text()
     proc = subprocess.Popen([sys.executable, "-m", "gnhub", "convert", str(reference_checkpoint), "-o", str(out),
                              "--force", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # the write has begun
+    while not _writing(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it could be interrupted"
         time.sleep(0.001)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and b"Traceback" not in err
-    assert (out / "previous.txt").read_text() == "keep me"
+    assert (out / "config.json").read_text() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial files
 
 

@@ -14,14 +14,6 @@ from gnhub.errors import GnhubError
 from gnhub.verify import GOLDEN_FILE, VERIFICATION_FILE, failure_message, run_verify
 
 
-@pytest.fixture(scope="module")
-def small_dir(small_source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("verified") / "m"
-    summary = convert(small_source, out)
-    assert summary["verified"] is True
-    return out
-
-
 def to_mmdet_1x(state_dict):
     """mmdetection 1.x layout: heads at top level, background first / present in every head."""
     g = torch.Generator().manual_seed(0)

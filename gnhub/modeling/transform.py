@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,25 +16,48 @@ from torch import Tensor
 from ..config import PreprocessConfig
 from ..errors import GnhubError
 
+MAX_IMAGE_PIXELS = 50_000_000  # default of GNHUB_MAX_IMAGE_PIXELS: masks are kept at full resolution
+
+
+def max_image_pixels() -> int:
+    try:
+        return int(os.environ.get("GNHUB_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+    except ValueError:
+        raise GnhubError("GNHUB_MAX_IMAGE_PIXELS must be a whole number of pixels") from None
+
+
+def _check_size(width: int, height: int, where: str) -> None:
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise GnhubError(f"{where}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above gnhub's limit of "
+                         f"{limit / 1e6:g} (the model resizes to about 1 megapixel anyway): downscale the image, or "
+                         "raise GNHUB_MAX_IMAGE_PIXELS")
+
 
 def load_image(image) -> np.ndarray:
     """A path, PIL image or HxW(x3|x4) uint8 array -> HxWx3 uint8 RGB array.
 
-    Grayscale is repeated to three channels, alpha is dropped, EXIF orientation is applied
-    (as OpenCV's imread does for mmdetection).
+    Grayscale is repeated to three channels, alpha is dropped, EXIF orientation is applied and
+    16-bit images keep their high byte (all as OpenCV's imread does for mmdetection). Images
+    above GNHUB_MAX_IMAGE_PIXELS are refused before they are decoded.
     """
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as im:
-                image = ImageOps.exif_transpose(im).convert("RGB")
+            with warnings.catch_warnings(), Image.open(image) as im:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # gnhub checks the size itself
+                _check_size(*im.size, str(image))
+                image = _to_rgb(ImageOps.exif_transpose(im))
         except FileNotFoundError:
             raise GnhubError(f"{image}: no such image file") from None
         except IsADirectoryError:
             raise GnhubError(f"{image}: is a directory, expected an image file") from None
-        except (UnidentifiedImageError, OSError) as e:
+        except Image.DecompressionBombError:
+            raise GnhubError(f"{image}: larger than gnhub's limit of {max_image_pixels() / 1e6:g} megapixels; "
+                             "downscale the image, or raise GNHUB_MAX_IMAGE_PIXELS") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise GnhubError(f"{image}: not a readable image ({e})") from None
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = _to_rgb(image)
     if not isinstance(image, np.ndarray):
         raise GnhubError(
             f"expected an image path, PIL image or numpy array, got {type(image).__name__}"
@@ -43,7 +68,16 @@ def load_image(image) -> np.ndarray:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
         raise GnhubError(f"image array has shape {image.shape}; expected HxWx3 RGB (or HxW, HxWx4)")
+    _check_size(image.shape[1], image.shape[0], "image array")
     return np.ascontiguousarray(image[:, :, :3])
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image as RGB uint8; 16-bit grayscale by its high byte, as OpenCV reads it."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        gray = (np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 @dataclass
