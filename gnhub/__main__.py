@@ -1,3 +1,15 @@
-from .cli import main
+"""`python -m gnhub` and the `gnhub` command: Ctrl-C while the CLI loads is a clean exit too."""
+import sys
 
-main()
+
+def run() -> None:
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -97,10 +97,11 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     if json_out:
         check_output_file(json_out, "--json")
     from .hub import resolve
+
+    model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
     from .modeling import GNModel
     from .verify import run_verify
 
-    model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
     report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
                                [str(i) for i in images], tolerance, against, mmdet_config)
     for row in report.summary():

@@ -111,11 +111,20 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
     level = hf_logger.level
     hf_logger.setLevel(logging.ERROR)  # its per-retry warnings; gnhub says once what failed
     try:
-        paths = [hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token)
-                 for f in MODEL_FILES]
+        cached_only = not _reachable(repo_id, revision, s)  # one try, not huggingface_hub's retries
+        get = lambda f: hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token,
+                                        local_files_only=cached_only)
+        try:
+            paths = [get(f) for f in MODEL_FILES]
+        except LocalEntryNotFoundError:
+            if not cached_only:
+                raise
+            raise GnhubError(f"{where}: the hub cannot be reached and the model is not in the local cache; "
+                             "check the network or the endpoint (work offline, once cached, with "
+                             "HF_HUB_OFFLINE=1)") from None
         for f in EXTRA_FILES:
             try:
-                hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token)
+                get(f)
             except EntryNotFoundError:  # optional files: absent remotely, or not cached when offline
                 pass
     except (RepositoryNotFoundError, GatedRepoError):
@@ -130,12 +139,29 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
         raise GnhubError(f"{where}: not a gnhub model repository ({_first(e)})") from None
     except HfHubHTTPError as e:
         raise GnhubError(f"{where}: download failed ({_first(e)})") from None
-    except (OSError, httpx_errors()) as e:
+    except (OSError, *httpx_errors()) as e:
         raise GnhubError(f"{where}: the hub cannot be reached ({_first(e)}); check the network or the endpoint, "
                          "or work offline from the cache with HF_HUB_OFFLINE=1") from None
     finally:
         hf_logger.setLevel(level)
     return Path(paths[0]).parent
+
+
+def _reachable(repo_id: str, revision: str | None, s: HubSettings) -> bool:
+    """Whether the hub answers at all (one HEAD request, no retries): False only for a transport
+    error, so that a model in the cache still loads and an absent one fails at once."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # huggingface_hub serves the cache itself
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_FILE, revision=revision, endpoint=s.endpoint),
+                             token=s.token, timeout=10)
+    except httpx_errors():
+        return False
+    except Exception:  # noqa: BLE001 - any answer from the server: hf_hub_download reports it properly
+        return True
+    return True
 
 
 def httpx_errors() -> tuple[type[BaseException], ...]:

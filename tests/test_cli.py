@@ -137,3 +137,62 @@ def test_wheel_ships_templates_images_and_converters(tmp_path):
     for member in ("gnhub/model_cards/model_card.md.j2", "gnhub/data/images/tiny.png",
                    "gnhub/converters/mmdet.py", "gnhub/reference/mmdet.py", "gnhub/cli.py"):
         assert member in names, member
+
+
+# -- one clear line, and what users expect -----------------------------------------------------
+
+@pytest.mark.parametrize("args,fragment", [
+    (["verify", "hf-hub:"], "not a hub repository id"),
+    (["verify", "hf-hub:../../etc"], "not a hub repository id"),
+    (["verify", ""], "no model given"),
+    (["predict", "IMAGE", "--model", "MODEL", "--device", "tpu"], "unknown device 'tpu'"),
+    (["predict", "IMAGE", "--model", "MODEL", "--device", "cuda:7"], "device 'cuda:7'"),
+])
+def test_bad_names_and_devices_are_one_line(small_dir, args, fragment):
+    args = [str(sample_images()[3]) if a == "IMAGE" else str(small_dir) if a == "MODEL" else a for a in args]
+    assert_one_line_error(run(*args), fragment)
+
+
+def test_load_of_an_empty_name_is_not_the_current_directory():
+    import gnhub
+    from gnhub.errors import GnhubError
+
+    with pytest.raises(GnhubError, match="no model given"):
+        gnhub.load("")
+
+
+def test_an_unreachable_hub_is_said_once_and_at_once(tmp_path):
+    env = {**os.environ, "GNHUB_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
+    proc = subprocess.run(GNHUB + ["verify", "mask_rcnn_r50_fpn_gn-all_2x_coco"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert_one_line_error(proc, "the hub cannot be reached", "HF_HUB_OFFLINE=1")
+    assert "Retry" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_while_the_command_loads_is_a_clean_exit(small_dir, delay):
+    import signal
+    import time
+
+    proc = subprocess.Popen(GNHUB + ["predict", str(sample_images()[3]), "--model", str(small_dir), "--out",
+                                     "/nonexistent-gnhub/x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, 1), err
+
+
+def test_nothing_predicted_is_a_failure_and_ids_are_unique(small_dir, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert_one_line_error(run("predict", tmp_path / "bad.png", "--model", small_dir, "--out", tmp_path / "p"),
+                          "nothing was predicted", "bad.png")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.png").write_bytes(sample_images()[3].read_bytes())
+    proc = run("predict", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--model", small_dir,
+               "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert {r["image_id"] for r in results} == {"x.png", "x_2.png"}
+    assert json.loads((tmp_path / "p" / "x_2.json").read_text())["image"] == str(tmp_path / "b" / "x.png")

@@ -291,3 +291,29 @@ def test_fuzzed_safetensors_never_escape_as_other_errors(tmp_path_factory, data)
         read_model_dir(d, check_hash=False)
     except GnhubError:
         pass
+
+
+def test_a_zip_storage_shorter_than_its_tensor_is_corrupt(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"meta": {}, "state_dict": {"backbone.conv1.weight": torch.ones(64, 3, 7, 7)}}, good)
+    short = tmp_path / "short.pth"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(short, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            zout.writestr(item, data[: len(data) // 2] if item.filename.endswith("data/0") else data)
+    with pytest.raises(GnhubError, match="corrupt: tensor state_dict.backbone.conv1.weight needs more bytes"):
+        read_torch_checkpoint(short)
+
+
+def test_refusals_carry_no_torch_advice_or_warnings(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"meta": Payload(builtins.eval, ("1",)), "state_dict": {}}, path)
+    proc = run("convert", path, "-o", tmp_path / "o")
+    assert_one_line_error(proc, "refused to unpickle: GLOBAL builtins.eval is not allowed")
+    assert "add_safe_globals" not in proc.stderr
+    for proto in (3, 4, 5):
+        path = tmp_path / f"p{proto}.pth"
+        torch.save({"meta": {}, "state_dict": {"x": torch.zeros(2)}}, path, pickle_protocol=proto)
+        proc = run("convert", path, "-o", tmp_path / "o")
+        assert_one_line_error(proc, str(path))
+        assert "Warning" not in proc.stderr, proc.stderr

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,47 @@ def test_half_precision_models_predict_on_cpu(dtype):
     result = model.predict(sample_images()[3])
     assert len(result["boxes"]) > 0 and result["boxes"].dtype == torch.float32  # box math stays float32
     assert result["masks"].shape[1:] == (24, 40)
+
+
+def test_16_bit_images_are_read_as_opencv_reads_them(tmp_path):
+    import cv2
+
+    from gnhub.modeling.transform import load_image
+
+    gray = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    color = np.stack([gray, gray // 2, 65535 - gray], axis=-1)
+    for name, data in (("gray16.png", gray), ("color16.png", color)):
+        cv2.imwrite(str(tmp_path / name), data)
+        ours = load_image(tmp_path / name)
+        theirs = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)[:, :, ::-1]
+        assert np.array_equal(ours, theirs), name
+    assert abs(load_image(tmp_path / "gray16.png").mean() - 127.5) < 1
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    from gnhub.modeling.transform import load_image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (10000, 10000)).save(big)  # 100 megapixels, a tiny file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Pillow decompression-bomb warning either
+        with pytest.raises(GnhubError, match="10000x10000 is 100 megapixels, above gnhub's limit of 50"):
+            load_image(big)
+    monkeypatch.setenv("GNHUB_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(GnhubError, match="GNHUB_MAX_IMAGE_PIXELS"):
+        load_image(np.zeros((20, 20, 3), np.uint8))
+
+
+def test_float16_on_cpu_pools_in_float32(small_model, monkeypatch):
+    """torchvision's float16 RoIAlign CPU kernel is about 25x slower than its float32 one (a 1x1
+    image took over 300 s in float16): on CPUs half-precision models pool in float32."""
+    import gnhub.modeling.roi_heads as roi_heads
+
+    seen = []
+    real = roi_heads.roi_align
+    monkeypatch.setattr(roi_heads, "roi_align", lambda f, *a: seen.append(f.dtype) or real(f, *a))
+    model = GNMaskRCNN(small_model.config)
+    model.load_state_dict(small_model.state_dict())
+    result = model.to(torch.float16).predict(np.full((1, 1, 3), 128, np.uint8))
+    assert result["masks"].shape[1:] == (1, 1)
+    assert seen and set(seen) == {torch.float32}

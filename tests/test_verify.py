@@ -157,3 +157,82 @@ def test_against_mmdet_without_mmdetection_says_how_to_install(small_dir, small_
         pass
     proc = run("verify", small_dir, "--source", small_source, "--against", "mmdet")
     assert_one_line_error(proc, "mim install")
+
+
+# -- a verification passes only when it compared something -----------------------------------
+
+def _golden_copy(small_dir, tmp_path, golden):
+    """small_dir with its golden outputs replaced (`golden`: tensors, or bytes for a broken file)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path / "m"
+    shutil.copytree(small_dir, out)
+    if isinstance(golden, bytes):
+        (out / GOLDEN_FILE).write_bytes(golden)
+    else:
+        save_file(golden, out / GOLDEN_FILE)
+    return out
+
+
+@pytest.mark.parametrize("golden,match", [
+    ({}, "golden outputs incomplete: street.png/input.sample"),
+    ({"street.png/fpn.p6": torch.zeros(1, 256, 2, 2)}, "golden outputs incomplete"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "not a readable safetensors file"),
+])
+def test_golden_outputs_must_hold_every_stage_of_every_image(small_dir, tmp_path, golden, match):
+    model_dir = _golden_copy(small_dir, tmp_path, golden)
+    with pytest.raises(GnhubError, match=match):
+        run_verify(load(model_dir), model_dir, None, [], None)
+    assert_one_line_error(run("verify", model_dir), match.split(":")[0])
+
+
+def test_a_truncated_golden_file_is_one_clear_error(small_dir, tmp_path):
+    model_dir = _golden_copy(small_dir, tmp_path, (small_dir / GOLDEN_FILE).read_bytes()[:5000])
+    with pytest.raises(GnhubError, match="not a readable safetensors file"):
+        run_verify(load(model_dir), model_dir, None, [], None)
+
+
+def test_a_report_that_passed_nothing_is_refused_by_publish_and_card(small_dir, tmp_path):
+    model_dir = _golden_copy(small_dir, tmp_path, (small_dir / GOLDEN_FILE).read_bytes())
+    report = json.loads((model_dir / VERIFICATION_FILE).read_text())
+    report["checks"] = [c for c in report["checks"] if c["image"] == "street.png"]  # "passed", three images short
+    (model_dir / VERIFICATION_FILE).write_text(json.dumps(report))
+    assert_one_line_error(run("card", model_dir), "says passed, but portrait.png/input")
+    (model_dir / VERIFICATION_FILE).write_text("{\"passed\": true}")
+    assert_one_line_error(run("publish", model_dir, "--repo-id", "org/m", "--dry-run"),
+                          "not a gnhub verification report")
+
+
+def test_an_empty_weights_hash_is_an_error_not_a_pass(small_dir, tmp_path):
+    model_dir = _golden_copy(small_dir, tmp_path, (small_dir / GOLDEN_FILE).read_bytes())
+    config = json.loads((model_dir / "config.json").read_text())
+    for value in ("", None):
+        config["weights_sha256"] = value
+        (model_dir / "config.json").write_text(json.dumps(config))
+        with pytest.raises(GnhubError, match="weights_sha256 is"):
+            load(model_dir)
+
+
+def test_a_changed_mean_is_blamed_on_the_input(small_dir, tmp_path):
+    bad = broken_copy(small_dir, tmp_path / "bad", lambda s, c: setattr(c.preprocess, "mean", (1.0, 2.0, 3.0)))
+    import shutil
+
+    for f in (GOLDEN_FILE, VERIFICATION_FILE):
+        shutil.copy(small_dir / f, bad / f)
+    report, _ = run_verify(load(bad), bad, None, [], None)
+    assert report.first_failure().stage == "input.sample"
+    assert "the network input itself" in failure_message(report) and "preprocess" in failure_message(report)
+
+
+def test_nan_weights_are_named_as_corruption(small_source, small_dir, tmp_path):
+    obj = torch.load(small_source, weights_only=True)
+    obj["state_dict"]["backbone.conv1.weight"] = obj["state_dict"]["backbone.conv1.weight"].clone()
+    obj["state_dict"]["backbone.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(obj, path)
+    with pytest.raises(GnhubError, match="corrupt: NaN or Inf values in 1 tensors: .'backbone.conv1.weight'"):
+        convert(path, tmp_path / "out")
+    report, names = verify_source(small_dir, path)  # verifying a good model against a corrupt source
+    assert "the source is corrupt" in failure_message(report, names)
