@@ -2,7 +2,7 @@
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "numpy", "cv2", "PIL", "jinja2", "yaml"]
 
 from gnhub import load as _load  # noqa: E402
-from gnhub.zoo import MODELS as _MODELS  # noqa: E402
+from gnhub.zoo import models as _models  # noqa: E402
 
 
 def _entry(name):
@@ -10,10 +10,10 @@ def _entry(name):
         return _load(name, **kwargs)
 
     entry.__name__ = name
-    e = _MODELS[name]
+    e = _models()[name]
     what = "GN ResNet ImageNet classifier" if e.task == "image-classification" else "GN Mask R-CNN"
     entry.__doc__ = f"{what} {name}, pretrained ({e.results_text}, {e.source_format})."
     return entry
 
 
-globals().update({name.replace("-", "_"): _entry(name) for name in _MODELS})
+globals().update({name.replace("-", "_"): _entry(name) for name in _models()})

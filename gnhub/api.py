@@ -18,16 +18,21 @@ def load(
     org: str | None = None,
     hub_dir: str | None = None,
     token: str | None = None,
+    source_mirror: str | None = None,
+    quiet: bool | None = None,
 ) -> GNModel:
     """The model (a GNMaskRCNN, or a GNResNetClassifier for a bare backbone), its weights'
     sha256 checked against config.json.
 
-    A zoo name (see `gnhub.list_models()`) is fetched from ORG/NAME on the hub: the Hugging Face
-    Hub through huggingface_hub's cache (HF_HUB_OFFLINE works once cached), or a directory hub
-    (`hub_dir` / GNHUB_HUB_DIR). `endpoint` / GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror.
+    A zoo name (see `gnhub.list_models()`) comes from gnhub's cache (GNHUB_CACHE), else from
+    ORG/NAME on the hub: the Hugging Face Hub through huggingface_hub's cache (HF_HUB_OFFLINE
+    works once cached), or a directory hub (`hub_dir` / GNHUB_HUB_DIR); `endpoint` /
+    GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror. Where the hub has no such repository,
+    the zoo's own upstream file is downloaded (`source_mirror` / GNHUB_SOURCE_MIRROR replaces
+    its host), hash-checked, converted, verified and cached. `quiet` turns off progress output.
     """
     target = check_device(device)
-    path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token))
+    path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token, source_mirror, quiet))
     return GNModel.from_pretrained(path).to(target).eval()
 
 

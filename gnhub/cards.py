@@ -21,7 +21,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
     model_dir = Path(model_dir)
     config = ModelConfig.load(model_dir / CONFIG_FILE)
     p = config.provenance
-    entry = zoo.MODELS.get(config.name)
+    entry = zoo.get(config.name)
     verification = read_report(model_dir, config.task)
     stages = []
     if verification:
@@ -30,12 +30,12 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
     family, citation = SOURCE_FAMILIES.get(p.get("source_format"), (p.get("source_format", "source"), None))
     classifier = config.task == "image-classification"
     results = []
-    if entry and classifier:
+    if entry and classifier and entry.top1_error is not None:
         results = [EvalResult(task_type="image-classification", metric_type="accuracy", metric_name="top-1 accuracy",
                               metric_value=round(100 - entry.top1_error, 1), dataset_type="imagenet-1k",
                               dataset_name="ImageNet-1k", dataset_split="validation", source_name=family,
                               source_url=entry.results_source)]
-    elif entry:
+    elif entry and not classifier and entry.box_ap is not None and entry.mask_ap is not None:
         common = {"dataset_type": "coco", "dataset_name": "COCO 2017", "dataset_split": "validation",
                   "source_name": family, "source_url": entry.results_source}
         results = [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ from .errors import GnhubError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gnhub")
-def cli():
+@click.option("--source-mirror", metavar="URL",
+              help="Host that replaces the zoo's upstream download servers [env GNHUB_SOURCE_MIRROR].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars [env GNHUB_QUIET].")
+def cli(source_mirror, quiet):
     """Group Normalization Mask R-CNN checkpoints (mmdetection .pth, Detectron .pkl) in plain PyTorch.
 
     \b
@@ -23,12 +27,19 @@ def cli():
     gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
     gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
     gnhub eval MODEL        box and mask AP on a COCO-format dataset
-    gnhub list / info NAME  the model zoo
+    gnhub list / info NAME  the model zoo (and your GNHUB_ZOO_FILE entries)
+    gnhub fetch / cache     fill gnhub's cache ahead of time; list or remove what it holds
     gnhub card / publish    model card, and upload to a hub (Hugging Face Hub or a directory)
     gnhub demo              the whole pipeline on an untrained embedded model
 
-    MODEL is a model directory, a zoo name or hf-hub:owner/repo[@revision].
+    MODEL is a model directory, a zoo name or hf-hub:owner/repo[@revision]. A zoo name loads
+    from gnhub's cache, else the hub, else the zoo's upstream file (downloaded, converted,
+    verified and cached once; see `gnhub fetch`).
     """
+    if source_mirror:
+        os.environ["GNHUB_SOURCE_MIRROR"] = source_mirror
+    if quiet:
+        os.environ["GNHUB_QUIET"] = "1"
 
 
 @cli.command()
@@ -204,14 +215,17 @@ def eval_(model, images, annotations, results, batch_size, device):
 @click.argument("pattern", required=False)
 def list_(pattern):
     """List the zoo models (PATTERN: fnmatch wildcards, e.g. '*r101*')."""
-    from .zoo import MODELS, list_models
+    from .cache import cached
+    from .zoo import list_models, models
 
     names = list_models(pattern)
     if not names:
         raise GnhubError(f"no zoo model matches {pattern!r}")
     for n in names:
-        e = MODELS[n]
-        click.echo(f"{n:42s} R-{e.depth:<3d} {e.source_format:9s} {e.schedule.split()[0]:8s} {e.results_text}")
+        e = models()[n]
+        depth = f"R-{e.depth}" if e.depth else "R-?"
+        mark = "cached" if cached(e) else ""
+        click.echo(f"{n:42s} {depth:6s} {e.source_format:9s} {e.schedule.split()[0]:8s} {e.results_text:28s} {mark}")
 
 
 @cli.command()
@@ -220,11 +234,14 @@ def info(name):
     """Show everything gnhub knows about zoo model NAME, or a model directory, or a raw checkpoint."""
     import dataclasses
 
-    from .zoo import MODELS
+    from .cache import cached, source_url
+    from .zoo import get
 
-    if name in MODELS:
-        e = MODELS[name]
-        data = {**dataclasses.asdict(e), "url": e.url, "sha256_prefix": e.sha256_prefix, "hub_repo": e.hub_repo()}
+    e = get(name)
+    if e is not None:
+        path = cached(e)
+        data = {**dataclasses.asdict(e), "url": e.url, "download_url": source_url(e), "sha256_prefix": e.sha256_prefix,
+                "hub_repo": e.hub_repo(), "cached": str(path) if path else None}
     elif Path(name).is_dir():
         from .layout import check_model_dir, tensor_shapes
 
@@ -253,6 +270,52 @@ def card(model_dir, name):
     from .cards import write_card
 
     click.echo(write_card(model_dir, name))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every zoo model with a published download.")
+@click.option("--keep-source", is_flag=True, help="Keep the downloaded upstream files in the cache too.")
+def fetch(names, all_, keep_source):
+    """Fill gnhub's cache with zoo models NAMES ahead of time (for a cluster's shared filesystem,
+    or before going offline) and print where each one is.
+
+    Each comes from the hub where published, else from its upstream file: downloaded (resumable),
+    hash-checked, converted and verified. The cache is GNHUB_CACHE (default ~/.cache/gnhub).
+    """
+    from .hub import HubSettings, resolve
+    from .zoo import get, list_models, suggest
+
+    if all_:
+        names = [n for n in list_models() if get(n).url]
+    if not names:
+        raise GnhubError("name the zoo models to fetch (`gnhub list`), or pass --all")
+    for n in names:
+        if get(n) is None:
+            close = suggest(n)
+            raise GnhubError(f"{n}: not a zoo model" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    for n in names:
+        click.echo(f"{n}: {resolve(n, HubSettings(keep_source=keep_source))}")
+
+
+@cli.command("cache")
+@click.argument("action", type=click.Choice(["list", "rm"]), default="list")
+@click.argument("names", nargs=-1)
+def cache_(action, names):
+    """List what gnhub's cache holds (sizes), or remove NAMES from it (`gnhub cache rm NAME`)."""
+    from .cache import cache_dir, entries, remove
+
+    if action == "rm":
+        if not names:
+            raise GnhubError("name the models to remove: gnhub cache rm NAME")
+        for n in names:
+            gone = remove(n)
+            click.echo(f"{n}: " + (f"removed {', '.join(gone)}" if gone else "not in the cache"))
+        return
+    rows = entries()
+    for r in rows:
+        click.echo(f"{r['name']:42s} {r['kind']:9s} {r['bytes'] / 2**20:9.1f} MiB  {r['path']}")
+    click.echo(f"{len(rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {cache_dir()}")
 
 
 _HUB_OPTIONS = [
@@ -314,11 +377,11 @@ def publish_zoo(folder, org, work_dir, no_check_hash, hub_dir, endpoint):
     from .convert import convert as run
     from .hub import HubSettings
     from .hub import publish as upload
-    from .zoo import MODELS
+    from .zoo import models
 
     settings = HubSettings(endpoint=endpoint, org=org, hub_dir=hub_dir).resolved()
     rows = []
-    for name, entry in MODELS.items():
+    for name, entry in models().items():
         src = folder / entry.file
         if not src.is_file():
             continue

@@ -116,7 +116,7 @@ def convert(
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
         entry = source.entry
-        if entry and entry.depth != config.backbone.depth:
+        if entry and entry.depth is not None and entry.depth != config.backbone.depth:
             raise GnhubError(f"{where}: named like zoo model {entry.name} (ResNet-{entry.depth}) but holds a "
                              f"ResNet-{config.backbone.depth}; wrong or renamed file")
         bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not _finite(v))

@@ -122,8 +122,8 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
     metrics["images"] = len(done)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics["images_per_second"] = round(n / metrics["seconds"], 3) if n and metrics["seconds"] else None
-    entry = zoo.MODELS.get(model.config.name)
-    if entry:
+    entry = zoo.get(model.config.name)
+    if entry and entry.box_ap is not None and entry.mask_ap is not None:
         metrics["published"] = {"box": {"AP": entry.box_ap / 100}, "mask": {"AP": entry.mask_ap / 100}}
     return metrics
 

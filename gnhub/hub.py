@@ -38,6 +38,9 @@ class HubSettings:
     org: str | None = None
     hub_dir: str | None = None
     token: str | None = None
+    source_mirror: str | None = None  # GNHUB_SOURCE_MIRROR: replaces the host of upstream source URLs
+    quiet: bool | None = None  # no progress bars (GNHUB_QUIET; default: quiet when stderr is not a TTY)
+    keep_source: bool = False  # keep an upstream file downloaded for conversion in the cache
 
     def resolved(self) -> HubSettings:
         return HubSettings(
@@ -45,6 +48,9 @@ class HubSettings:
             self.org or os.environ.get("GNHUB_ORG") or zoo.DEFAULT_ORG,
             self.hub_dir or os.environ.get("GNHUB_HUB_DIR") or None,
             self.token,
+            self.source_mirror or os.environ.get("GNHUB_SOURCE_MIRROR") or None,
+            self.quiet,
+            self.keep_source,
         )
 
 
@@ -60,13 +66,45 @@ def resolve(name: str | Path, settings: HubSettings | None = None) -> Path:
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
         return _fetch(check_repo_id(repo), revision or None, s)
-    if text in zoo.MODELS:
-        return _fetch(check_repo_id(zoo.MODELS[text].hub_repo(s.org)), None, s)
+    entry = zoo.get(text)
+    if entry is not None:
+        return _resolve_zoo(entry, s)
     if s.hub_dir and _is_repo_id(text) and (Path(s.hub_dir) / text / CONFIG_FILE).is_file():  # in a directory hub
         return Path(s.hub_dir) / text
     close = zoo.suggest(text)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `gnhub list` shows the zoo"
     raise GnhubError(f"{text}: no such model directory or zoo model{hint}")
+
+
+class NotPublished(GnhubError):
+    """The hub has no such repository."""
+
+
+def _resolve_zoo(entry: zoo.ZooEntry, s: HubSettings) -> Path:
+    """A zoo name: the local cache (no network), else the hub repository ORG/NAME, else the
+    entry's upstream file, downloaded, converted, verified and cached."""
+    from huggingface_hub import constants
+
+    from . import cache
+
+    path = cache.cached(entry)
+    if path is not None:
+        return path
+    try:
+        return _fetch(check_repo_id(entry.hub_repo(s.org)), None, s)
+    except NotPublished:
+        problem = None
+    except GnhubError as e:
+        problem = e
+    if constants.HF_HUB_OFFLINE:
+        raise GnhubError(f"{entry.name}: not in gnhub's cache ({cache.cache_dir()}) and HF_HUB_OFFLINE is set; "
+                         "fetch it first with `gnhub fetch` while online")
+    try:
+        return cache.fetch(entry, s.quiet, keep_source=s.keep_source, mirror=s.source_mirror)
+    except GnhubError as e:
+        if problem is None:
+            raise
+        raise GnhubError(f"{problem}; and its upstream file: {e}") from None
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -93,7 +131,7 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
     if s.hub_dir:
         path = Path(s.hub_dir) / repo_id
         if not (path / CONFIG_FILE).is_file():
-            raise GnhubError(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path}/{CONFIG_FILE})")
+            raise NotPublished(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path}/{CONFIG_FILE})")
         return path
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -127,7 +165,10 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
                 get(f)
             except EntryNotFoundError:  # optional files: absent remotely, or not cached when offline
                 pass
-    except (RepositoryNotFoundError, GatedRepoError):
+    except RepositoryNotFoundError:  # the Hub answers 401 for a repository that does not exist, too
+        raise NotPublished(f"{where}: repository not found, or private and no valid token "
+                           "(set HF_TOKEN or run `hf auth login`)") from None
+    except GatedRepoError:
         raise GnhubError(f"{where}: repository not found, or private and no valid token "
                          "(set HF_TOKEN or run `hf auth login`)") from None
     except RevisionNotFoundError:

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
+import os
 import re
+import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, PreprocessConfig
+from .errors import GnhubError
 
 MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gn/{name}/{file}"
 
@@ -61,6 +66,7 @@ class ZooEntry:
     source_url: str | None = ""  # "": mmdetection's URL pattern; None: no published download
     top1_error: float | None = None  # ImageNet classifiers, centre crop, as published
     task: str = "instance-segmentation"
+    sha256: str | None = None  # the source file's full sha256, where pinned (registered entries)
 
     @property
     def url(self) -> str | None:
@@ -81,7 +87,8 @@ class ZooEntry:
                 "(c)": "ImageNet R-{d}-GN backbone contributed to mmdetection (c)",
                 "imagenet": "Detectron's ImageNet R-{d}-GN backbone",
                 "scratch": "none: trained from scratch",
-                "none": "trained on ImageNet-1k from scratch"}[self.pretrain].format(d=self.depth)
+                "none": "trained on ImageNet-1k from scratch",
+                "unknown": "not stated"}[self.pretrain].format(d=self.depth)
 
     @property
     def results_text(self) -> str:
@@ -92,15 +99,21 @@ class ZooEntry:
     def hub_repo(self, org: str = DEFAULT_ORG) -> str:
         return f"{org}/{self.name}"
 
+    @property
+    def expected_sha256(self) -> str | None:
+        """What the source file's sha256 must be (or start with): the pinned one, else the
+        prefix published in the file name."""
+        return self.sha256 or self.sha256_prefix
+
 
 _MMDET = [
-    ("mask_rcnn_r50_fpn_gn-all_2x_coco", 50, "(d)", "2x", 24, "20200206-8eee02a6", 40.2, 36.4, 7.1, 9.6),
-    ("mask_rcnn_r50_fpn_gn-all_3x_coco", 50, "(d)", "3x", 36, "20200214-8b23b1e5", 40.5, 36.7, 7.1, 9.6),
-    ("mask_rcnn_r101_fpn_gn-all_2x_coco", 101, "(d)", "2x", 24, "20200205-d96b1b50", 41.9, 37.6, 9.9, 8.1),
-    ("mask_rcnn_r101_fpn_gn-all_3x_coco", 101, "(d)", "3x", 36, "20200513_181609-0df864f4", 42.1, 38.0, None, None),
-    ("mask_rcnn_r50_fpn_gn-all_contrib_2x_coco", 50, "(c)", "2x", 24, "20200207-20d3e849", 40.0, 36.1, 7.1, 9.7),
-    ("mask_rcnn_r50_fpn_gn-all_contrib_3x_coco", 50, "(c)", "3x", 36, "20200225-542aefbc", 40.1, 36.2, 7.1, 9.6),
-]
+    ("mask_rcnn_r50_fpn_gn-all_2x_coco", 50, "(d)", "2x", 24, "20200206-8eee02a6", 40.2, 36.4, 7.1, 11.0),
+    ("mask_rcnn_r50_fpn_gn-all_3x_coco", 50, "(d)", "3x", 36, "20200214-8b23b1e5", 40.5, 36.7, 7.1, None),
+    ("mask_rcnn_r101_fpn_gn-all_2x_coco", 101, "(d)", "2x", 24, "20200205-d96b1b50", 41.9, 37.6, 9.9, 9.0),
+    ("mask_rcnn_r101_fpn_gn-all_3x_coco", 101, "(d)", "3x", 36, "20200513_181609-0df864f4", 42.1, 38.0, 9.9, None),
+    ("mask_rcnn_r50_fpn_gn-all_contrib_2x_coco", 50, "(c)", "2x", 24, "20200207-20d3e849", 40.0, 36.1, 7.1, 10.9),
+    ("mask_rcnn_r50_fpn_gn-all_contrib_3x_coco", 50, "(c)", "3x", 36, "20200225-542aefbc", 40.1, 36.2, 7.1, None),
+]  # configs/gn/README.md of mmdetection: memory per GPU, inference fps ("-" or empty for the 3x models)
 
 # Detectron's GN models (projects/GN/README.md): detectors trained on coco_2014_train +
 # valminusminival (= COCO 2017 train), scored on minival (= val2017); 2x = 180k, 3x = 270k
@@ -144,19 +157,107 @@ MODELS: dict[str, ZooEntry] = {
 }
 
 
+# -- entries of the user's: GNHUB_ZOO_FILE and register() ------------------------------------
+
+_REGISTERED: dict[str, ZooEntry] = {}
+_FILE_CACHE: dict[tuple, dict[str, ZooEntry]] = {}
+_OPTIONAL = {"depth": int, "box_ap": float, "mask_ap": float, "schedule": str, "epochs": int, "license": str,
+             "train_memory_gb": float, "inference_fps": float, "task": str, "pretrain": str, "dataset": str,
+             "architecture": str, "hardware": str, "results_source": str, "top1_error": float, "file": str}
+
+
+def register(name: str, url: str, sha256: str, format: str | None = None, **published) -> ZooEntry:
+    """Adds a checkpoint of your own to the registry under `name`: `gnhub.load(name)`, `list`,
+    `info` and `fetch` then treat it like a built-in entry. `sha256` is the file's full sha256;
+    `format` is "mmdet" or "detectron" (default: by the file's extension); `published` takes
+    the facts cards show (box_ap, mask_ap, depth, schedule, license, ...)."""
+    entry = _entry({"name": name, "url": url, "sha256": sha256, "format": format, **published}, "register()")
+    _REGISTERED[name] = entry
+    return entry
+
+
+def _entry(data, where: str) -> ZooEntry:
+    if not isinstance(data, dict):
+        raise GnhubError(f"{where}: an entry must be an object with name, url and sha256")
+    name = data.get("name")
+    label = f"{where}: entry {name!r}" if isinstance(name, str) else f"{where}: an entry"
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,95}", name):
+        raise GnhubError(f"{label}: name must be 1-96 letters, digits, '.', '_' or '-'")
+    if name in MODELS:
+        raise GnhubError(f"{label}: is a built-in zoo name; choose another")
+    url, sha = data.get("url"), data.get("sha256")
+    if not isinstance(url, str) or not re.match(r"https?://[^/]+/.+", url):
+        raise GnhubError(f"{label}: url must be an http(s) URL of the checkpoint file")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha.lower()):
+        raise GnhubError(f"{label}: sha256 must be the file's full sha256 (64 hex digits)")
+    file = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
+    fmt = data.get("format") or ("detectron" if file.endswith(".pkl") else "mmdet")
+    if fmt not in ("mmdet", "detectron"):
+        raise GnhubError(f"{label}: format must be mmdet or detectron, not {fmt!r}")
+    unknown = sorted(set(data) - {"name", "url", "sha256", "format", *_OPTIONAL})
+    if unknown:
+        raise GnhubError(f"{label}: unknown fields {unknown}; known: name, url, sha256, format, {', '.join(_OPTIONAL)}")
+    extra = {}
+    for key, kind in _OPTIONAL.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if kind is str and not isinstance(value, str) or kind is not str and (
+                isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)):
+            raise GnhubError(f"{label}: {key} must be {'text' if kind is str else 'a number'}, not {value!r}")
+        extra[key] = kind(value)
+    if extra.get("pretrain", "unknown") not in ("(d)", "(c)", "imagenet", "scratch", "none", "unknown"):
+        raise GnhubError(f"{label}: pretrain must be one of (d), (c), imagenet, scratch, none, unknown")
+    defaults = dict(depth=None, pretrain="unknown", schedule="custom", epochs=None, file=file or f"{name}.pth",
+                    box_ap=None, mask_ap=None, train_memory_gb=None, inference_fps=None, license="other",
+                    results_source=None, dataset="not stated", architecture=ZooEntry.architecture,
+                    hardware="not stated")
+    return ZooEntry(name=name, source_format=fmt, source_url=url, sha256=sha.lower(), **{**defaults, **extra})
+
+
+def _file_entries() -> dict[str, ZooEntry]:
+    path = os.environ.get("GNHUB_ZOO_FILE")
+    if not path:
+        return {}
+    try:
+        key = (path, os.stat(path).st_mtime_ns)
+    except OSError as e:
+        raise GnhubError(f"{path}: cannot read GNHUB_ZOO_FILE ({e.strerror})") from None
+    if key not in _FILE_CACHE:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise GnhubError(f"{path}: GNHUB_ZOO_FILE is not readable JSON ({e})") from None
+        if not isinstance(data, list):
+            raise GnhubError(f"{path}: GNHUB_ZOO_FILE must hold a list of entries")
+        entries = [_entry(d, f"{path} (entry {i})") for i, d in enumerate(data)]
+        _FILE_CACHE[key] = {e.name: e for e in entries}
+    return _FILE_CACHE[key]
+
+
+def models() -> dict[str, ZooEntry]:
+    """Every known model: the built-in zoo, then GNHUB_ZOO_FILE's entries, then register()ed ones."""
+    return {**MODELS, **_file_entries(), **_REGISTERED}
+
+
+def get(name: str) -> ZooEntry | None:
+    return models().get(name)
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of the zoo models, optionally filtered by an fnmatch pattern."""
-    return sorted(n for n in MODELS if pattern is None or fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in models() if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
 def find_by_file(file_name: str) -> ZooEntry | None:
     """The zoo entry whose published file this is (by name, before any hash suffix)."""
-    return next((e for e in MODELS.values() if file_name == e.file), None) or next(
-        (e for e in sorted(MODELS.values(), key=lambda e: -len(e.name)) if file_name.startswith(e.name + "_")),
+    known = models().values()
+    return next((e for e in known if file_name == e.file), None) or next(
+        (e for e in sorted(known, key=lambda e: -len(e.name)) if file_name.startswith(e.name + "_")),
         None,
     )
 
 
 def suggest(name: str) -> list[str]:
     """The zoo names closest to a misspelt one."""
-    return difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+    return difflib.get_close_matches(name, list(models()), n=3, cutoff=0.5)

@@ -1,0 +1,128 @@
+"""Downloading a source file over HTTP(S): resumable, retried, hash-checked before anything reads it.
+
+Standard library only (no torch, no third-party HTTP client). A download goes to `DEST.part`,
+is resumed from there with an HTTP Range request after an interruption, and is renamed to DEST
+only once its sha256 matches; a mismatch deletes it.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import GnhubError
+from .layout import sha256_file
+
+CHUNK = 1 << 20
+TIMEOUT = 30  # seconds without a byte
+RETRIES = 3  # further tries after a failed connection or a cut-off transfer
+BACKOFF = 0.5  # seconds before the first retry, doubled after each
+
+
+def quiet_default() -> bool:
+    return bool(os.environ.get("GNHUB_QUIET")) or not sys.stderr.isatty()
+
+
+def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | None = None,
+             quiet: bool | None = None, hint: str = "") -> Path:
+    """Fetches `url` into `dest` (via `dest.part`, resumed if present) and checks its sha256:
+    the full one where known, else the published prefix. Returns `dest`. `hint` ends errors
+    that mean the file cannot be had (what to try instead)."""
+    quiet = quiet_default() if quiet is None else quiet
+    part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GnhubError(f"{dest.parent}: cannot write there ({e.strerror}); set GNHUB_CACHE to another "
+                         "folder") from None
+    for attempt in range(RETRIES + 1):
+        try:
+            _transfer(url, part, quiet)
+            break
+        except _Retry as e:
+            if attempt == RETRIES:
+                raise GnhubError(f"{url}: download failed after {RETRIES + 1} tries ({e}){hint}") from None
+            time.sleep(BACKOFF * 2**attempt)
+    digest = sha256_file(part)
+    expected = sha256 or sha256_prefix
+    if expected and not digest.startswith(expected.lower()):
+        part.unlink(missing_ok=True)
+        raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was deleted "
+                         "(a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
+    os.replace(part, dest)
+    return dest
+
+
+class _Retry(Exception):
+    """A failure worth another try: no connection, a cut-off transfer, a 5xx."""
+
+
+def _transfer(url: str, part: Path, quiet: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "gnhub", **({"Range": f"bytes={have}-"} if have else {})}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT)  # noqa: S310 - http(s) URLs of the registry
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the kept part is already complete (or longer than the file)
+            return
+        if e.code >= 500 or e.code == 429:
+            raise _Retry(f"HTTP {e.code}") from None
+        raise GnhubError(f"{url}: HTTP {e.code} {e.reason}; the file is not there (or not for you): check the URL, "
+                         "or GNHUB_SOURCE_MIRROR") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise _Retry(str(getattr(e, "reason", e))) from None
+    with response:
+        resumed = response.status == 206
+        if have and not resumed:  # the server ignored the Range: start over
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        bar = _Progress(url, total, have, quiet)
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    have += len(chunk)
+                    bar.update(have)
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, OSError) and e.errno in (28, 27):  # ENOSPC, EFBIG: no point retrying
+                raise GnhubError(f"{part}: writing failed ({e.strerror}); free some space or set GNHUB_CACHE "
+                                 "(the part downloaded so far is kept and resumed)") from None
+            raise _Retry(f"connection lost after {have} bytes: {e}") from None
+        finally:
+            bar.close()
+    if total is not None and have != total:
+        raise _Retry(f"got {have} of {total} bytes")
+
+
+class _Progress:
+    """Bytes, rate and time left on one stderr line; silent when quiet."""
+
+    def __init__(self, url: str, total: int | None, start: int, quiet: bool):
+        self.name, self.total, self.start, self.quiet = url.rsplit("/", 1)[-1], total, start, quiet
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.last < 0.2:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-6)
+        text = f"{done / 2**20:.1f} MiB"
+        if self.total:
+            left = (self.total - done) / rate if rate else 0
+            text += f" / {self.total / 2**20:.1f} MiB ({100 * done / self.total:.0f}%), {int(left)} s left"
+        sys.stderr.write(f"\rdownloading {self.name}: {text}, {rate / 2**20:.1f} MiB/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.quiet and self.last != self.t0:
+            sys.stderr.write("\n")
