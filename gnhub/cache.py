@@ -6,6 +6,7 @@ Layout of GNHUB_CACHE (default ~/.cache/gnhub, or $XDG_CACHE_HOME/gnhub):
     downloads/NAME/FILE          the upstream file while it downloads (FILE.part) and converts;
                                  kept only with keep_source
     locks/NAME.lock              held while NAME is downloaded and converted
+    hashes.json                  sha256 of weights already checked, by path, size, inode and mtime
 
 A model directory counts only if its config's format_version is this gnhub's and its source
 sha256 is what the registry expects; anything else is converted again.
@@ -22,14 +23,7 @@ from pathlib import Path
 from . import zoo
 from .config import FORMAT_VERSION
 from .errors import GnhubError
-from .layout import CONFIG_FILE, is_model_dir, sha256_file
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("GNHUB_CACHE")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gnhub"
+from .layout import CONFIG_FILE, cache_dir, is_model_dir, sha256_file
 
 
 def source_url(entry: zoo.ZooEntry, mirror: str | None = None) -> str:

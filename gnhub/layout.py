@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,46 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """gnhub's cache: GNHUB_CACHE, else $XDG_CACHE_HOME/gnhub, else ~/.cache/gnhub."""
+    base = os.environ.get("GNHUB_CACHE")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gnhub"
+
+
+HASHES_FILE = "hashes.json"  # in the cache: path -> sha256 of files already hashed, by their stat
+
+
+def checked_sha256(path: Path) -> str:
+    """The sha256 of `path`, hashed once per version of the file: a file whose path, size,
+    inode and modification time (ns) are unchanged since it was hashed is not read again
+    (as git's index does; files modified in the last 2 s are always hashed)."""
+    st = path.stat()
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
+    store = cache_dir() / HASHES_FILE
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    row = known.get(key)
+    if isinstance(row, list) and len(row) == 2 and row[0] == stamp and isinstance(row[1], str):
+        return row[1]
+    digest = sha256_file(path)
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+        return digest  # modified just now: a change within the clock's resolution would keep the stamp
+    known[key] = [stamp, digest]
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(store, lambda t: t.write_text(json.dumps(known), encoding="utf-8"))
+    except GnhubError:
+        pass  # a read-only cache: hash again next time
+    return digest
+
+
 def check_model_dir(path: str | Path, check_hash: bool = True) -> ModelConfig:
     """The config of a gnhub model directory, with model.safetensors checked against its sha256."""
     path = Path(path)
@@ -43,7 +84,7 @@ def check_model_dir(path: str | Path, check_hash: bool = True) -> ModelConfig:
     if check_hash and not re.fullmatch(r"[0-9a-f]{64}", config.weights_sha256):
         raise GnhubError(f"{path / CONFIG_FILE}: weights_sha256 is {config.weights_sha256!r}, not a sha256; "
                          "the weights cannot be checked: convert or download the model again")
-    if check_hash and sha256_file(weights) != config.weights_sha256:
+    if check_hash and checked_sha256(weights) != config.weights_sha256:
         raise GnhubError(
             f"{weights}: sha256 does not match config.json's weights_sha256; the file is corrupt "
             "or was changed: download or convert it again"

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ FIXTURES = SHARED / "fixtures"
 REFERENCE_CASE = FIXTURES / "mmdet_r50_gn_2x_seed0"
 
 torch.set_num_threads(2)
+os.environ["GNHUB_CACHE"] = tempfile.mkdtemp(prefix="gnhub-test-cache-")  # never the user's cache
 
 
 def _shared_module(name: str):

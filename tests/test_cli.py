@@ -196,3 +196,15 @@ def test_nothing_predicted_is_a_failure_and_ids_are_unique(small_dir, tmp_path):
     results = json.loads((tmp_path / "p" / "results.json").read_text())
     assert {r["image_id"] for r in results} == {"x.png", "x_2.png"}
     assert json.loads((tmp_path / "p" / "x_2.json").read_text())["image"] == str(tmp_path / "b" / "x.png")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["convert", "--help"], ["predict", "--help"], ["list"],
+                                  ["info", "mask_rcnn_r50_fpn_gn-all_2x_coco"], ["cache"], ["fetch", "--help"]])
+def test_commands_that_run_no_model_import_no_torch(args, tmp_path):
+    code = ("import sys\nfrom gnhub.__main__ import run\ntry:\n    run()\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'torchvision', 'cv2') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GNHUB_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []", proc.stdout

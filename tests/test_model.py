@@ -69,6 +69,28 @@ def test_corrupt_weights_are_refused(small_model, tmp_path):
         load(tmp_path / "m")
 
 
+def test_weights_are_hashed_once_per_version_of_the_file(small_model, tmp_path, monkeypatch):
+    import os
+
+    import gnhub.layout
+
+    monkeypatch.setenv("GNHUB_CACHE", str(tmp_path / "cache"))
+    small_model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    os.utime(weights, ns=(10**18, 10**18))  # written a while ago
+    load(tmp_path / "m")
+    monkeypatch.setattr(gnhub.layout, "sha256_file", lambda p: pytest.fail("hashed again"))
+    load(tmp_path / "m")  # unchanged: not read for hashing again
+    monkeypatch.undo()
+    monkeypatch.setenv("GNHUB_CACHE", str(tmp_path / "cache"))
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(10**18 + 1, 10**18 + 1))
+    with pytest.raises(GnhubError, match="sha256"):
+        load(tmp_path / "m")
+
+
 def test_predictions_do_not_depend_on_input_type(small_model):
     path = sample_images()[1]
     pil = Image.open(path)
