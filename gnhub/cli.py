@@ -50,7 +50,7 @@ def cli(source_mirror, quiet):
 @click.option("--name", help="Model name [default: the zoo name, else the file name].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing gnhub model directory (nothing else).")
 @click.option("--no-verify", is_flag=True, help="Skip the stage-by-stage comparison with the source.")
 @click.option("--strict", is_flag=True, help="Refuse weights with NaN or Inf values (default: warn).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -131,7 +131,8 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path", required=True, help="Model directory, zoo name or hf-hub:owner/repo.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True,
+              help="A new or empty folder, or an earlier predict output.")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
