@@ -78,7 +78,12 @@ def read_torch_checkpoint(path: str | Path) -> object:
                              f"({detail}; pickle protocols above 3 and corrupt files stop here)") from None
         reason = next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln), "corrupt")
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError,
+    except RuntimeError as e:
+        if "resize storage" in str(e):  # a tensor larger than the bytes stored for it
+            raise GnhubError(f"{path}: corrupt: a tensor needs more bytes than its storage in the file holds; "
+                             "download it again") from None
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint (RuntimeError: {_first_line(e)})") from None
+    except (EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError,
             TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
             AssertionError) as e:  # torch's readers check formats with assert
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None

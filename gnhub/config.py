@@ -110,6 +110,27 @@ class RoIHeadsConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Training settings of `GNMaskRCNN.loss`: mmdetection 3.3's train_cfg for these models."""
+
+    rpn_pos_iou: float = 0.7  # MaxIoUAssigner of the anchors
+    rpn_neg_iou: float = 0.3
+    rpn_min_pos_iou: float = 0.3
+    rpn_batch_size_per_image: int = 256  # RandomSampler of the anchors
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n: int = 2000  # training proposals, per level
+    rpn_post_nms_top_n: int = 1000  # per image
+    rpn_nms_iou: float = 0.7
+    box_pos_iou: float = 0.5  # MaxIoUAssigner of the proposals (ground truth added as RoIs)
+    box_neg_iou: float = 0.5
+    box_min_pos_iou: float = 0.5
+    box_batch_size_per_image: int = 512  # RandomSampler of the RoIs
+    box_positive_fraction: float = 0.25
+    mask_size: int = 28
+    frozen_stages: int = 1  # 0: none; 1: stem and first stage get no gradient; up to 4
+
+
+@dataclass
 class ModelConfig:
     """Architecture, classes, preprocessing, test settings and provenance of a GN Mask R-CNN.
 
@@ -125,6 +146,7 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # "mmdet": widths x2 - x1; "detectron": widths x2 - x1 + 1 in decoding, NMS (IoU >= thr),
     # proposal filtering and level mapping, and the limit of detections by a score threshold
     box_convention: str = "mmdet"
@@ -192,6 +214,12 @@ RULES = {
     "roi_heads.score_thresh": (_F, 0.0, 1.0, None), "roi_heads.nms_iou": (_F, 0.0, 1.0, None),
     "roi_heads.detections_per_image": (_I, 1, 10_000, None), "roi_heads.mask_threshold": (_F, 0.0, 1.0, None),
     "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),
+    **{f"train.{k}_iou": (_F, 0.0, 1.0, None) for k in ("rpn_pos", "rpn_neg", "rpn_min_pos", "rpn_nms", "box_pos",
+                                                        "box_neg", "box_min_pos")},
+    "train.rpn_batch_size_per_image": (_I, 1, 10**12, None), "train.box_batch_size_per_image": (_I, 1, 10**12, None),
+    "train.rpn_positive_fraction": (_F, 0.0, 1.0, None), "train.box_positive_fraction": (_F, 0.0, 1.0, None),
+    "train.rpn_pre_nms_top_n": (_I, 0, 1_000_000, None), "train.rpn_post_nms_top_n": (_I, 1, 100_000, None),
+    "train.mask_size": (_I, 1, 256, None), "train.frozen_stages": (_I, 0, 4, None),
 }
 
 

@@ -97,8 +97,8 @@ def _resolve_zoo(entry: zoo.ZooEntry, s: HubSettings) -> Path:
     except GnhubError as e:
         problem = e
     if constants.HF_HUB_OFFLINE:
-        raise GnhubError(f"{entry.name}: not in gnhub's cache ({cache.cache_dir()}) and HF_HUB_OFFLINE is set; "
-                         "fetch it first with `gnhub fetch` while online")
+        raise GnhubError(f"{entry.name}: not in the local cache (gnhub's in {cache.cache_dir()}, or the hub's) "
+                         "and HF_HUB_OFFLINE is set; fetch it first with `gnhub fetch` while online")
     try:
         return cache.fetch(entry, s.quiet, keep_source=s.keep_source, mirror=s.source_mirror)
     except GnhubError as e:

@@ -301,7 +301,7 @@ def test_a_zip_storage_shorter_than_its_tensor_is_corrupt(tmp_path):
         for item in zin.infolist():
             data = zin.read(item)
             zout.writestr(item, data[: len(data) // 2] if item.filename.endswith("data/0") else data)
-    with pytest.raises(GnhubError, match="corrupt: tensor state_dict.backbone.conv1.weight needs more bytes"):
+    with pytest.raises(GnhubError, match="corrupt: .* needs more bytes than its storage"):
         read_torch_checkpoint(short)
 
 
@@ -309,7 +309,7 @@ def test_refusals_carry_no_torch_advice_or_warnings(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"meta": Payload(builtins.eval, ("1",)), "state_dict": {}}, path)
     proc = run("convert", path, "-o", tmp_path / "o")
-    assert_one_line_error(proc, "refused to unpickle: GLOBAL builtins.eval is not allowed")
+    assert_one_line_error(proc, "refused to unpickle: GLOBAL", "eval is not allowed")
     assert "add_safe_globals" not in proc.stderr
     for proto in (3, 4, 5):
         path = tmp_path / f"p{proto}.pth"

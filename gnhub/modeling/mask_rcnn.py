@@ -1,21 +1,25 @@
 """GNMaskRCNN: the whole detector, from a preprocessed batch to boxes, labels and masks."""
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..errors import GnhubError
 from .base import GNModel
 from .fpn import FPN
 from .masks import paste_masks, paste_masks_detectron
 from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
-from .transform import ImageBatch, Preprocessor
+from .transform import ImageBatch, Preprocessor, load_image
 
 
 class GNMaskRCNN(GNModel):
-    """GN Mask R-CNN (ResNet-FPN) with its preprocessing; inference only.
+    """GN Mask R-CNN (ResNet-FPN) with its preprocessing and mmdetection's training losses.
 
     `predict(images)` gives per image `boxes` (N, 4) xyxy in original pixels, `scores` (N,),
     `labels` (N,) indexing `config.classes`, and `masks` (N, H, W) bool, best first;
@@ -36,6 +40,47 @@ class GNMaskRCNN(GNModel):
             config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads, config.box_convention
         )
         self.eval()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def loss(self, images, targets: list[dict], generator: torch.Generator | None = None,
+             record: dict | None = None) -> dict[str, Tensor]:
+        """mmdetection 3.3's TwoStageDetector.loss for one batch: {"rpn_cls", "rpn_bbox", "cls",
+        "bbox", "mask"} scalars whose sum is the loss to backpropagate.
+
+        `images`: paths, PIL images or HxWx3 uint8 RGB arrays; `targets`: per image `boxes`
+        (N, 4) xyxy in original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W)
+        bool. Settings come from config.train at each call; the samplers draw from `generator`.
+        `record` (if given) receives the training proposals of each image ("proposals").
+        """
+        if self.config.box_convention != "mmdet" or self.config.preprocess.resize != "mmcv":
+            raise GnhubError(f"{self.config.name}: training follows mmdetection's conventions; this model has "
+                             "Detectron's (box_convention, preprocess.resize)")
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if len(items) != len(targets) or not items:
+            raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
+        train = self.config.train
+        _freeze(self.backbone, train.frozen_stages)
+        batch, boxes, labels, masks = self.preprocessor.training_batch(
+            [load_image(im) for im in items], targets, self.device, self.dtype)
+        for lab in labels:
+            if len(lab) and (lab.min() < 0 or lab.max() >= self.config.num_classes):
+                raise GnhubError(f"target labels must index config.classes (0..{self.config.num_classes - 1})")
+        p = self.fpn(self.backbone(batch.tensor))
+        objectness, deltas = self.rpn.head(p)
+        div = self.config.preprocess.size_divisor
+        padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
+        rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)
+        proposal_cfg = dataclasses.replace(self.rpn.cfg, pre_nms_top_n=train.rpn_pre_nms_top_n,
+                                           post_nms_top_n=train.rpn_post_nms_top_n, nms_iou=train.rpn_nms_iou)
+        with torch.no_grad():
+            obj, dlt = [o.detach() for o in objectness], [d.detach() for d in deltas]
+            proposals = [self.rpn.proposals(obj, dlt, size, b, cfg=proposal_cfg)[0]
+                         for b, size in enumerate(batch.image_sizes)]
+        roi = self.roi_heads.loss(p[:4], proposals, boxes, labels, masks, train, generator)
+        if record is not None:
+            record["proposals"] = proposals
+        return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
 
     # -- inference --------------------------------------------------------------------------
 
@@ -89,6 +134,13 @@ class GNMaskRCNN(GNModel):
             record["mask_logits"] = mask_logits[0]
             record.update(results[0])
         return results
+
+
+def _freeze(backbone, stages: int) -> None:
+    """mmdetection's frozen_stages: the stem and the first `stages` stages get no gradient."""
+    frozen = ["conv1.", "gn1."] + [f"layer{i}." for i in range(1, stages + 1)] if stages > 0 else []
+    for name, param in backbone.named_parameters():
+        param.requires_grad_(not any(name.startswith(f) for f in frozen))
 
 
 def _scale(boxes: Tensor, factors: tuple[float, float]) -> Tensor:

@@ -7,8 +7,23 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from ..config import RoIHeadsConfig
-from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, nms_detectron
+from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, encode_boxes, nms_detectron
 from .fpn import ConvGN
+from .targets import assign, ce_loss, l1_loss, sample
+
+
+def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int) -> Tensor:
+    """(P, size, size) targets: ground-truth mask `which[i]` RoIAligned (aligned, adaptive
+    sampling) over box i, binarised at 0.5 (mmdetection's BitmapMasks.crop_and_resize)."""
+    if not len(boxes):
+        return boxes.new_zeros(0, size, size)
+    h, w = masks.shape[-2:]
+    b = boxes.detach().clone()
+    b[:, 0::2] = b[:, 0::2].clamp(0, w)
+    b[:, 1::2] = b[:, 1::2].clamp(0, h)
+    rois = torch.cat([torch.arange(len(b), device=b.device, dtype=b.dtype)[:, None], b], dim=1)
+    crops = roi_align(masks[which].to(b.dtype)[:, None], rois, size, 1.0, 0, True).squeeze(1)
+    return (crops >= 0.5).float()
 
 
 class MultiLevelRoIAlign(nn.Module):
@@ -134,6 +149,49 @@ class RoIHeads(nn.Module):
             boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
         order = torch.sort(scores, descending=True, stable=True).indices
         return boxes[order], scores[order], labels[order]
+
+    def loss(self, feats: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor],
+             gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """mmdetection's StandardRoIHead loss: ground-truth boxes added as RoIs, MaxIoUAssigner and
+        RandomSampler per image, softmax cross-entropy over the sampled RoIs, L1 on the
+        positives' own-class deltas (divided by the number of samples), and binary cross-entropy
+        of the positives' own-class 28x28 masks against RoIAligned, binarised ground truth."""
+        rois, labels, targets, pos_rois, pos_labels, mask_targets = [], [], [], [], [], []
+        for b, (props, gt, gl, gm) in enumerate(zip(proposals, gt_boxes, gt_labels, gt_masks)):
+            assigned = assign(props, gt, train.box_pos_iou, train.box_neg_iou, train.box_min_pos_iou)
+            priors = torch.cat([gt, props])
+            assigned = torch.cat([torch.arange(1, len(gt) + 1, device=gt.device), assigned])
+            pos, neg = sample(assigned, train.box_batch_size_per_image, train.box_positive_fraction, generator)
+            matched = assigned[pos] - 1
+            chosen = torch.cat([priors[pos], priors[neg]])
+            rois.append(torch.cat([chosen.new_full((len(chosen), 1), b), chosen], dim=1))
+            lab = torch.full((len(chosen),), self.num_classes, dtype=torch.long, device=gt.device)
+            lab[: len(pos)] = gl[matched]
+            labels.append(lab)
+            t = chosen.new_zeros(len(chosen), 4)
+            t[: len(pos)] = encode_boxes(priors[pos], gt[matched], self.cfg.box_stds)
+            targets.append(t)
+            pos_rois.append(rois[-1][: len(pos)])
+            pos_labels.append(gl[matched])
+            mask_targets.append(mask_targets_of(gm, priors[pos], matched, train.mask_size))
+        rois, labels, targets = torch.cat(rois), torch.cat(labels), torch.cat(targets)
+        cls_logits, box_deltas = self.box_head(self.box_pool(feats, rois))
+        samples = float(max(len(labels), 1))
+        out = {"cls": ce_loss(cls_logits.float(), labels, torch.ones_like(labels, dtype=torch.float32), samples)}
+        pos = labels < self.num_classes
+        if pos.any():
+            own = box_deltas.float().view(len(labels), -1, 4)[pos, labels[pos]]
+            out["bbox"] = l1_loss(own, targets[pos], torch.ones_like(own), float(len(labels)))
+        else:
+            out["bbox"] = box_deltas[pos].sum()
+        pos_rois, pos_labels = torch.cat(pos_rois), torch.cat(pos_labels)
+        logits = self.mask_head(self.mask_pool(feats, pos_rois))
+        if len(pos_rois):
+            own = logits.float()[torch.arange(len(pos_rois), device=logits.device), pos_labels]
+            out["mask"] = F.binary_cross_entropy_with_logits(own, torch.cat(mask_targets), reduction="mean")
+        else:
+            out["mask"] = logits.sum()
+        return out
 
     def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
         """(D, M, M) mask logits of each RoI's own class."""

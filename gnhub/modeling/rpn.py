@@ -1,15 +1,28 @@
 """Region proposal network: shared 3x3 conv, sigmoid objectness and deltas per anchor."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RPNConfig
 from .anchors import base_anchors, detectron_base_anchors, grid_anchors
-from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, nms_detectron
+from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, encode_boxes, nms_detectron
+from .targets import assign, bce_loss, l1_loss, sample
 
 ANCHOR_GENERATORS = {"mmdet": base_anchors, "detectron": detectron_base_anchors}
+
+
+def _valid(padded: tuple[int, int], stride: int, height: int, width: int, anchors: int, device) -> Tensor:
+    """Which anchors of a (height, width) level lie in an image's own padded size (mmdetection's
+    valid flags: the batch's extra padding holds no anchors of that image)."""
+    h = min(math.ceil(padded[0] / stride), height)
+    w = min(math.ceil(padded[1] / stride), width)
+    grid = torch.zeros(height, width, dtype=torch.bool, device=device)
+    grid[:h, :w] = True
+    return grid.reshape(-1, 1).expand(-1, anchors).reshape(-1)
 
 
 class RPN(nn.Module):
@@ -34,14 +47,16 @@ class RPN(nn.Module):
         return objectness, deltas
 
     def proposals(
-        self, objectness: list[Tensor], deltas: list[Tensor], image_size: tuple[int, int], b: int, scale: float = 1.0
+        self, objectness: list[Tensor], deltas: list[Tensor], image_size: tuple[int, int], b: int, scale: float = 1.0,
+        cfg: RPNConfig | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Proposals (N, 4) and their scores for image `b` of the batch, best first.
 
         `image_size` is what proposals are clipped to; `scale` (resized / original) only matters
-        to Detectron's filter of boxes narrower than one original pixel.
+        to Detectron's filter of boxes narrower than one original pixel. `cfg` replaces the
+        test settings (training proposals).
         """
-        cfg = self.cfg
+        cfg = cfg or self.cfg
         boxes, scores, anchors, levels = [], [], [], []
         for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
             s = obj[b].permute(1, 2, 0).reshape(-1).float().sigmoid()  # box math in float32
@@ -72,6 +87,53 @@ class RPN(nn.Module):
             boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
         keep = batched_nms(boxes, scores, levels, cfg.nms_iou)[: cfg.post_nms_top_n]
         return boxes[keep], scores[keep]
+
+    def loss(self, objectness: list[Tensor], deltas: list[Tensor], gt_boxes: list[Tensor], padded: list[tuple],
+             train, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """mmdetection's RPN loss over the batch: the anchors inside each image's own padded size
+        (`padded`, (h, w)) assigned (MaxIoUAssigner) and sampled (RandomSampler), sigmoid
+        cross-entropy and L1 on the deltas, both divided by the number of samples. Returns
+        (classification, regression), each summed over the levels."""
+        sizes = [o.shape[-2:] for o in objectness]
+        device = objectness[0].device
+        anchors = torch.cat([grid_anchors(self.base[i].to(device, torch.float32), s, h, w)
+                             for i, (s, (h, w)) in enumerate(zip(self.cfg.strides, sizes))])
+        labels, weights, targets, box_weights, avg_factor = [], [], [], [], 0
+        for gt, pad in zip(gt_boxes, padded):
+            valid = torch.cat([_valid(pad, s, h, w, self.base[i].shape[0], device)
+                               for i, (s, (h, w)) in enumerate(zip(self.cfg.strides, sizes))])
+            inside = torch.nonzero(valid).squeeze(1)
+            assigned = torch.full((len(anchors),), -1, dtype=torch.long, device=device)
+            assigned[inside] = assign(anchors[inside], gt, train.rpn_pos_iou, train.rpn_neg_iou,
+                                      train.rpn_min_pos_iou)
+            pos, neg = sample(assigned, train.rpn_batch_size_per_image, train.rpn_positive_fraction, generator)
+            lab = anchors.new_zeros(len(anchors))
+            lab[pos] = 1.0
+            w = anchors.new_zeros(len(anchors))
+            w[pos] = w[neg] = 1.0
+            t = anchors.new_zeros(len(anchors), 4)
+            bw = anchors.new_zeros(len(anchors), 4)
+            if len(pos):
+                t[pos] = encode_boxes(anchors[pos], gt[assigned[pos] - 1], self.cfg.box_stds)
+                bw[pos] = 1.0
+            labels.append(lab)
+            weights.append(w)
+            targets.append(t)
+            box_weights.append(bw)
+            avg_factor += len(pos) + len(neg)
+        cls_loss = box_loss = 0.0
+        start = 0
+        for obj, dlt in zip(objectness, deltas):  # per level, as mmdetection sums its list of levels
+            n = obj.shape[1] * obj.shape[2] * obj.shape[3]
+            lvl = slice(start, start + n)
+            start += n
+            logits = obj.float().permute(0, 2, 3, 1).reshape(len(gt_boxes), -1)
+            pred = dlt.float().permute(0, 2, 3, 1).reshape(len(gt_boxes), -1, 4)
+            cls_loss = cls_loss + bce_loss(logits.reshape(-1), torch.cat([x[lvl] for x in labels]),
+                                           torch.cat([x[lvl] for x in weights]), avg_factor)
+            box_loss = box_loss + l1_loss(pred.reshape(-1, 4), torch.cat([x[lvl] for x in targets]),
+                                          torch.cat([x[lvl] for x in box_weights]), avg_factor)
+        return cls_loss, box_loss
 
     def _detectron_level(self, anchors, deltas, scores, image_size, scale):
         """Detectron's GenerateProposals on one level: decode, clip, drop boxes under one original

@@ -43,10 +43,11 @@ def load_image(image) -> np.ndarray:
     """
     if isinstance(image, (str, Path)):
         try:
-            with warnings.catch_warnings(), Image.open(image) as im:
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # gnhub checks the size itself
-                _check_size(*im.size, str(image))
-                image = _to_rgb(ImageOps.exif_transpose(im))
+                with Image.open(image) as im:
+                    _check_size(*im.size, str(image))
+                    image = _to_rgb(ImageOps.exif_transpose(im))
         except FileNotFoundError:
             raise GnhubError(f"{image}: no such image file") from None
         except IsADirectoryError:
@@ -78,6 +79,19 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         gray = (np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.asarray(im.convert("RGB"))
+
+
+def check_target(target: dict, size: tuple[int, int], i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A target's boxes (N, 4) float32 xyxy, labels (N,) int64 and masks (N, H, W) bool, checked."""
+    if not isinstance(target, dict) or not {"boxes", "labels", "masks"} <= set(target):
+        raise GnhubError(f"target {i}: expected a dict with boxes, labels and masks")
+    b, lab, m = (np.asarray(target[k].cpu() if hasattr(target[k], "cpu") else target[k]) for k in
+                 ("boxes", "labels", "masks"))
+    n = len(lab)
+    if b.shape != (n, 4) or lab.ndim != 1 or m.shape != (n, *size):
+        raise GnhubError(f"target {i}: boxes {b.shape}, labels {lab.shape} and masks {m.shape} do not fit "
+                         f"{n} instances in a {size[0]}x{size[1]} image (boxes (N, 4), masks (N, H, W))")
+    return b.astype(np.float32), lab.astype(np.int64), m.astype(bool)
 
 
 @dataclass
@@ -147,6 +161,29 @@ class Preprocessor:
             out[i, :, : im.shape[0], : im.shape[1]] = (x - mean) / std if im.dtype == np.uint8 else x
         sizes = [im.shape[:2] for im in images]
         return ImageBatch(out, sizes, list(original_sizes), list(scale_factors))
+
+    def training_batch(self, rgbs: list[np.ndarray], targets: list[dict], device="cpu", dtype=torch.float32):
+        """Images and their ground truth as mmdetection's train pipeline (without its random
+        part) and DetDataPreprocessor(training=True) make them: the test-time resize, boxes
+        scaled and clipped to the resized image, masks rescaled (nearest) and zero-padded with
+        the images to the batch shape. Returns (batch, boxes, labels, masks) per image."""
+        resized = [self.resize(im) for im in rgbs]
+        batch = self.batch([r[0] for r in resized], [im.shape[:2] for im in rgbs], [r[1] for r in resized], device,
+                           dtype)
+        ph, pw = batch.tensor.shape[-2:]
+        boxes, labels, masks = [], [], []
+        for i, (t, (h, w), (sw, sh)) in enumerate(zip(targets, batch.image_sizes, batch.scale_factors)):
+            b, lab, m = check_target(t, rgbs[i].shape[:2], i)
+            b = torch.from_numpy(b) * torch.tensor([sw, sh, sw, sh], dtype=torch.float32)
+            b[:, 0::2] = b[:, 0::2].clamp(0, w)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+            padded = np.zeros((len(m), ph, pw), np.uint8)
+            for j, mask in enumerate(m):
+                padded[j, :h, :w] = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+            boxes.append(b.to(device))
+            labels.append(torch.from_numpy(lab).to(device))
+            masks.append(torch.from_numpy(padded).to(device))
+        return batch, boxes, labels, masks
 
     def __call__(self, rgbs: list[np.ndarray], device="cpu", dtype=torch.float32) -> ImageBatch:
         resized = [self.resize(im) for im in rgbs]

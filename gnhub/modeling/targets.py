@@ -1,0 +1,70 @@
+"""Training targets and losses shared by the RPN and the RoI heads, as mmdetection 3.3 computes
+them: IoUs, MaxIoUAssigner, RandomSampler, and losses normalised by avg_factor (+ float32 eps)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """(N, M) IoUs of xyxy boxes, with mmdetection's bbox_overlaps arithmetic (union >= 1e-6)."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = torch.max(area_a[:, None] + area_b[None, :] - overlap, a.new_tensor([1e-6]))
+    return overlap / union
+
+
+def assign(boxes: Tensor, gt: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float) -> Tensor:
+    """MaxIoUAssigner (match_low_quality, gt_max_assign_all): per box, 0 negative, -1 ignored,
+    i + 1 matched to ground truth i."""
+    out = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
+    if len(gt) == 0 or len(boxes) == 0:
+        return out.fill_(0) if len(gt) == 0 else out
+    overlaps = box_iou(gt, boxes)  # (K, N)
+    best, best_gt = overlaps.max(dim=0)
+    gt_best, _ = overlaps.max(dim=1)
+    out[(best >= 0) & (best < neg_iou)] = 0
+    pos = best >= pos_iou
+    out[pos] = best_gt[pos] + 1
+    for i in range(len(gt)):  # low-quality matches: every box that is a ground truth's best
+        if gt_best[i] >= min_pos_iou:
+            out[overlaps[i] == gt_best[i]] = i + 1
+    return out
+
+
+def sample(assigned: Tensor, num: int, pos_fraction: float, generator: torch.Generator | None):
+    """RandomSampler: (positive, negative) indices, sorted; at most num * pos_fraction positives
+    and num minus those negatives, chosen by `generator` where there are more."""
+    pos = torch.nonzero(assigned > 0).squeeze(1)
+    pos = _choose(pos, int(num * pos_fraction), generator).unique()
+    neg = torch.nonzero(assigned == 0).squeeze(1)
+    neg = _choose(neg, num - len(pos), generator).unique()
+    return pos, neg
+
+
+def _choose(idx: Tensor, n: int, generator) -> Tensor:
+    if len(idx) <= n:
+        return idx
+    perm = torch.randperm(len(idx), generator=generator, device="cpu")[:n].to(idx.device)
+    return idx[perm]
+
+
+def bce_loss(logits: Tensor, targets: Tensor, weights: Tensor, avg_factor: float) -> Tensor:
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (loss * weights).sum() / (avg_factor + EPS)
+
+
+def ce_loss(logits: Tensor, labels: Tensor, weights: Tensor, avg_factor: float) -> Tensor:
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return (loss * weights).sum() / (avg_factor + EPS)
+
+
+def l1_loss(pred: Tensor, target: Tensor, weights: Tensor, avg_factor: float) -> Tensor:
+    return ((pred - target).abs() * weights).sum() / (avg_factor + EPS)
