@@ -135,8 +135,38 @@ def meta_settings(obj) -> dict:
     rcnn = next((c for c in calls if "score_thr" in c and "mask_thr_binary" in c), None)
     if rcnn:
         read("rcnn test settings", lambda: rcnn_settings(rcnn))
+    backbone = next((c for c in calls if "frozen_stages" in c), None)
+    if backbone:
+        out["train.frozen_stages"] = backbone["frozen_stages"]
+    train = next((c for c in calls if isinstance(c.get("rpn_proposal"), dict)), None)
+    if train:
+        read("train_cfg", lambda: _train_settings(train))
     if ignored:
         out["ignored"] = ignored
+    return out
+
+
+def _train_settings(t: dict) -> dict:
+    """config.train fields from a train_cfg dict(rpn=..., rpn_proposal=..., rcnn=...)."""
+    out = {}
+    for stage, prefix in (("rpn", "rpn"), ("rcnn", "box")):
+        part = t.get(stage) or {}
+        a, s = part.get("assigner") or {}, part.get("sampler") or {}
+        for key, field in (("pos_iou_thr", "pos_iou"), ("neg_iou_thr", "neg_iou"), ("min_pos_iou", "min_pos_iou")):
+            if key in a:
+                out[f"train.{prefix}_{field}"] = a[key]
+        if "num" in s:
+            out[f"train.{prefix}_batch_size_per_image"] = s["num"]
+        if "pos_fraction" in s:
+            out[f"train.{prefix}_positive_fraction"] = s["pos_fraction"]
+    if "mask_size" in (t.get("rcnn") or {}):
+        out["train.mask_size"] = t["rcnn"]["mask_size"]
+    p = t["rpn_proposal"]
+    for key, field in (("nms_pre", "rpn_pre_nms_top_n"), ("max_per_img", "rpn_post_nms_top_n")):
+        if key in p:
+            out[f"train.{field}"] = p[key]
+    if isinstance(p.get("nms"), dict) and "iou_threshold" in p["nms"]:
+        out["train.rpn_nms_iou"] = p["nms"]["iou_threshold"]
     return out
 
 

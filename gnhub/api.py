@@ -20,6 +20,7 @@ def load(
     token: str | None = None,
     source_mirror: str | None = None,
     quiet: bool | None = None,
+    classes: list[str] | None = None,
 ) -> GNModel:
     """The model (a GNMaskRCNN, or a GNResNetClassifier for a bare backbone), its weights'
     sha256 checked against config.json.
@@ -30,10 +31,16 @@ def load(
     GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror. Where the hub has no such repository,
     the zoo's own upstream file is downloaded (`source_mirror` / GNHUB_SOURCE_MIRROR replaces
     its host), hash-checked, converted, verified and cached. `quiet` turns off progress output.
+    `classes` gives the model new class-dependent layers for fine-tuning (`with_classes`).
     """
     target = check_device(device)
     path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token, source_mirror, quiet))
-    return GNModel.from_pretrained(path).to(target).eval()
+    model = GNModel.from_pretrained(path)
+    if classes is not None:
+        if not hasattr(model, "with_classes"):
+            raise GnhubError(f"{name_or_path}: an ImageNet classifier; new classes need a Mask R-CNN")
+        model = model.with_classes(classes)
+    return model.to(target).eval()
 
 
 def check_device(device) -> torch.device:

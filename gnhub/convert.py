@@ -76,7 +76,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
 def apply_settings(config: ModelConfig, settings: dict) -> None:
     """Sets preprocess fields, `rpn.*` / `roi.*` test settings and top-level conventions
     (box_convention) from a converter's reading."""
-    sections = {"rpn": config.rpn, "roi": config.roi_heads}
+    sections = {"rpn": config.rpn, "roi": config.roi_heads, "train": config.train}
     for key, value in settings.items():
         section, _, field = key.rpartition(".")
         target = sections[section] if section else config.preprocess if hasattr(config.preprocess, field) else config

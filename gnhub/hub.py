@@ -195,12 +195,16 @@ def _reachable(repo_id: str, revision: str | None, s: HubSettings) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return True  # huggingface_hub serves the cache itself
+    from huggingface_hub.errors import RepositoryNotFoundError
+
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_FILE, revision=revision, endpoint=s.endpoint),
                              token=s.token, timeout=10)
     except httpx_errors():
         return False
-    except Exception:  # noqa: BLE001 - any answer from the server: hf_hub_download reports it properly
+    except RepositoryNotFoundError:
+        raise  # the answer is in: no need to ask again
+    except Exception:  # noqa: BLE001 - any other answer: hf_hub_download asks again and reports it
         return True
     return True
 

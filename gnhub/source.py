@@ -58,7 +58,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
     return Source(path, obj, converter, sha, settings, preprocess_from, entry, notes)
 
 
-_SECTIONS = {"rpn": "rpn", "roi": "roi_heads"}
+_SECTIONS = {"rpn": "rpn", "roi": "roi_heads", "train": "train"}
 _PREPROCESS_FIELDS = {f.name for f in fields(PreprocessConfig)}
 _PREPROCESS = ("mean", "std", "channel_order")  # taken together, or not at all
 

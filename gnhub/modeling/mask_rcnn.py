@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import GnhubError
-from .base import GNModel
+from .base import GNModel, with_weights
 from .fpn import FPN
 from .masks import paste_masks, paste_masks_detectron
 from .resnet import STAGE_CHANNELS, GNResNet
@@ -40,6 +40,25 @@ class GNMaskRCNN(GNModel):
             config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads, config.box_convention
         )
         self.eval()
+
+    def with_classes(self, classes) -> GNMaskRCNN:
+        """This model for new `classes`: the box classifier, box regressor and mask logits new and
+        initialised as mmdetection initialises them (normal std 0.01, normal std 0.001, Kaiming
+        normal fan-out; zero biases), every other tensor the same (shared, not copied)."""
+        classes = tuple(str(c) for c in classes)
+        config = dataclasses.replace(self.config, classes=classes)
+        config.check()
+        state = dict(self.state_dict())
+        k, fc, ch = len(classes), self.roi_heads.box_head.fc.out_features, self.roi_heads.mask_head.logits.in_channels
+        like = dict(device=self.device, dtype=self.dtype)
+        state["roi_heads.box_head.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01)
+        state["roi_heads.box_head.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001)
+        logits = torch.empty(k, ch, 1, 1, **like)
+        torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu")
+        state["roi_heads.mask_head.logits.weight"] = logits
+        for name, n in (("box_head.cls_score", k + 1), ("box_head.bbox_pred", 4 * k), ("mask_head.logits", k)):
+            state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
+        return with_weights(config, state, config.name)
 
     # -- training ---------------------------------------------------------------------------
 
