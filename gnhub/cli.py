@@ -101,7 +101,8 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     proposals, RoI logits and deltas, detections and masks. With --against mmdet the reference is
     mmdetection itself (optional, see the README), built from its packaged config of the zoo
     model or --mmdet-config. Without --source, MODEL is compared with the golden outputs stored
-    at conversion. Exits 0 only if every stage is within tolerance.
+    at conversion. Exits 0 only if every stage is within tolerance; images after the first one
+    with a failing stage are not checked.
     """
     from .layout import check_output_file
 

@@ -298,5 +298,6 @@ def run_verify(
         config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
         framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
         label = f"mmdetection {version} ({config.name}) on {source.path.name}"
-    report, _ = verify_against(source, model, images_for(extra_images), tolerance, framework=framework, against=label)
+    report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
+                               framework=framework, against=label)
     return report, source_names(source)

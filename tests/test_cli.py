@@ -17,11 +17,6 @@ from gnhub.samples import sample_images
 GNHUB = [sys.executable, "-m", "gnhub"]
 
 
-def run_process(*args, cwd=None):
-    """`gnhub ARGS` in a fresh process, as a user runs it."""
-    return subprocess.run(GNHUB + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
 def run(*args, cwd=None):
     """`gnhub ARGS` through the same entry point, in this process (no start-up cost per call):
     exit status, stdout and stderr as a process would give them, a traceback included."""

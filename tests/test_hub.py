@@ -79,7 +79,7 @@ def test_checked_in_example_cards_are_valid():
         assert ModelCard(path.read_text()).data.library_name == "gnhub"
 
 
-def test_publish_then_load_by_name(zoo_named_dir, server, tmp_path):
+def test_publish_then_load_by_name(zoo_named_dir, server, tmp_path, reference_threads):
     endpoint, hub, srv = server
     env = hub_env(tmp_path, endpoint)
     repo = f"gnhub/{NAME}"

@@ -7,6 +7,8 @@ from torchvision.ops import box_iou
 
 from gnhub import load
 
+pytestmark = pytest.mark.usefixtures("reference_threads")  # mmdetection ran at 2 threads
+
 # float32 on CPU: gnhub runs the same kernels as mmdetection, so the tolerances are tight.
 ATOL = {"fpn": 1e-4, "proposals": 1e-3, "scores": 1e-5, "logits": 1e-4, "boxes": 1e-3}
 
