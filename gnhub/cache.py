@@ -85,22 +85,24 @@ def fetch(entry: zoo.ZooEntry, quiet: bool | None = None, keep_source: bool = Fa
         if done is not None:
             return done
         src = root / "downloads" / entry.name / entry.file
-        if src.is_file() and entry.expected_sha256 and not sha256_file(src).startswith(entry.expected_sha256):
+        sha = sha256_file(src) if src.is_file() else None
+        if sha and entry.expected_sha256 and not sha.startswith(entry.expected_sha256):
             src.unlink()  # a kept source that is not the registered file
-        if not src.is_file():
+            sha = None
+        if sha is None:
             log(f"{entry.name}: downloading {url}")
             download(url, src, entry.sha256, entry.sha256_prefix, quiet,
                      hint=f"; no network? set GNHUB_SOURCE_MIRROR to a mirror of {urllib.parse.urlsplit(url).netloc}, "
                           "or download the file yourself and run `gnhub convert FILE`")
-        return _convert(entry, src, keep_source, log)
+            sha = sha256_file(src)
+        return _convert(entry, src, sha, keep_source, log)
     finally:
         lock.release()
 
 
-def _convert(entry: zoo.ZooEntry, src: Path, keep_source: bool, log) -> Path:
+def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -> Path:
     from .convert import convert
 
-    sha = sha256_file(src)
     dest = cache_dir() / "models" / entry.name / sha
     log(f"{entry.name}: converting and verifying (about a minute for R-50 on 2 CPU cores)")
     try:
