@@ -11,6 +11,8 @@ from .config import ModelConfig
 from .layout import CARD_FILE, CONFIG_FILE, write_atomic
 from .report import Report, StageCheck, read_report
 
+PROVENANCE_FIELDS = ("source_file", "source_sha256", "source_format", "source_version", "source_layout",
+                     "converter", "torch", "date", "preprocess_from")
 SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION), "detectron": ("Detectron", zoo.DETECTRON_CITATION)}
 
 
@@ -20,7 +22,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
 
     model_dir = Path(model_dir)
     config = ModelConfig.load(model_dir / CONFIG_FILE)
-    p = config.provenance
+    p = {**dict.fromkeys(PROVENANCE_FIELDS, "unknown"), **config.provenance}  # a model built in Python has none
     entry = zoo.get(config.name)
     verification = read_report(model_dir, config.task)
     stages = []
@@ -72,6 +74,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
         source_family=family,
         load_name=load_name or (config.name if entry else str(model_dir)),
         verification=verification,
+        ft=p.get("finetune"),
         stages=stages,
         gn_citation=zoo.GN_CITATION,
         source_citation=citation,

@@ -27,6 +27,7 @@ def cli(source_mirror, quiet):
     gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
     gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
     gnhub eval MODEL        box and mask AP on a COCO-format dataset
+    gnhub finetune MODEL    train on a COCO-format dataset with mmdetection's recipe
     gnhub list / info NAME  the model zoo (and your GNHUB_ZOO_FILE entries)
     gnhub fetch / cache     fill gnhub's cache ahead of time; list or remove what it holds
     gnhub card / publish    model card, and upload to a hub (Hugging Face Hub or a directory)
@@ -185,23 +186,11 @@ def eval_(model, images, annotations, results, batch_size, device):
 
     Under torchrun each process takes a shard of the images and rank 0 merges and scores them.
     """
-    import os
-
-    import torch
-
     from .api import load
     from .evaluate import METRICS, check_results, evaluate
 
     check_results(results)
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = device or (f"cuda:{local}" if world > 1 and torch.cuda.is_available() else "cpu")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    m = load(model, device=device)
+    m = load(model, device=_torchrun_device(device))
     metrics = evaluate(m, images, annotations, results, batch_size)
     if not metrics:  # not rank 0
         return
@@ -211,6 +200,102 @@ def eval_(model, images, annotations, results, batch_size, device):
         published = metrics.get("published", {}).get(key, {}).get("AP")
         row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
         click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
+
+
+def _torchrun_device(device: str | None) -> str:
+    """The device of this process; under torchrun (WORLD_SIZE > 1) the process group is joined."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = device or (f"cuda:{local}" if world > 1 and torch.cuda.is_available() else "cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--train", "train_annotations", required=True, type=click.Path(path_type=Path),
+              help="COCO-format instances JSON to train on (its categories become the classes).")
+@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False), help="Its image folder.")
+@click.option("--val", "val_annotations", type=click.Path(path_type=Path), help="COCO instances JSON for box/mask AP.")
+@click.option("--val-images", type=click.Path(path_type=Path, file_okay=False), help="Its image folder.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output model directory.")
+@click.option("--epochs", default=24, show_default=True, type=click.IntRange(min=1))
+@click.option("--iterations", type=click.IntRange(min=1), help="Train this many steps instead of --epochs.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1), help="Images per device.")
+@click.option("--accumulate", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Batches per optimizer step (gradient accumulation).")
+@click.option("--lr", type=float, help="Learning rate [default: 0.02 x total batch / 16].")
+@click.option("--steps", help="Epochs (iterations with --iterations) after which lr x 0.1, e.g. 16,22 "
+              "[default: at 2/3 and 11/12 of the run].")
+@click.option("--warmup", default=500, show_default=True, type=click.IntRange(min=0), help="Linear warm-up steps.")
+@click.option("--flip", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Horizontal flip chance.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision (fp16 on GPUs only).")
+@click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
+@click.option("--checkpoint-every", default=500, show_default=True, type=click.IntRange(min=1), help="Steps.")
+@click.option("--val-every", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Validate every N epochs as well as at the end.")
+@click.option("--work-dir", type=click.Path(path_type=Path), help="Checkpoints and log.jsonl [default: OUT.train].")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in the work directory, exactly.")
+@click.option("--name", help="Model name [default: the output directory's name].")
+@click.option("--force", is_flag=True, help="Replace an existing gnhub model directory at OUT.")
+def finetune(model, train_annotations, images, val_annotations, val_images, out, epochs, iterations, batch_size,
+             accumulate, lr, steps, warmup, flip, seed, amp, device, checkpoint_every, val_every, work_dir, resume,
+             name, force):
+    """Fine-tune MODEL on a COCO-format dataset with mmdetection's recipe for these models.
+
+    \b
+    SGD (momentum 0.9, weight decay 1e-4), lr 0.02 per 16 images, 500-step linear warm-up,
+    lr x 0.1 at 2/3 and 11/12 of the run, random horizontal flip, batches grouped by aspect
+    ratio, stem and first stage frozen; mmdetection's losses exactly (GNMaskRCNN.loss).
+    New classes get new heads. Checkpoints every --checkpoint-every steps; after a crash or
+    Ctrl-C, --resume continues exactly. Under torchrun each process trains on its shard (DDP).
+    OUT is a model directory (weights, config.json with the classes and provenance, golden
+    outputs, card) for gnhub predict/eval/verify/publish. Needs pycocotools (gnhub[coco]).
+    """
+    import torch
+
+    torch.set_flush_denormal(True)  # before any thread pool starts; CPU training crawls on denormals
+    from .api import load
+    from .train import Recipe
+    from .train import finetune as run
+
+    if (val_annotations is None) != (val_images is None):
+        raise GnhubError("--val and --val-images go together")
+    try:
+        step_list = tuple(int(x) for x in steps.split(",")) if steps else None
+    except ValueError:
+        raise GnhubError(f"--steps {steps!r}: expected whole numbers separated by commas, e.g. 16,22") from None
+    recipe = Recipe(epochs=epochs, iterations=iterations, batch_size=batch_size, accumulate=accumulate, lr=lr,
+                    warmup_iters=warmup, steps=step_list, flip=flip, seed=seed, amp=amp,
+                    checkpoint_every=checkpoint_every, val_every=val_every)
+    recipe.check()
+    device = _torchrun_device(device)
+    base = load(model, device=device)
+    val = (val_annotations, val_images) if val_annotations else None
+    bar = click.progressbar(length=1, label="fine-tuning", file=sys.stderr, item_show_func=lambda row: row)
+
+    def progress(it, total, row):
+        bar.length = total
+        terms = " ".join(f"{k} {row[k]:.3f}" for k in ("rpn_cls", "rpn_bbox", "cls", "bbox", "mask"))
+        bar.update(it - bar.pos, f"loss {row['loss']:.3f} ({terms}) lr {row['lr']:.2e}")
+
+    with bar:
+        summary = run(base, train_annotations, images, out, recipe, val=val, work_dir=work_dir, resume=resume,
+                      force=force, device=device, name=name, base_name=model, progress=progress,
+                      log=lambda msg: click.echo(msg, err=True))
+    if not summary:  # not rank 0
+        return
+    click.echo(f"{summary['iterations']} iterations in {summary['seconds']:.0f} s -> {summary['output']} "
+               f"(log and checkpoint: {summary['work_dir']})")
+    if summary["val"]:
+        v = summary["val"]
+        click.echo(f"validation: box AP {v['box']['AP']:.3f}, mask AP {v['mask']['AP']:.3f}")
 
 
 @cli.command("list")

@@ -171,6 +171,10 @@ class ModelConfig:
         """Every field holds a value a real model can have (config.json is untrusted input)."""
         for path, value in _walk(self):
             check_value(path, value)
+        crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
+        if crop > short:
+            raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
+                             f"resized to (min of max_size, {short})")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")

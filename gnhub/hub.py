@@ -231,7 +231,7 @@ def publishable(model_dir: Path, allow_unverified: bool) -> dict:
     """Checks a model directory before publishing; returns its verification report (or {})."""
     config = check_model_dir(model_dir)  # config valid, weights match their sha256
     report = read_report(model_dir, config.task) or {}
-    if not allow_unverified:
+    if not allow_unverified and "finetune" not in config.provenance:  # a fine-tuned model has no source
         if not report:
             raise GnhubError(f"{model_dir}: no {VERIFICATION_FILE}; run `gnhub convert` with verification, "
                              "or pass --allow-unverified")

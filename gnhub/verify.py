@@ -241,6 +241,15 @@ def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> 
     return Report(checks, dtype, "golden outputs")
 
 
+def golden_of(model: GNModel) -> dict[str, Tensor]:
+    """Golden outputs of a model without a source to compare with (a fine-tuned one): its own
+    float32 stages on the built-in images, which `gnhub verify` repeats on another machine."""
+    model = float32_model(model)
+    stages = GOLDEN_STAGES[model.task]
+    return {f"{name}/{k}": v.contiguous() for name, rgb in images_for(None)
+            for k, v in run_model(model, rgb).items() if k in stages}
+
+
 def write_results(directory: Path, report: Report, golden: dict[str, Tensor]) -> None:
     (directory / VERIFICATION_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     save_file(golden, directory / GOLDEN_FILE)

@@ -206,7 +206,7 @@ def test_ctrl_c_while_the_command_loads_is_a_clean_exit(small_dir, delay):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
-    assert proc.returncode in (130, 1), err
+    assert proc.returncode in (130, 1, -signal.SIGINT), err  # -SIGINT: Python's own exit for Ctrl-C
 
 
 def test_nothing_predicted_is_a_failure_and_ids_are_unique(small_dir, tmp_path):

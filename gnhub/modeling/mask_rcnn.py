@@ -41,20 +41,23 @@ class GNMaskRCNN(GNModel):
         )
         self.eval()
 
-    def with_classes(self, classes) -> GNMaskRCNN:
+    def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
         """This model for new `classes`: the box classifier, box regressor and mask logits new and
         initialised as mmdetection initialises them (normal std 0.01, normal std 0.001, Kaiming
-        normal fan-out; zero biases), every other tensor the same (shared, not copied)."""
+        normal fan-out; zero biases; drawn from `generator`), every other tensor the same (shared,
+        not copied)."""
         classes = tuple(str(c) for c in classes)
         config = dataclasses.replace(self.config, classes=classes)
         config.check()
         state = dict(self.state_dict())
         k, fc, ch = len(classes), self.roi_heads.box_head.fc.out_features, self.roi_heads.mask_head.logits.in_channels
         like = dict(device=self.device, dtype=self.dtype)
-        state["roi_heads.box_head.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01)
-        state["roi_heads.box_head.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001)
+        state["roi_heads.box_head.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01,
+                                                                                            generator=generator)
+        state["roi_heads.box_head.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001,
+                                                                                            generator=generator)
         logits = torch.empty(k, ch, 1, 1, **like)
-        torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu")
+        torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu", generator=generator)
         state["roi_heads.mask_head.logits.weight"] = logits
         for name, n in (("box_head.cls_score", k + 1), ("box_head.bbox_pred", 4 * k), ("mask_head.logits", k)):
             state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
@@ -79,7 +82,7 @@ class GNMaskRCNN(GNModel):
         if len(items) != len(targets) or not items:
             raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
         train = self.config.train
-        _freeze(self.backbone, train.frozen_stages)
+        self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
             [load_image(im) for im in items], targets, self.device, self.dtype)
         for lab in labels:
@@ -100,6 +103,13 @@ class GNMaskRCNN(GNModel):
         if record is not None:
             record["proposals"] = proposals
         return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
+
+    def freeze_stages(self) -> None:
+        """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""
+        stages = self.config.train.frozen_stages
+        frozen = ["conv1.", "gn1."] + [f"layer{i}." for i in range(1, stages + 1)] if stages > 0 else []
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad_(not any(name.startswith(f) for f in frozen))
 
     # -- inference --------------------------------------------------------------------------
 
@@ -153,13 +163,6 @@ class GNMaskRCNN(GNModel):
             record["mask_logits"] = mask_logits[0]
             record.update(results[0])
         return results
-
-
-def _freeze(backbone, stages: int) -> None:
-    """mmdetection's frozen_stages: the stem and the first `stages` stages get no gradient."""
-    frozen = ["conv1.", "gn1."] + [f"layer{i}." for i in range(1, stages + 1)] if stages > 0 else []
-    for name, param in backbone.named_parameters():
-        param.requires_grad_(not any(name.startswith(f) for f in frozen))
 
 
 def _scale(boxes: Tensor, factors: tuple[float, float]) -> Tensor:

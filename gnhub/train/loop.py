@@ -1,0 +1,361 @@
+"""`gnhub finetune`: mmdetection's recipe for the GN Mask R-CNN configs (SGD, linear warm-up,
+step decay, flip, aspect-ratio groups), checkpoints with an exact resume, DDP under torchrun, and
+a gnhub model directory as the result."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import GnhubError
+from ..layout import check_replaceable, sha256_file, write_atomic
+from ..modeling import GNMaskRCNN
+from .data import CocoInstances, epoch_batches, flips
+
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "log.jsonl"
+
+
+@dataclass
+class Recipe:
+    """mmdetection's schedule for these models (2x: 24 epochs, lr x0.1 after epochs 16 and 22),
+    its learning rate scaled to the total batch (0.02 per 16 images)."""
+
+    epochs: int = 24
+    iterations: int | None = None  # instead of epochs
+    batch_size: int = 2  # images per device and step
+    accumulate: int = 1  # batches per optimizer step
+    lr: float | None = None  # default 0.02 x total batch / 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    steps: tuple[int, ...] | None = None  # epochs (or iterations) after which lr *= gamma
+    gamma: float = 0.1
+    flip: float = 0.5
+    seed: int = 0
+    amp: str | None = None  # "bf16" or "fp16"
+    checkpoint_every: int = 500  # iterations
+    val_every: int = 0  # epochs; 0: only at the end
+
+    def check(self) -> None:
+        ints = {"epochs": 1, "batch_size": 1, "accumulate": 1, "warmup_iters": 0, "checkpoint_every": 1,
+                "val_every": 0}
+        for name, low in ints.items():
+            if getattr(self, name) < low:
+                raise GnhubError(f"--{name.replace('_', '-')} must be at least {low}")
+        if self.iterations is not None and self.iterations < 1:
+            raise GnhubError("--iterations must be at least 1")
+        if (self.lr is not None and not 0 < self.lr < 10) or not 0 <= self.flip <= 1:
+            raise GnhubError("--lr must be in (0, 10) and --flip in [0, 1]")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise GnhubError(f"--amp {self.amp}: choose bf16 or fp16")
+
+
+class Schedule:
+    """The learning rate of each iteration: linear warm-up (mmengine's LinearLR from
+    warmup_ratio) and step decay (MultiStepLR), as a closed form of the iteration."""
+
+    def __init__(self, recipe: Recipe, iters_per_epoch: int, world: int):
+        self.total_batch = recipe.batch_size * recipe.accumulate * world
+        self.base = recipe.lr if recipe.lr is not None else 0.02 * self.total_batch / 16
+        by_iter = recipe.iterations is not None
+        self.total = recipe.iterations if by_iter else recipe.epochs * iters_per_epoch
+        unit = 1 if by_iter else iters_per_epoch
+        length = recipe.iterations if by_iter else recipe.epochs
+        steps = recipe.steps if recipe.steps is not None else tuple(round(length * f) for f in (16 / 24, 22 / 24))
+        self.steps = tuple(s * unit for s in steps)
+        self.warmup, self.ratio, self.gamma = recipe.warmup_iters, recipe.warmup_ratio, recipe.gamma
+
+    def lr(self, it: int) -> float:
+        warm = self.ratio + (1 - self.ratio) * min(it, self.warmup) / self.warmup if self.warmup else 1.0
+        return self.base * warm * self.gamma ** sum(it >= s for s in self.steps)
+
+
+def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
+             val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
+             device: str = "cpu", name: str | None = None, base_name: str | None = None, progress=None,
+             log=lambda msg: None) -> dict:
+    """Fine-tunes `base` on a COCO-format dataset and writes a gnhub model directory to `out`.
+
+    Checkpoints and the JSON-lines log go to `work_dir` (default OUT.train/); with `resume` the
+    run continues from its checkpoint exactly as if it had not stopped. `val` is (annotations,
+    images) for box and mask AP at the end (and every recipe.val_every epochs). Under torchrun
+    each rank trains on its shard and rank 0 writes. Returns a summary (empty on other ranks).
+    """
+    recipe = recipe or Recipe()
+    recipe.check()
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".train")
+    rank, world = _world()
+    check_replaceable(out, force)
+    _check_work_dir(work, resume)
+    if world > 1:  # every rank has checked the work directory before rank 0 writes to it
+        import torch.distributed as dist
+
+        dist.barrier()
+    if base.config.box_convention != "mmdet":
+        raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
+                         "Detectron's (convert an mmdetection checkpoint)")
+    dataset = CocoInstances(train_annotations, train_images)
+    if val is not None:
+        from ..evaluate import _coco
+
+        _coco(val[0])
+        if not Path(val[1]).is_dir():
+            raise GnhubError(f"{val[1]}: no such image folder (--val-images)")
+    device = torch.device(device)
+    if recipe.amp == "fp16" and device.type != "cuda":
+        raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
+    origin = {"base_model": base_name or base.config.name, "base_sha256": base.config.weights_sha256}
+    provenance = dict(base.config.provenance)
+    model = base if base.config.classes == dataset.classes else base.with_classes(
+        dataset.classes, torch.Generator(base.device).manual_seed(recipe.seed))
+    model = copy.deepcopy(model).to(device, torch.float32)  # `base` itself stays as it is
+    model.freeze_stages()
+    landscape = [s.width >= s.height for s in dataset.samples]
+    per_epoch = len(epoch_batches(landscape, recipe.batch_size, recipe.seed, 0, rank, world)) // recipe.accumulate
+    if per_epoch < 1:
+        raise GnhubError(f"{dataset.path}: {len(dataset)} trainable images make no step of "
+                         f"{recipe.batch_size * recipe.accumulate} per device; lower --batch-size or --accumulate")
+    schedule = Schedule(recipe, per_epoch, world)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=schedule.lr(0), momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
+    identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": sha256_file(dataset.path),
+                "base_sha256": origin["base_sha256"], "classes": list(dataset.classes), "world": world}
+    start = _restore(work, model, optimizer, scaler, identity) if resume else 0
+    module = _LossModule(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+    log(f"{len(dataset)} images, {len(dataset.classes)} classes; {schedule.total} iterations of "
+        f"{schedule.total_batch} images, lr {schedule.base:g}" + (f", resuming at iteration {start}" if start else ""))
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
+           if recipe.amp else contextlib.nullcontext())
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)  # denormals make CPU training crawl
+    it, stepping, metrics, began = start, False, {}, time.perf_counter()
+    try:
+        while it < schedule.total:
+            epoch = it // per_epoch
+            batches = epoch_batches(landscape, recipe.batch_size, recipe.seed, epoch, rank, world)
+            k = it - epoch * per_epoch
+            chunk = batches[k * recipe.accumulate:(k + 1) * recipe.accumulate]
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr(it)
+            terms: dict[str, float] = {}
+            for j, idx in enumerate(chunk):
+                images, targets = [], []
+                for i, flip in zip(idx, flips(recipe.seed, epoch, idx, recipe.flip)):
+                    rgb, target = dataset.load(i, flip)
+                    images.append(rgb)
+                    targets.append(target)
+                generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + it * 64 + j)
+                sync = world > 1 and j < len(chunk) - 1
+                with module.no_sync() if sync else contextlib.nullcontext(), amp:
+                    losses = module(images, targets, generator)
+                total = sum(losses.values()) / len(chunk)
+                if not torch.isfinite(total):
+                    raise GnhubError(f"the loss is {float(total)} at iteration {it} ({_terms(losses)}); "
+                                     f"lower --lr (now {schedule.lr(it):g}) or check the annotations")
+                (scaler.scale(total) if scaler else total).backward()
+                for key, v in losses.items():
+                    terms[key] = terms.get(key, 0.0) + float(v.detach()) / len(chunk)
+            stepping = True
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            it, stepping = it + 1, False
+            row = {"iteration": it, "epoch": epoch + 1, "lr": schedule.lr(it - 1), **terms,
+                   "loss": sum(terms.values()), "seconds": round(time.perf_counter() - began, 3)}
+            if device.type == "cuda":
+                row["memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if rank == 0:
+                _append(work / LOG, row)
+                if it % recipe.checkpoint_every == 0 or it == schedule.total:
+                    _save(work / CHECKPOINT, model, optimizer, scaler, identity, it)
+            if progress:
+                progress(it, schedule.total, row)
+            end_of_epoch = it % per_epoch == 0
+            if val and recipe.val_every and end_of_epoch and (it // per_epoch) % recipe.val_every == 0 \
+                    and it < schedule.total:
+                metrics = _validate(model, val, work, it, rank)
+    except KeyboardInterrupt:
+        if rank == 0 and not stepping and it > start:
+            _save(work / CHECKPOINT, model, optimizer, scaler, identity, it)
+        raise GnhubError(f"interrupted at iteration {it} of {schedule.total}; the checkpoint in {work}/ holds "
+                         f"iteration {_saved_iteration(work / CHECKPOINT)}: continue with --resume") from None
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    if val:
+        metrics = _validate(model, val, work, it, rank)
+    if rank != 0:
+        return {}
+    summary = _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics)
+    summary.update({"iterations": it, "work_dir": str(work), "seconds": round(time.perf_counter() - began, 1)})
+    return summary
+
+
+class _LossModule(torch.nn.Module):
+    """model.loss as a forward, so that DistributedDataParallel sees it."""
+
+    def __init__(self, model: GNMaskRCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets, generator):
+        return self.model.loss(images, targets, generator=generator)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_work_dir(work: Path, resume: bool) -> None:
+    if resume:
+        if not (work / CHECKPOINT).is_file():
+            raise GnhubError(f"{work}: no {CHECKPOINT} to resume from; start without --resume")
+        return
+    if work.exists() and (not work.is_dir() or any(work.iterdir())):
+        what = "holds a checkpoint: continue with --resume, or remove it" if (work / CHECKPOINT).is_file() else \
+            "exists and is not empty; choose another --work-dir"
+        raise GnhubError(f"{work}: {what}")
+
+
+def _terms(losses: dict) -> str:
+    return ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _save(path: Path, model, optimizer, scaler, identity: dict, it: int) -> None:
+    """Weights, momentum buffers and the iteration in one safetensors file, written atomically
+    (the data order and every random choice follow from the recipe's seed and the iteration)."""
+    from ..checkpoint import save_safetensors
+
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum/{names[id(p)]}"] = buf
+    state = {**identity, "iteration": it, "scaler": scaler.state_dict() if scaler else None}
+    write_atomic(path, lambda t: save_safetensors(tensors, t, {"gnhub_train": json.dumps(state)}), "--work-dir")
+
+
+def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            state = json.loads((f.metadata() or {})["gnhub_train"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise GnhubError(f"{path}: not a gnhub training checkpoint ({str(e).strip()[:100]}); "
+                         "start again without --resume") from None
+    return state, tensors
+
+
+def _saved_iteration(path: Path) -> int:
+    return _load_checkpoint(path)[0]["iteration"] if path.is_file() else 0
+
+
+def _restore(work: Path, model, optimizer, scaler, identity: dict) -> int:
+    """The checkpoint's state into model, optimizer and scaler; the log cut back to it."""
+    path = work / CHECKPOINT
+    state, tensors = _load_checkpoint(path)
+    changed = [k for k in identity if state.get(k) != identity[k]]
+    if changed:
+        raise GnhubError(f"{path}: was made with another {', '.join(changed)}; resume with the same model, "
+                         "dataset and options, or start again in a new --work-dir")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    params = dict(model.named_parameters())
+    for k, v in tensors.items():
+        if k.startswith("momentum/"):
+            optimizer.state[params[k[9:]]]["momentum_buffer"] = v.to(params[k[9:]].device)
+    if scaler and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    it = int(state["iteration"])
+    if (work / LOG).is_file():
+        rows = []
+        for line in (work / LOG).read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line)["iteration"] <= it:
+                    rows.append(line + "\n")
+        write_atomic(work / LOG, lambda t: t.write_text("".join(rows), encoding="utf-8"), "--work-dir")
+    return it
+
+
+def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> dict:
+    from ..evaluate import evaluate
+
+    results = work / f"val_{it}.json"
+    model.eval()
+    try:
+        metrics = evaluate(model, val[1], val[0], results)
+    finally:
+        model.train()
+    if rank == 0:
+        _append(work / LOG, {"iteration": it, "val": {k: metrics[k] for k in ("box", "mask")}})
+    return metrics
+
+
+def _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics) -> dict:
+    from ..cards import write_card
+    from ..checkpoint import write_model_files
+    from ..layout import GOLDEN_FILE, atomic_dir
+    from ..verify import golden_of
+
+    model.eval()
+    cpu = model.to("cpu")
+    config = dataclasses.replace(cpu.config, name=name or out.name)
+    config.provenance = {**provenance, "finetune": {
+        **origin,
+        "dataset": dataset.path.name,
+        "dataset_sha256": sha256_file(dataset.path),
+        "images": len(dataset),
+        "iterations": schedule.total,
+        "total_batch": schedule.total_batch,
+        "lr": schedule.base,
+        "lr_steps": list(schedule.steps),
+        "recipe": dataclasses.asdict(recipe),
+        "val": {k: metrics[k] for k in ("box", "mask")} if metrics else None,
+        "val_dataset": Path(val[0]).name if val else None,
+        "trainer": f"gnhub {__version__}",
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+    }}
+    cpu.config = config
+    golden = golden_of(cpu)
+    with atomic_dir(out, force) as tmp:
+        write_model_files(tmp, config, cpu.state_dict())
+        from safetensors.torch import save_file
+
+        save_file(golden, tmp / GOLDEN_FILE)
+        write_card(tmp, config.name)
+    return {"output": str(out), "name": config.name, "classes": len(config.classes), "val": metrics or None}
+
