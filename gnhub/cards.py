@@ -16,8 +16,9 @@ PROVENANCE_FIELDS = ("source_file", "source_sha256", "source_format", "source_ve
 SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION), "detectron": ("Detectron", zoo.DETECTRON_CITATION)}
 
 
-def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
-    """The model card of a model directory, with Hugging Face metadata front matter."""
+def render_card(model_dir: str | Path, load_name: str | None = None, export: dict | None = None) -> str:
+    """The model card of a model directory, with Hugging Face metadata front matter; `export`
+    (the report of its ONNX export, published beside it) adds how to run it with ONNX Runtime."""
     from huggingface_hub import EvalResult, ModelCardData
 
     model_dir = Path(model_dir)
@@ -75,6 +76,9 @@ def render_card(model_dir: str | Path, load_name: str | None = None) -> str:
         load_name=load_name or (config.name if entry else str(model_dir)),
         verification=verification,
         ft=p.get("finetune"),
+        export=export,
+        export_stages=Report([StageCheck(**c) for c in export["checks"]], export["dtype"],
+                             export["against"]).summary() if export else [],
         stages=stages,
         gn_citation=zoo.GN_CITATION,
         source_citation=citation,

@@ -28,6 +28,7 @@ def cli(source_mirror, quiet):
     gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
     gnhub eval MODEL        box and mask AP on a COCO-format dataset
     gnhub finetune MODEL    train on a COCO-format dataset with mmdetection's recipe
+    gnhub export MODEL      ONNX graph, verified, that runs without torch (gnhub.runtime)
     gnhub list / info NAME  the model zoo (and your GNHUB_ZOO_FILE entries)
     gnhub fetch / cache     fill gnhub's cache ahead of time; list or remove what it holds
     gnhub card / publish    model card, and upload to a hub (Hugging Face Hub or a directory)
@@ -97,6 +98,9 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
 def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
+    For an ONNX export directory (`gnhub export`), the graph runs on onnxruntime and is compared
+    with the PyTorch model's outputs stored at export.
+
     With --source, MODEL and an independent forward over SRC's own tensors run on the built-in
     images (plus any --image) and every stage is compared: backbone, FPN levels, RPN maps,
     proposals, RoI logits and deltas, detections and masks. With --against mmdet the reference is
@@ -110,13 +114,22 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     if json_out:
         check_output_file(json_out, "--json")
     from .hub import resolve
+    from .layout import is_export_dir
 
-    model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
-    from .modeling import GNModel
-    from .verify import run_verify
+    if is_export_dir(Path(model)):
+        if source or images or against != "gnhub":
+            raise GnhubError(f"{model}: an ONNX export is checked against its golden outputs only; drop --source, "
+                             "--image and --against")
+        from .export import verify_export_golden
 
-    report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
-                               [str(i) for i in images], tolerance, against, mmdet_config)
+        report, names = verify_export_golden(Path(model)), None
+    else:
+        model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
+        from .modeling import GNModel
+        from .verify import run_verify
+
+        report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
+                                   [str(i) for i in images], tolerance, against, mmdet_config)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
@@ -138,20 +151,30 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
-def predict(images, model_path, out, batch_size, device, dtype):
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: MODEL is a `gnhub export` directory, run by onnxruntime without torch.")
+def predict(images, model_path, out, batch_size, device, dtype, runtime):
     """Detect and segment objects in IMAGES (files, folders or glob patterns).
 
     Writes NAME.png (masks, boxes, classes and scores drawn) and NAME.json per image, and
     results.json with all detections in COCO results format (RLE masks). With an ImageNet
     classifier (a converted R-50-GN.pkl), NAME.json and results.json list the top 5 classes.
     """
-    from .api import load
-    from .convert import DTYPES
     from .predict import expand_inputs, predict_files, prepare_out_dir
 
     paths = expand_inputs(list(images))
     prepare_out_dir(out)
-    model = load(model_path, device=device).to(DTYPES[dtype])
+    if runtime == "onnx":
+        from .runtime import load as load_onnx
+
+        if device != "cpu" or dtype != "float32":
+            raise GnhubError("--runtime onnx runs float32 on onnxruntime's CPU provider; drop --device and --dtype")
+        model = load_onnx(model_path)
+    else:
+        from .api import load
+        from .convert import DTYPES
+
+        model = load(model_path, device=device).to(DTYPES[dtype])
     if dtype == "float16" and model.device.type == "cpu":
         click.echo("note: float16 on the CPU runs slower than float32 (no half-precision CPU kernels); "
                    "bfloat16 is the fast half precision on CPUs", err=True)
@@ -298,6 +321,34 @@ def finetune(model, train_annotations, images, val_annotations, val_images, out,
         click.echo(f"validation: box AP {v['box']['AP']:.3f}, mask AP {v['mask']['AP']:.3f}")
 
 
+@cli.command("export")
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME-onnx].")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset (16 or later).")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with the PyTorch model.")
+@click.option("--force", is_flag=True, help="Replace an earlier export (nothing else).")
+def export_(model, fmt, out, opset, no_verify, force):
+    """Export MODEL (anything gnhub.load takes) as an ONNX graph that runs without torch.
+
+    The graph takes one image's normalised, padded input (any height and width), its resized
+    size and scale factor, and returns boxes in original pixels, scores, labels and 28x28 mask
+    probabilities; gnhub.runtime (onnxruntime, numpy, OpenCV) preprocesses and pastes the masks
+    as gnhub does. By default the export is verified stage by stage against the PyTorch model on
+    the built-in images; a failed verification writes nothing. Batch size 1, float32,
+    mmdetection-convention models; needs `pip install 'gnhub[onnx]'`.
+    """
+    from .api import load
+    from .export import export as run
+
+    m = load(model)
+    summary = run(m, out or Path(f"{m.config.name}-onnx"), opset=opset, verify=not no_verify, force=force,
+                  log=lambda msg: click.echo(msg, err=True))
+    state = "verified" if summary["verified"] else "NOT verified (--no-verify)"
+    click.echo(f"{summary['output']}/model.onnx: opset {opset}, {summary['bytes'] / 2**20:.0f} MiB, {state}; "
+               f"export {summary['export_seconds']:.0f} s, {summary['seconds']:.0f} s in all")
+
+
 @cli.command("list")
 @click.argument("pattern", required=False)
 def list_(pattern):
@@ -425,29 +476,34 @@ def _hub_options(fn):
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; upload nothing.")
 @click.option("--allow-unverified", is_flag=True, help="Publish even without a passed verification.")
+@click.option("--onnx", "export_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="A `gnhub export` directory of this model, uploaded in onnx/ with the same commit.")
 @_hub_options
-def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unverified, hub_dir, endpoint):
+def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unverified, export_dir, hub_dir, endpoint):
     """Upload MODEL_DIR (weights, config, verification, generated card) to a hub in one commit.
 
-    An unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
+    With --onnx, the model's ONNX export goes into onnx/ of the same repository and the card
+    says how to run it with ONNX Runtime (gnhub.runtime.load loads it by the same name). An
+    unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
     and is never printed.
     """
     from .hub import check_repo_id
 
     check_repo_id(repo_id)
     from .cards import render_card
-    from .hub import HubSettings, publishable
+    from .hub import HubSettings, publishable, publishable_export
     from .hub import publish as run
 
     report = publishable(model_dir, allow_unverified)
-    text = render_card(model_dir)
+    export_report = publishable_export(export_dir, model_dir, allow_unverified) if export_dir else None
+    text = render_card(model_dir, export=export_report)
     if dry_run:
         files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != "README.md")
         click.echo(f"would publish to {repo_id}: {', '.join(files)} + README.md (generated card, "
                    f"{len(text)} characters); verification {'passed' if report.get('passed') else 'missing/failed'}")
         return
     result = run(model_dir, repo_id, text, HubSettings(endpoint=endpoint, hub_dir=hub_dir), private=private,
-                 revision=revision, create_pr=create_pr)
+                 revision=revision, create_pr=create_pr, export_dir=export_dir)
     state = "published" if result["changed"] else "unchanged, no new commit"
     click.echo(f"{repo_id}: {state} ({result['url']})")
 

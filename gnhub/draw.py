@@ -19,7 +19,7 @@ def overlay(rgb: np.ndarray, result: dict, classes: tuple[str, ...], alpha: floa
     img = rgb.astype(np.float32)
     colors = palette(len(classes))
     labels = result["labels"].tolist()
-    for mask, label in zip(result["masks"].numpy(), labels):
+    for mask, label in zip(np.asarray(result["masks"]), labels):
         img[mask] = (1 - alpha) * img[mask] + alpha * np.array(colors[label], np.float32)
     out = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)

@@ -8,6 +8,7 @@ Tokens come from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,17 +20,23 @@ from .errors import GnhubError
 from .layout import (
     CARD_FILE,
     CONFIG_FILE,
+    EXPORT_SUBDIR,
     GOLDEN_FILE,
+    ONNX_FILE,
     VERIFICATION_FILE,
     WEIGHTS_FILE,
     atomic_dir,
     check_model_dir,
+    is_export_dir,
+    is_published_dir,
     sha256_file,
 )
 from .report import read_report
 
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 EXTRA_FILES = (VERIFICATION_FILE, GOLDEN_FILE, CARD_FILE)
+EXPORT_FILES = tuple(f"{EXPORT_SUBDIR}/{f}" for f in (ONNX_FILE, CONFIG_FILE, VERIFICATION_FILE))
+EXPORT_EXTRA_FILES = (f"{EXPORT_SUBDIR}/{GOLDEN_FILE}",)
 
 
 @dataclass
@@ -74,6 +81,28 @@ def resolve(name: str | Path, settings: HubSettings | None = None) -> Path:
     close = zoo.suggest(text)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `gnhub list` shows the zoo"
     raise GnhubError(f"{text}: no such model directory or zoo model{hint}")
+
+
+def resolve_export(name: str | Path, settings: HubSettings | None = None) -> Path:
+    """The ONNX export of a model: a directory as it is, else the onnx/ folder of its published
+    repository (`hf-hub:ORG/NAME[@rev]`, a zoo name, or ORG/NAME in a directory hub)."""
+    s = (settings or HubSettings()).resolved()
+    text, revision = str(name), None
+    if Path(text).is_dir():
+        return Path(text)
+    if text.startswith("hf-hub:"):
+        repo, _, revision = text[len("hf-hub:"):].partition("@")
+    elif zoo.get(text) is not None:
+        repo = zoo.get(text).hub_repo(s.org)
+    elif _is_repo_id(text):
+        repo = text
+    else:
+        raise GnhubError(f"{text}: no such export directory or published model (pass a `gnhub export` directory, "
+                         "a zoo name or hf-hub:ORG/NAME)")
+    try:
+        return _fetch(check_repo_id(repo), revision or None, s, EXPORT_FILES, EXPORT_EXTRA_FILES)
+    except NotPublished as e:
+        raise GnhubError(f"{e}; or it was published without an ONNX export (gnhub publish --onnx)") from None
 
 
 class NotPublished(GnhubError):
@@ -127,12 +156,13 @@ def _is_repo_id(repo_id: str) -> bool:
     return repo_id.count("/") == 1
 
 
-def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
+def _fetch(repo_id: str, revision: str | None, s: HubSettings, required=MODEL_FILES, optional=EXTRA_FILES) -> Path:
+    """The folder holding `required` (and what exists of `optional`) of a hub repository."""
     if s.hub_dir:
-        path = Path(s.hub_dir) / repo_id
-        if not (path / CONFIG_FILE).is_file():
-            raise NotPublished(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path}/{CONFIG_FILE})")
-        return path
+        path = Path(s.hub_dir) / repo_id / required[0]
+        if not path.is_file():
+            raise NotPublished(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path})")
+        return path.parent
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -153,14 +183,14 @@ def _fetch(repo_id: str, revision: str | None, s: HubSettings) -> Path:
         get = lambda f: hf_hub_download(repo_id, f, revision=revision, endpoint=s.endpoint, token=s.token,
                                         local_files_only=cached_only)
         try:
-            paths = [get(f) for f in MODEL_FILES]
+            paths = [get(f) for f in required]
         except LocalEntryNotFoundError:
             if not cached_only:
                 raise
             raise GnhubError(f"{where}: the hub cannot be reached and the model is not in the local cache; "
                              "check the network or the endpoint (work offline, once cached, with "
                              "HF_HUB_OFFLINE=1)") from None
-        for f in EXTRA_FILES:
+        for f in optional:
             try:
                 get(f)
             except EntryNotFoundError:  # optional files: absent remotely, or not cached when offline
@@ -240,12 +270,34 @@ def publishable(model_dir: Path, allow_unverified: bool) -> dict:
     return report
 
 
+def publishable_export(export_dir: Path, model_dir: Path, allow_unverified: bool) -> dict:
+    """Checks an ONNX export before it is published beside `model_dir`; returns its report."""
+    if not is_export_dir(export_dir):
+        raise GnhubError(f"{export_dir}: not a `gnhub export` directory (config.json, model.onnx, verification.json)")
+    try:
+        report = json.loads((export_dir / VERIFICATION_FILE).read_text(encoding="utf-8"))
+        same = json.loads((export_dir / CONFIG_FILE).read_text(encoding="utf-8"))["weights_sha256"] == \
+            check_model_dir(model_dir, check_hash=False).weights_sha256
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise GnhubError(f"{export_dir}: its config.json or verification.json is unreadable; export again") from None
+    if not same:
+        raise GnhubError(f"{export_dir}: was exported from other weights than {model_dir}'s; export {model_dir}")
+    if not (report.get("passed") or allow_unverified):
+        raise GnhubError(f"{export_dir}: the export was not verified; export again without --no-verify, or pass "
+                         "--allow-unverified")
+    return report
+
+
 def publish(model_dir: Path, repo_id: str, card: str, settings: HubSettings | None = None, private: bool = False,
-            revision: str | None = None, create_pr: bool = False, message: str | None = None) -> dict:
-    """Uploads the model files and the card in one commit; no commit if nothing changed."""
+            revision: str | None = None, create_pr: bool = False, message: str | None = None,
+            export_dir: Path | None = None) -> dict:
+    """Uploads the model files, its ONNX export (in onnx/, if given) and the card in one commit;
+    no commit if nothing changed."""
     check_repo_id(repo_id)
     s = (settings or HubSettings()).resolved()
     files = {f: model_dir / f for f in (*MODEL_FILES, VERIFICATION_FILE, GOLDEN_FILE) if (model_dir / f).is_file()}
+    if export_dir is not None:
+        files.update({f"{EXPORT_SUBDIR}/{p.name}": p for p in sorted(export_dir.iterdir()) if p.is_file()})
     if s.hub_dir:
         return _publish_to_dir(Path(s.hub_dir) / repo_id, files, card)
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -272,8 +324,9 @@ def _publish_to_dir(dest: Path, files: dict[str, Path], card: str) -> dict:
     same = dest.is_dir() and (dest / CARD_FILE).is_file() and (dest / CARD_FILE).read_text() == card and all(
         (dest / n).is_file() and sha256_file(dest / n) == sha256_file(p) for n, p in files.items())
     if not same:
-        with atomic_dir(dest, force=True, what="a model published to the directory hub") as tmp:
+        with atomic_dir(dest, force=True, what="a model published to the directory hub", owned=is_published_dir) as tmp:
             for name, path in files.items():
+                (tmp / name).parent.mkdir(exist_ok=True)
                 shutil.copyfile(path, tmp / name)
             (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     return {"repo_id": str(dest), "commit": None, "changed": not same, "url": str(dest)}

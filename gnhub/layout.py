@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 VERIFICATION_FILE = "verification.json"
 GOLDEN_FILE = "golden.safetensors"
 CARD_FILE = "README.md"
+ONNX_FILE = "model.onnx"
 
 def sha256_file(path: str | Path) -> str:
     """In 16 MiB chunks: hashing releases the GIL, so few chunks let it run beside other work."""
@@ -111,13 +112,35 @@ MODEL_DIR_FILES = {CONFIG_FILE, WEIGHTS_FILE, VERIFICATION_FILE, GOLDEN_FILE, CA
 
 def is_model_dir(path: Path) -> bool:
     """A directory gnhub wrote: a gnhub config.json and only the files gnhub writes."""
+    return _written_by_gnhub(path, MODEL_DIR_FILES)
+
+
+EXPORT_DIR_FILES = {CONFIG_FILE, ONNX_FILE, VERIFICATION_FILE, GOLDEN_FILE}
+
+
+def is_export_dir(path: Path) -> bool:
+    """A directory `gnhub export` wrote: a gnhub config.json, model.onnx and only export files."""
+    return _written_by_gnhub(path, EXPORT_DIR_FILES) and (path / ONNX_FILE).is_file()
+
+
+def is_published_dir(path: Path) -> bool:
+    """A model in a directory hub: a model directory, its ONNX export (if any) in onnx/."""
+    return _written_by_gnhub(path, MODEL_DIR_FILES | {EXPORT_SUBDIR})
+
+
+EXPORT_SUBDIR = "onnx"  # where a published repository keeps the model's ONNX export
+
+
+def _written_by_gnhub(path: Path, files: set[str]) -> bool:
     try:
         names = {p.name for p in path.iterdir()}
         data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and "format_version" in data and "weights_sha256" in data and names <= {
-        n for n in MODEL_DIR_FILES if (path / n).is_file()}
+    ours = {n for n in files if (path / n).is_file()}
+    if EXPORT_SUBDIR in files and is_export_dir(path / EXPORT_SUBDIR):
+        ours.add(EXPORT_SUBDIR)
+    return isinstance(data, dict) and "format_version" in data and "weights_sha256" in data and names <= ours
 
 
 def check_replaceable(dest: Path, force: bool, what: str = "a gnhub model directory",

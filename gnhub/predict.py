@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from . import rle
 from .draw import overlay
 from .errors import GnhubError
+from .images import load_image
 from .layout import write_atomic
-from .modeling import GNModel
-from .modeling.transform import load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -63,7 +64,7 @@ def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[di
     """COCO results format: bbox as [x, y, w, h], segmentation as compressed RLE."""
     out = []
     for box, score, label, mask in zip(
-        result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), result["masks"].numpy()
+        result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), np.asarray(result["masks"])
     ):
         x0, y0, x1, y1 = box
         out.append({
@@ -78,13 +79,14 @@ def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[di
 
 
 def predict_files(
-    model: GNModel,
+    model,
     paths: list[Path],
     out_dir: Path,
     batch_size: int = 1,
     progress: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Writes <stem>.png (overlay) and <stem>.json per image and results.json for all; for a
+    """`model`: a GNModel or a gnhub.runtime.OnnxPredictor. Writes <stem>.png (overlay) and
+    <stem>.json per image and results.json for all; for a
     classifier, <stem>.json and results.json hold the top classes and their scores. `image_id`
     is the file name, made unique like the output files (a second x.png is x_2.png).
 

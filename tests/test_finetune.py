@@ -29,10 +29,11 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    """A small untrained model directory: images fit 128x96, 64 RoIs per image in training."""
+    """A small untrained model directory: images fit 128x96, 100 training proposals and 64 RoIs per image."""
     config = small_config()
     config.preprocess.max_size = (128, 96)
     config.train.box_batch_size_per_image = 64
+    config.train.rpn_pre_nms_top_n, config.train.rpn_post_nms_top_n = 300, 100  # few proposals: fast steps
     model = GNMaskRCNN(config)
     model.load_state_dict(deterministic_weights(model))
     return model.save_pretrained(tmp_path_factory.mktemp("base") / "base")
@@ -147,7 +148,8 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):
     ann, folder = shapes
     out = tmp_path / "shapes-model"
-    proc = run("finetune", base_dir, "--train", ann, "--images", folder, "--val", ann, "--val-images", folder,
+    val = _write(tmp_path / "val.json", {**(raw := json.loads(ann.read_text())), "images": raw["images"][:3]})
+    proc = run("finetune", base_dir, "--train", ann, "--images", folder, "--val", val, "--val-images", folder,
                "-o", out, "--iterations", "3", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
     assert "3 iterations" in proc.stdout and "validation: box AP" in proc.stdout
@@ -178,7 +180,7 @@ def test_finetune_under_torchrun_averages_like_accumulation(shapes, base_dir, tm
     model = load(base_dir)
     train = model.config.train
     train.rpn_batch_size_per_image = train.box_batch_size_per_image = 10**9
-    train.rpn_pre_nms_top_n, train.rpn_post_nms_top_n = 100, 32  # few RoIs: fast steps
+    train.rpn_post_nms_top_n = 32  # few RoIs: fast steps
     greedy = model.save_pretrained(tmp_path / "greedy")
     common = ["gnhub", "finetune", str(greedy), "--train", str(ann), "--images", str(folder), "--iterations", "2",
               "--warmup", "1", "--batch-size", "1", "--flip", "0"]

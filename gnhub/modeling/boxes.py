@@ -15,13 +15,16 @@ MAX_LOG_SCALE = abs(math.log(16 / 1000))
 def decode_boxes(
     boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], max_shape: tuple[int, int] | None = None
 ) -> Tensor:
-    """Applies (dx, dy, dw, dh) deltas, scaled by `stds`, to (N, 4) boxes; clips to (h, w)."""
+    """Applies (dx, dy, dw, dh) deltas, scaled by `stds`, to (N, 4) boxes; clips to (h, w)
+    (a tensor in an exported graph, where the image size is an input)."""
     d = deltas * deltas.new_tensor(stds)
     pxy = (boxes[:, :2] + boxes[:, 2:]) * 0.5
     pwh = boxes[:, 2:] - boxes[:, :2]
     gxy = pxy + pwh * d[:, :2]
     gwh = pwh * d[:, 2:].clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE).exp()
     out = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=1)
+    if isinstance(max_shape, Tensor):
+        return torch.minimum(out.clamp(min=0), max_shape.flip(0).repeat(2).to(out))
     if max_shape is not None:
         out[:, 0::2].clamp_(min=0, max=max_shape[1])
         out[:, 1::2].clamp_(min=0, max=max_shape[0])
@@ -45,12 +48,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float, split
     one NMS call below `split` boxes and one per group above it (the offsets stay: they move
     IoUs by float rounding, and matching mmdetection means matching that too).
     """
-    if boxes.numel() == 0:
+    tracing = torch.jit.is_tracing()  # an exported graph: one NMS, for any number of boxes
+    if boxes.numel() == 0 and not tracing:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     boxes, scores = boxes.float(), scores.float()  # IoUs in float32, whatever the model's dtype
-    offsets = groups.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() if tracing else boxes.max()  # clipped: >= 0
+    offsets = groups.to(boxes) * (top + torch.tensor(1).to(boxes))
     shifted = boxes + offsets[:, None]
-    if len(boxes) < split:
+    if tracing or len(boxes) < split:
         return nms(shifted, scores, iou)
     kept = torch.zeros_like(scores, dtype=torch.bool)
     for g in torch.unique(groups):

@@ -58,13 +58,12 @@ class MultiLevelRoIAlign(nn.Module):
         levels = self.levels(rois)
         for i, stride in enumerate(self.strides):
             idx = (levels == i).nonzero().squeeze(1)
-            if idx.numel():
-                f = feats[i]
-                if f.device.type == "cpu" and f.dtype in (torch.bfloat16, torch.float16):
-                    f = f.float()  # no bfloat16 CPU kernel; the float16 one is about 25x slower than float32
-                out[idx] = roi_align(
-                    f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio, self.aligned
-                ).to(out.dtype)
+            f = feats[i]
+            if f.device.type == "cpu" and f.dtype in (torch.bfloat16, torch.float16):
+                f = f.float()  # no bfloat16 CPU kernel; the float16 one is about 25x slower than float32
+            out[idx] = roi_align(
+                f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio, self.aligned
+            ).to(out.dtype)
         return out
 
 
@@ -119,7 +118,7 @@ class RoIHeads(nn.Module):
         `proposals` and `image_size` are in the coordinates detection happens in (config
         roi_heads.detect_in); the result is in the same coordinates.
         """
-        cfg, k, n = self.cfg, self.num_classes, len(proposals)
+        cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
         scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
         decode = decode_boxes_detectron if self.detectron else decode_boxes
         boxes = decode(
@@ -196,4 +195,4 @@ class RoIHeads(nn.Module):
     def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
         """(D, M, M) mask logits of each RoI's own class."""
         logits = self.mask_head(self.mask_pool(feats, rois))
-        return logits[torch.arange(len(rois), device=logits.device), labels]
+        return logits[torch.arange(rois.shape[0], device=logits.device), labels]

@@ -57,14 +57,15 @@ class RPN(nn.Module):
         test settings (training proposals).
         """
         cfg = cfg or self.cfg
+        tracing = torch.jit.is_tracing()  # exported: every level sorted, the size filter always in the graph
         boxes, scores, anchors, levels = [], [], [], []
         for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
             s = obj[b].permute(1, 2, 0).reshape(-1).float().sigmoid()  # box math in float32
             d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
             a = grid_anchors(self.base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
-            top = cfg.pre_nms_top_n if 0 < cfg.pre_nms_top_n < s.numel() else None
+            top = cfg.pre_nms_top_n if 0 < cfg.pre_nms_top_n and (tracing or cfg.pre_nms_top_n < s.numel()) else None
             if top is not None or self.detectron:  # Detectron sorts every level (ties: lower index first)
-                s, order = s.sort(descending=True, stable=self.detectron)
+                s, order = s.sort(descending=True, stable=True) if self.detectron else s.sort(descending=True)
                 s, order = s[:top], order[:top]
                 d, a = d[order], a[order]
             if self.detectron:  # Detectron: NMS per level, then the best over all levels
@@ -83,7 +84,7 @@ class RPN(nn.Module):
         boxes = decode_boxes(torch.cat(anchors), torch.cat(boxes), cfg.box_stds, image_size)
         wh = boxes[:, 2:] - boxes[:, :2]
         valid = (wh > cfg.min_size).all(dim=1)
-        if not valid.all():
+        if tracing or not valid.all():
             boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
         keep = batched_nms(boxes, scores, levels, cfg.nms_iou)[: cfg.post_nms_top_n]
         return boxes[keep], scores[keep]

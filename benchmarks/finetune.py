@@ -1,0 +1,77 @@
+"""Fine-tuning on CPU, end to end: `gnhub finetune` on a drawn COCO-format set of shapes
+(`gnhub.train.shapes`), with validation AP before (the base model with its new heads) and after,
+the seconds per step, and the loss of the first and last steps:
+
+    python benchmarks/finetune.py [--images 48] [--iterations 80] [--size 160x224] [--threads 2]
+
+The base is the team's reference R-50 GN checkpoint (../shared, deterministic random weights:
+there are no pretrained weights offline), images resized to fit the --size box, so the numbers
+show that the pipeline learns, not what a pretrained model reaches. With a GPU (`--device
+cuda`), add `--size 800x1333` for mmdetection's training resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=80)
+    parser.add_argument("--size", default="160x224", help="HxW of the drawn images and the resize box")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["bf16", "fp16"])
+    parser.add_argument("--lr", type=float, default=0.02)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_flush_denormal(True)  # before the thread pool starts
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(SHARED))
+    import make_mmdet_checkpoint
+
+    from gnhub import evaluate, load
+    from gnhub.convert import convert
+    from gnhub.train import Recipe, finetune
+    from gnhub.train.shapes import CLASSES, write_shapes
+
+    h, w = (int(v) for v in args.size.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="gnhub-finetune-bench-"))
+    train = write_shapes(work / "train", args.images, seed=0, size=(h, w))
+    val = write_shapes(work / "val", max(8, args.images // 4), seed=1, size=(h, w))
+    src = make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work))
+    convert(src, work / "base", verify=False)
+    base = load(work / "base", device=args.device)
+    base.config.preprocess.max_size = (max(h, w), min(h, w))
+    before = evaluate(base.with_classes(CLASSES, torch.Generator(base.device).manual_seed(0)), work / "val", val)
+    recipe = Recipe(iterations=args.iterations, warmup_iters=min(50, args.iterations // 4), lr=args.lr,
+                    checkpoint_every=10**6, amp=args.amp)
+    start = time.perf_counter()
+    summary = finetune(base, train, work / "train", work / "out", recipe, val=(val, work / "val"), device=args.device)
+    seconds = time.perf_counter() - start
+    rows = [json.loads(line) for line in (work / "out.train" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    after = summary["val"]
+    print(f"R-50 GN, {args.images} drawn images of {h}x{w}, {args.iterations} steps of 2 images, lr {args.lr}, "
+          f"{args.threads} threads on {args.device}{', AMP ' + args.amp if args.amp else ''}")
+    print(f"  {seconds / args.iterations:.2f} s per step ({seconds:.0f} s in all, with the final validation)")
+    print(f"  loss: first 5 steps {sum(r['loss'] for r in steps[:5]) / 5:.3f}, "
+          f"last 5 steps {sum(r['loss'] for r in steps[-5:]) / 5:.3f}")
+    print(f"  {'':8s} {'box AP':>7s} {'AP50':>7s} {'mask AP':>8s} {'AP50':>7s}")
+    for label, m in (("before", before), ("after", after)):
+        print(f"  {label:8s} {m['box']['AP']:7.3f} {m['box']['AP50']:7.3f} {m['mask']['AP']:8.3f} "
+              f"{m['mask']['AP50']:7.3f}")
+    if args.device.startswith("cuda"):
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""`gnhub export`: a GN Mask R-CNN as an ONNX graph from the network input to detections and
+their 28x28 mask probabilities, verified against the PyTorch model on the built-in images the
+way a conversion is verified against its source. Runs with gnhub.runtime, without torch."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .errors import GnhubError
+from .layout import CONFIG_FILE, GOLDEN_FILE, ONNX_FILE, VERIFICATION_FILE, atomic_dir, is_export_dir, sha256_file
+from .modeling import GNMaskRCNN
+from .report import Report
+from .runtime import OUTPUTS, OnnxPredictor, network_input
+
+MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode=half_pixel (mmdetection's aligned=True)
+EXPORT_STAGES = ("input.sample", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits")
+
+
+class DetectionGraph(nn.Module):
+    """What the ONNX graph computes, with the model's own modules and functions: one image's
+    normalised, padded input (1, 3, H, W), its resized size (h, w) and scale factor (w, h) ->
+    boxes in original pixels, scores, labels, mask probabilities; proposals and mask logits for
+    verification. Mask pasting stays outside (gnhub.runtime)."""
+
+    def __init__(self, model: GNMaskRCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, image_size: Tensor, scale_factor: Tensor):
+        m = self.model
+        p = m.fpn(m.backbone(x))
+        objectness, deltas = m.rpn.head(p)
+        clip = image_size if m.config.rpn.clip_to == "image" else torch._shape_as_tensor(x)[2:]
+        proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
+        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], _rois(proposals)))
+        boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
+        # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
+        # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
+        extra = torch.cat([_rois(boxes), boxes.new_tensor([[0.0, 0.0, 0.0, 1.0, 1.0]])])
+        logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
+        return (boxes / scale_factor.repeat(2), scores, labels, logits.sigmoid(), proposals, proposal_scores, logits)
+
+
+def _rois(boxes: Tensor) -> Tensor:
+    return torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+
+
+def check_exportable(model) -> None:
+    """One clear error for what does not export (never a silently different graph)."""
+    c = model.config
+    if model.task != "instance-segmentation":
+        raise GnhubError(f"{c.name}: ONNX export covers GN Mask R-CNN models, not the ImageNet classifier")
+    if c.box_convention != "mmdet" or c.roi_heads.detect_in != "network" or c.roi_heads.paste != "mmdet":
+        raise GnhubError(f"{c.name}: has Detectron's conventions (box_convention, detect_in, paste); ONNX export "
+                         "covers mmdetection-convention models")
+    if model.dtype != torch.float32:
+        raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
+                         "only: convert or load the model in float32")
+
+
+def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
+    """Traces the graph on the first built-in image and writes it with dynamic height and width."""
+    import warnings
+
+    from .images import load_image
+    from .samples import sample_images
+
+    if opset < MIN_OPSET:
+        raise GnhubError(f"--opset {opset}: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
+                         "mmdetection's aligned RoIAlign)")
+    x, size, factor = (torch.from_numpy(a) for a in network_input(load_image(sample_images()[0]), model.config))
+    dynamic = {"input": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in OUTPUTS}}
+    dynamic["proposals"] = dynamic["proposal_scores"] = {0: "proposals"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values; the tests cover other sizes
+        try:
+            torch.onnx.export(DetectionGraph(model).eval(), (x, size, factor), str(path), opset_version=opset,
+                              input_names=["input", "image_size", "scale_factor"], output_names=list(OUTPUTS),
+                              dynamic_axes=dynamic, dynamo=False)
+        except Exception as e:  # the exporter's many error types: a failure to export is one message
+            raise GnhubError(f"{model.config.name}: ONNX export failed at opset {opset} "
+                             f"({str(e).strip().splitlines()[0][:200]})") from None
+
+
+def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str, Tensor]]:
+    """The ONNX graph through gnhub.runtime against the PyTorch model on the built-in images:
+    input, proposals, detections (IoU, label, score), mask logits and pasted masks. Returns the
+    report and the PyTorch model's stages as golden outputs."""
+    from .verify import compare, images_for, run_model, with_input_sample
+
+    predictor = OnnxPredictor(onnx_path, model.config)
+    checks, golden = [], {}
+    for name, rgb in images_for(None):
+        ref = run_model(model, rgb)
+        got = {k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()}
+        got = with_input_sample(got)
+        checks += compare(name, got, {k: v for k, v in ref.items() if k in got}, "onnx")
+        golden.update({f"{name}/{k}": ref[k].contiguous() for k in EXPORT_STAGES})
+        if not all(c.passed for c in checks):
+            break
+    return Report(checks, "onnx", f"gnhub {model.config.name} in PyTorch {torch.__version__}"), golden
+
+
+def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = True, force: bool = False,
+           log=lambda msg: None) -> dict:
+    """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
+    (verification.json) and golden.safetensors; a failed verification writes nothing."""
+    from safetensors.torch import save_file
+
+    from .verify import failure_message
+
+    check_exportable(model)
+    start = time.perf_counter()
+    out = Path(out)
+    with atomic_dir(out, force, "a gnhub ONNX export", owned=is_export_dir) as tmp:
+        log(f"exporting {model.config.name} to ONNX (opset {opset}) ...")
+        export_onnx(model, tmp / ONNX_FILE, opset)
+        exported = time.perf_counter() - start
+        model.config.save(tmp / CONFIG_FILE)
+        report, golden = Report([], "onnx", "not verified"), None
+        if verify:
+            log("verifying the ONNX graph against the PyTorch model on the built-in images ...")
+            report, golden = verify_export(model, tmp / ONNX_FILE)
+            if not report.passed:
+                raise GnhubError(f"{model.config.name}: the ONNX export does not verify, nothing written: "
+                                 f"{failure_message(report)}")
+            save_file(golden, tmp / GOLDEN_FILE)
+        data = {**report.to_dict(), "onnx_sha256": sha256_file(tmp / ONNX_FILE), "opset": opset,
+                "exporter": f"gnhub {__version__}, torch {torch.__version__}"}
+        (tmp / VERIFICATION_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return {"output": str(out), "opset": opset, "verified": report.passed if verify else None,
+            "bytes": (out / ONNX_FILE).stat().st_size, "export_seconds": round(exported, 2),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def verify_export_golden(directory: Path) -> Report:
+    """`gnhub verify DIR` of an export: the graph on this machine's onnxruntime against the
+    PyTorch model's outputs stored at export (every stage of every built-in image)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .runtime import load
+    from .verify import compare, images_for, with_input_sample
+
+    predictor = load(directory)
+    path = directory / GOLDEN_FILE
+    try:
+        stored = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise GnhubError(f"{path}: missing or unreadable ({str(e).strip()[:100]}); export again with "
+                         "verification") from None
+    checks = []
+    for name, rgb in images_for(None):
+        ref = {s: stored[f"{name}/{s}"] for s in EXPORT_STAGES if f"{name}/{s}" in stored}
+        if len(ref) != len(EXPORT_STAGES):
+            raise GnhubError(f"{path}: golden outputs of {name} incomplete; export again with verification")
+        got = with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
+        checks += compare(name, got, ref, "onnx")
+    return Report(checks, "onnx", "golden outputs of the PyTorch model")

@@ -1,0 +1,142 @@
+"""Exported models without torch: onnxruntime, numpy and OpenCV. The preprocessing of
+`GNMaskRCNN` (the same resize from gnhub.images, normalisation and padding in float32) and its
+mask pasting, written in numpy; `gnhub export` checks both against the PyTorch model.
+
+    import gnhub.runtime
+    model = gnhub.runtime.load("exported-dir")
+    result = model.predict("photo.jpg")   # boxes, scores, labels, masks as numpy arrays
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import GnhubError
+from .images import load_image, resize
+from .layout import CONFIG_FILE, ONNX_FILE, VERIFICATION_FILE, checked_sha256
+
+# The graph's outputs, in order: detections (boxes in original pixels), then what verification compares.
+OUTPUTS = ("boxes", "scores", "labels", "mask_probs", "proposals", "proposal_scores", "mask_logits")
+
+
+def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One RGB uint8 image -> the graph's inputs: (1, 3, H, W) float32 normalised and zero-padded
+    to the size divisor, the resized (h, w) as int64, the (w, h) scale factor as float32."""
+    cfg = config.preprocess
+    img, (sw, sh) = resize(rgb, cfg)
+    if img.dtype == np.uint8:
+        img = (img.astype(np.float32) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    h, w = img.shape[:2]
+    div = cfg.size_divisor
+    x = np.zeros((1, 3, math.ceil(h / div) * div, math.ceil(w / div) * div), np.float32)
+    x[0, :, :h, :w] = img.transpose(2, 0, 1)
+    return x, np.array([h, w], np.int64), np.array([sw, sh], np.float32)
+
+
+def paste_masks(probs: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
+    """(D, M, M) probabilities into their (D, 4) boxes -> (D, height, width) bool masks, as
+    gnhub and mmdetection paste them: bilinear at pixel centres inside the box plus one pixel,
+    zeros outside the M x M grid (grid_sample, align_corners=False), >= threshold."""
+    out = np.zeros((len(probs), height, width), bool)
+    for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(probs.astype(np.float32), boxes.astype(np.float32).tolist())):
+        xa, ya = max(math.floor(x0) - 1, 0), max(math.floor(y0) - 1, 0)
+        xb, yb = min(math.ceil(x1) + 1, width), min(math.ceil(y1) + 1, height)
+        if xa < xb and ya < yb:
+            wx, ix = _weights(_grid(xa, xb, x0, x1), mask.shape[1])
+            wy, iy = _weights(_grid(ya, yb, y0, y1), mask.shape[0])
+            value = sum(wy[a][:, None] * wx[b][None, :] * mask[iy[a]][:, ix[b]] for a in (0, 1) for b in (0, 1))
+            out[i, ya:yb, xa:xb] = value >= threshold
+    return out
+
+
+def _grid(start: int, stop: int, lo: float, hi: float) -> np.ndarray:
+    """Pixel centres start..stop-1 in the box's [-1, 1] coordinates (0 for an empty box)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (np.arange(start, stop, dtype=np.float32) + np.float32(0.5) - np.float32(lo)) / (
+            np.float32(hi) - np.float32(lo)) * np.float32(2) - np.float32(1)
+    return np.where(np.isinf(t), np.float32(0), t)
+
+
+def _weights(coord: np.ndarray, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Bilinear weights and indices of the two neighbours along one axis; a neighbour outside
+    the grid weighs 0 (zero padding)."""
+    pos = ((coord + np.float32(1)) * np.float32(size) - np.float32(1)) / np.float32(2)
+    lo = np.floor(pos)
+    frac = pos - lo
+    weights, indices = [], []
+    for idx, w in ((lo, np.float32(1) - frac), (lo + 1, frac)):
+        inside = (idx >= 0) & (idx < size)
+        weights.append(np.where(inside, w, np.float32(0)).astype(np.float32))
+        indices.append(np.clip(idx, 0, size - 1).astype(np.int64))
+    return weights, indices
+
+
+class OnnxPredictor:
+    """An exported GN Mask R-CNN on onnxruntime: `predict(image)` gives what `model.predict`
+    gives (`boxes` xyxy in original pixels, `scores`, `labels`, `masks` (N, H, W) bool) as numpy."""
+
+    task = "instance-segmentation"
+
+    def __init__(self, onnx_path: str | Path, config: ModelConfig, providers: list[str] | None = None,
+                 threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise GnhubError("running ONNX models needs onnxruntime: pip install 'gnhub[onnx]'") from None
+        self.config = config
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=providers or
+                                                ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise GnhubError(f"{onnx_path}: not a model onnxruntime can run ({str(e).strip()[:200]}); export it "
+                             "again") from None
+
+    def stages(self, image) -> dict[str, np.ndarray]:
+        """The network input, every graph output and the pasted masks of one image."""
+        rgb = load_image(image)
+        x, size, factor = network_input(rgb, self.config)
+        feed = {"input": x, "image_size": size, "scale_factor": factor}
+        outputs = self.session.run(list(OUTPUTS), {i.name: feed[i.name] for i in self.session.get_inputs()})
+        stages = {"input": x, **dict(zip(OUTPUTS, outputs))}
+        stages["masks"] = paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
+                                      self.config.roi_heads.mask_threshold)
+        return stages
+
+    def predict(self, images, batch_size: int = 1):
+        """Detections of one image (a path, PIL image or RGB array), or a list of them for a list
+        (the graph takes one image at a time: `batch_size` is accepted for gnhub.predict's sake)."""
+        if isinstance(images, (list, tuple)):
+            return [self.predict(im) for im in images]
+        s = self.stages(images)
+        return {"boxes": s["boxes"], "scores": s["scores"], "labels": s["labels"], "masks": s["masks"]}
+
+
+def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None,
+         hub_dir: str | None = None, endpoint: str | None = None) -> OnnxPredictor:
+    """The predictor of an exported directory (`gnhub export`), or of the export published with
+    a model (a zoo name, hf-hub:ORG/NAME, ORG/NAME in a directory hub; downloaded and cached by
+    huggingface_hub). model.onnx's sha256 is checked against the export report."""
+    from .hub import HubSettings, resolve_export
+
+    path = resolve_export(model, HubSettings(endpoint=endpoint, hub_dir=hub_dir))
+    onnx, report = path / ONNX_FILE, path / VERIFICATION_FILE
+    if not onnx.is_file():
+        raise GnhubError(f"{path}: no {ONNX_FILE}; export the model first: gnhub export MODEL --format onnx -o {path}")
+    config = ModelConfig.load(path / CONFIG_FILE)
+    try:
+        expected = json.loads(report.read_text(encoding="utf-8")).get("onnx_sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        expected = None
+    if not isinstance(expected, str):
+        raise GnhubError(f"{report}: missing or unreadable, so {onnx} cannot be checked; export the model again")
+    if checked_sha256(onnx) != expected:
+        raise GnhubError(f"{onnx}: sha256 differs from the export report's (corrupt or modified); export again")
+    return OnnxPredictor(onnx, config, providers, threads)
