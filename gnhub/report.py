@@ -18,8 +18,10 @@ TOLERANCES = {
     "float32": {"dense": 1e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
     "float16": {"dense": 2e-2, "iou": 0.95, "score": 2e-2, "mask_iou": 0.95, "matched": 0.9},
     "bfloat16": {"dense": 5e-2, "iou": 0.9, "score": 5e-2, "mask_iou": 0.9, "matched": 0.8},
-    # float32 on another runtime (an ONNX export on onnxruntime): its own convolution kernels
-    "onnx": {"dense": 1e-3, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
+    # float32 on another runtime (an ONNX export on onnxruntime): its own kernels, so mask logits move
+    # with RoIs a hundredth of a pixel apart (the pasted masks are what counts); boxes
+    # also match with every corner within 0.02 px (sub-pixel boxes, where IoU says little)
+    "onnx": {"dense": 5e-3, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99, "px": 0.02},
 }
 
 # The checks a verification must hold for every built-in image (others depend on what is detected).

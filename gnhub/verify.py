@@ -68,13 +68,16 @@ def _dense(image: str, stage: str, got: Tensor, ref: Tensor, tol: float) -> Stag
     return StageCheck(image, stage, rel <= tol, max_abs, rel, f"rel <= {tol:g}")
 
 
-def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: str | None = None, offset=0.0):
+def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: str | None = None, offset=0.0,
+           px: float = 0.0):
     """For each of the better-scored half of the reference boxes, the gnhub box with IoU >= thr
     (and the same label) whose score is closest: (reference indices, gnhub indices, found).
 
     Near-duplicate boxes (across FPN levels, across classes) are told apart by their scores;
     the lower half is left out because near-tied boxes at a top-k cut-off may swap in and out.
     `offset` 1 measures widths as x2 - x1 + 1 (Detectron's boxes, which may be one pixel wide).
+    `px` > 0 also matches boxes whose corners all lie within `px` pixels (boxes under a pixel
+    wide, where a thousandth of a pixel moves the IoU by a percent).
     """
     n, m = (len(ref[boxes]) + 1) // 2, len(got[boxes])
     r = torch.arange(n)
@@ -82,6 +85,8 @@ def _match(got: dict, ref: dict, boxes: str, scores: str, thr: float, labels: st
         return r, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
     pad = torch.tensor([0.0, 0.0, offset, offset])
     ok = box_iou(ref[boxes][:n].float() + pad, got[boxes].float() + pad) >= thr
+    if px:
+        ok |= (ref[boxes][:n, None].float() - got[boxes][None].float()).abs().amax(dim=-1) <= px
     if labels:
         ok &= ref[labels][:n, None] == got[labels][None, :]
     cost = (ref[scores][:n].float()[:, None] - got[scores].float()[None, :]).abs()
@@ -104,14 +109,15 @@ def compare(
     tol = TOLERANCES[dtype]
     checks = [_dense(image, s, got[s], ref[s], tol["dense"]) for s in DENSE_STAGES if s in ref and s in got]
     if "proposals" in ref:
-        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"], offset=offset)
+        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"], offset=offset, px=tol.get("px", 0))
         checks.append(_matched(image, "proposals", got["proposal_scores"][idx[ok]], ref["proposal_scores"][r[ok]],
                                ok, tol, f"{len(ref['proposals'])} reference / {len(got['proposals'])} gnhub"))
         if "roi.cls_logits" in ref and ok.any():
             for s in ("roi.cls_logits", "roi.box_deltas"):
                 checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol["dense"]))
     if "boxes" in ref:
-        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels", offset=offset)
+        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels", offset=offset,
+                            px=tol.get("px", 0))
         checks.append(_matched(image, "detections", got["scores"][idx[ok]], ref["scores"][r[ok]], ok, tol,
                                f"{len(ref['boxes'])} reference / {len(got['boxes'])} gnhub"))
         if ok.any():

@@ -2,7 +2,7 @@
 the latency of one image (after one warm-up call, median of --repeats, in fresh processes that
 alternate) and each predictor process's peak memory:
 
-    python benchmarks/onnx.py [--runs 3] [--repeats 3] [--threads 2]
+    python benchmarks/runtime.py [--runs 3] [--repeats 3] [--threads 2]
 
 The model is the team's reference R-50 GN checkpoint (../shared); the image is the built-in
 street.png (427x640, resized to 800x1199 as mmdetection does).
