@@ -21,7 +21,11 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 kind, target, image, repeats, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 if kind == "onnx":
     sys.modules["torch"] = None  # the ONNX path must not need torch
@@ -41,7 +45,7 @@ for _ in range(repeats):
     result = model.predict(rgb)
     times.append(time.perf_counter() - start)
 print(json.dumps({"seconds": sorted(times)[len(times) // 2], "detections": len(result["boxes"]),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_mb()}))
 """
 
 
