@@ -14,6 +14,7 @@ from . import __version__
 from .errors import GnhubError
 from .layout import CONFIG_FILE, GOLDEN_FILE, ONNX_FILE, VERIFICATION_FILE, atomic_dir, is_export_dir, sha256_file
 from .modeling import GNMaskRCNN
+from .modeling.mask_rcnn import _to_rois
 from .report import Report
 from .runtime import OUTPUTS, OnnxPredictor, network_input
 
@@ -37,17 +38,13 @@ class DetectionGraph(nn.Module):
         objectness, deltas = m.rpn.head(p)
         clip = image_size if m.config.rpn.clip_to == "image" else torch._shape_as_tensor(x)[2:]
         proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
-        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], _rois(proposals)))
+        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], _to_rois([proposals])))
         boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
         # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
         # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
-        extra = torch.cat([_rois(boxes), boxes.new_tensor([[0.0, 0.0, 0.0, 1.0, 1.0]])])
+        extra = _to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
         logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
         return (boxes / scale_factor.repeat(2), scores, labels, logits.sigmoid(), proposals, proposal_scores, logits)
-
-
-def _rois(boxes: Tensor) -> Tensor:
-    return torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
 
 
 def check_exportable(model) -> None:
@@ -91,19 +88,25 @@ def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str,
     """The ONNX graph through gnhub.runtime against the PyTorch model on the built-in images:
     input, proposals, detections (IoU, label, score), mask logits and pasted masks. Returns the
     report and the PyTorch model's stages as golden outputs."""
-    from .verify import compare, images_for, run_model, with_input_sample
+    from .verify import compare, images_for, run_model
 
     predictor = OnnxPredictor(onnx_path, model.config)
     checks, golden = [], {}
     for name, rgb in images_for(None):
         ref = run_model(model, rgb)
-        got = {k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()}
-        got = with_input_sample(got)
+        got = onnx_stages(predictor, rgb)
         checks += compare(name, got, {k: v for k, v in ref.items() if k in got}, "onnx")
         golden.update({f"{name}/{k}": ref[k].contiguous() for k in EXPORT_STAGES})
         if not all(c.passed for c in checks):
             break
     return Report(checks, "onnx", f"gnhub {model.config.name} in PyTorch {torch.__version__}"), golden
+
+
+def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
+    """The runtime's stages of one image as tensors, with `input.sample`, for `verify.compare`."""
+    from .verify import with_input_sample
+
+    return with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
 
 
 def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = True, force: bool = False,
@@ -145,7 +148,7 @@ def verify_export_golden(directory: Path) -> Report:
     from safetensors.torch import load_file
 
     from .runtime import load
-    from .verify import compare, images_for, with_input_sample
+    from .verify import compare, images_for
 
     predictor = load(directory)
     path = directory / GOLDEN_FILE
@@ -159,6 +162,5 @@ def verify_export_golden(directory: Path) -> Report:
         ref = {s: stored[f"{name}/{s}"] for s in EXPORT_STAGES if f"{name}/{s}" in stored}
         if len(ref) != len(EXPORT_STAGES):
             raise GnhubError(f"{path}: golden outputs of {name} incomplete; export again with verification")
-        got = with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
-        checks += compare(name, got, ref, "onnx")
+        checks += compare(name, onnx_stages(predictor, rgb), ref, "onnx")
     return Report(checks, "onnx", "golden outputs of the PyTorch model")

@@ -177,4 +177,4 @@ def _to_network(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
 
 def _to_rois(boxes: list[Tensor]) -> Tensor:
     """Per-image (N_i, 4) boxes -> (sum N_i, 5) RoIs with the batch index first."""
-    return torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])

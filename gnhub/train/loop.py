@@ -115,7 +115,8 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
     device = torch.device(device)
     if recipe.amp == "fp16" and device.type != "cuda":
         raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
-    origin = {"base_model": base_name or base.config.name, "base_sha256": base.config.weights_sha256}
+    origin = {"base_model": base_name or base.config.name, "base_sha256": base.config.weights_sha256,
+              "dataset_sha256": sha256_file(dataset.path)}
     provenance = dict(base.config.provenance)
     model = base if base.config.classes == dataset.classes else base.with_classes(
         dataset.classes, torch.Generator(base.device).manual_seed(recipe.seed))
@@ -131,7 +132,7 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
     optimizer = torch.optim.SGD(params, lr=schedule.lr(0), momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
-    identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": sha256_file(dataset.path),
+    identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": origin["dataset_sha256"],
                 "base_sha256": origin["base_sha256"], "classes": list(dataset.classes), "world": world}
     start = _restore(work, model, optimizer, scaler, identity) if resume else 0
     module = _LossModule(model)
@@ -267,13 +268,14 @@ def _save(path: Path, model, optimizer, scaler, identity: dict, it: int) -> None
     write_atomic(path, lambda t: save_safetensors(tensors, t, {"gnhub_train": json.dumps(state)}), "--work-dir")
 
 
-def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+def _load_checkpoint(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """The checkpoint's state (from its metadata) and, if asked, its tensors."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as f:
             state = json.loads((f.metadata() or {})["gnhub_train"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise GnhubError(f"{path}: not a gnhub training checkpoint ({str(e).strip()[:100]}); "
                          "start again without --resume") from None
@@ -281,7 +283,7 @@ def _load_checkpoint(path: Path) -> tuple[dict, dict]:
 
 
 def _saved_iteration(path: Path) -> int:
-    return _load_checkpoint(path)[0]["iteration"] if path.is_file() else 0
+    return _load_checkpoint(path, tensors=False)[0]["iteration"] if path.is_file() else 0
 
 
 def _restore(work: Path, model, optimizer, scaler, identity: dict) -> int:
@@ -336,7 +338,6 @@ def _write_output(model, out, force, name, origin, provenance, dataset, recipe, 
     config.provenance = {**provenance, "finetune": {
         **origin,
         "dataset": dataset.path.name,
-        "dataset_sha256": sha256_file(dataset.path),
         "images": len(dataset),
         "iterations": schedule.total,
         "total_batch": schedule.total_batch,
