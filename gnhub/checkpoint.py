@@ -205,8 +205,9 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> str:
-    """Writes a safetensors file and returns its sha256, hashing each tensor while it is written."""
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], each=None) -> str:
+    """Writes a safetensors file and returns its sha256, hashing each tensor while it is written;
+    `each(name)` (if given) runs after tensor `name` is written, while its hash is computed."""
     if sys.byteorder != "little":
         raise GnhubError("writing safetensors needs a little-endian machine")
     header: dict = {"__metadata__": metadata}
@@ -224,18 +225,21 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     digest = hashlib.sha256(prefix)
     with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
         f.write(prefix)
-        for buf in items:
+        for name, buf in zip(tensors, items):
             hashed = pool.submit(digest.update, buf)  # hashlib and write both release the GIL
             f.write(buf)
+            if each is not None:
+                each(name)
             hashed.result()
     return digest.hexdigest()
 
 
 def write_model_files(
-    directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], before_config=None
+    directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], before_config=None, each=None
 ) -> None:
-    """model.safetensors, then config.json carrying its sha256 (`before_config()` runs between)."""
-    config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"})
+    """model.safetensors, then config.json carrying its sha256 (`before_config()` runs between;
+    `each`: see save_safetensors)."""
+    config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"}, each)
     if before_config is not None:
         before_config()
     config.save(directory / CONFIG_FILE)

@@ -17,7 +17,6 @@ from .layout import atomic_dir
 from .modeling import with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, check_hash_in_name, open_source
-from .verify import failure_message, images_for, source_names, verify_against, write_results
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,15 +118,15 @@ def convert(
         if entry and entry.depth is not None and entry.depth != config.backbone.depth:
             raise GnhubError(f"{where}: named like zoo model {entry.name} (ResNet-{entry.depth}) but holds a "
                              f"ResNet-{config.backbone.depth}; wrong or renamed file")
-        bad = sorted(k for k, v in mapped.items() if v.is_floating_point() and not _finite(v))
-        if bad:
-            message = f"{where}: corrupt: NaN or Inf values in {len(bad)} tensors: {bad[:5]}"
-            if strict:
-                raise GnhubError(message + " (refused because of --strict)")
-            if verify:
-                raise GnhubError(message + "; such a checkpoint cannot verify: download it again, or convert it "
-                                 "with --no-verify to keep them")
-            log("warning: " + message)
+        corrupt = f"{where}: corrupt: NaN or Inf values in"
+        bad: list[str] = []
+        if strict or verify:  # refused: found before anything is written
+            bad = sorted(k for k, v in mapped.items() if not _finite(v))
+            if bad and strict:
+                raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]} (refused because of --strict)")
+            if bad:
+                raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}; such a checkpoint cannot verify: "
+                                 "download it again, or convert it with --no-verify to keep them")
         apply_settings(config, source.settings)
         classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
@@ -149,16 +148,22 @@ def convert(
         dest = Path(out) if out else Path(config.name)
         with atomic_dir(dest, force) as tmp:  # checks the output first, not after verification
             if verify:  # a long step: first make sure the file is the one its name promises
+                from .verify import failure_message, images_for, source_names, verify_against, write_results
+
                 check_hash_in_name(source.path, source.sha256.result(), check_hash)
                 log("verifying against the source on the built-in images ...")
                 report, golden = verify_against(source, model, images_for(None), first_failure=True)
                 if not report.passed:
                     raise GnhubError(f"{where}: conversion does not verify, nothing written: "
                                      f"{failure_message(report, source_names(source))}")
+            scan = None if verify or strict else lambda k: _finite(mapped[k]) or bad.append(k)  # while hashing
             write_model_files(tmp, config, model.state_dict(), before_config=lambda: _provenance_hash(
-                config, source, check_hash))
+                config, source, check_hash), each=scan)
             if verify:
                 write_results(tmp, report, golden)
+        if bad:
+            bad.sort()
+            log(f"warning: {corrupt} {len(bad)} tensors: {bad[:5]}")
     state = model.state_dict()
     return {
         "name": config.name,
@@ -181,7 +186,7 @@ def convert(
 def _finite(t: torch.Tensor) -> bool:
     """No NaN or Inf. A sum (one pass, no temporary) propagates both; only when it is not finite
     (or overflows) are the elements checked, in chunks."""
-    if torch.isfinite(t.sum()):
+    if not t.is_floating_point() or torch.isfinite(t.sum()):
         return True
     return all(bool(torch.isfinite(c).all()) for c in t.reshape(-1).split(1 << 20))
 

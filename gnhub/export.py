@@ -64,6 +64,8 @@ def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
     """Traces the graph on the first built-in image and writes it with dynamic height and width."""
     import warnings
 
+    import torchvision.ops  # noqa: F401 - registers the ONNX forms of torchvision::nms and ::roi_align
+
     from .images import load_image
     from .samples import sample_images
 

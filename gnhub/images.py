@@ -1,15 +1,13 @@
 """Images in, without torch: reading files as OpenCV reads them for mmdetection, the size limit,
 and the aspect-keeping resize of each preprocessing convention (shared by the PyTorch model and
-the ONNX runtime)."""
+the ONNX runtime). OpenCV and Pillow are imported where they are used."""
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import PreprocessConfig
 from .errors import GnhubError
@@ -39,6 +37,8 @@ def load_image(image) -> np.ndarray:
     16-bit images keep their high byte (all as OpenCV's imread does for mmdetection). Images
     above GNHUB_MAX_IMAGE_PIXELS are refused before they are decoded.
     """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     if isinstance(image, (str, Path)):
         try:
             with warnings.catch_warnings():
@@ -71,7 +71,7 @@ def load_image(image) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def _to_rgb(im) -> np.ndarray:
     """A PIL image as RGB uint8; 16-bit grayscale by its high byte, as OpenCV reads it."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         gray = (np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
@@ -87,6 +87,8 @@ def resize(rgb: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple[fl
     OpenCV bilinear with fx = fy = scale; the result is already normalised. With crop_size, the
     shorter side goes to min(max_size) and the centre square is kept.
     """
+    import cv2
+
     img = np.ascontiguousarray(rgb[:, :, ::-1] if cfg.channel_order == "BGR" else rgb)
     h, w = img.shape[:2]
     long_side, short_side = max(cfg.max_size), min(cfg.max_size)

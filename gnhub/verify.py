@@ -12,12 +12,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from .converters import RenameTable
 from .errors import GnhubError
 from .layout import GOLDEN_FILE, VERIFICATION_FILE
 from .modeling import GNModel, with_weights
+from .modeling.targets import box_iou
 from .modeling.transform import load_image
 from .reference import REFERENCES
 from .report import TOLERANCES, Report, StageCheck

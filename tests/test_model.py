@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -192,3 +194,27 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, monk
     monkeypatch.setenv("GNHUB_MAX_IMAGE_PIXELS", "100")
     with pytest.raises(GnhubError, match="GNHUB_MAX_IMAGE_PIXELS"):
         load_image(np.zeros((20, 20, 3), np.uint8))
+
+
+def test_inference_needs_torchvisions_kernels_not_its_package(small_model, tmp_path):
+    """Predicting loads only torchvision's compiled kernels (the package costs 1.5 s to import);
+    the package imported afterwards gives the same bits, and gradients flow through RoIAlign."""
+    small_model.save_pretrained(tmp_path / "m")
+    code = f"""
+import sys, torch
+import gnhub
+from gnhub.samples import sample_images
+torch.set_num_threads(1)
+model = gnhub.load({str(tmp_path / "m")!r})
+light = model.predict(sample_images()[2])
+assert "torchvision" not in sys.modules and "torch._dynamo" not in sys.modules, "package imported"
+from gnhub.modeling.ops import roi_align
+x = torch.rand(1, 2, 8, 8, requires_grad=True)
+roi_align(x, torch.tensor([[0.0, 1, 1, 6, 6]]), 2, 1.0, 0, True).sum().backward()
+assert "torchvision" in sys.modules and x.grad.abs().sum() > 0  # the package registers the backward
+full = model.predict(sample_images()[2])
+assert len(full["boxes"]) > 0 and all(torch.equal(light[k], full[k]) for k in full)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+
+from .ops import nms
 
 # Largest |log| of the width/height change a delta may ask for (mmdetection's 16 / 1000).
 MAX_LOG_SCALE = abs(math.log(16 / 1000))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,8 @@ def _grid(start: int, stop: int, lo: float, hi: float, device) -> Tensor:
 def paste_masks_detectron(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float) -> Tensor:
     """Detectron's segm_results: the M x M mask zero-padded to M + 2, its box widened by
     (M + 2) / M and cut to whole pixels, cv2.resize to the box (corners inclusive), > threshold."""
+    import cv2
+
     out = torch.zeros(len(probs), height, width, dtype=torch.bool)
     if not len(probs):
         return out.to(probs.device)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from ..config import RoIHeadsConfig
 from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, encode_boxes, nms_detectron
 from .fpn import ConvGN
+from .ops import roi_align
 from .targets import assign, ce_loss, l1_loss, sample
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -72,6 +71,8 @@ class Preprocessor:
         part) and DetDataPreprocessor(training=True) make them: the test-time resize, boxes
         scaled and clipped to the resized image, masks rescaled (nearest) and zero-padded with
         the images to the batch shape. Returns (batch, boxes, labels, masks) per image."""
+        import cv2
+
         resized = [self.resize(im) for im in rgbs]
         batch = self.batch([r[0] for r in resized], [im.shape[:2] for im in rgbs], [r[1] for r in resized], device,
                            dtype)

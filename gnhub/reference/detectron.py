@@ -4,7 +4,8 @@ against the blob names of a Detectron .pkl.
 It follows Detectron's test path (utils/blob.py, ops/generate_proposals.py, ops/collect_and_
 distribute_fpn_rpn_proposals.py, core/test.py, utils/boxes.py) in numpy, with torch and
 torchvision only for convolutions, GroupNorm and RoIAlign (Caffe2's RoIAlign is torchvision's
-with aligned=False); it shares no code with gnhub's model. Outputs use gnhub's stage names and
+with aligned=False); it shares no code with gnhub's model but the handle on torchvision's
+kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and
 class convention (background last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
+
+from ..modeling.ops import roi_align
 
 BBOX_XFORM_CLIP = float(np.log(1000.0 / 16.0))
 

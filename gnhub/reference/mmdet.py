@@ -2,7 +2,8 @@
 
 It reads an mmdetection state_dict as it is (`backbone.`, `neck.`, `rpn_head.`, `roi_head.` or
 1.x top-level heads) and follows mmdetection 3.3's inference step by step with plain torch,
-torchvision and OpenCV calls; it shares no code with gnhub's model. Outputs use gnhub's stage
+torchvision and OpenCV calls; it shares no code with gnhub's model but the handle on
+torchvision's NMS and RoIAlign kernels (gnhub.modeling.ops). Outputs use gnhub's stage
 names and class convention (background last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import nms, roi_align
+
+from ..modeling.ops import nms, roi_align
 
 STRIDES = (4, 8, 16, 32, 64)
 

@@ -1,0 +1,59 @@
+"""torchvision's compiled NMS and RoIAlign (torch.ops.torchvision) for inference without
+importing the torchvision package, whose import pulls in all of torchvision.models and
+torch._dynamo (about 1.5 s on top of torch's own): the same kernels, so the same bits. Where
+gradients or autocast are on, the package is imported, since torchvision registers their rules
+in Python."""
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import sys
+
+import torch
+from torch import Tensor
+
+from ..errors import GnhubError
+
+
+@functools.cache
+def _load_kernels() -> None:
+    """Loads torchvision's extension library (`_C_stable`, `_C` before 0.29) on its own, or
+    imports the package where the library does not load by itself."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise GnhubError("gnhub needs torchvision (its NMS and RoIAlign kernels): pip install torchvision")
+    finder = importlib.machinery.FileFinder(
+        spec.submodule_search_locations[0],
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES))
+    for name in ("_C_stable", "_C"):
+        extension = finder.find_spec(name)
+        if extension is not None:
+            try:
+                torch.ops.load_library(extension.origin)
+                return
+            except OSError:  # e.g. it needs the package's DLL directories (Windows)
+                break
+    import torchvision  # noqa: F401
+
+
+def _ops(x: Tensor):
+    if "torchvision" not in sys.modules:
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+            import torchvision  # noqa: F401 - registers the kernels' autograd and autocast rules
+        else:
+            _load_kernels()
+    return torch.ops.torchvision
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices of the boxes kept by greedy NMS, by decreasing score (torchvision.ops.nms)."""
+    return _ops(boxes).nms(boxes, scores, iou_threshold)
+
+
+def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
+              aligned: bool) -> Tensor:
+    """(K, C, output_size, output_size) RoIAlign of (K, 5) RoIs (batch index, x1, y1, x2, y2):
+    torchvision.ops.roi_align with a tensor of RoIs."""
+    return _ops(features).roi_align(features, rois, spatial_scale, output_size, output_size, sampling_ratio,
+                                    aligned)
