@@ -1,28 +1,40 @@
-"""CPU latency of GN Mask R-CNN R-50 `predict` vs torchvision's Mask R-CNN R-50, same input, same run.
+"""CPU latency of GN Mask R-CNN R-50 `predict` in float32 and bfloat16, beside mmdetection's own
+`inference_detector` on the same weights (where mmdetection is installed; it says so where not)
+and torchvision's Mask R-CNN R-50, on the same image in one run:
 
     python benchmarks/inference.py [--runs 5] [--threads N] [--batch] [--conventions detectron]
 
-Both models get the same 800x1333 RGB image and keep up to 100 detections (torchvision's score
-threshold is lowered to 0 so its mask head runs on as many boxes as gnhub's: random weights
-score every class about equally). Prints the median of each, their ratio, and where gnhub's
-time goes stage by stage. With --batch: images/s of both for batch sizes 1, 2 and 4 (and, on a
-GPU, gnhub in float16 and under torch.compile). With --conventions detectron, gnhub runs with the
-config fields of a converted Detectron model (Detectron's resize, anchors, NMS, paste).
+The weights are the team's reference R-50 checkpoint (../shared), the image the built-in
+street.png. Every model keeps up to 100 detections (torchvision's score threshold is lowered to
+0 so its mask head runs on as many boxes as gnhub's). Prints the medians of alternating runs,
+their ratios, whether gnhub's outputs equal mmdetection's bit for bit, where gnhub's time goes
+stage by stage, and `verify`'s precision report of the bfloat16 model. With --batch: images/s
+of gnhub and torchvision for batch sizes 1, 2 and 4 (and, on a GPU, gnhub in float16 and under
+torch.compile). With --conventions detectron, gnhub runs with the config fields of a converted
+Detectron model (Detectron's resize, anchors, NMS, paste).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 from gnhub.converters import detectron
 
-from gnhub import GNMaskRCNN, ModelConfig
-from gnhub.convert import apply_settings
+from gnhub import GNMaskRCNN, ModelConfig, load
+from gnhub.convert import apply_settings, convert
 from gnhub.demo import deterministic_weights
+from gnhub.images import load_image
+from gnhub.modeling import with_weights
+from gnhub.samples import sample_images
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -95,6 +107,48 @@ def batch_mode(gn: GNMaskRCNN, tv, runs: int, device: str) -> None:
         print(f"  batch {bs}: " + " | ".join(row))
 
 
+def mmdetection(checkpoint: Path, zoo_name: str):
+    """mmdetection's own inference_detector on the same weights, or None where it is not installed."""
+    from gnhub.errors import GnhubError
+    from gnhub.reference.mmdet_framework import mmdet_version, packaged_config
+
+    try:
+        version = mmdet_version()
+    except GnhubError as e:
+        print(f"mmdetection: not installed here, not measured ({e})")
+        return None
+    from mmdet.apis import inference_detector, init_detector
+
+    model = init_detector(str(packaged_config(zoo_name)), None, device="cpu")
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"], strict=True)
+
+    def run(rgb):
+        with torch.inference_mode():
+            return inference_detector(model, np.ascontiguousarray(rgb[:, :, ::-1])).pred_instances  # BGR, as read
+
+    run.version = version
+    return run
+
+
+def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
+    """gnhub verify's report for a half-precision copy: the precision.* stages and the detections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.convert import DTYPES
+    from gnhub.modeling import with_weights
+    from gnhub.source import open_source
+    from gnhub.verify import images_for, verify_against
+
+    half = with_weights(model.config, {k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items()}, dtype)
+    with ThreadPoolExecutor(1) as pool:
+        src = open_source(source, "auto", check_hash=False, pool=pool)
+        report, _ = verify_against(src, half, images_for(None), dtype)
+    print(f"verify's precision report of the {dtype} model (4 built-in images, {dtype} tolerances):")
+    for row in report.summary():
+        print(f"  {'ok  ' if row['passed'] else 'FAIL'} {row['stage']:26s} max abs {row['max_abs']:9.3g}  "
+              f"max rel {row['max_rel']:9.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -102,39 +156,69 @@ def main() -> None:
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--conventions", choices=["mmdet", "detectron"], default="mmdet")
+    ap.add_argument("--no-precision", action="store_true", help="skip the bfloat16 precision report")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    image = np.random.default_rng(0).integers(0, 256, (800, 1333, 3), dtype=np.uint8)
-    config = ModelConfig()
-    if args.conventions == "detectron":
-        apply_settings(config, detectron.SETTINGS)
-    gn = GNMaskRCNN(config)
-    gn.load_state_dict(deterministic_weights(gn))
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
     tv.eval()
     if args.batch:
+        config = ModelConfig()
+        gn = GNMaskRCNN(config)
+        gn.load_state_dict(deterministic_weights(gn))
         batch_mode(gn.to(args.device), tv.to(args.device), args.runs, args.device)
         return
+
+    sys.path.insert(0, str(SHARED))
+    import make_mmdet_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="gnhub-inference-bench-"))
+    src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
+    convert(src, work / "r50", verify=False)
+    gn = load(work / "r50")
+    if args.conventions == "detectron":
+        config = gn.config
+        apply_settings(config, detectron.SETTINGS)
+        gn = with_weights(config, gn.state_dict(), "detectron conventions")
+    image = load_image(sample_images()[0])  # street.png, 427x640 -> 800x1199 as mmdetection resizes it
+    bf16 = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
     tv_input = [torch.from_numpy(image).permute(2, 0, 1).float() / 255]
 
     def run_tv():
         with torch.inference_mode():
             return tv(tv_input)
 
-    n_gn = len(gn.predict(image)["boxes"])
-    n_tv = len(run_tv()[0]["boxes"])
-    t_gn = median_seconds(lambda: gn.predict(image), args.runs)
-    t_tv = median_seconds(run_tv, args.runs)
-    print(f"input 800x1333, CPU, {args.threads} threads, median of {args.runs} runs")
-    print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:7.3f} s  ({n_tv} detections)")
-    print(f"gnhub GN Mask R-CNN R-50 ({args.conventions:9s}): {t_gn:7.3f} s  ({n_gn} detections)")
-    print(f"ratio gnhub / torchvision         : {t_gn / t_tv:7.2f}x  (target <= 1.1x)")
+    rows = {"gnhub float32": (lambda: gn.predict(image), len(gn.predict(image)["boxes"])),
+            "gnhub bfloat16": (lambda: bf16.predict(image), len(bf16.predict(image)["boxes"]))}
+    mm = mmdetection(src, "mask_rcnn_r50_fpn_gn-all_2x_coco") if args.conventions == "mmdet" else None
+    if mm is not None:
+        ours, theirs = gn.predict(image), mm(image)
+        same = all(torch.equal(ours[k].cpu(), getattr(theirs, name).cpu().to(ours[k].dtype)) for k, name in
+                   (("boxes", "bboxes"), ("scores", "scores"), ("labels", "labels"), ("masks", "masks")))
+        rows[f"mmdetection {mm.version}"] = (lambda: mm(image), len(theirs.bboxes))
+        print(f"gnhub float32 outputs bit-identical to mmdetection's: {same}")
+    rows["torchvision maskrcnn_resnet50_fpn"] = (run_tv, len(run_tv()[0]["boxes"]))
+    times = {}
+    for _ in range(args.runs):  # alternating, so that both see the same machine
+        for label, (fn, _) in rows.items():
+            start = time.perf_counter()
+            fn()
+            times.setdefault(label, []).append(time.perf_counter() - start)
+    base = statistics.median(times["gnhub float32"])
+    print(f"street.png 427x640 (800x1199 network input), CPU, {args.threads} threads, median of {args.runs} "
+          "alternating runs after a warm-up")
+    for label, (_, n) in rows.items():
+        t = statistics.median(times[label])
+        print(f"  {label:36s} {t:7.3f} s  {t / base:5.2f}x gnhub float32  ({n} detections)")
+    if mm is not None:
+        t_mm = statistics.median(times[f"mmdetection {mm.version}"])
+        print(f"  gnhub float32 / mmdetection: {base / t_mm:.2f}x (target <= 0.8x)")
     if args.conventions != "mmdet":
         return
-    print("gnhub stages:")
+    print("gnhub float32 stages:")
     for name, sec in stage_times(gn, image).items():
         print(f"  {name:24s} {sec:7.3f} s")
+    if not args.no_precision:
+        precision_report(src, gn, "bfloat16")
 
 
 if __name__ == "__main__":
