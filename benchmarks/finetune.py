@@ -2,7 +2,7 @@
 (`gnhub.train.shapes`), with validation AP before (the base model with its new heads) and after,
 the seconds per step, and the loss of the first and last steps:
 
-    python benchmarks/finetune.py [--images 48] [--iterations 80] [--size 160x224] [--threads 2]
+    python benchmarks/finetune.py [--images 48] [--iterations 80] [--size 160x224] [--box-batch 512]
 
 The base is the team's reference R-50 GN checkpoint (../shared, deterministic random weights:
 there are no pretrained weights offline), images resized to fit the --size box, so the numbers
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"])
     parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--box-batch", type=int, default=512, help="sampled RoIs per image (mmdetection: 512)")
     args = parser.parse_args()
     import torch
 
@@ -51,6 +52,7 @@ def main() -> None:
     convert(src, work / "base", verify=False)
     base = load(work / "base", device=args.device)
     base.config.preprocess.max_size = (max(h, w), min(h, w))
+    base.config.train.box_batch_size_per_image = args.box_batch
     before = evaluate(base.with_classes(CLASSES, torch.Generator(base.device).manual_seed(0)), work / "val", val)
     recipe = Recipe(iterations=args.iterations, warmup_iters=min(50, args.iterations // 4), lr=args.lr,
                     checkpoint_every=10**6, amp=args.amp)
@@ -61,6 +63,7 @@ def main() -> None:
     steps = [r for r in rows if "loss" in r]
     after = summary["val"]
     print(f"R-50 GN, {args.images} drawn images of {h}x{w}, {args.iterations} steps of 2 images, lr {args.lr}, "
+          f"{args.box_batch} RoIs per image, "
           f"{args.threads} threads on {args.device}{', AMP ' + args.amp if args.amp else ''}")
     print(f"  {seconds / args.iterations:.2f} s per step ({seconds:.0f} s in all, with the final validation)")
     print(f"  loss: first 5 steps {sum(r['loss'] for r in steps[:5]) / 5:.3f}, "

@@ -181,7 +181,7 @@ def main() -> None:
         gn = with_weights(config, gn.state_dict(), "detectron conventions")
     image = load_image(sample_images()[0])  # street.png, 427x640 -> 800x1199 as mmdetection resizes it
     bf16 = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
-    tv_input = [torch.from_numpy(image).permute(2, 0, 1).float() / 255]
+    tv_input = [torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255]
 
     def run_tv():
         with torch.inference_mode():

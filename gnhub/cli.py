@@ -177,7 +177,7 @@ def predict(images, model_path, out, batch_size, device, dtype, runtime):
         model = load(model_path, device=device).to(DTYPES[dtype])
     if dtype == "float16" and model.device.type == "cpu":
         click.echo("note: float16 on the CPU runs slower than float32 (no half-precision CPU kernels); "
-                   "bfloat16 is the fast half precision on CPUs", err=True)
+                   "bfloat16 is faster only on CPUs with native bfloat16 instructions (AVX512-BF16, AMX)", err=True)
     rate = {"value": 0.0}
     with click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
                            item_show_func=lambda _: f"{rate['value']:.2f} images/s") as bar:
