@@ -120,13 +120,10 @@ def convert(
                              f"ResNet-{config.backbone.depth}; wrong or renamed file")
         corrupt = f"{where}: corrupt: NaN or Inf values in"
         bad: list[str] = []
-        if strict or verify:  # refused: found before anything is written
-            bad = sorted(k for k, v in mapped.items() if not _finite(v))
-            if bad and strict:
-                raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]} (refused because of --strict)")
-            if bad:
-                raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}; such a checkpoint cannot verify: "
-                                 "download it again, or convert it with --no-verify to keep them")
+        if (strict or verify) and (bad := sorted(k for k, v in mapped.items() if not _finite(v))):  # refused
+            why = " (refused because of --strict)" if strict else (
+                "; such a checkpoint cannot verify: download it again, or convert it with --no-verify to keep them")
+            raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}{why}")
         apply_settings(config, source.settings)
         classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
