@@ -28,12 +28,6 @@ REFERENCE_THREADS = 2
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else REFERENCE_THREADS)
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked slow first: under `--dist worksteal` one worker runs them while the other
-    takes the rest, so that both finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture()
 def reference_threads():
     """This test at the thread count of the reference runs (and of `gnhub` subprocesses here)."""

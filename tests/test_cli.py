@@ -133,7 +133,6 @@ def test_predict_errors(tmp_path):
     assert_one_line_error(run("predict", sample_images()[0], "--model", tmp_path / "m"), "no such model")
 
 
-@pytest.mark.slow
 def test_readme_main_job_runs(tmp_path):
     """The README's main job: `gnhub demo` end to end, nothing downloaded."""
     proc = run("demo", "--out", tmp_path / "demo")

@@ -46,7 +46,6 @@ def register_file(tmp_path, entries, monkeypatch):
     return path
 
 
-@pytest.mark.slow
 def test_first_load_fetches_once_for_two_processes_then_loads_offline(
         server, env, small_source, small_dir, tmp_path, monkeypatch):
     data = small_source.read_bytes()

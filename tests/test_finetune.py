@@ -173,7 +173,6 @@ def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, b
     assert again.config.classes == CLASSES and again.config.weights_sha256 == model.config.weights_sha256
 
 
-@pytest.mark.slow
 def test_finetune_under_torchrun_averages_like_accumulation(shapes, base_dir, tmp_path):
     """Two CPU processes (gloo DDP) of one image each take the same steps as one process that
     accumulates two one-image batches, the samplers taking every candidate."""

@@ -35,7 +35,6 @@ def train_model(tmp_path_factory):
     return load(out)
 
 
-@pytest.mark.slow
 def test_losses_and_gradients_are_mmdetections(train_model, reference_threads):
     """Every loss term within 1e-5, every gradient norm within 1e-4, the same frozen parameters
     and the same training proposals as mmdetection 3.3 on the shared batch (both samplers take

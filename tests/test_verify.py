@@ -67,7 +67,6 @@ def test_verify_cli_against_source_with_extra_image(small_dir, small_source, tmp
     assert json.loads((tmp_path / "r.json").read_text())["passed"]
 
 
-@pytest.mark.slow
 def test_mmdet_1x_and_r101_conversions_verify(reference_state_dict, detweights, tmp_path):
     v1 = mmdet_checkpoint(tmp_path / "v1.pth", to_mmdet_1x(reference_state_dict), legacy=True)
     assert convert(v1, tmp_path / "v1")["verified"]
