@@ -104,10 +104,10 @@ def test_predictions_do_not_depend_on_input_type(small_model):
 
 
 def test_batch_equals_single_images(small_model):
-    paths = sample_images()
+    paths = [sample_images()[0], sample_images()[3]]  # street.png twice in one batch, tiny.png alone
     singles = [small_model.predict(p) for p in paths]
     batched = small_model.predict(paths + [paths[0]], batch_size=4)
-    assert len(batched) == 5
+    assert len(batched) == 3
     for s, b in zip(singles + [singles[0]], batched):
         assert torch.equal(s["labels"], b["labels"])
         torch.testing.assert_close(s["boxes"], b["boxes"], rtol=0, atol=1e-3)
