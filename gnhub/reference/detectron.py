@@ -5,8 +5,8 @@ It follows Detectron's test path (utils/blob.py, ops/generate_proposals.py, ops/
 distribute_fpn_rpn_proposals.py, core/test.py, utils/boxes.py) in numpy, with torch and
 torchvision only for convolutions, GroupNorm and RoIAlign (Caffe2's RoIAlign is torchvision's
 with aligned=False); it shares no code with gnhub's model but the handle on torchvision's
-kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and
-class convention (background last), so `gnhub verify` can compare the two.
+kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and class convention (background
+last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
 
