@@ -48,7 +48,8 @@ def main() -> None:
     from gnhub.train.shapes import CLASSES, write_shapes
 
     h, w = (int(v) for v in args.size.split("x"))
-    work = Path(tempfile.mkdtemp(prefix="gnhub-finetune-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="gnhub-finetune-bench-")  # removed at exit
+    work = Path(scratch.name)
     train = write_shapes(work / "train", args.images, seed=0, size=(h, w))
     val = write_shapes(work / "val", max(8, args.images // 4), seed=1, size=(h, w))
     src = make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work))

@@ -171,7 +171,8 @@ def main() -> None:
     sys.path.insert(0, str(SHARED))
     import make_mmdet_checkpoint
 
-    work = Path(tempfile.mkdtemp(prefix="gnhub-inference-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="gnhub-inference-bench-")  # removed at exit
+    work = Path(scratch.name)
     src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
     convert(src, work / "r50", verify=False)
     gn = load(work / "r50")

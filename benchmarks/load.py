@@ -49,7 +49,8 @@ def main() -> None:
     from gnhub.convert import convert
     from gnhub.layout import sha256_file
 
-    work = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory()  # removed at exit
+    work = Path(scratch.name)
     src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
     model_dir = work / "r50"
     convert(src, model_dir, verify=False)

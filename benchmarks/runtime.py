@@ -63,7 +63,8 @@ def main() -> None:
     from gnhub.export import export
     from gnhub.samples import sample_images
 
-    work = Path(tempfile.mkdtemp(prefix="gnhub-onnx-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="gnhub-onnx-bench-")  # removed at exit
+    work = Path(scratch.name)
     src = make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work))
     convert(src, work / "r50", verify=False)
     start = time.perf_counter()

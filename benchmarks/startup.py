@@ -28,7 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    env = {**os.environ, "GNHUB_CACHE": tempfile.mkdtemp()}
+    scratch = tempfile.TemporaryDirectory()  # removed at exit
+    env = {**os.environ, "GNHUB_CACHE": scratch.name}
     times: dict[str, list[float]] = {k: [] for k in COMMANDS}
     for _ in range(args.runs):
         for name, argv in COMMANDS.items():  # alternating, so load drifts hit all alike

@@ -6,7 +6,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,14 @@ def reference_threads():
     torch.set_num_threads(REFERENCE_THREADS)
     yield
     torch.set_num_threads(before)
-os.environ["GNHUB_CACHE"] = tempfile.mkdtemp(prefix="gnhub-test-cache-")  # never the user's cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gnhub_cache(tmp_path_factory) -> Path:
+    """gnhub's cache for this session (and its subprocesses), never the user's; removed with the session."""
+    path = tmp_path_factory.mktemp("gnhub-cache")
+    os.environ["GNHUB_CACHE"] = str(path)
+    return path
 
 
 def _shared_module(name: str):
