@@ -34,7 +34,7 @@ class DetectronReference:
     def conv_gn(self, x: Tensor, name: str, stride=1, pad=0, relu=True) -> Tensor:
         x = F.conv2d(x, self.b[name + "_w"], None, stride, pad)
         x = F.group_norm(x, 32, self.b[name + "_gn_s"], self.b[name + "_gn_b"], 1e-5)
-        return F.relu(x) if relu else x
+        return F.relu(x, inplace=True) if relu else x
 
     def conv(self, x: Tensor, name: str, pad=0) -> Tensor:
         return F.conv2d(x, self.b[name + "_w"], self.b[name + "_b"], 1, pad)
@@ -71,7 +71,7 @@ class DetectronReference:
                 y = self.conv_gn(y, p + "_branch2b", stride, 1)
                 y = self.conv_gn(y, p + "_branch2c", relu=False)
                 sc = self.conv_gn(x, p + "_branch1", stride, relu=False) if p + "_branch1_w" in self.b else x
-                x = F.relu(y + sc)
+                x = F.relu(y + sc, inplace=True)
             outs.append(x)
         return outs
 
@@ -157,7 +157,7 @@ class DetectronReference:
         height, width, scale = im_info
         rois, probs, objs, regs = [], [], [], []
         for lvl, f in zip(range(2, 7), p):
-            t = F.relu(self.conv(f, "conv_rpn_fpn2", 1))
+            t = F.relu(self.conv(f, "conv_rpn_fpn2", 1), inplace=True)
             o, r = self.conv(t, "rpn_cls_logits_fpn2"), self.conv(t, "rpn_bbox_pred_fpn2")
             objs.append(o)
             regs.append(r)
@@ -212,7 +212,7 @@ class DetectronReference:
     def box_head(self, x: Tensor):
         for n in range(1, 5):
             x = self.conv_gn(x, f"head_conv{n}", 1, 1)
-        x = F.relu(F.linear(x.flatten(1), self.b["fc6_w"], self.b["fc6_b"]))
+        x = F.relu(F.linear(x.flatten(1), self.b["fc6_w"], self.b["fc6_b"]), inplace=True)
         cls = F.linear(x, self.b["cls_score_w"], self.b["cls_score_b"])
         return cls, F.linear(x, self.b["bbox_pred_w"], self.b["bbox_pred_b"])
 
@@ -220,7 +220,7 @@ class DetectronReference:
         prefix = "_mask_fcn" if "_mask_fcn1_w" in self.b else "_[mask]_fcn"  # GN head's names, or older heads'
         for n in range(1, 5):
             x = self.conv_gn(x, f"{prefix}{n}", 1, 1)
-        x = F.relu(F.conv_transpose2d(x, self.b["conv5_mask_w"], self.b["conv5_mask_b"], 2))
+        x = F.relu(F.conv_transpose2d(x, self.b["conv5_mask_w"], self.b["conv5_mask_b"], 2), inplace=True)
         return self.conv(x, "mask_fcn_logits")
 
     def detections(self, scores: np.ndarray, boxes: np.ndarray):

@@ -62,19 +62,19 @@ class MMDetReference:
         return x, (size[1], size[0]), (size[0] / w, size[1] / h)
 
     def backbone(self, x: Tensor) -> list[Tensor]:
-        x = F.relu(self.gn(self.conv(x, "backbone.conv1", 2, 3), "backbone.gn1"))
+        x = F.relu(self.gn(self.conv(x, "backbone.conv1", 2, 3), "backbone.gn1"), inplace=True)
         x = F.max_pool2d(x, 3, 2, 1)
         outs = []
         for stage, n in enumerate(self.blocks, start=1):
             for b in range(n):
                 p = f"backbone.layer{stage}.{b}"
                 stride = 2 if b == 0 and stage > 1 else 1
-                y = F.relu(self.gn(self.conv(x, p + ".conv1"), p + ".gn1"))
-                y = F.relu(self.gn(self.conv(y, p + ".conv2", stride, 1), p + ".gn2"))
+                y = F.relu(self.gn(self.conv(x, p + ".conv1"), p + ".gn1"), inplace=True)
+                y = F.relu(self.gn(self.conv(y, p + ".conv2", stride, 1), p + ".gn2"), inplace=True)
                 y = self.gn(self.conv(y, p + ".conv3"), p + ".gn3")
                 if p + ".downsample.0.weight" in self.sd:
                     x = self.gn(self.conv(x, p + ".downsample.0", stride), p + ".downsample.1")
-                x = F.relu(y + x)
+                x = F.relu(y + x, inplace=True)
             outs.append(x)
         return outs
 
@@ -126,7 +126,7 @@ class MMDetReference:
     def rpn(self, feats: list[Tensor], shape):
         obj, reg, scores, deltas, priors, ids = [], [], [], [], [], []
         for lvl, (f, stride) in enumerate(zip(feats, STRIDES)):
-            t = F.relu(self.conv(f, "rpn_head.rpn_conv", 1, 1))
+            t = F.relu(self.conv(f, "rpn_head.rpn_conv", 1, 1), inplace=True)
             o, r = self.conv(t, "rpn_head.rpn_cls"), self.conv(t, "rpn_head.rpn_reg")
             obj.append(o)
             reg.append(r)
@@ -162,13 +162,13 @@ class MMDetReference:
 
     def four_convs(self, x: Tensor, prefix: str) -> Tensor:
         for i in range(4):
-            x = F.relu(self.gn(self.conv(x, f"{prefix}.{i}.conv", 1, 1), f"{prefix}.{i}.gn"))
+            x = F.relu(self.gn(self.conv(x, f"{prefix}.{i}.conv", 1, 1), f"{prefix}.{i}.gn"), inplace=True)
         return x
 
     def bbox_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.head + "bbox_head"
         x = self.four_convs(x, h + ".shared_convs").flatten(1)
-        x = F.relu(F.linear(x, self.sd[h + ".shared_fcs.0.weight"], self.sd[h + ".shared_fcs.0.bias"]))
+        x = F.relu(F.linear(x, self.sd[h + ".shared_fcs.0.weight"], self.sd[h + ".shared_fcs.0.bias"]), inplace=True)
         cls = F.linear(x, self.sd[h + ".fc_cls.weight"], self.sd[h + ".fc_cls.bias"])
         reg = F.linear(x, self.sd[h + ".fc_reg.weight"], self.sd[h + ".fc_reg.bias"])
         if self.old:  # 1.x: background first, and a background box: into gnhub's convention
@@ -178,7 +178,8 @@ class MMDetReference:
     def mask_head(self, x: Tensor) -> Tensor:
         h = self.head + "mask_head"
         x = self.four_convs(x, h + ".convs")
-        x = F.relu(F.conv_transpose2d(x, self.sd[h + ".upsample.weight"], self.sd[h + ".upsample.bias"], 2))
+        x = F.conv_transpose2d(x, self.sd[h + ".upsample.weight"], self.sd[h + ".upsample.bias"], 2)
+        x = F.relu(x, inplace=True)
         logits = self.conv(x, h + ".conv_logits")
         return logits[:, 1:] if self.old else logits
 
