@@ -24,8 +24,10 @@ _CONFIG_TEXT = """# gnhub demo: an UNTRAINED model with deterministic random wei
 model = dict(
     type='MaskRCNN',
     data_preprocessor=dict(type='DetDataPreprocessor', mean=[103.53, 116.28, 123.675],
-                           std=[1.0, 1.0, 1.0], bgr_to_rgb=False, pad_size_divisor=32))
-# half the zoo's (1333, 800) test scale, so that the demo takes seconds, not minutes
+                           std=[1.0, 1.0, 1.0], bgr_to_rgb=False, pad_size_divisor=32),
+    # 300 proposals instead of the zoo's 1000, and half its (1333, 800) test scale below: a quick demo
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=300, nms=dict(type='nms', iou_threshold=0.7),
+                           min_bbox_size=0)))
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(666, 400), keep_ratio=True)]
 """
 
