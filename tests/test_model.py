@@ -218,3 +218,20 @@ print("OK")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]
+
+
+def test_roi_align_split_among_threads_is_bit_identical(reference_threads):
+    """Inference splits the RoIs among torch's threads: each RoI as torchvision computes it in one call."""
+    import torchvision
+
+    from gnhub.modeling.ops import roi_align
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 8, 40, 60, generator=g)
+    xy = torch.rand(101, 2, generator=g) * torch.tensor([220.0, 140.0])
+    rois = torch.cat([torch.randint(0, 2, (101, 1), generator=g).float(), xy,
+                      xy + torch.rand(101, 2, generator=g) * 60 + 0.5], 1)
+    with torch.no_grad():
+        split = roi_align(features, rois, 7, 0.25, 0, True)  # two threads, 50 and 51 RoIs
+        whole = torchvision.ops.roi_align(features, rois, 7, 0.25, 0, True)
+    assert torch.get_num_threads() == 2 and torch.equal(split, whole)

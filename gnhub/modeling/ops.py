@@ -9,6 +9,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -54,6 +55,19 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
               aligned: bool) -> Tensor:
     """(K, C, output_size, output_size) RoIAlign of (K, 5) RoIs (batch index, x1, y1, x2, y2):
-    torchvision.ops.roi_align with a tensor of RoIs."""
-    return _ops(features).roi_align(features, rois, spatial_scale, output_size, output_size, sampling_ratio,
-                                    aligned)
+    torchvision.ops.roi_align with a tensor of RoIs.
+
+    torchvision's CPU kernel runs on one thread, so in eager inference on a CPU the RoIs are split
+    among torch's intra-op threads (the kernel releases the GIL); each RoI is computed alone, so
+    the result is bit-identical."""
+    op = _ops(features).roi_align
+    chunks = min(torch.get_num_threads(), len(rois) // _MIN_ROIS_PER_THREAD)
+    if chunks < 2 or features.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
+        return op(features, rois, spatial_scale, output_size, output_size, sampling_ratio, aligned)
+    with ThreadPoolExecutor(chunks) as pool:  # threads made per call: safe across fork, ~0.1 ms
+        parts = pool.map(lambda r: op(features, r, spatial_scale, output_size, output_size, sampling_ratio, aligned),
+                         rois.tensor_split(chunks))
+        return torch.cat(list(parts))
+
+
+_MIN_ROIS_PER_THREAD = 16
