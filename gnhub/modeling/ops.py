@@ -52,6 +52,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return _ops(boxes).nms(boxes, scores, iou_threshold)
 
 
+_MIN_ROIS_PER_THREAD = 16  # fewer RoIs than this per thread: one call
+
+
 def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
               aligned: bool) -> Tensor:
     """(K, C, output_size, output_size) RoIAlign of (K, 5) RoIs (batch index, x1, y1, x2, y2):
@@ -60,14 +63,14 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: f
     torchvision's CPU kernel runs on one thread, so in eager inference on a CPU the RoIs are split
     among torch's intra-op threads (the kernel releases the GIL); each RoI is computed alone, so
     the result is bit-identical."""
-    op = _ops(features).roi_align
+    op = _ops(features).roi_align  # here: grad mode is per thread, and the pool's threads start with it on
+
+    def align(r: Tensor) -> Tensor:
+        return op(features, r, spatial_scale, output_size, output_size, sampling_ratio, aligned)
+
     chunks = min(torch.get_num_threads(), len(rois) // _MIN_ROIS_PER_THREAD)
     if chunks < 2 or features.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
-        return op(features, rois, spatial_scale, output_size, output_size, sampling_ratio, aligned)
+        return align(rois)
     with ThreadPoolExecutor(chunks) as pool:  # threads made per call: safe across fork, ~0.1 ms
-        parts = pool.map(lambda r: op(features, r, spatial_scale, output_size, output_size, sampling_ratio, aligned),
-                         rois.tensor_split(chunks))
-        return torch.cat(list(parts))
+        return torch.cat(list(pool.map(align, rois.tensor_split(chunks))))
 
-
-_MIN_ROIS_PER_THREAD = 16
