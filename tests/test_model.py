@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import warnings
@@ -235,3 +236,39 @@ def test_roi_align_split_among_threads_is_bit_identical(reference_threads):
         split = roi_align(features, rois, 7, 0.25, 0, True)  # two threads, 50 and 51 RoIs
         whole = torchvision.ops.roi_align(features, rois, 7, 0.25, 0, True)
     assert torch.get_num_threads() == 2 and torch.equal(split, whole)
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is tuned on Linux only")
+def test_cpu_predict_keeps_freed_memory_for_the_next_forward(small_model, tmp_path):
+    """After a CPU predict, glibc serves a 64 MB block from its heap instead of mapping fresh pages;
+    GNHUB_MALLOC=system leaves malloc as it is. The outputs are the same bits either way."""
+    small_model.save_pretrained(tmp_path / "m")
+    code = f"""
+import ctypes, hashlib, torch
+import gnhub
+from gnhub.samples import sample_images
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+torch.set_num_threads(1)
+out = gnhub.load({str(tmp_path / "m")!r}).predict(sample_images()[1])
+mapped = libc.mallinfo2().hblkhd
+block = torch.empty(64 << 20, dtype=torch.uint8)
+digest = hashlib.sha256(b"".join(out[k].numpy().tobytes() for k in sorted(out))).hexdigest()
+print(libc.mallinfo2().hblkhd - mapped, digest)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    results = {}
+    for setting in ("gnhub", "system"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**env, "GNHUB_MALLOC": setting})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        mapped, digest = proc.stdout.split()
+        results[setting] = int(mapped), digest
+    assert results["gnhub"][0] == 0 and results["system"][0] >= 64 << 20
+    assert results["gnhub"][1] == results["system"][1]

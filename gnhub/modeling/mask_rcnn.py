@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import GnhubError
+from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
 from .fpn import FPN
 from .masks import paste_masks, paste_masks_detectron
@@ -82,6 +83,7 @@ class GNMaskRCNN(GNModel):
         if len(items) != len(targets) or not items:
             raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
         train = self.config.train
+        keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
             [load_image(im) for im in items], targets, self.device, self.dtype)
