@@ -16,10 +16,14 @@ Detectron model (Detectron's resize, anchors, NMS, paste).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +34,14 @@ from gnhub.converters import detectron
 from gnhub import GNMaskRCNN, ModelConfig, load
 from gnhub.convert import apply_settings, convert
 from gnhub.demo import deterministic_weights
+from gnhub.errors import GnhubError
 from gnhub.images import load_image
 from gnhub.modeling import with_weights
+from gnhub.modeling.allocator import keep_freed_memory
 from gnhub.samples import sample_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+ZOO_NAME = "mask_rcnn_r50_fpn_gn-all_2x_coco"
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -109,7 +116,6 @@ def batch_mode(gn: GNMaskRCNN, tv, runs: int, device: str) -> None:
 
 def mmdetection(checkpoint: Path, zoo_name: str):
     """mmdetection's own inference_detector on the same weights, or None where it is not installed."""
-    from gnhub.errors import GnhubError
     from gnhub.reference.mmdet_framework import mmdet_version, packaged_config
 
     try:
@@ -149,19 +155,99 @@ def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
               f"max rel {row['max_rel']:9.3g}")
 
 
+MM_TUNED = "mmdetection, gnhub's malloc setting"
+KINDS = ("gnhub float32", "gnhub float32, GNHUB_MALLOC=system", "gnhub bfloat16", "mmdetection", MM_TUNED,
+         "torchvision maskrcnn_resnet50_fpn")
+
+
+def gnhub_model(work: Path, conventions: str) -> GNMaskRCNN:
+    gn = load(work / "r50")
+    if conventions == "detectron":
+        config = gn.config
+        apply_settings(config, detectron.SETTINGS)
+        gn = with_weights(config, gn.state_dict(), "detectron conventions")
+    return gn
+
+
+def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
+    """One process of the latency table: warm-up, then `runs` timed calls on street.png; prints JSON."""
+    image = load_image(sample_images()[0])  # street.png, 427x640 -> 800x1199 as mmdetection resizes it
+    if kind.startswith("gnhub"):
+        gn = gnhub_model(work, conventions)
+        if kind == "gnhub bfloat16":
+            gn = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
+        fn, count = (lambda: gn.predict(image)), (lambda out: len(out["boxes"]))
+    elif kind.startswith("mmdetection"):
+        if kind == MM_TUNED:
+            keep_freed_memory(torch.device("cpu"))
+        fn, count = partial(mmdetection(next(work.glob("*.pth")), ZOO_NAME), image), (lambda out: len(out.bboxes))
+    else:
+        tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                box_score_thresh=0.0).eval()
+        tv_input = [torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255]
+
+        def fn():
+            with torch.inference_mode():
+                return tv(tv_input)
+
+        count = lambda out: len(out[0]["boxes"])  # noqa: E731
+    detections = count(fn())  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    peak = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"times": times, "detections": detections, "peak_mb": peak}))
+
+
+def latency_table(work: Path, args, mm_version: str | None) -> None:
+    """Each kind in its own processes, the kinds alternating round by round, as a user runs them."""
+    kinds = [k for k in KINDS if mm_version or not k.startswith("mmdetection")]
+    if args.conventions == "detectron":
+        kinds = [k for k in kinds if not k.startswith("mmdetection")]
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for kind in kinds:
+            env = {**os.environ, "GNHUB_MALLOC": "system" if kind.endswith("=system") else "gnhub"}
+            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--work", str(work), "--runs",
+                                   str(args.runs), "--threads", str(args.threads), "--conventions", args.conventions],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode:
+                sys.exit(f"{kind}: {proc.stderr[-3000:]}")
+            results[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    median = {k: statistics.median(t for r in rs for t in r["times"]) for k, rs in results.items()}
+    base = median["gnhub float32"]
+    print(f"street.png 427x640 (800x1199 network input), CPU, {args.threads} threads; {args.rounds} processes per "
+          f"row, alternating, {args.runs} timed calls each after a warm-up; median")
+    for kind, rs in results.items():
+        label = kind.replace("mmdetection", f"mmdetection {mm_version}")
+        print(f"  {label:44s} {median[kind]:7.3f} s  {median[kind] / base:5.2f}x gnhub float32  "
+              f"({rs[0]['detections']} detections, peak {max(r['peak_mb'] for r in rs):5.0f} MB)")
+    if mm_version:
+        print(f"  gnhub float32 / mmdetection: {base / median['mmdetection']:.2f}x (target <= 0.8x); "
+              f"with the same malloc setting: {base / median[MM_TUNED]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=2, help="timed calls per process")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per row")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--conventions", choices=["mmdet", "detectron"], default="mmdet")
     ap.add_argument("--no-precision", action="store_true", help="skip the bfloat16 precision report")
+    ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
-    tv.eval()
+    if args.worker:
+        worker(args.worker, args.work, args.runs, args.conventions)
+        return
     if args.batch:
+        tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                box_score_thresh=0.0).eval()
         config = ModelConfig()
         gn = GNMaskRCNN(config)
         gn.load_state_dict(deterministic_weights(gn))
@@ -175,44 +261,15 @@ def main() -> None:
     work = Path(scratch.name)
     src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
     convert(src, work / "r50", verify=False)
-    gn = load(work / "r50")
-    if args.conventions == "detectron":
-        config = gn.config
-        apply_settings(config, detectron.SETTINGS)
-        gn = with_weights(config, gn.state_dict(), "detectron conventions")
-    image = load_image(sample_images()[0])  # street.png, 427x640 -> 800x1199 as mmdetection resizes it
-    bf16 = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
-    tv_input = [torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255]
-
-    def run_tv():
-        with torch.inference_mode():
-            return tv(tv_input)
-
-    rows = {"gnhub float32": (lambda: gn.predict(image), len(gn.predict(image)["boxes"])),
-            "gnhub bfloat16": (lambda: bf16.predict(image), len(bf16.predict(image)["boxes"]))}
-    mm = mmdetection(src, "mask_rcnn_r50_fpn_gn-all_2x_coco") if args.conventions == "mmdet" else None
+    mm = mmdetection(src, ZOO_NAME) if args.conventions == "mmdet" else None
+    latency_table(work, args, mm and mm.version)
+    gn = gnhub_model(work, args.conventions)
+    image = load_image(sample_images()[0])
     if mm is not None:
         ours, theirs = gn.predict(image), mm(image)
         same = all(torch.equal(ours[k].cpu(), getattr(theirs, name).cpu().to(ours[k].dtype)) for k, name in
                    (("boxes", "bboxes"), ("scores", "scores"), ("labels", "labels"), ("masks", "masks")))
-        rows[f"mmdetection {mm.version}"] = (lambda: mm(image), len(theirs.bboxes))
         print(f"gnhub float32 outputs bit-identical to mmdetection's: {same}")
-    rows["torchvision maskrcnn_resnet50_fpn"] = (run_tv, len(run_tv()[0]["boxes"]))
-    times = {}
-    for _ in range(args.runs):  # alternating, so that both see the same machine
-        for label, (fn, _) in rows.items():
-            start = time.perf_counter()
-            fn()
-            times.setdefault(label, []).append(time.perf_counter() - start)
-    base = statistics.median(times["gnhub float32"])
-    print(f"street.png 427x640 (800x1199 network input), CPU, {args.threads} threads, median of {args.runs} "
-          "alternating runs after a warm-up")
-    for label, (_, n) in rows.items():
-        t = statistics.median(times[label])
-        print(f"  {label:36s} {t:7.3f} s  {t / base:5.2f}x gnhub float32  ({n} detections)")
-    if mm is not None:
-        t_mm = statistics.median(times[f"mmdetection {mm.version}"])
-        print(f"  gnhub float32 / mmdetection: {base / t_mm:.2f}x (target <= 0.8x)")
     if args.conventions != "mmdet":
         return
     print("gnhub float32 stages:")
