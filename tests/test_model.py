@@ -238,7 +238,6 @@ def test_roi_align_split_among_threads_is_bit_identical(reference_threads):
     assert torch.get_num_threads() == 2 and torch.equal(split, whole)
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is tuned on Linux only")
 def test_cpu_predict_keeps_freed_memory_for_the_next_forward(small_model, tmp_path):
     """After a CPU predict, glibc serves a 64 MB block from its heap instead of mapping fresh pages;
