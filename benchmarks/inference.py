@@ -2,16 +2,19 @@
 `inference_detector` on the same weights (where mmdetection is installed; it says so where not)
 and torchvision's Mask R-CNN R-50, on the same image in one run:
 
-    python benchmarks/inference.py [--runs 5] [--threads N] [--batch] [--conventions detectron]
+    python benchmarks/inference.py [--rounds 3] [--runs 2] [--threads N] [--batch] [--conventions detectron]
 
 The weights are the team's reference R-50 checkpoint (../shared), the image the built-in
 street.png. Every model keeps up to 100 detections (torchvision's score threshold is lowered to
-0 so its mask head runs on as many boxes as gnhub's). Prints the medians of alternating runs,
-their ratios, whether gnhub's outputs equal mmdetection's bit for bit, where gnhub's time goes
-stage by stage, and `verify`'s precision report of the bfloat16 model. With --batch: images/s
-of gnhub and torchvision for batch sizes 1, 2 and 4 (and, on a GPU, gnhub in float16 and under
-torch.compile). With --conventions detectron, gnhub runs with the config fields of a converted
-Detectron model (Detectron's resize, anchors, NMS, paste).
+0 so its mask head runs on as many boxes as gnhub's). Each predictor runs in its own processes,
+as a user runs it (--rounds processes per row, the rows alternating; --runs timed calls each after
+a warm-up), and two control rows show gnhub with GNHUB_MALLOC=system and mmdetection with gnhub's
+malloc setting. Prints the medians, their ratios and each row's peak memory, whether gnhub's
+outputs equal mmdetection's bit for bit, where gnhub's time goes stage by stage, and `verify`'s
+precision report of the bfloat16 model. With --batch: images/s of gnhub and torchvision for batch
+sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and under torch.compile).
+With --conventions detectron, gnhub runs with the config fields of a converted Detectron model
+(Detectron's resize, anchors, NMS, paste).
 """
 from __future__ import annotations
 
@@ -231,7 +234,7 @@ def latency_table(work: Path, args, mm_version: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=2, help="timed calls per process")
+    ap.add_argument("--runs", type=int, default=2, help="timed calls per process (--batch: per batch size)")
     ap.add_argument("--rounds", type=int, default=3, help="processes per row")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
