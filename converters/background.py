@@ -4,11 +4,12 @@ import torch
 
 def move_background_last(tensors: dict[str, torch.Tensor]) -> None:
     """Background first -> gnhub's order: the first class score moves last; the background's
-    box deltas (first 4 rows) and mask logits (first row) are dropped."""
+    box deltas (first 4 rows) and mask logits (first row) are dropped. Absent tensors stay absent
+    (a detector without a mask head; the engine names what a model misses)."""
     for key in ("roi_heads.box_head.cls_score.weight", "roi_heads.box_head.cls_score.bias"):
-        t = tensors[key]
-        tensors[key] = torch.cat([t[1:], t[:1]])
-    for key in ("roi_heads.box_head.bbox_pred.weight", "roi_heads.box_head.bbox_pred.bias"):
-        tensors[key] = tensors[key][4:]
-    for key in ("roi_heads.mask_head.logits.weight", "roi_heads.mask_head.logits.bias"):
-        tensors[key] = tensors[key][1:]
+        if key in tensors:
+            tensors[key] = torch.cat([tensors[key][1:], tensors[key][:1]])
+    for key, rows in (("roi_heads.box_head.bbox_pred", 4), ("roi_heads.mask_head.logits", 1)):
+        for p in ("weight", "bias"):
+            if f"{key}.{p}" in tensors:
+                tensors[f"{key}.{p}"] = tensors[f"{key}.{p}"][rows:]

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import yaml
 
+from gnhub.errors import GnhubError
+
 from .background import move_background_last
 
 NAME = "detectron"
@@ -187,16 +189,55 @@ def _plain(loader, suffix, node):
 _PlainLoader.add_multi_constructor("tag:yaml.org,2002:python/", _plain)
 
 
+MAX_CFG_CHARS = 1 << 20  # Detectron's cfg dumps are about 10 kB
+MAX_CFG_NODES = 100_000  # YAML nodes, counting each use of an alias (real cfgs: about 1000)
+
+
 def _read_cfg(text) -> dict:
+    """The cfg YAML, bounded: longer than MAX_CFG_CHARS or expanding (aliases of aliases) to more
+    than MAX_CFG_NODES nodes is refused; what does not parse is no cfg."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     if not isinstance(text, str):
         return {}
+    if len(text) > MAX_CFG_CHARS:
+        raise GnhubError(f"refused: its cfg YAML is {len(text):,} characters (more than {MAX_CFG_CHARS:,})")
+    loader = _PlainLoader(text)
     try:
-        cfg = yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        if _expanded(node) > MAX_CFG_NODES:
+            raise GnhubError(f"refused: its cfg YAML expands to more than {MAX_CFG_NODES:,} nodes through aliases (an "
+                             "alias bomb?)")
+        cfg = loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError):
         return {}
+    finally:
+        loader.dispose()
     return cfg if isinstance(cfg, dict) else {}
+
+
+def _expanded(root) -> int:
+    """Nodes of a composed YAML document, an alias counted as often as it is used (memoised, so
+    linear in the distinct nodes); a node that holds itself counts as too many."""
+    size: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if not done and id(node) in size:
+            continue
+        children = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if not done and children:
+            size[id(node)] = -1  # open: meeting it again below is a cycle
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+        elif any(size.get(id(c), -1) < 0 for c in children):
+            return MAX_CFG_NODES + 1
+        else:
+            size[id(node)] = min(1 + sum(size[id(c)] for c in children), MAX_CFG_NODES + 1)
+    return size[id(root)]
 
 
 def _numbers(value) -> list[float]:

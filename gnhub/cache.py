@@ -23,7 +23,7 @@ from pathlib import Path
 from . import zoo
 from .config import FORMAT_VERSION
 from .errors import GnhubError
-from .layout import CONFIG_FILE, cache_dir, is_model_dir, sha256_file
+from .layout import CONFIG_FILE, cache_dir, sha256_file
 
 
 def source_url(entry: zoo.ZooEntry, mirror: str | None = None) -> str:
@@ -54,12 +54,32 @@ def cached(entry: zoo.ZooEntry) -> Path | None:
     return None
 
 
+def _lock(name: str):
+    """The file lock held while NAME is fetched, converted or removed."""
+    from filelock import FileLock
+
+    root = cache_dir()
+    try:
+        (root / "locks").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GnhubError(f"{root}: cannot write the cache there ({e.strerror}); set GNHUB_CACHE") from None
+    return FileLock(str(_inside(root, "locks", f"{name}.lock")))
+
+
+def _inside(root: Path, *parts: str) -> Path:
+    """root/parts..., which must stay inside root (names from a registry are data)."""
+    path = root.joinpath(*parts)
+    if not all(zoo.is_file_name(p) for p in parts) or root.resolve() not in path.resolve().parents:
+        raise GnhubError(f"{path}: not a path inside gnhub's cache {root}; refused")
+    return path
+
+
 def fetch(entry: zoo.ZooEntry, quiet: bool | None = None, keep_source: bool = False, mirror: str | None = None,
           log=None) -> Path:
     """The cached model of `entry`: downloaded from upstream, hash-checked, converted with
     verification and written into the cache first where needed. One process at a time per name
     (a file lock); the others wait, then load the result."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     from .download import download, quiet_default
 
@@ -69,54 +89,66 @@ def fetch(entry: zoo.ZooEntry, quiet: bool | None = None, keep_source: bool = Fa
     if not url:
         raise GnhubError(f"{entry.name}: has no published download; convert a copy of it with `gnhub convert FILE`")
     root = cache_dir()
-    try:
-        (root / "locks").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GnhubError(f"{root}: cannot write the cache there ({e.strerror}); set GNHUB_CACHE") from None
-    lock = FileLock(str(root / "locks" / f"{entry.name}.lock"))
+    lock = _lock(entry.name)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         print(f"{entry.name}: another process is downloading or converting it; waiting ({lock.lock_file})",
               file=sys.stderr)
         lock.acquire()
+    src = _inside(root, "downloads", entry.name, entry.file)
     try:
         done = cached(entry)
         if done is not None:
             return done
-        src = root / "downloads" / entry.name / entry.file
         sha = sha256_file(src) if src.is_file() else None
         if sha and entry.expected_sha256 and not sha.startswith(entry.expected_sha256):
             src.unlink()  # a kept source that is not the registered file
             sha = None
         if sha is None:
             log(f"{entry.name}: downloading {url}")
-            download(url, src, entry.sha256, entry.sha256_prefix, quiet,
-                     hint=f"; no network? set GNHUB_SOURCE_MIRROR to a mirror of {urllib.parse.urlsplit(url).netloc}, "
-                          "or download the file yourself and run `gnhub convert FILE`")
-            sha = sha256_file(src)
+            sha = download(url, src, entry.sha256, entry.sha256_prefix, quiet,
+                           hint=f"; no network? set GNHUB_SOURCE_MIRROR to a mirror of "
+                                f"{urllib.parse.urlsplit(url).netloc}, or download the file yourself and run "
+                                "`gnhub convert FILE`")
         return _convert(entry, src, sha, keep_source, log)
     finally:
+        _remove_empty(src.parent)
         lock.release()
+
+
+def _remove_empty(folder: Path) -> None:
+    """A download folder left empty (a failed or finished fetch) is not an entry."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty
+        pass
 
 
 def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -> Path:
     from .convert import convert
 
-    dest = cache_dir() / "models" / entry.name / sha
+    dest = _inside(cache_dir(), "models", entry.name, sha)
     log(f"{entry.name}: converting and verifying (about a minute for R-50 on 2 CPU cores)")
     try:
-        convert(src, dest, name=entry.name, force=True, log=log)
+        convert(src, dest, name=entry.name, force=True, log=log, source_sha256=sha, owned=_entry_dir(entry))
     except BaseException:  # a failed or interrupted conversion leaves nothing in the cache
         if not keep_source:
             shutil.rmtree(src.parent, ignore_errors=True)
         raise
     for old in dest.parent.iterdir():  # entries of other sources or older gnhub layouts
-        if old != dest and is_model_dir(old):
+        if old != dest and _entry_dir(entry)(old):
             shutil.rmtree(old, ignore_errors=True)
     if not keep_source:
         shutil.rmtree(src.parent, ignore_errors=True)
     return dest
+
+
+def _entry_dir(entry: zoo.ZooEntry):
+    """Whether a path is a cache entry folder of `entry` (models/NAME/SHA): gnhub's to replace,
+    whatever it holds (a damaged entry is converted again)."""
+    parent = (cache_dir() / "models" / entry.name).resolve()
+    return lambda path: path.is_dir() and not path.is_symlink() and path.resolve().parent == parent
 
 
 def entries() -> list[dict]:
@@ -125,18 +157,37 @@ def entries() -> list[dict]:
     rows = []
     for kind in ("models", "downloads"):
         for d in sorted((root / kind).glob("*")) if (root / kind).is_dir() else []:
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            rows.append({"name": d.name, "kind": kind[:-1], "path": str(d), "bytes": size})
+            files = [f for f in d.rglob("*") if f.is_file()]
+            if files:
+                rows.append({"name": d.name, "kind": kind[:-1], "path": str(d), "bytes": sum(f.stat().st_size
+                                                                                              for f in files)})
     return rows
 
 
 def remove(name: str) -> list[str]:
-    """Removes NAME's converted models and downloads from the cache; returns what was removed."""
+    """Removes NAME's converted models and downloads from the cache (a zoo name, or an entry
+    `entries()` lists; nothing else); returns what was removed. Waits for no fetch: one that is
+    running is an error."""
+    from filelock import Timeout
+
+    if not zoo.is_name(name) or (zoo.get(name) is None and name not in {r["name"] for r in entries()}):
+        close = zoo.suggest(name) if isinstance(name, str) else []
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `gnhub cache` lists the entries"
+        raise GnhubError(f"{name!r}: not a zoo model or an entry of gnhub's cache{hint}")
     root = cache_dir()
-    gone = []
-    for kind in ("models", "downloads"):
-        d = root / kind / name
-        if d.is_dir() and not d.is_symlink():
-            shutil.rmtree(d)
-            gone.append(str(d))
-    return gone
+    lock = _lock(name)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise GnhubError(f"{name}: another process is downloading or converting it ({lock.lock_file}); remove it "
+                         "when that is done") from None
+    try:
+        gone = []
+        for kind in ("models", "downloads"):
+            d = _inside(root, kind, name)
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+                gone.append(str(d))
+        return gone
+    finally:
+        lock.release()

@@ -38,6 +38,61 @@ _NUMPY_GLOBALS = [
 ]
 
 
+MAX_OBJECTS = 1_000_000  # objects a checkpoint may hold, counting every reference (real ones: thousands)
+
+
+def check_bounded(obj, where: str, limit: int = MAX_OBJECTS) -> None:
+    """Refuses a structure of containers that refers to itself, or whose objects, counted once per
+    reference, exceed `limit` (a pickle that nests shared lists expands exponentially, and every
+    walk over it would too). Linear in the distinct objects; no recursion."""
+    size: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack = [(obj, False)]
+    while stack:
+        item, done = stack.pop()
+        key = id(item)
+        if key in size:
+            continue
+        children = _children(item)
+        if children is None:
+            size[key] = 1
+        elif not done:
+            if key in open_ids:
+                raise GnhubError(f"{where}: refused: a container in it holds itself; real checkpoints never do")
+            open_ids.add(key)
+            stack.append((item, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+        else:
+            if any(id(c) not in size for c in children):
+                raise GnhubError(f"{where}: refused: a container in it holds itself; real checkpoints never do")
+            size[key] = min(1 + sum(size[id(c)] for c in children), limit + 1)
+            open_ids.discard(key)
+    if size[id(obj)] > limit:
+        raise GnhubError(f"{where}: refused: it expands to more than {limit:,} objects (shared references nested "
+                         "in shared references); real checkpoints hold thousands")
+
+
+def _children(obj) -> list | None:
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    return None
+
+
+def _check_zip_sizes(path: Path, size: int) -> None:
+    """A zip checkpoint may not declare more content than a real one could hold (torch stores its
+    entries uncompressed): a small file that inflates to gigabytes is refused before reading."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # torch.load names what is wrong with it
+    if declared > 4 * size + (64 << 20):
+        raise GnhubError(f"{path}: refused: its zip entries declare {declared / 2**20:,.0f} MiB in a "
+                         f"{size / 2**20:,.1f} MiB file (a zip bomb?); torch writes checkpoints uncompressed")
+
+
 def check_input_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -57,6 +112,8 @@ def read_torch_checkpoint(path: str | Path) -> object:
     path = check_input_file(path)
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip:
+        _check_zip_sizes(path, path.stat().st_size)
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on old pickle protocols are not the user's concern
@@ -87,6 +144,7 @@ def read_torch_checkpoint(path: str | Path) -> object:
             TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
             AssertionError) as e:  # torch's readers check formats with assert
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+    check_bounded(obj, str(path))
     short = next((name for name, t in _tensors(obj) if not _storage_holds(t)), None)
     if short is not None:
         raise GnhubError(f"{path}: corrupt: tensor {short} needs more bytes than its storage in the file holds; "
@@ -94,16 +152,18 @@ def read_torch_checkpoint(path: str | Path) -> object:
     return obj
 
 
-def _tensors(obj, prefix: str = "", depth: int = 0):
-    """(name, tensor) of every tensor in nested dicts and lists."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix or "<root>", obj
-    elif depth < 8 and isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
-    elif depth < 8 and isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i), depth + 1)
+def _tensors(obj):
+    """(name, tensor) of every tensor in nested dicts and lists (each container visited once)."""
+    seen: set[int] = set()
+    stack = [("", obj)]
+    while stack:
+        prefix, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield prefix or "<root>", item
+        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((f"{prefix}.{k}" if prefix else str(k), v) for k, v in pairs)
 
 
 def _storage_holds(t: torch.Tensor) -> bool:
@@ -187,7 +247,7 @@ def read_pickle(path: str | Path) -> object:
     path = check_input_file(path)
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), encoding="latin1").load()
+            obj = _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if "not allowed" in str(e):
             raise GnhubError(f"{path}: refused to unpickle: {e}. gnhub only reads numpy arrays, numbers, "
@@ -196,6 +256,8 @@ def read_pickle(path: str | Path) -> object:
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
             UnicodeError, OverflowError, RecursionError, struct.error, AssertionError, LookupError) as e:
         raise GnhubError(f"{path}: not a readable pickle ({type(e).__name__}: {_first_line(e)})") from None
+    check_bounded(obj, str(path))
+    return obj
 
 
 _SAFETENSORS_DTYPES = {

@@ -124,12 +124,10 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
 
         report, names = verify_export_golden(Path(model)), None
     else:
-        model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
-        from .modeling import GNModel
         from .verify import run_verify
 
-        report, names = run_verify(GNModel.from_pretrained(model_dir), model_dir, source,
-                                   [str(i) for i in images], tolerance, against, mmdet_config)
+        model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
+        report, names = run_verify(model_dir, source, [str(i) for i in images], tolerance, against, mmdet_config)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
@@ -200,43 +198,37 @@ def predict(images, model_path, out, batch_size, device, dtype, runtime):
 @click.argument("model")
 @click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False), help="Image folder.")
 @click.option("--annotations", required=True, type=click.Path(path_type=Path), help="COCO instances JSON.")
-@click.option("--results", type=click.Path(path_type=Path), default=Path("coco_results.json"), show_default=True,
-              help="Where detections go (COCO results format); an interrupted run resumes from it.")
+@click.option("--results", type=click.Path(path_type=Path),
+              help="Where detections go (COCO results format); an interrupted run of the same model, annotations "
+              "and images resumes from it [default: ./NAME_coco_results.json].")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
 def eval_(model, images, annotations, results, batch_size, device):
     """Box and mask AP of MODEL on a COCO-format dataset (needs pycocotools: pip install 'gnhub[coco]').
 
-    Under torchrun each process takes a shard of the images and rank 0 merges and scores them.
+    The annotations are checked before the model runs. Under torchrun each process takes a shard
+    of the images and rank 0 merges and scores them.
     """
     from .api import load
-    from .evaluate import METRICS, check_results, evaluate
+    from .coco import read_instances
+    from .distributed import join
+    from .evaluate import METRICS, check_results, default_results, evaluate
 
-    check_results(results)
-    m = load(model, device=_torchrun_device(device))
+    if results:
+        check_results(results)
+    read_instances(annotations)
+    m = load(model, device=join(device))
+    results = results or default_results(m)
     metrics = evaluate(m, images, annotations, results, batch_size)
     if not metrics:  # not rank 0
         return
-    click.echo(f"{metrics['images']} images, {metrics['images_per_second']} images/s; results: {results}")
+    count = metrics["images"]
+    click.echo(f"{count} image{'s' * (count != 1)}, {metrics['images_per_second']} images/s; results: {results}")
     click.echo(f"{'':5s} " + " ".join(f"{k:>6s}" for k in METRICS) + "  published AP")
     for key in ("box", "mask"):
         published = metrics.get("published", {}).get(key, {}).get("AP")
         row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
         click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
-
-
-def _torchrun_device(device: str | None) -> str:
-    """The device of this process; under torchrun (WORLD_SIZE > 1) the process group is joined."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = device or (f"cuda:{local}" if world > 1 and torch.cuda.is_available() else "cpu")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return device
 
 
 @cli.command()
@@ -281,10 +273,8 @@ def finetune(model, train_annotations, images, val_annotations, val_images, out,
     OUT is a model directory (weights, config.json with the classes and provenance, golden
     outputs, card) for gnhub predict/eval/verify/publish. Needs pycocotools (gnhub[coco]).
     """
-    import torch
-
-    torch.set_flush_denormal(True)  # before any thread pool starts; CPU training crawls on denormals
     from .api import load
+    from .distributed import join
     from .train import Recipe
     from .train import finetune as run
 
@@ -298,7 +288,7 @@ def finetune(model, train_annotations, images, val_annotations, val_images, out,
                     warmup_iters=warmup, steps=step_list, flip=flip, seed=seed, amp=amp,
                     checkpoint_every=checkpoint_every, val_every=val_every)
     recipe.check()
-    device = _torchrun_device(device)
+    device = join(device)
     base = load(model, device=device)
     val = (val_annotations, val_images) if val_annotations else None
     bar = click.progressbar(length=1, label="fine-tuning", file=sys.stderr, item_show_func=lambda row: row)

@@ -14,7 +14,7 @@ from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import atomic_dir
+from .layout import atomic_dir, is_model_dir
 from .modeling import with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, check_hash_in_name, open_source
@@ -95,6 +95,8 @@ def convert(
     verify: bool = True,
     strict: bool = False,
     log=lambda msg: None,
+    source_sha256: str | None = None,
+    owned=None,
 ) -> dict:
     """Converts checkpoint `src` into a gnhub model directory; returns a summary dict.
 
@@ -102,12 +104,14 @@ def convert(
     of the source on the built-in images; the directory gets verification.json and
     golden.safetensors, and a failed comparison writes nothing and raises. NaN or Inf weights
     are refused (a corrupt file), or only reported through `log` without `verify` or `strict`.
+    `source_sha256`: the source's digest where already known (not hashed again); `owned(dest)`:
+    what `force` may replace (default: a gnhub model directory).
     """
     start = time.perf_counter()
     if dtype not in DTYPES:
         raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
-        source = open_source(src, fmt, check_hash, pool)
+        source = open_source(src, fmt, check_hash, pool, source_sha256)
         where, converter = str(source.path), source.converter
         for note in source.notes:
             log(f"warning: {where}: {note}; not used (the zoo's or the default value is)")
@@ -144,7 +148,7 @@ def convert(
         }
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
         dest = Path(out) if out else Path(config.name)
-        with atomic_dir(dest, force) as tmp:  # checks the output first, not after verification
+        with atomic_dir(dest, force, owned=owned or is_model_dir) as tmp:  # checks the output first
             if verify:  # a long step: first make sure the file is the one its name promises
                 from .verify import failure_message, images_for, source_names, verify_against, write_results
 

@@ -28,9 +28,9 @@ def quiet_default() -> bool:
 
 
 def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | None = None,
-             quiet: bool | None = None, hint: str = "") -> Path:
+             quiet: bool | None = None, hint: str = "") -> str:
     """Fetches `url` into `dest` (via `dest.part`, resumed if present) and checks its sha256:
-    the full one where known, else the published prefix. Returns `dest`. `hint` ends errors
+    the full one where known, else the published prefix. Returns the sha256. `hint` ends errors
     that mean the file cannot be had (what to try instead)."""
     quiet = quiet_default() if quiet is None else quiet
     part = dest.with_name(dest.name + ".part")
@@ -54,7 +54,7 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
         raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was deleted "
                          "(a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
     os.replace(part, dest)
-    return dest
+    return digest
 
 
 class _Retry(Exception):

@@ -1,39 +1,29 @@
 """COCO evaluation: predictions over a COCO-format dataset, box and mask AP with pycocotools.
 
-Resumable (results are appended to a JSON-lines file per image) and data-parallel under
-`torchrun`: each rank takes every WORLD_SIZE-th image, rank 0 merges the parts and scores them.
+The annotations are checked completely before any model runs. Resumable: each rank appends its
+images' detections to `<results>.parts/rankN.jsonl` beside `run.json`, which names the run (the
+model's fingerprint, the annotations' sha256, the image folder); a resume must be the same run, and
+an existing results file is replaced only where `run.json` says gnhub wrote exactly it.
+Data-parallel under torchrun: each rank takes every WORLD_SIZE-th image, rank 0 merges and scores.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
-import os
+import re
 import time
 from pathlib import Path
 
-from . import zoo
+from . import distributed, zoo
+from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
-from .layout import check_output_file, write_atomic
-from .modeling import GNMaskRCNN
+from .layout import check_output_file, sha256_file, write_atomic
 from .predict import detections_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def _coco(annotations: str | Path):
-    try:
-        from pycocotools.coco import COCO
-    except ImportError:
-        raise GnhubError("COCO evaluation needs pycocotools: pip install 'gnhub[coco]'") from None
-    path = Path(annotations)
-    if not path.is_file():
-        raise GnhubError(f"{path}: no such annotation file")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise GnhubError(f"{path}: not a COCO-format annotation file ({e})") from None
+RUN_FILE = "run.json"  # in <results>.parts/: which run the parts belong to
 
 
 def category_ids(classes: tuple[str, ...], coco) -> list[int | None]:
@@ -47,12 +37,13 @@ def category_ids(classes: tuple[str, ...], coco) -> list[int | None]:
     return ids
 
 
-def score(coco, results: list[dict]) -> dict:
-    """Box and mask AP (AP, AP50, AP75, small/medium/large) of COCO-format results."""
+def score(coco, results: list[dict], masks: bool = True) -> dict:
+    """Box AP (and, with `masks`, mask AP): AP, AP50, AP75 and small/medium/large of COCO-format
+    results."""
     from pycocotools.cocoeval import COCOeval
 
     metrics = {}
-    for iou_type, key in (("bbox", "box"), ("segm", "mask")):
+    for iou_type, key in (("bbox", "box"), ("segm", "mask"))[: 2 if masks else 1]:
         if not results:
             metrics[key] = dict.fromkeys(METRICS, 0.0)
             continue
@@ -66,7 +57,12 @@ def score(coco, results: list[dict]) -> dict:
     return metrics
 
 
-def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, results: str | Path | None = None,
+def default_results(model) -> Path:
+    """`NAME_coco_results.json` in the current directory, NAME the model's own."""
+    return Path(re.sub(r"[^\w.\-]", "_", model.config.name) + "_coco_results.json")
+
+
+def evaluate(model, images: str | Path, annotations: str | Path, results: str | Path | None = None,
              batch_size: int = 1, progress=None) -> dict:
     """Runs `model` on every annotated image and returns {"box": {...}, "mask": {...}, ...}.
 
@@ -75,25 +71,22 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
     """
     if model.task != "instance-segmentation":
         raise GnhubError(f"{model.config.name}: is an ImageNet classifier; COCO evaluation needs a Mask R-CNN")
-    coco = _coco(annotations)
+    instances = read_instances(annotations)  # every record checked before any model runs
+    coco = pycoco(instances)
     cat_ids = category_ids(model.config.classes, coco)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    results_path = check_results(results) if results else None
-    parts = results_path.with_name(results_path.name + ".parts") if results_path else None
-    if parts:
-        parts.mkdir(parents=True, exist_ok=True)
-    part = parts / f"rank{rank}.jsonl" if parts else None
-    done = _read_parts([part]) if part and part.exists() else {}
-    if done:  # rewrite with complete rows only, so appends never follow a line cut by an interrupt
-        part.write_text("".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in done.items()),
-                        encoding="utf-8")
-    image_ids = sorted(coco.getImgIds())[rank::world]
-    todo = [i for i in image_ids if i not in done]
+    images = Path(images)
+    missing = [im["file_name"] for im in instances.images.values() if not (images / im["file_name"]).is_file()]
+    if missing:
+        raise GnhubError(f"{images / missing[0]}: no such image ({len(missing)} of the {len(instances.images)} images "
+                         f"of {instances.path} are missing); check --images")
+    rank, world = distributed.rank_world()
+    parts = _start(Path(results), _identity(model, instances, images), rank) if results else None
+    done = _resume(parts, rank, instances) if parts else {}
+    todo = [i for i in sorted(instances.images)[rank::world] if i not in done]
     start, n = time.perf_counter(), 0
     for k in range(0, len(todo), batch_size):
         chunk = todo[k:k + batch_size]
-        paths = [Path(images) / coco.imgs[i]["file_name"] for i in chunk]
-        preds = model.predict(paths, batch_size=batch_size)
+        preds = model.predict([images / instances.images[i]["file_name"] for i in chunk], batch_size=batch_size)
         for image_id, pred in zip(chunk, preds):
             dets = []
             for d in detections_json(pred, model.config.classes, image_id):
@@ -102,22 +95,20 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
                 if d["category_id"] is not None:
                     dets.append(d)
             done[image_id] = dets
-            if part:
-                with open(part, "a", encoding="utf-8") as f:
+            if parts:
+                with open(parts / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps({"image_id": image_id, "detections": dets}) + "\n")
         n += len(chunk)
         if progress:
             progress(len(chunk))
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        distributed.barrier()
         if rank != 0:
             return {}
-        done = _read_parts(sorted(parts.glob("rank*.jsonl")))
+        done = _read_parts(parts, instances)
     all_results = [d for i in sorted(done) for d in done[i]]
-    if results_path:
-        write_atomic(results_path, lambda t: t.write_text(json.dumps(all_results), encoding="utf-8"), "--results")
+    if results:
+        _finish(Path(results), parts, all_results)
     metrics = score(coco, all_results)
     metrics["images"] = len(done)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
@@ -129,30 +120,95 @@ def evaluate(model: GNMaskRCNN, images: str | Path, annotations: str | Path, res
 
 
 def check_results(results: str | Path) -> Path:
-    """The results path, checked before any work: writable, and where it or its `.parts/`
-    folder exist, gnhub's own (a JSON list; rank*.jsonl files), never a user's file replaced."""
+    """The results path, checked before any work: writable, and where it or its `.parts/` folder
+    exist, gnhub's own (the results file exactly as `run.json` recorded it; run.json and
+    rank*.jsonl files); a user's file is never replaced."""
     path = check_output_file(results, "--results")
-    parts = path.with_name(path.name + ".parts")
-    if path.is_file():
-        try:
-            ours = isinstance(json.loads(path.read_text(encoding="utf-8")), list)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            ours = False
-        if not ours:
-            raise GnhubError(f"{path}: exists and is not a COCO results file gnhub wrote; choose another --results")
-    if parts.exists() and not (parts.is_dir() and all(p.is_file() and p.match("rank*.jsonl")
-                                                      for p in parts.iterdir())):
-        raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
+    parts = _parts_of(path)
+    run = None
+    if parts.exists():
+        if not parts.is_dir() or not all(p.is_file() and (p.name == RUN_FILE or p.match("rank*.jsonl"))
+                                         for p in parts.iterdir()):
+            raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
+        run = _read_run(parts)
+    if path.exists() and (run is None or run.get("results_sha256") != sha256_file(path)):
+        raise GnhubError(f"{path}: exists, and gnhub did not write it (or it changed since); choose another "
+                         "--results")
     return path
 
 
-def _read_parts(paths) -> dict[int, list[dict]]:
+def _parts_of(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _read_run(parts: Path) -> dict:
+    try:
+        run = json.loads((parts / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        run = None
+    if not isinstance(run, dict) or run.get("gnhub_eval") != 1:
+        raise GnhubError(f"{parts}: holds no readable {RUN_FILE}, so its results cannot be told apart from another "
+                         "run's; choose another --results")
+    return run
+
+
+def _identity(model, instances: Instances, images: Path) -> dict:
+    """What makes two evaluations the same run."""
+    return {"model": model.fingerprint(), "annotations": sha256_file(instances.path),
+            "images": str(images.resolve())}
+
+
+def _start(path: Path, identity: dict, rank: int) -> Path:
+    """The resume folder of this run: created by rank 0 (the others wait), or an earlier one of
+    the same run; anything else is refused, naming --results."""
+    parts = _parts_of(path)
+    if rank == 0:
+        check_results(path)
+        if not parts.exists():
+            parts.mkdir()
+            text = json.dumps({"gnhub_eval": 1, **identity, "results_sha256": None}, indent=1)
+            write_atomic(parts / RUN_FILE, lambda t: t.write_text(text, encoding="utf-8"), "--results")
+    distributed.barrier()
+    run = _read_run(parts)
+    changed = [k for k in identity if run.get(k) != identity[k]]
+    if changed:
+        raise GnhubError(f"{path}: holds the results of another evaluation (other {', '.join(changed)}); choose "
+                         f"another --results, or remove {path.name} and {parts.name}/ to start over")
+    return parts
+
+
+def _resume(parts: Path, rank: int, instances: Instances) -> dict:
+    """Detections of the images any rank has done; this rank's file keeps complete rows only, so
+    appends never follow a line cut by an interrupt."""
+    done = _read_parts(parts, instances)
+    own = _read_parts(parts, instances, f"rank{rank}.jsonl")
+    if own:
+        text = "".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in own.items())
+        write_atomic(parts / f"rank{rank}.jsonl", lambda t: t.write_text(text, encoding="utf-8"), "--results")
+    distributed.barrier()  # no rank reads a file while its rank rewrites it
+    return done
+
+
+def _read_parts(parts: Path, instances: Instances, pattern: str = "rank*.jsonl") -> dict[int, list[dict]]:
     done = {}
-    for path in paths:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for path in sorted(parts.glob(pattern)):
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by an interrupt: redo that image
+                image_id, dets = row["image_id"], row["detections"]
+            except (json.JSONDecodeError, TypeError, KeyError):  # a line cut short by an interrupt: redo it
                 continue
-            done[row["image_id"]] = row["detections"]
+            if image_id not in instances.images or not isinstance(dets, list):
+                raise GnhubError(f"{path}: holds image {image_id!r}, which {instances.path} does not declare; "
+                                 "it is not this run's: remove the folder to start over")
+            done[image_id] = dets
     return done
+
+
+def _finish(path: Path, parts: Path, all_results: list[dict]) -> None:
+    """Writes the results and records in run.json that gnhub wrote exactly them."""
+    text = json.dumps(all_results)
+    run = _read_run(parts)
+    run["results_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    write_atomic(parts / RUN_FILE, lambda t: t.write_text(json.dumps(run, indent=1), encoding="utf-8"), "--results")
+    write_atomic(path, lambda t: t.write_text(text, encoding="utf-8"), "--results")

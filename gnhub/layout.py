@@ -43,10 +43,12 @@ def cache_dir() -> Path:
 HASHES_FILE = "hashes.json"  # in the cache: path -> sha256 of files already hashed, by their stat
 
 
-def checked_sha256(path: Path) -> str:
+def checked_sha256(path: Path, trust_store: bool = True) -> str:
     """The sha256 of `path`, hashed once per version of the file: a file whose path, size,
     inode and modification time (ns) are unchanged since it was hashed is not read again
-    (as git's index does; files modified in the last 2 s are always hashed)."""
+    (as git's index does; files modified in the last 2 s are always hashed). The store is a
+    speed-up only: where the cache cannot hold it, every call hashes. Without `trust_store` the
+    file is hashed in full (and the store updated): a bit flip with its mtime restored is found."""
     st = path.stat()
     key = str(path.resolve())
     stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
@@ -58,7 +60,7 @@ def checked_sha256(path: Path) -> str:
     if not isinstance(known, dict):
         known = {}
     row = known.get(key)
-    if isinstance(row, list) and len(row) == 2 and row[0] == stamp and isinstance(row[1], str):
+    if trust_store and isinstance(row, list) and len(row) == 2 and row[0] == stamp and isinstance(row[1], str):
         return row[1]
     digest = sha256_file(path)
     if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
@@ -67,13 +69,14 @@ def checked_sha256(path: Path) -> str:
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(store, lambda t: t.write_text(json.dumps(known), encoding="utf-8"))
-    except GnhubError:
-        pass  # a read-only cache: hash again next time
+    except (GnhubError, OSError):
+        pass  # a read-only, missing or misplaced cache: hash again next time
     return digest
 
 
-def check_model_dir(path: str | Path, check_hash: bool = True) -> ModelConfig:
-    """The config of a gnhub model directory, with model.safetensors checked against its sha256."""
+def check_model_dir(path: str | Path, check_hash: bool = True, full_hash: bool = False) -> ModelConfig:
+    """The config of a gnhub model directory, with model.safetensors checked against its sha256
+    (`full_hash`: read in full, whatever the hash store remembers)."""
     path = Path(path)
     if not path.is_dir():
         raise GnhubError(f"{path}: not a gnhub model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -85,7 +88,7 @@ def check_model_dir(path: str | Path, check_hash: bool = True) -> ModelConfig:
     if check_hash and not re.fullmatch(r"[0-9a-f]{64}", config.weights_sha256):
         raise GnhubError(f"{path / CONFIG_FILE}: weights_sha256 is {config.weights_sha256!r}, not a sha256; "
                          "the weights cannot be checked: convert or download the model again")
-    if check_hash and checked_sha256(weights) != config.weights_sha256:
+    if check_hash and checked_sha256(weights, trust_store=not full_hash) != config.weights_sha256:
         raise GnhubError(
             f"{weights}: sha256 does not match config.json's weights_sha256; the file is corrupt "
             "or was changed: download or convert it again"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,26 +39,36 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 RESULTS_FILE = "results.json"
+MARKER = ".gnhub-predict.json"  # what a predict output holds, written by gnhub: the files it may replace
 
 
-def is_predictions_dir(path: Path) -> bool:
-    """A folder `gnhub predict` wrote: results.json beside per-image .png and .json files only."""
-    files = list(path.iterdir())
-    return (path / RESULTS_FILE).is_file() and all(f.is_file() and f.suffix in (".png", ".json") for f in files)
-
-
-def prepare_out_dir(out_dir: Path) -> None:
-    """Creates `--out`, or checks that an existing one is empty or an earlier `gnhub predict`
-    output (whose files may be overwritten) and writable, before any work is done."""
+def prepare_out_dir(out_dir: Path) -> set[str]:
+    """Checks `--out` before any work, creating nothing: a new folder (its parent writable), an
+    empty one, or an earlier `gnhub predict` output (marked as such). Returns the names of the
+    files gnhub wrote there, which it may replace; nothing else in it is ever replaced."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or is_predictions_dir(out_dir))):
+    if not out_dir.exists():
+        parent = next((p for p in out_dir.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise GnhubError(f"{out_dir}: cannot be created (its folder is missing or not writable); choose another "
+                             "--out")
+        return set()
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None
+    if names is None or (names and MARKER not in names):
         raise GnhubError(f"{out_dir}: exists and is not an empty folder or an earlier gnhub predict output; "
                          "choose another --out")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise GnhubError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out") from None
+    if not names:
+        return set()
+    try:
+        owned = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise GnhubError(f"{out_dir / MARKER}: unreadable, so gnhub cannot tell its files from yours; choose another "
+                         "--out") from None
+    return {n for n in owned if isinstance(n, str)} & names
 
 
 def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
@@ -86,29 +97,43 @@ def predict_files(
     progress: Callable[[int, float], None] | None = None,
 ) -> dict:
     """`model`: a GNModel or a gnhub.runtime.OnnxPredictor. Writes <stem>.png (overlay) and
-    <stem>.json per image and results.json for all; for a
-    classifier, <stem>.json and results.json hold the top classes and their scores. `image_id`
-    is the file name, made unique like the output files (a second x.png is x_2.png).
+    <stem>.json per image and results.json for all; for a classifier, <stem>.json and
+    results.json hold the top classes and their scores. `image_id` is the file name, made unique
+    like the output files (a second x.png is x_2.png). Files gnhub did not write in `out_dir`,
+    and the input images, are never replaced: their names are skipped as a second x.png is.
 
     Unreadable images are skipped and listed; `progress(images done, images/s)` is called after
     each batch; returns a summary.
     """
-    prepare_out_dir(out_dir)
+    out_dir = Path(out_dir)
+    owned = prepare_out_dir(out_dir)
+    inputs = {p.resolve() for p in paths}
+    taken = {n for n in os.listdir(out_dir) if n not in owned} if out_dir.is_dir() else set()
+    if RESULTS_FILE in taken:
+        raise GnhubError(f"{out_dir / RESULTS_FILE}: not gnhub's; choose another --out")
+    used: set[str] = set()
+    stems = []
+    for p in paths:  # every output name decided before any is written, and recorded as gnhub's
+        stem = _unique(p.stem, used, lambda n: {f"{n}.png", f"{n}.json"} & taken or any(
+            (out_dir / f"{n}{ext}").resolve() in inputs for ext in (".png", ".json")))
+        stems.append(stem)
+    files = sorted(owned | {RESULTS_FILE} | {f"{n}{ext}" for n in stems for ext in (".png", ".json")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / MARKER, lambda t: t.write_text(json.dumps({"gnhub": "predict", "files": files}),
+                                                         encoding="utf-8"), "--out")
     classes = model.config.classes
     results, skipped, written = [], [], []
-    used: set[str] = set()
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
         chunk, images = [], []
-        for p in paths[i : i + batch_size]:
+        for p, stem in zip(paths[i : i + batch_size], stems[i : i + batch_size]):
             try:
                 images.append(load_image(p))
-                chunk.append(p)
+                chunk.append((p, stem))
             except GnhubError as e:
                 skipped.append(str(e))
         preds = model.predict(images, batch_size=batch_size) if images else []
-        for p, rgb, pred in zip(chunk, images, preds):
-            stem = _unique(p.stem, used)
+        for (p, stem), rgb, pred in zip(chunk, images, preds):
             image_id = stem + p.suffix  # unique: a second x.png (from another folder) is x_2.png
             if model.task == "image-classification":
                 dets = [{"image_id": image_id, "category_id": label, "category": classes[label], "score": round(s, 5)}
@@ -136,9 +161,10 @@ def predict_files(
     }
 
 
-def _unique(stem: str, used: set[str]) -> str:
+def _unique(stem: str, used: set[str], taken=lambda name: False) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ...: the first not used yet and not `taken`."""
     name, n = stem, 1
-    while name in used:
+    while name in used or taken(name):
         n += 1
         name = f"{stem}_{n}"
     used.add(name)

@@ -19,6 +19,7 @@ from .errors import GnhubError
 from .images import load_image, resize
 from .layout import CONFIG_FILE, ONNX_FILE, VERIFICATION_FILE, checked_sha256
 
+INPUTS = ("input", "image_size", "scale_factor")  # the network input (1, 3, H, W), (h, w), (w, h)
 # The graph's outputs, in order: detections (boxes in original pixels), then what verification compares.
 OUTPUTS = ("boxes", "scores", "labels", "mask_probs", "proposals", "proposal_scores", "mask_logits")
 
@@ -98,6 +99,11 @@ class OnnxPredictor:
         except Exception as e:  # onnxruntime raises its own exception types
             raise GnhubError(f"{onnx_path}: not a model onnxruntime can run ({str(e).strip()[:200]}); export it "
                              "again") from None
+        inputs = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs.get("input") != 4 or not set(inputs) <= set(INPUTS) or outputs != list(OUTPUTS):
+            raise GnhubError(f"{onnx_path}: not a gnhub export (inputs {sorted(inputs)}, outputs {outputs}; expected "
+                             f"{', '.join(INPUTS)} -> {', '.join(OUTPUTS)}); export the model again")
 
     def stages(self, image) -> dict[str, np.ndarray]:
         """The network input, every graph output and the pasted masks of one image."""

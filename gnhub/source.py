@@ -32,10 +32,15 @@ class Source:
         return self.converter.source_tensors(self.obj)
 
 
-def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> Source:
-    """Reads `src` (nothing in it can run code) while `pool` hashes it; picks its converter."""
+def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha256: str | None = None) -> Source:
+    """Reads `src` (nothing in it can run code) while `pool` hashes it (unless its `sha256` is
+    known: a download checked it); picks its converter."""
     path = check_input_file(src)
-    sha = pool.submit(sha256_file, path)
+    if sha256 is None:
+        sha = pool.submit(sha256_file, path)
+    else:
+        sha = Future()
+        sha.set_result(sha256)
     try:
         obj = read_pickle(path) if path.suffix == ".pkl" else read_torch_checkpoint(path)
     except GnhubError:
@@ -43,17 +48,19 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor) -> 
         raise
     converter = _pick(fmt, obj, str(path))
     entry = zoo.find_by_file(path.name)
-    settings, notes = checked_settings(converter.meta_settings(obj), getattr(converter, "SETTINGS", {}))
-    origin = getattr(converter, "settings_origin", None)
-    if origin is not None:
-        preprocess_from = origin(obj)
-    elif "mean" in settings:
+    try:
+        settings, notes = checked_settings(converter.meta_settings(obj), getattr(converter, "SETTINGS", {}))
+        origin = getattr(converter, "settings_origin", None)
+        preprocess_from = origin(obj) if origin is not None else None
+    except GnhubError as e:  # a converter's refusal of what the file says about itself
+        raise GnhubError(f"{path}: {e}") from None
+    if preprocess_from is None and "mean" in settings:
         preprocess_from = "checkpoint config"
-    elif entry is not None:
+    elif preprocess_from is None and entry is not None:
         p = entry.preprocess
         settings.update(channel_order=p.channel_order, mean=p.mean, std=p.std)
         preprocess_from = f"gnhub zoo ({entry.name})"
-    else:
+    elif preprocess_from is None:
         preprocess_from = "gnhub default (Detectron BGR means, std 1)"
     return Source(path, obj, converter, sha, settings, preprocess_from, entry, notes)
 

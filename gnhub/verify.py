@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import GOLDEN_FILE, VERIFICATION_FILE
+from .layout import GOLDEN_FILE, VERIFICATION_FILE, check_model_dir
 from .modeling import GNModel, with_weights
 from .modeling.targets import box_iou
 from .modeling.transform import load_image
@@ -293,14 +293,16 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
 
 
 def run_verify(
-    model: GNModel, model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub",
-    mmdet_config: Path | None = None,
+    model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub", mmdet_config: Path | None = None,
 ) -> tuple[Report, dict | None]:
-    """`gnhub verify`: against the source when given, else the golden outputs in `model_dir`.
+    """`gnhub verify`: the model in `model_dir` against the source when given, else against its
+    golden outputs. The weights are hashed in full (never taken from the hash store).
 
     `against="mmdet"` runs mmdetection itself on the source's tensors instead of gnhub's
     reference forward. Returns the report and, with a source, the gnhub -> source tensor names
     for hints."""
+    check_model_dir(model_dir, full_hash=True)
+    model = GNModel.from_pretrained(model_dir)
     if source_path is None:
         if extra_images or against != "gnhub":
             raise GnhubError("--image and --against need --source: golden outputs exist only for the built-in images")

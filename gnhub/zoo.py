@@ -181,7 +181,7 @@ def _entry(data, where: str) -> ZooEntry:
         raise GnhubError(f"{where}: an entry must be an object with name, url and sha256")
     name = data.get("name")
     label = f"{where}: entry {name!r}" if isinstance(name, str) else f"{where}: an entry"
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,95}", name):
+    if not is_name(name):
         raise GnhubError(f"{label}: name must be 1-96 letters, digits, '.', '_' or '-'")
     if name in MODELS:
         raise GnhubError(f"{label}: is a built-in zoo name; choose another")
@@ -190,7 +190,10 @@ def _entry(data, where: str) -> ZooEntry:
         raise GnhubError(f"{label}: url must be an http(s) URL of the checkpoint file")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha.lower()):
         raise GnhubError(f"{label}: sha256 must be the file's full sha256 (64 hex digits)")
-    file = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
+    file = data.get("file", urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]))
+    if not is_file_name(file):
+        raise GnhubError(f"{label}: the file name {file!r} (from {'file' if 'file' in data else 'the url'}) must be a "
+                         "plain file name: no folders, no '..', not hidden")
     fmt = data.get("format") or ("detectron" if file.endswith(".pkl") else "mmdet")
     if fmt not in ("mmdet", "detectron"):
         raise GnhubError(f"{label}: format must be mmdet or detectron, not {fmt!r}")
@@ -208,11 +211,23 @@ def _entry(data, where: str) -> ZooEntry:
         extra[key] = kind(value)
     if extra.get("pretrain", "unknown") not in ("(d)", "(c)", "imagenet", "scratch", "none", "unknown"):
         raise GnhubError(f"{label}: pretrain must be one of (d), (c), imagenet, scratch, none, unknown")
-    defaults = dict(depth=None, pretrain="unknown", schedule="custom", epochs=None, file=file or f"{name}.pth",
+    defaults = dict(depth=None, pretrain="unknown", schedule="custom", epochs=None, file=file,
                     box_ap=None, mask_ap=None, train_memory_gb=None, inference_fps=None, license="other",
                     results_source=None, dataset="not stated", architecture=ZooEntry.architecture,
                     hardware="not stated")
     return ZooEntry(name=name, source_format=fmt, source_url=url, sha256=sha.lower(), **{**defaults, **extra})
+
+
+NAME_PATTERN = r"[A-Za-z0-9][\w.\-]{0,95}"  # a zoo name: also a folder name in the cache
+
+
+def is_name(text: str) -> bool:
+    return isinstance(text, str) and re.fullmatch(NAME_PATTERN, text) is not None
+
+
+def is_file_name(text) -> bool:
+    """A plain file name: no folder, no '..', not hidden, nothing a path could escape with."""
+    return isinstance(text, str) and re.fullmatch(r"[A-Za-z0-9][\w.\-+=@,]{0,254}", text) is not None
 
 
 def _file_entries() -> dict[str, ZooEntry]:

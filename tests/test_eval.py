@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from gnhub import rle
+from gnhub.coco import pycoco, read_instances
 from gnhub.config import COCO_CLASSES
 from gnhub.convert import convert
-from gnhub.evaluate import _coco, score
+from gnhub.errors import GnhubError
+from gnhub.evaluate import evaluate, score
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +58,14 @@ def _as_results(anns, shift=0):
 
 
 def test_ground_truth_as_predictions_scores_one(tiny_coco):
-    coco = _coco(tiny_coco / "instances.json")
+    coco = pycoco(read_instances(tiny_coco / "instances.json"))
     metrics = score(coco, _as_results(coco.dataset["annotations"]))
     assert metrics["box"]["AP"] == 1.0 and metrics["mask"]["AP"] == 1.0
     assert metrics["box"]["AP50"] == 1.0 and metrics["mask"]["AP75"] == 1.0
 
 
 def test_shifted_predictions_lower_ap_as_expected(tiny_coco):
-    coco = _coco(tiny_coco / "instances.json")
+    coco = pycoco(read_instances(tiny_coco / "instances.json"))
     small = score(coco, _as_results(coco.dataset["annotations"], shift=4))
     large = score(coco, _as_results(coco.dataset["annotations"], shift=40))
     for key in ("box", "mask"):
@@ -111,3 +113,72 @@ def test_eval_under_torchrun_matches_one_process(tiny_coco, small_source, tmp_pa
     assert sorted(map(json.dumps, json.loads((tmp_path / "two.json").read_text()))) == \
         sorted(map(json.dumps, json.loads((tmp_path / "one.json").read_text())))
     assert single.stdout.splitlines()[-2:] == dist.stdout.splitlines()[-2:]  # the same AP table
+
+
+def _edit(tiny_coco, tmp_path, change):
+    data = json.loads((tiny_coco / "instances.json").read_text())
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("annotations"), "'annotations' must be a list"),
+    (lambda d: d.pop("categories"), "'categories' must be a list"),
+    (lambda d: d["annotations"][0].pop("bbox"), "'annotations' must be a list of objects with id, image_id"),
+    (lambda d: d.update(images=[]), "holds no images"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, float("nan"), 20, 30, 30]]),
+     "polygon coordinate is nan; expected a finite number"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, 1e30, 20, 30, 30]]), "far outside the 160x120"),
+    (lambda d: d["annotations"][0].update(image_id=[1]), "image_id \\[1\\] is not an image"),
+    (lambda d: d["annotations"][0].update(area="big"), "area is 'big'"),
+    (lambda d: d["annotations"][0].update(id=2), "annotation id 2 is used twice"),
+    (lambda d: d["images"][0].update(file_name="../../etc/passwd"), "leads outside the image folder"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts="0" + d["annotations"][0]["segmentation"]["counts"]),
+     "RLE runs cover"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts="00~"), "RLE text holds '~'"),
+    (lambda d: d["annotations"][0]["segmentation"].update(counts=[19200, -5, 5]), "RLE count -5 is negative"),
+])
+def test_annotations_are_checked_before_any_model_runs(tiny_coco, tmp_path, change, message):
+    path = _edit(tiny_coco, tmp_path, change)
+    with pytest.raises(GnhubError, match=message):
+        read_instances(path)
+    proc = subprocess.run([sys.executable, "-m", "gnhub", "eval", "no-such-model", "--images", str(tiny_coco),
+                           "--annotations", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and str(path) in proc.stderr and "no-such-model" not in proc.stderr, proc.stderr
+
+
+def test_a_resume_must_be_the_same_run_and_users_results_are_never_replaced(tiny_coco, small_dir, tmp_path):
+    from gnhub import load
+
+    images, annotations = tiny_coco / "images", tiny_coco / "instances.json"
+    a = load(small_dir)
+    results = tmp_path / "r.json"
+    first = evaluate(a, images, annotations, results)
+    assert first["images"] == 3 and results.is_file()
+    again = evaluate(a, images, annotations, results)  # the same run, finished: nothing is computed again
+    assert again["box"] == first["box"] and again["images_per_second"] is None
+    b = load(small_dir)
+    b.config.roi_heads.score_thresh = 0.3  # another model: its own AP, never A's
+    with pytest.raises(GnhubError, match=r"r.json: holds the results of another evaluation \(other model\)"):
+        evaluate(b, images, annotations, results)
+    other = _edit(tiny_coco, tmp_path, lambda d: d["annotations"].pop())
+    with pytest.raises(GnhubError, match="other annotations"):
+        evaluate(a, images, other, results)
+    mine = tmp_path / "mine.json"  # a user's own COCO results list
+    mine.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
+    before = mine.read_text()
+    with pytest.raises(GnhubError, match="mine.json: exists, and gnhub did not write it"):
+        evaluate(a, images, annotations, mine)
+    assert mine.read_text() == before
+    results.write_text(results.read_text().replace("]", ", {}]", 1))  # changed since gnhub wrote it
+    with pytest.raises(GnhubError, match="gnhub did not write it \\(or it changed since\\)"):
+        evaluate(a, images, annotations, results)
+    part = tmp_path / "p.json.parts"
+    part.mkdir()
+    (part / "run.json").write_text(json.dumps({"gnhub_eval": 1, **{k: v for k, v in json.loads(
+        (tmp_path / "r.json.parts" / "run.json").read_text()).items() if k != "results_sha256"}}))
+    (part / "rank0.jsonl").write_text(json.dumps({"image_id": 99, "detections": []}) + "\n")
+    with pytest.raises(GnhubError, match="holds image 99, which .* does not declare"):
+        evaluate(a, images, annotations, tmp_path / "p.json")

@@ -141,3 +141,22 @@ def test_what_does_not_export_is_one_error(small_model, tmp_path):
     with pytest.raises(GnhubError, match="no model.onnx"):
         gnhub.runtime.load(tmp_path)
     assert OnnxPredictor and load
+
+
+def test_a_foreign_onnx_graph_whose_hash_matches_is_refused_on_load(exported, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from gnhub.layout import sha256_file
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    (folder / "config.json").write_bytes((exported / "config.json").read_bytes())
+    report = json.loads((exported / "verification.json").read_text())
+    (folder / "verification.json").write_text(json.dumps({**report, "onnx_sha256": sha256_file(folder / "model.onnx")}))
+    with pytest.raises(GnhubError, match=r"model.onnx: not a gnhub export \(inputs \['x'\]"):
+        gnhub.runtime.load(folder)

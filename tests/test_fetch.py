@@ -54,6 +54,9 @@ def test_first_load_fetches_once_for_two_processes_then_loads_offline(
                               "sha256": hashlib.sha256(data).hexdigest(), "box_ap": 40.2, "mask_ap": 36.4}],
                   monkeypatch)
     monkeypatch.setenv("GNHUB_SOURCE_MIRROR", server.url)  # the upstream host, mirrored on 127.0.0.1
+    damaged = cache.cache_dir() / "models" / NAME / hashlib.sha256(data).hexdigest()
+    damaged.mkdir(parents=True)  # a cache entry that lost its config.json: converted again, once
+    (damaged / "model.safetensors").write_bytes(b"half")
     procs = [subprocess.Popen(GNHUB + ["fetch", NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "GNHUB_QUIET": ""}) for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
@@ -85,8 +88,9 @@ def test_a_cut_transfer_resumes_with_a_range_request(server, env, tmp_path):
     data = os.urandom(3 << 20)
     server.files["/f.pth"] = data
     server.cut_after = 1 << 20
-    dest = download.download(server.url + "/f.pth", tmp_path / "f.pth", hashlib.sha256(data).hexdigest(), quiet=True)
-    assert dest.read_bytes() == data and not (tmp_path / "f.pth.part").exists()
+    digest = download.download(server.url + "/f.pth", tmp_path / "f.pth", hashlib.sha256(data).hexdigest(), quiet=True)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "f.pth").read_bytes() == data and not (tmp_path / "f.pth.part").exists()
     assert server.gets[0][1] is None and server.gets[1][1].startswith("bytes=")
 
 

@@ -69,22 +69,72 @@ def _first(d, key, **change):
     return {**d, key: [{**d[key][0], **change}, *d[key][1:]]}
 
 
+def _polygons(d, seg):
+    """The first polygon-annotated instance's segmentation replaced."""
+    k = next(i for i, a in enumerate(d["annotations"]) if isinstance(a["segmentation"], list) and not a["iscrowd"])
+    return {**d, "annotations": [*d["annotations"][:k], {**d["annotations"][k], "segmentation": seg},
+                                 *d["annotations"][k + 1:]]}
+
+
+def _rle(d, counts):
+    k = next(i for i, a in enumerate(d["annotations"]) if isinstance(a["segmentation"], dict))
+    a = d["annotations"][k]
+    return {**d, "annotations": [*d["annotations"][:k], {**a, "segmentation": {**a["segmentation"], "counts": counts}},
+                                 *d["annotations"][k + 1:]]}
+
+
 @pytest.mark.parametrize("change, message", [
-    (lambda d: [], "not a COCO-format instances file: 'categories'"),
+    (lambda d: [], "not a COCO-format instances file: expected an object"),
     (lambda d: _first(d, "annotations", bbox=[100, 50, 40, 40]), "lies outside the"),
-    (lambda d: _first(d, "annotations", category_id=9), "category_id 9, which is not declared"),
+    (lambda d: _first(d, "annotations", category_id=9), "category_id 9 is not declared"),
     (lambda d: _first(d, "images", file_name="gone.png"), "gone.png: no such image"),
-    (lambda d: _first(d, "annotations", segmentation=3), "neither polygons nor an RLE"),
+    (lambda d: _first(d, "annotations", segmentation=3), "expected polygons or an RLE"),
+    (lambda d: _first(d, "images", id=[1]), "image \\[1\\]: id is \\[1\\]; expected a whole number"),
+    (lambda d: _first(d, "annotations", area="12"), "area is '12'; expected a finite number"),
+    (lambda d: _polygons(d, [[10, 10, "x", 20, 30, 30]]), "polygon coordinate is 'x'"),
+    (lambda d: _polygons(d, [[10, 10, float("nan"), 20, 30, 30]]), "polygon coordinate is nan"),
+    (lambda d: _polygons(d, [[10, 10, 1e30, 20, 30, 30]]), "far outside the"),
+    (lambda d: _rle(d, [2**40, 5]), "RLE runs cover"),
+    (lambda d: _rle(d, [-3, 3]), "RLE count -3 is negative"),
+    (lambda d: _rle(d, "12" * 30), "RLE runs cover"),
+    (lambda d: _rle(d, "P" * 40), "RLE text ends in the middle of a run"),
+    (lambda d: {**d, "annotations": [{**a, "segmentation": [[1, 2, 3, 4]]} if isinstance(a["segmentation"], list)
+                                     else {**a, "iscrowd": 1} for a in d["annotations"]]}, "nothing to train on"),
 ])
-def test_bad_datasets_are_one_error_before_training(shapes, tmp_path, base_dir, change, message):
+def test_bad_datasets_are_one_error_before_training(shapes, tmp_path, change, message):
     ann, folder = shapes
     bad = _write(tmp_path / "bad.json", change(json.loads(ann.read_text())))
     with pytest.raises(GnhubError, match=message):
         CocoInstances(bad, folder)
-    proc = run("finetune", base_dir, "--train", bad, "--images", folder, "-o", tmp_path / "out")
+
+
+def test_a_truncated_image_stops_the_run_before_training(shapes, tmp_path, base_dir):
+    ann, folder = shapes
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in folder.glob("*.png"):
+        (images / p.name).write_bytes(p.read_bytes())
+    first = sorted(images.glob("*.png"))[0]
+    first.write_bytes(first.read_bytes()[:300])
+    proc = run("finetune", base_dir, "--train", ann, "--images", images, "-o", tmp_path / "out")
     code, err = proc.returncode, proc.stderr
-    assert code == 1 and err.count("error:") == 1 and message.split(":")[-1].strip()[:20] in err
+    assert code == 1 and err.count("error:") == 1 and f"{first}: not a readable image" in err, err
     assert "Traceback" not in err and not (tmp_path / "out").exists() and not (tmp_path / "out.train").exists()
+
+
+def test_every_input_and_output_is_checked_before_training(shapes, base_dir, tmp_path):
+    ann, folder = shapes
+    base = load(base_dir)
+    raw = json.loads(ann.read_text())
+    with pytest.raises(GnhubError, match="one holds the other"):
+        finetune(base, ann, folder, tmp_path / "w", Recipe(iterations=1), work_dir=tmp_path / "w" / "train")
+    with pytest.raises(GnhubError, match="no such image folder \\(--val-images\\)"):
+        finetune(base, ann, folder, tmp_path / "o", Recipe(iterations=1), val=(ann, tmp_path / "nowhere"))
+    renamed = _write(tmp_path / "val.json", {**raw, "categories": [{**c, "name": c["name"] + "s"}
+                                                                    for c in raw["categories"]]})
+    with pytest.raises(GnhubError, match="has no category 'square'"):
+        finetune(base, ann, folder, tmp_path / "o", Recipe(iterations=1), val=(renamed, folder))
+    assert not any(tmp_path.glob("o*")) and not (tmp_path / "w").exists()
 
 
 def test_batches_flips_and_schedule_follow_mmdetection():
@@ -145,10 +195,32 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
     assert [json.loads(line)["iteration"] for line in log.splitlines()] == [1, 2, 3, 4]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, tmp_path):
+    ann, folder = shapes
+    base = load(base_dir)
+    work = tmp_path / "out.train"
+    work.mkdir()
+    (work / "log.jsonl").write_text('{"iteration": 1, "loss": 9}\n{"iter')  # what a SIGKILL in step 2 leaves
+    recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
+    finetune(base, ann, folder, tmp_path / "out", recipe, resume=True)  # no checkpoint yet: from the start
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1] and rows[0]["loss"] != 9
+    changed = load(base_dir)
+    changed.config.train.rpn_batch_size_per_image = 128  # the same weights, other settings
+    with pytest.raises(GnhubError, match="another base model \\(settings\\)"):
+        finetune(changed, ann, folder, tmp_path / "out2", recipe, work_dir=work, resume=True)
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(GnhubError, match="holds files gnhub did not write"):
+        finetune(base, ann, folder, tmp_path / "out3", recipe, work_dir=work, resume=True)
+    assert (work / "notes.txt").read_text() == "mine"
+
+
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):
     ann, folder = shapes
     out = tmp_path / "shapes-model"
-    val = _write(tmp_path / "val.json", {**(raw := json.loads(ann.read_text())), "images": raw["images"][:3]})
+    raw = json.loads(ann.read_text())
+    val = _write(tmp_path / "val.json", {**raw, "images": raw["images"][:3],
+                                         "annotations": [a for a in raw["annotations"] if a["image_id"] <= 3]})
     proc = run("finetune", base_dir, "--train", ann, "--images", folder, "--val", val, "--val-images", folder,
                "-o", out, "--iterations", "3", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr

@@ -161,6 +161,74 @@ def test_giant_size_claims_are_refused_before_allocating(tmp_path):
         read_pickle(path)
 
 
+def _timed(fn, *args):
+    start = time.perf_counter()
+    try:
+        fn(*args)
+    finally:
+        assert time.perf_counter() - start < 10  # bounded work: refused in seconds, not minutes
+
+
+def test_shared_references_nested_in_shared_references_are_refused(tmp_path):
+    x = [0.0]
+    for _ in range(8):
+        x = [x] * 30  # 2.4 kB on disk, 30**8 objects to every walk over it
+    for legacy in (False, True):
+        path = tmp_path / f"memo{legacy}.pth"
+        torch.save({"meta": {"x": x}, "state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        assert path.stat().st_size < 10_000
+        with pytest.raises(GnhubError, match="expands to more than 1,000,000 objects"):
+            _timed(read_torch_checkpoint, path)
+    cycle = []
+    cycle.append(cycle)
+    path = tmp_path / "cycle.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": cycle}}, protocol=2))
+    with pytest.raises(GnhubError, match="a container in it holds itself"):
+        read_pickle(path)
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": x}}, protocol=2))
+    with pytest.raises(GnhubError, match="expands to more than"):
+        _timed(read_pickle, path)
+
+
+def test_a_yaml_alias_bomb_in_a_detectron_cfg_is_refused(detweights, tmp_path):
+    from conftest import Py2Pickler, detectron_blobs
+
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines.append("PIXEL_MEANS: [*a8, *a8]")
+    blobs = detweights.make_arrays(detectron_blobs(50, True), seed=1)
+    path = tmp_path / "bomb.pkl"
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump({"blobs": blobs, "cfg": "\n".join(lines)})
+    with pytest.raises(GnhubError, match=f"{path}: refused: its cfg YAML expands to more than 100,000 nodes"):
+        _timed(convert, path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_that_inflates_far_beyond_its_size_is_refused(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"meta": {}, "state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, good)
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item))
+        zout.writestr("good/data/99", bytes(256 << 20))  # 256 MiB of zeros, 250 kB deflated
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(GnhubError, match=r"refused: its zip entries declare 256 MiB in a 0.\d MiB file"):
+        _timed(read_torch_checkpoint, bomb)
+
+
+def test_plausible_but_odd_checkpoints_are_one_clear_error(detweights, tmp_path):
+    from conftest import detectron_blobs, detectron_pickle
+
+    blobs = detweights.make_arrays([b for b in detectron_blobs(50, True) if not b[0].startswith("cls_score")], seed=1)
+    path = detectron_pickle(tmp_path / "no_cls_score.pkl", blobs)
+    with pytest.raises(GnhubError, match="no box classifier or ImageNet classifier found"):
+        convert(path, tmp_path / "out")
+
+
 def test_random_bytes_and_foreign_zip(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())

@@ -103,12 +103,12 @@ def test_predict_and_eval_outputs_refuse_what_is_not_theirs(small_dir, tmp_path)
     image = sample_images()[3]
     assert_one_line_error(run("predict", image, "--model", small_dir, "--out", mine), "choose another --out")
     assert_one_line_error(run("predict", image, "--model", small_dir, "--out", tmp_path / "f" / "x"),
-                          "cannot write there")
+                          "cannot be created")
     assert_one_line_error(run("verify", small_dir, "--json", tmp_path / "nodir" / "r.json"), "cannot write there")
     theirs = tmp_path / "theirs.json"
     theirs.write_text("{\"not\": \"results\"}")
     assert_one_line_error(run("eval", small_dir, "--images", tmp_path, "--annotations", theirs,
-                              "--results", theirs), "not a COCO results file gnhub wrote")
+                              "--results", theirs), "exists, and gnhub did not write it")
     assert (mine / "photo.jpg").read_bytes() == b"a user's photo"
     assert json.loads(theirs.read_text()) == {"not": "results"}
 

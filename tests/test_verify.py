@@ -38,7 +38,7 @@ def broken_copy(src_dir, dest, change):
 
 
 def verify_source(model_dir, source, tolerance=None):
-    return run_verify(load(model_dir), model_dir, source, [], tolerance)
+    return run_verify(model_dir, source, [], tolerance)
 
 
 def test_conversion_stores_verification_and_golden_outputs(small_dir):
@@ -53,7 +53,7 @@ def test_conversion_stores_verification_and_golden_outputs(small_dir):
 
 
 def test_golden_outputs_verify_on_this_machine(small_dir):
-    report, _ = run_verify(load(small_dir), small_dir, None, [], None)
+    report, _ = run_verify(small_dir, None, [], None)
     assert report.passed and report.against == "golden outputs"
 
 
@@ -184,14 +184,14 @@ def _golden_copy(small_dir, tmp_path, golden):
 def test_golden_outputs_must_hold_every_stage_of_every_image(small_dir, tmp_path, golden, match):
     model_dir = _golden_copy(small_dir, tmp_path, golden)
     with pytest.raises(GnhubError, match=match):
-        run_verify(load(model_dir), model_dir, None, [], None)
+        run_verify(model_dir, None, [], None)
     assert_one_line_error(run("verify", model_dir), match.split(":")[0])
 
 
 def test_a_truncated_golden_file_is_one_clear_error(small_dir, tmp_path):
     model_dir = _golden_copy(small_dir, tmp_path, (small_dir / GOLDEN_FILE).read_bytes()[:5000])
     with pytest.raises(GnhubError, match="not a readable safetensors file"):
-        run_verify(load(model_dir), model_dir, None, [], None)
+        run_verify(model_dir, None, [], None)
 
 
 def test_a_report_that_passed_nothing_is_refused_by_publish_and_card(small_dir, tmp_path):
@@ -221,7 +221,7 @@ def test_a_changed_mean_is_blamed_on_the_input(small_dir, tmp_path):
 
     for f in (GOLDEN_FILE, VERIFICATION_FILE):
         shutil.copy(small_dir / f, bad / f)
-    report, _ = run_verify(load(bad), bad, None, [], None)
+    report, _ = run_verify(bad, None, [], None)
     assert report.first_failure().stage == "input.sample"
     assert "the network input itself" in failure_message(report) and "preprocess" in failure_message(report)
 

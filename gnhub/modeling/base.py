@@ -2,6 +2,8 @@
 and `with_weights`, which builds the model a config's task names."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -75,6 +77,17 @@ class GNModel(nn.Module):
         keep_freed_memory(self.device)
         self.run(self.preprocessor([load_image(image)], self.device, self.dtype), record)
         return record
+
+    def fingerprint(self) -> str:
+        """sha256 of what decides the outputs: the config (without name and provenance) and every
+        tensor as it is now (name, dtype, shape, values)."""
+        config = {k: v for k, v in self.config.to_dict().items() if k not in ("name", "provenance", "weights_sha256")}
+        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+        for name, t in self.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
 
     def save_pretrained(self, path: str | Path, force: bool = False) -> Path:
         return write_model_dir(path, self.config, self.state_dict(), force=force)

@@ -4,18 +4,17 @@
 sees the data a straight run would."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..coco import read_instances
 from ..errors import GnhubError
-from ..modeling.transform import load_image
+from ..images import load_image
 
 MIN_SIZE = 32  # mmdetection's filter_cfg min_size: images with a shorter side are skipped
-BORDER = 1.0  # pixels a box may extend past the image (rounding in real annotations)
 
 
 @dataclass
@@ -30,84 +29,71 @@ class Sample:
 
 
 class CocoInstances:
-    """The trainable images of a COCO-format instances file, checked before any training.
+    """The trainable images of a COCO-format instances file, checked completely before any
+    training: every record (gnhub.coco), every image file decoded at its declared size.
 
     Classes are the file's categories in id order. As mmdetection: crowd annotations and boxes
     under one pixel wide or high are not trained on, degenerate polygons are dropped, images
     without annotations or with a side under 32 pixels are skipped. A file that is not COCO, a
-    box outside its image, an undeclared category or a missing image is one error.
+    box outside its image, an undeclared category, a missing or unreadable image, or nothing to
+    train on is one error.
     """
 
     def __init__(self, annotations: str | Path, images: str | Path):
         self.path, self.images = Path(annotations), Path(images)
-        data = _read_json(self.path)
-        cats = _records(data, "categories", self.path, ("id", "name"))
-        ids = [c["id"] for c in cats]
-        if len(set(ids)) != len(ids) or not all(isinstance(i, int) and isinstance(c["name"], str)
-                                                 for i, c in zip(ids, cats)):
-            raise GnhubError(f"{self.path}: categories need unique integer ids and text names")
-        cats = sorted(cats, key=lambda c: c["id"])
-        self.classes = tuple(c["name"] for c in cats)
-        self.category_ids = [c["id"] for c in cats]
+        instances = read_instances(self.path)
+        self.classes = tuple(c["name"] for c in instances.categories)
+        self.category_ids = [c["id"] for c in instances.categories]
         label_of = {c: i for i, c in enumerate(self.category_ids)}
-        imgs = {}
-        for im in _records(data, "images", self.path, ("id", "file_name", "width", "height")):
-            if not (isinstance(im["width"], int) and isinstance(im["height"], int) and im["width"] > 0
-                    and im["height"] > 0 and isinstance(im["file_name"], str)):
-                raise GnhubError(f"{self.path}: image {im['id']!r} needs a file_name and positive integer "
-                                 "width and height")
-            imgs[im["id"]] = im
-        per_image: dict = {i: [] for i in imgs}
-        for ann in _records(data, "annotations", self.path, ("image_id", "category_id", "bbox")):
-            per_image.setdefault(ann["image_id"], [])
-            if ann["image_id"] not in imgs:
-                raise GnhubError(f"{self.path}: annotation {ann.get('id')!r} is for image {ann['image_id']!r}, "
-                                 "which the file does not declare")
-            if ann["category_id"] not in label_of:
-                raise GnhubError(f"{self.path}: annotation {ann.get('id')!r} has category_id {ann['category_id']!r}, "
-                                 f"which is not declared in categories (ids {self.category_ids[:10]})")
+        per_image: dict = {i: [] for i in instances.images}
+        for ann in instances.annotations:
             per_image[ann["image_id"]].append(ann)
         self.samples: list[Sample] = []
-        for image_id in sorted(imgs):
-            im, anns = imgs[image_id], per_image[image_id]
-            if not anns or min(im["width"], im["height"]) < MIN_SIZE:
-                continue
-            self.samples.append(self._sample(im, anns, label_of))
-        if not self.samples:
-            raise GnhubError(f"{self.path}: no trainable image (each needs annotations and sides of at least "
-                             f"{MIN_SIZE} pixels)")
+        for image_id in sorted(instances.images):
+            im, anns = instances.images[image_id], per_image[image_id]
+            if anns and min(im["width"], im["height"]) >= MIN_SIZE:  # as mmdetection, crowd-only images too
+                self.samples.append(self._sample(im, anns, label_of))
+        if not sum(len(s.labels) for s in self.samples):
+            raise GnhubError(f"{self.path}: nothing to train on: no image of at least {MIN_SIZE} pixels a side has "
+                             "an instance that is not crowd, at least a pixel wide and high, with a polygon of three "
+                             "or more points or an RLE")
         missing = [s.path for s in self.samples if not s.path.is_file()]
         if missing:
             raise GnhubError(f"{missing[0]}: no such image ({len(missing)} of the images in {self.path} are missing "
                              f"from {self.images}); check --images")
+        self._check_images()
 
     def _sample(self, im: dict, anns: list[dict], label_of: dict) -> Sample:
-        w, h = im["width"], im["height"]
         boxes, labels, segs = [], [], []
         for ann in anns:
-            where = f"{self.path}: annotation {ann.get('id')!r} of {im['file_name']}"
-            box = ann["bbox"]
-            if (not isinstance(box, list) or len(box) != 4 or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
-                raise GnhubError(f"{where}: bbox {box!r} is not [x, y, width, height]")
-            x, y, bw, bh = box
-            if bw < 0 or bh < 0 or x < -BORDER or y < -BORDER or x + bw > w + BORDER or y + bh > h + BORDER:
-                raise GnhubError(f"{where}: box {box} lies outside the {w}x{h} image")
+            x, y, bw, bh = ann["bbox"]
             seg = ann.get("segmentation")
             if ann.get("iscrowd") or ann.get("ignore") or bw < 1 or bh < 1 or ann.get("area", 1) <= 0:
                 continue
             if isinstance(seg, list):
-                seg = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+                seg = [p for p in seg if len(p) >= 6]
                 if not seg:
                     continue  # mmdetection ignores an instance whose polygons are all degenerate
-            elif not (isinstance(seg, dict) and isinstance(seg.get("counts"), (list, str))
-                      and list(seg.get("size", ())) == [h, w]):
-                raise GnhubError(f"{where}: segmentation is neither polygons nor an RLE of the {h}x{w} image")
             boxes.append([x, y, x + bw, y + bh])
             labels.append(label_of[ann["category_id"]])
             segs.append(seg)
-        return Sample(im["id"], self.images / im["file_name"], w, h, np.asarray(boxes, np.float32).reshape(-1, 4),
-                      np.asarray(labels, np.int64), segs)
+        return Sample(im["id"], self.images / im["file_name"], im["width"], im["height"],
+                      np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), segs)
+
+    def _check_images(self) -> None:
+        """Decodes every image once (in threads: decoders release the GIL): a truncated or
+        unreadable file, or one of another size than declared, stops here, not mid-training."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        def check(s: Sample) -> None:
+            h, w = load_image(s.path).shape[:2]
+            if (h, w) != (s.height, s.width):
+                raise GnhubError(f"{s.path}: is {w}x{h}, but {self.path} says {s.width}x{s.height}")
+
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            for _ in pool.map(check, self.samples):
+                pass
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,31 +102,12 @@ class CocoInstances:
         """Image i as RGB uint8 and its target (boxes, labels, masks), flipped horizontally if asked."""
         s = self.samples[i]
         rgb = load_image(s.path)
-        if rgb.shape[:2] != (s.height, s.width):
-            raise GnhubError(f"{s.path}: is {rgb.shape[1]}x{rgb.shape[0]}, but {self.path} says {s.width}x{s.height}")
         masks = _decode(s.segmentations, s.height, s.width)
         boxes = s.boxes.copy()
         if flip:
             rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
             boxes[:, 0], boxes[:, 2] = s.width - s.boxes[:, 2], s.width - s.boxes[:, 0]
         return np.ascontiguousarray(rgb), {"boxes": boxes, "labels": s.labels, "masks": np.ascontiguousarray(masks)}
-
-
-def _read_json(path: Path):
-    if not path.is_file():
-        raise GnhubError(f"{path}: no such annotation file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GnhubError(f"{path}: not a COCO-format annotation file ({e})") from None
-
-
-def _records(data, key: str, path: Path, fields: tuple[str, ...]) -> list[dict]:
-    records = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and set(fields) <= set(r) for r in records):
-        raise GnhubError(f"{path}: not a COCO-format instances file: '{key}' must be a list of objects with "
-                         f"{', '.join(fields)}")
-    return records
 
 
 def _decode(segmentations: list, h: int, w: int) -> np.ndarray:

@@ -7,14 +7,16 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..errors import GnhubError
 from ..layout import check_replaceable, sha256_file, write_atomic
 from ..modeling import GNMaskRCNN
@@ -91,30 +93,36 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
     images) for box and mask AP at the end (and every recipe.val_every epochs). Under torchrun
     each rank trains on its shard and rank 0 writes. Returns a summary (empty on other ranks).
     """
+    cpu = torch.device(device).type == "cpu"
+    flush = cpu and torch.set_flush_denormal(True)  # first, before any thread pool: denormals make CPU training crawl
+    try:
+        return _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device,
+                         name, base_name, progress, log)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device, name,
+              base_name, progress, log) -> dict:
     recipe = recipe or Recipe()
     recipe.check()
     out = Path(out)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".train")
-    rank, world = _world()
+    rank, world = distributed.rank_world()
+    if recipe.amp == "fp16" and torch.device(device).type != "cuda":
+        raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
     check_replaceable(out, force)
-    _check_work_dir(work, resume)
-    if world > 1:  # every rank has checked the work directory before rank 0 writes to it
-        import torch.distributed as dist
-
-        dist.barrier()
+    _check_apart(out, work)
     if base.config.box_convention != "mmdet":
         raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
                          "Detectron's (convert an mmdetection checkpoint)")
     dataset = CocoInstances(train_annotations, train_images)
     if val is not None:
-        from ..evaluate import _coco
-
-        _coco(val[0])
-        if not Path(val[1]).is_dir():
-            raise GnhubError(f"{val[1]}: no such image folder (--val-images)")
+        _check_val(val, dataset)
+    _check_work_dir(work, resume)
+    distributed.barrier()  # every rank has checked the work directory before rank 0 writes to it
     device = torch.device(device)
-    if recipe.amp == "fp16" and device.type != "cuda":
-        raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
     origin = {"base_model": base_name or base.config.name, "base_sha256": base.config.weights_sha256,
               "dataset_sha256": sha256_file(dataset.path)}
     provenance = dict(base.config.provenance)
@@ -133,8 +141,17 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
                                 weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
     identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": origin["dataset_sha256"],
-                "base_sha256": origin["base_sha256"], "classes": list(dataset.classes), "world": world}
-    start = _restore(work, model, optimizer, scaler, identity) if resume else 0
+                "base_sha256": origin["base_sha256"], "base_config_sha256": _config_digest(base.config),
+                "classes": list(dataset.classes), "world": world}
+    if resume and (work / CHECKPOINT).is_file():
+        start = _restore(work, model, optimizer, scaler, identity)
+    else:
+        if resume:
+            log(f"{work}: no checkpoint yet (the run stopped before its first): starting from the beginning")
+        start = 0
+        if rank == 0:
+            _clear(work)
+    distributed.barrier()
     module = _LossModule(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -146,7 +163,6 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
         f"{schedule.total_batch} images, lr {schedule.base:g}" + (f", resuming at iteration {start}" if start else ""))
     amp = (torch.autocast(device.type, dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
            if recipe.amp else contextlib.nullcontext())
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)  # denormals make CPU training crawl
     it, stepping, metrics, began = start, False, {}, time.perf_counter()
     try:
         while it < schedule.total:
@@ -201,9 +217,6 @@ def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recip
             _save(work / CHECKPOINT, model, optimizer, scaler, identity, it)
         raise GnhubError(f"interrupted at iteration {it} of {schedule.total}; the checkpoint in {work}/ holds "
                          f"iteration {_saved_iteration(work / CHECKPOINT)}: continue with --resume") from None
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
     if val:
         metrics = _validate(model, val, work, it, rank)
     if rank != 0:
@@ -224,23 +237,61 @@ class _LossModule(torch.nn.Module):
         return self.model.loss(images, targets, generator=generator)
 
 
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
+def _check_apart(out: Path, work: Path) -> None:
+    """The output and the work directory may not hold one another (either would be in the way at the end)."""
+    a, b = out.resolve(), work.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise GnhubError(f"--work-dir {work} and -o {out}: one holds the other; choose folders side by side")
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+
+def _check_val(val: tuple, dataset: CocoInstances) -> None:
+    """The validation set, before training: readable, its images there, its classes the training set's."""
+    from ..coco import read_instances
+
+    instances = read_instances(val[0])
+    folder = Path(val[1])
+    if not folder.is_dir():
+        raise GnhubError(f"{folder}: no such image folder (--val-images)")
+    missing = [im["file_name"] for im in instances.images.values() if not (folder / im["file_name"]).is_file()]
+    if missing:
+        raise GnhubError(f"{folder / missing[0]}: no such image ({len(missing)} of {instances.path}'s images are "
+                         "missing); check --val-images")
+    names = {c["name"].replace("_", " ").lower() for c in instances.categories}
+    unknown = [c for c in dataset.classes if c.replace("_", " ").lower() not in names]
+    if unknown:
+        raise GnhubError(f"{instances.path}: has no category {unknown[0]!r} of the training set's classes; --val must "
+                         "name the same classes as --train")
+
+
+def _config_digest(config) -> str:
+    """sha256 of a base model's settings (everything but its name and provenance)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("name", "provenance")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _check_work_dir(work: Path, resume: bool) -> None:
-    if resume:
-        if not (work / CHECKPOINT).is_file():
-            raise GnhubError(f"{work}: no {CHECKPOINT} to resume from; start without --resume")
-        return
-    if work.exists() and (not work.is_dir() or any(work.iterdir())):
-        what = "holds a checkpoint: continue with --resume, or remove it" if (work / CHECKPOINT).is_file() else \
-            "exists and is not empty; choose another --work-dir"
-        raise GnhubError(f"{work}: {what}")
+    """A work directory holding only gnhub's training files is gnhub's to reuse: without a
+    checkpoint (a run killed before its first), it starts over; with one, only --resume goes on."""
+    if work.exists() and not work.is_dir():
+        raise GnhubError(f"{work}: is a file; choose another --work-dir")
+    names = {p.name for p in work.iterdir()} if work.is_dir() else set()
+    if any(not _is_training_file(n) for n in names):
+        raise GnhubError(f"{work}: holds files gnhub did not write; choose another --work-dir")
+    if (work / CHECKPOINT).is_file() and not resume:
+        raise GnhubError(f"{work}: holds a checkpoint: continue with --resume, or remove it")
+
+
+def _clear(work: Path) -> None:
+    """Removes an earlier run's log and validation results (gnhub's own files, see _check_work_dir)."""
+    import shutil
+
+    for p in work.iterdir() if work.is_dir() else []:
+        if _is_training_file(p.name) and p.name != CHECKPOINT:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _is_training_file(name: str) -> bool:
+    return name in (CHECKPOINT, LOG) or re.fullmatch(r"val_\d+\.json(\.parts)?", name) is not None
 
 
 def _terms(losses: dict) -> str:
@@ -286,11 +337,15 @@ def _saved_iteration(path: Path) -> int:
     return _load_checkpoint(path, tensors=False)[0]["iteration"] if path.is_file() else 0
 
 
+_IDENTITY = {"dataset_sha256": "dataset", "base_sha256": "base model (weights)",
+             "base_config_sha256": "base model (settings)", "world": "number of processes"}
+
+
 def _restore(work: Path, model, optimizer, scaler, identity: dict) -> int:
     """The checkpoint's state into model, optimizer and scaler; the log cut back to it."""
     path = work / CHECKPOINT
     state, tensors = _load_checkpoint(path)
-    changed = [k for k in identity if state.get(k) != identity[k]]
+    changed = [_IDENTITY.get(k, k) for k in identity if state.get(k) != identity[k]]
     if changed:
         raise GnhubError(f"{path}: was made with another {', '.join(changed)}; resume with the same model, "
                          "dataset and options, or start again in a new --work-dir")
