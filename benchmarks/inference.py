@@ -143,8 +143,7 @@ def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
     """gnhub verify's report for a half-precision copy: the precision.* stages and the detections."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gnhub.convert import DTYPES
-    from gnhub.modeling import with_weights
+    from gnhub.modeling import DTYPES, with_weights
     from gnhub.source import open_source
     from gnhub.verify import images_for, verify_against
 

@@ -47,7 +47,7 @@ def main() -> None:
     import make_mmdet_checkpoint
 
     from gnhub.convert import convert
-    from gnhub.layout import sha256_file
+    from gnhub.files import sha256_file
 
     scratch = tempfile.TemporaryDirectory()  # removed at exit
     work = Path(scratch.name)

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from .errors import GnhubError
-from .hub import HubSettings, resolve
-from .modeling import GNModel
+from .modeling import DTYPES, GNModel
+from .resolve import resolve
+from .settings import HubSettings
 
 
 def load(
@@ -21,6 +22,8 @@ def load(
     source_mirror: str | None = None,
     quiet: bool | None = None,
     classes: list[str] | None = None,
+    dtype: str | None = None,
+    settings: HubSettings | None = None,
 ) -> GNModel:
     """The model (a GNMaskRCNN, or a GNResNetClassifier for a bare backbone), its weights'
     sha256 checked against config.json.
@@ -30,17 +33,22 @@ def load(
     works once cached), or a directory hub (`hub_dir` / GNHUB_HUB_DIR); `endpoint` /
     GNHUB_ENDPOINT and `org` / GNHUB_ORG select a mirror. Where the hub has no such repository,
     the zoo's own upstream file is downloaded (`source_mirror` / GNHUB_SOURCE_MIRROR replaces
-    its host), hash-checked, converted, verified and cached. `quiet` turns off progress output.
-    `classes` gives the model new class-dependent layers for fine-tuning (`with_classes`).
+    its host), hash-checked, converted, verified and cached. `quiet` turns off progress output;
+    `settings` (gnhub.settings.HubSettings) holds all of these at once, the keywords override it.
+    `classes` gives the model new class-dependent layers for fine-tuning (`with_classes`);
+    `dtype` (float32, float16 or bfloat16) casts the weights; by default they stay as stored.
     """
     target = check_device(device)
-    path = resolve(name_or_path, HubSettings(endpoint, org, hub_dir, token, source_mirror, quiet))
-    model = GNModel.from_pretrained(path)
+    if dtype is not None and dtype not in DTYPES:
+        raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    hub = (settings or HubSettings()).merged(endpoint=endpoint, org=org, hub_dir=hub_dir, token=token,
+                                             source_mirror=source_mirror, quiet=quiet)
+    model = GNModel.from_pretrained(resolve(name_or_path, hub))
     if classes is not None:
         if not hasattr(model, "with_classes"):
             raise GnhubError(f"{name_or_path}: an ImageNet classifier; new classes need a Mask R-CNN")
         model = model.with_classes(classes)
-    return model.to(target).eval()
+    return model.to(target, DTYPES[dtype] if dtype else None).eval()
 
 
 def check_device(device) -> torch.device:

@@ -13,23 +13,21 @@ sha256 is what the registry expects; anything else is converted again.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
 import urllib.parse
 from pathlib import Path
 
 from . import zoo
-from .config import FORMAT_VERSION
 from .errors import GnhubError
-from .layout import CONFIG_FILE, cache_dir, sha256_file
+from .files import sha256_file
+from .layout import is_current
+from .settings import cache_dir
 
 
 def source_url(entry: zoo.ZooEntry, mirror: str | None = None) -> str:
-    """The entry's upstream URL, its scheme and host replaced by `mirror` / GNHUB_SOURCE_MIRROR."""
+    """The entry's upstream URL, its scheme and host replaced by `mirror`."""
     url = entry.url
-    mirror = mirror or os.environ.get("GNHUB_SOURCE_MIRROR")
     if not url or not mirror:
         return url
     path = urllib.parse.urlsplit(url)
@@ -42,16 +40,8 @@ def cached(entry: zoo.ZooEntry) -> Path | None:
     if not folder.is_dir():
         return None
     expected = entry.expected_sha256
-    for d in sorted(folder.iterdir()):
-        if expected and not d.name.startswith(expected):
-            continue
-        try:
-            config = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(config, dict) and config.get("format_version") == FORMAT_VERSION:
-            return d
-    return None
+    return next((d for d in sorted(folder.iterdir())
+                 if (not expected or d.name.startswith(expected)) and is_current(d)), None)
 
 
 def _lock(name: str):
@@ -74,16 +64,15 @@ def _inside(root: Path, *parts: str) -> Path:
     return path
 
 
-def fetch(entry: zoo.ZooEntry, quiet: bool | None = None, keep_source: bool = False, mirror: str | None = None,
+def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mirror: str | None = None,
           log=None) -> Path:
     """The cached model of `entry`: downloaded from upstream, hash-checked, converted with
     verification and written into the cache first where needed. One process at a time per name
     (a file lock); the others wait, then load the result."""
     from filelock import Timeout
 
-    from .download import download, quiet_default
+    from .download import download
 
-    quiet = quiet_default() if quiet is None else quiet
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
     url = source_url(entry, mirror)
     if not url:

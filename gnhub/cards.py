@@ -7,29 +7,25 @@ from pathlib import Path
 import jinja2
 
 from . import zoo
-from .config import ModelConfig
-from .layout import CARD_FILE, CONFIG_FILE, write_atomic
-from .report import Report, StageCheck, read_report
+from .files import write_atomic
+from .layout import CARD_FILE, read_config, read_report
+from .report import Report
 
 PROVENANCE_FIELDS = ("source_file", "source_sha256", "source_format", "source_version", "source_layout",
                      "converter", "torch", "date", "preprocess_from")
 SOURCE_FAMILIES = {"mmdet": ("mmdetection", zoo.MMDET_CITATION), "detectron": ("Detectron", zoo.DETECTRON_CITATION)}
 
 
-def render_card(model_dir: str | Path, load_name: str | None = None, export: dict | None = None) -> str:
+def render_card(model_dir: str | Path, load_name: str | None = None, export: Report | None = None) -> str:
     """The model card of a model directory, with Hugging Face metadata front matter; `export`
     (the report of its ONNX export, published beside it) adds how to run it with ONNX Runtime."""
     from huggingface_hub import EvalResult, ModelCardData
 
     model_dir = Path(model_dir)
-    config = ModelConfig.load(model_dir / CONFIG_FILE)
+    config = read_config(model_dir)
     p = {**dict.fromkeys(PROVENANCE_FIELDS, "unknown"), **config.provenance}  # a model built in Python has none
     entry = zoo.get(config.name)
     verification = read_report(model_dir, config.task)
-    stages = []
-    if verification:
-        checks = [StageCheck(**c) for c in verification["checks"]]
-        stages = Report(checks, verification["dtype"], verification["against"]).summary()
     family, citation = SOURCE_FAMILIES.get(p.get("source_format"), (p.get("source_format", "source"), None))
     classifier = config.task == "image-classification"
     results = []
@@ -74,12 +70,11 @@ def render_card(model_dir: str | Path, load_name: str | None = None, export: dic
         f"(backbone, FPN and heads), {config.num_classes} classes.",
         source_family=family,
         load_name=load_name or (config.name if entry else str(model_dir)),
-        verification=verification,
+        verification=verification.to_dict() if verification else None,
         ft=p.get("finetune"),
-        export=export,
-        export_stages=Report([StageCheck(**c) for c in export["checks"]], export["dtype"],
-                             export["against"]).summary() if export else [],
-        stages=stages,
+        export=export.to_dict() if export else None,
+        export_stages=export.summary() if export else [],
+        stages=verification.summary() if verification else [],
         gn_citation=zoo.GN_CITATION,
         source_citation=citation,
         license=(entry.license if entry else "see the source") + " (the source's license)",

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .errors import GnhubError
-from .layout import CONFIG_FILE, WEIGHTS_FILE, atomic_dir, check_model_dir
+from .layout import WEIGHTS_FILE, check_model_dir, new_model_dir, write_config
 
 try:
     from numpy._core import multiarray
@@ -86,8 +86,8 @@ def _check_zip_sizes(path: Path, size: int) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             declared = sum(i.file_size for i in z.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return  # torch.load names what is wrong with it
+    except Exception:  # noqa: BLE001 - a zip this reader cannot take: torch.load names what is wrong with it
+        return
     if declared > 4 * size + (64 << 20):
         raise GnhubError(f"{path}: refused: its zip entries declare {declared / 2**20:,.0f} MiB in a "
                          f"{size / 2**20:,.1f} MiB file (a zip bomb?); torch writes checkpoints uncompressed")
@@ -304,14 +304,14 @@ def write_model_files(
     config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"}, each)
     if before_config is not None:
         before_config()
-    config.save(directory / CONFIG_FILE)
+    write_config(directory, config)
 
 
 def write_model_dir(
     dest: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], force: bool = False
 ) -> Path:
     """Writes config.json + model.safetensors into `dest`, atomically."""
-    with atomic_dir(dest, force) as tmp:
+    with new_model_dir(dest, force) as tmp:
         write_model_files(tmp, config, state_dict)
     return Path(dest)
 

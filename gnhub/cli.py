@@ -1,9 +1,8 @@
-"""The `gnhub` command: each subcommand parses its arguments and calls the library."""
+"""The `gnhub` command: each subcommand parses its arguments, calls one library function and
+prints what it returns; main() maps errors to exit codes. No workflow lives here."""
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,14 +11,33 @@ import click
 
 from . import __version__
 from .errors import GnhubError
+from .settings import HubSettings
+
+_HUB_OPTIONS = [
+    click.option("--hub-dir", help="Load from / publish to a directory hub (ORG/NAME/) [env GNHUB_HUB_DIR]."),
+    click.option("--endpoint", help="Hub endpoint, for a mirror [env GNHUB_ENDPOINT, HF_ENDPOINT]."),
+]
+
+
+def _hub_options(fn):
+    for option in reversed(_HUB_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _settings(ctx: click.Context, **values) -> HubSettings:
+    """The group's settings, with a command's own options over them."""
+    return (ctx.obj or HubSettings()).merged(**values)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gnhub")
 @click.option("--source-mirror", metavar="URL",
               help="Host that replaces the zoo's upstream download servers [env GNHUB_SOURCE_MIRROR].")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars [env GNHUB_QUIET].")
-def cli(source_mirror, quiet):
+@click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars [env GNHUB_QUIET].")
+@_hub_options
+@click.pass_context
+def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
     """Group Normalization Mask R-CNN checkpoints (mmdetection .pth, Detectron .pkl) in plain PyTorch.
 
     \b
@@ -38,10 +56,7 @@ def cli(source_mirror, quiet):
     from gnhub's cache, else the hub, else the zoo's upstream file (downloaded, converted,
     verified and cached once; see `gnhub fetch`).
     """
-    if source_mirror:
-        os.environ["GNHUB_SOURCE_MIRROR"] = source_mirror
-    if quiet:
-        os.environ["GNHUB_QUIET"] = "1"
+    ctx.obj = HubSettings(source_mirror=source_mirror, quiet=quiet, hub_dir=hub_dir, endpoint=endpoint)
 
 
 @cli.command()
@@ -66,12 +81,12 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
     cores); verification.json and golden.safetensors are written beside the weights. A failed
     verification writes nothing.
     """
-    from .convert import convert as run
+    from .convert import convert
 
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     log(f"converting {src} ...")
-    s = run(src, out, fmt=fmt, name=name, dtype=dtype, check_hash=not no_check_hash, force=force,
-            verify=not no_verify, strict=strict, log=log)
+    s = convert(src, out, fmt=fmt, name=name, dtype=dtype, check_hash=not no_check_hash, force=force,
+                verify=not no_verify, strict=strict, log=log)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -95,7 +110,9 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
 @click.option("--mmdet-config", type=click.Path(path_type=Path, dir_okay=False),
               help="mmdetection config for --against mmdet [default: its packaged config of the zoo model].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
-def verify(model, source, images, tolerance, against, mmdet_config, json_out):
+@_hub_options
+@click.pass_context
+def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_out, hub_dir, endpoint):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
     For an ONNX export directory (`gnhub export`), the graph runs on onnxruntime and is compared
@@ -106,37 +123,18 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
     proposals, RoI logits and deltas, detections and masks. With --against mmdet the reference is
     mmdetection itself (optional, see the README), built from its packaged config of the zoo
     model or --mmdet-config. Without --source, MODEL is compared with the golden outputs stored
-    at conversion. Exits 0 only if every stage is within tolerance; images after the first one
-    with a failing stage are not checked.
+    at conversion. The weights are always hashed in full. Exits 0 only if every stage is within
+    tolerance; images after the first one with a failing stage are not checked.
     """
-    from .layout import check_output_file
+    from .verify import failure_message, verify_model
 
-    if json_out:
-        check_output_file(json_out, "--json")
-    from .hub import resolve
-    from .layout import is_export_dir
-
-    if is_export_dir(Path(model)):
-        if source or images or against != "gnhub":
-            raise GnhubError(f"{model}: an ONNX export is checked against its golden outputs only; drop --source, "
-                             "--image and --against")
-        from .export import verify_export_golden
-
-        report, names = verify_export_golden(Path(model)), None
-    else:
-        from .verify import run_verify
-
-        model_dir = resolve(model)  # a zoo name or hf-hub: id downloads the golden outputs too
-        report, names = run_verify(model_dir, source, [str(i) for i in images], tolerance, against, mmdet_config)
+    report, names = verify_model(model, source, images, tolerance, against, mmdet_config, json_out,
+                                 _settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
                    f"max rel {row['max_rel']:.3g}  ({row['tolerance']})")
-    if json_out:
-        json_out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     if not report.passed:
-        from .verify import failure_message
-
         raise GnhubError(f"{model}: {failure_message(report, names)}")
     click.echo(f"{model}: every stage within {report.dtype} tolerance against {report.against}")
 
@@ -146,52 +144,43 @@ def verify(model, source, images, tolerance, against, mmdet_config, json_out):
 @click.option("-m", "--model", "model_path", required=True, help="Model directory, zoo name or hf-hub:owner/repo.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True,
               help="A new or empty folder, or an earlier predict output.")
+@click.option("--score-threshold", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="Draw and write the detections scoring at least this (mmdetection's demo draws above 0.3).")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="float16 needs a GPU.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="onnx: MODEL is a `gnhub export` directory, run by onnxruntime without torch.")
-def predict(images, model_path, out, batch_size, device, dtype, runtime):
+@_hub_options
+@click.pass_context
+def predict(ctx, images, model_path, out, score_threshold, batch_size, device, dtype, runtime, hub_dir, endpoint):
     """Detect and segment objects in IMAGES (files, folders or glob patterns).
 
     Writes NAME.png (masks, boxes, classes and scores drawn) and NAME.json per image, and
-    results.json with all detections in COCO results format (RLE masks). With an ImageNet
-    classifier (a converted R-50-GN.pkl), NAME.json and results.json list the top 5 classes.
+    results.json with all detections in COCO results format (RLE masks): those scoring at least
+    --score-threshold. With an ImageNet classifier (a converted R-50-GN.pkl), NAME.json and
+    results.json list the top 5 classes. Nothing but gnhub's own earlier output is replaced.
     """
-    from .predict import expand_inputs, predict_files, prepare_out_dir
+    from .predict import predict
 
-    paths = expand_inputs(list(images))
-    prepare_out_dir(out)
-    if runtime == "onnx":
-        from .runtime import load as load_onnx
-
-        if device != "cpu" or dtype != "float32":
-            raise GnhubError("--runtime onnx runs float32 on onnxruntime's CPU provider; drop --device and --dtype")
-        model = load_onnx(model_path)
-    else:
-        from .api import load
-        from .convert import DTYPES
-
-        model = load(model_path, device=device).to(DTYPES[dtype])
-    if dtype == "float16" and model.device.type == "cpu":
-        click.echo("note: float16 on the CPU runs slower than float32 (no half-precision CPU kernels); "
-                   "bfloat16 is faster only on CPUs with native bfloat16 instructions (AVX512-BF16, AMX)", err=True)
     rate = {"value": 0.0}
-    with click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
-                           item_show_func=lambda _: f"{rate['value']:.2f} images/s") as bar:
+    bar = click.progressbar(length=1, label="predicting", file=sys.stderr,
+                            item_show_func=lambda _: f"{rate['value']:.2f} images/s")
 
-        def progress(n, images_per_second):
-            rate["value"] = images_per_second
-            bar.update(n)
+    def progress(n, images_per_second, total):
+        rate["value"], bar.length = images_per_second, total
+        bar.update(n)
 
-        summary = predict_files(model, paths, out, batch_size, progress=progress)
+    with bar:
+        summary = predict(model_path, list(images), out, batch_size, device, dtype, runtime, score_threshold,
+                          _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), progress)
     for reason in summary["skipped"]:
         click.echo(f"warning: skipped {reason}", err=True)
-    click.echo(
-        f"{summary['images']} images ({summary['images_per_second']} images/s), "
-        f"{summary['detections']} {'top classes' if model.task == 'image-classification' else 'detections'}, "
-        f"{len(summary['skipped'])} skipped -> {summary['out']}/"
-    )
+    n = summary["images"]
+    what = "top classes" if summary.get("task") == "image-classification" else "detections"
+    click.echo(f"{n} image{'s' * (n != 1)} ({summary['images_per_second']} images/s), {summary['detections']} "
+               f"{what}, {len(summary['skipped'])} skipped -> {summary['out']}/")
 
 
 @cli.command("eval")
@@ -203,32 +192,33 @@ def predict(images, model_path, out, batch_size, device, dtype, runtime):
               "and images resumes from it [default: ./NAME_coco_results.json].")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
-def eval_(model, images, annotations, results, batch_size, device):
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Score the model in this precision (float16 needs a GPU).")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: score a `gnhub export` on onnxruntime (no torch).")
+@_hub_options
+@click.pass_context
+def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, runtime, hub_dir, endpoint):
     """Box and mask AP of MODEL on a COCO-format dataset (needs pycocotools: pip install 'gnhub[coco]').
 
-    The annotations are checked before the model runs. Under torchrun each process takes a shard
-    of the images and rank 0 merges and scores them.
+    The annotations are checked before the model loads; --runtime onnx and --dtype show the AP
+    an export or a half-precision model keeps on your data. Under torchrun each process takes a
+    shard of the images and rank 0 merges and scores them.
     """
-    from .api import load
-    from .coco import read_instances
-    from .distributed import join
-    from .evaluate import METRICS, check_results, default_results, evaluate
+    from .evaluate import METRICS, evaluate_model
 
-    if results:
-        check_results(results)
-    read_instances(annotations)
-    m = load(model, device=join(device))
-    results = results or default_results(m)
-    metrics = evaluate(m, images, annotations, results, batch_size)
+    metrics = evaluate_model(model, images, annotations, results, batch_size, device, dtype, runtime,
+                             _settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     if not metrics:  # not rank 0
         return
-    count = metrics["images"]
-    click.echo(f"{count} image{'s' * (count != 1)}, {metrics['images_per_second']} images/s; results: {results}")
+    n = metrics["images"]
+    click.echo(f"{n} image{'s' * (n != 1)}, {metrics['images_per_second']} images/s; results: {metrics['results']}")
     click.echo(f"{'':5s} " + " ".join(f"{k:>6s}" for k in METRICS) + "  published AP")
     for key in ("box", "mask"):
-        published = metrics.get("published", {}).get(key, {}).get("AP")
-        row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
-        click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
+        if key in metrics:
+            published = metrics.get("published", {}).get(key, {}).get("AP")
+            row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
+            click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
 
 
 @cli.command()
@@ -259,24 +249,24 @@ def eval_(model, images, annotations, results, batch_size, device):
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the work directory, exactly.")
 @click.option("--name", help="Model name [default: the output directory's name].")
 @click.option("--force", is_flag=True, help="Replace an existing gnhub model directory at OUT.")
-def finetune(model, train_annotations, images, val_annotations, val_images, out, epochs, iterations, batch_size,
+@_hub_options
+@click.pass_context
+def finetune(ctx, model, train_annotations, images, val_annotations, val_images, out, epochs, iterations, batch_size,
              accumulate, lr, steps, warmup, flip, seed, amp, device, checkpoint_every, val_every, work_dir, resume,
-             name, force):
+             name, force, hub_dir, endpoint):
     """Fine-tune MODEL on a COCO-format dataset with mmdetection's recipe for these models.
 
     \b
     SGD (momentum 0.9, weight decay 1e-4), lr 0.02 per 16 images, 500-step linear warm-up,
     lr x 0.1 at 2/3 and 11/12 of the run, random horizontal flip, batches grouped by aspect
     ratio, stem and first stage frozen; mmdetection's losses exactly (GNMaskRCNN.loss).
-    New classes get new heads. Checkpoints every --checkpoint-every steps; after a crash or
-    Ctrl-C, --resume continues exactly. Under torchrun each process trains on its shard (DDP).
+    New classes get new heads. Every input and output is checked before training (the images
+    decoded once). Checkpoints every --checkpoint-every steps; after a crash or Ctrl-C,
+    --resume continues exactly. Under torchrun each process trains on its shard (DDP).
     OUT is a model directory (weights, config.json with the classes and provenance, golden
     outputs, card) for gnhub predict/eval/verify/publish. Needs pycocotools (gnhub[coco]).
     """
-    from .api import load
-    from .distributed import join
-    from .train import Recipe
-    from .train import finetune as run
+    from .train import Recipe, finetune_model
 
     if (val_annotations is None) != (val_images is None):
         raise GnhubError("--val and --val-images go together")
@@ -287,28 +277,25 @@ def finetune(model, train_annotations, images, val_annotations, val_images, out,
     recipe = Recipe(epochs=epochs, iterations=iterations, batch_size=batch_size, accumulate=accumulate, lr=lr,
                     warmup_iters=warmup, steps=step_list, flip=flip, seed=seed, amp=amp,
                     checkpoint_every=checkpoint_every, val_every=val_every)
-    recipe.check()
-    device = join(device)
-    base = load(model, device=device)
     val = (val_annotations, val_images) if val_annotations else None
     bar = click.progressbar(length=1, label="fine-tuning", file=sys.stderr, item_show_func=lambda row: row)
 
     def progress(it, total, row):
         bar.length = total
-        terms = " ".join(f"{k} {row[k]:.3f}" for k in ("rpn_cls", "rpn_bbox", "cls", "bbox", "mask"))
+        terms = " ".join(f"{k} {row[k]:.3f}" for k in ("rpn_cls", "rpn_bbox", "cls", "bbox", "mask") if k in row)
         bar.update(it - bar.pos, f"loss {row['loss']:.3f} ({terms}) lr {row['lr']:.2e}")
 
     with bar:
-        summary = run(base, train_annotations, images, out, recipe, val=val, work_dir=work_dir, resume=resume,
-                      force=force, device=device, name=name, base_name=model, progress=progress,
-                      log=lambda msg: click.echo(msg, err=True))
+        summary = finetune_model(model, train_annotations, images, out, recipe, val, work_dir, resume, force, device,
+                                 name, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), progress,
+                                 lambda msg: click.echo(msg, err=True))
     if not summary:  # not rank 0
         return
     click.echo(f"{summary['iterations']} iterations in {summary['seconds']:.0f} s -> {summary['output']} "
                f"(log and checkpoint: {summary['work_dir']})")
     if summary["val"]:
         v = summary["val"]
-        click.echo(f"validation: box AP {v['box']['AP']:.3f}, mask AP {v['mask']['AP']:.3f}")
+        click.echo("validation: " + ", ".join(f"{k} AP {v[k]['AP']:.3f}" for k in ("box", "mask") if k in v))
 
 
 @cli.command("export")
@@ -318,7 +305,9 @@ def finetune(model, train_annotations, images, val_annotations, val_images, out,
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset (16 or later).")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with the PyTorch model.")
 @click.option("--force", is_flag=True, help="Replace an earlier export (nothing else).")
-def export_(model, fmt, out, opset, no_verify, force):
+@_hub_options
+@click.pass_context
+def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
     """Export MODEL (anything gnhub.load takes) as an ONNX graph that runs without torch.
 
     The graph takes one image's normalised, padded input (any height and width), its resized
@@ -328,12 +317,10 @@ def export_(model, fmt, out, opset, no_verify, force):
     the built-in images; a failed verification writes nothing. Batch size 1, float32,
     mmdetection-convention models; needs `pip install 'gnhub[onnx]'`.
     """
-    from .api import load
-    from .export import export as run
+    from .export import export_model
 
-    m = load(model)
-    summary = run(m, out or Path(f"{m.config.name}-onnx"), opset=opset, verify=not no_verify, force=force,
-                  log=lambda msg: click.echo(msg, err=True))
+    summary = export_model(model, out, opset, not no_verify, force, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+                           log=lambda msg: click.echo(msg, err=True))
     state = "verified" if summary["verified"] else "NOT verified (--no-verify)"
     click.echo(f"{summary['output']}/model.onnx: opset {opset}, {summary['bytes'] / 2**20:.0f} MiB, {state}; "
                f"export {summary['export_seconds']:.0f} s, {summary['seconds']:.0f} s in all")
@@ -342,13 +329,14 @@ def export_(model, fmt, out, opset, no_verify, force):
 @cli.command("list")
 @click.argument("pattern", required=False)
 def list_(pattern):
-    """List the zoo models (PATTERN: fnmatch wildcards, e.g. '*r101*')."""
+    """List the zoo models (PATTERN: fnmatch wildcards, any case, e.g. '*r101*')."""
     from .cache import cached
     from .zoo import list_models, models
 
     names = list_models(pattern)
     if not names:
         raise GnhubError(f"no zoo model matches {pattern!r}")
+    click.echo(f"{'name':42s} {'depth':6s} {'format':9s} {'schedule':8s} {'published results':28s} cache")
     for n in names:
         e = models()[n]
         depth = f"R-{e.depth}" if e.depth else "R-?"
@@ -358,36 +346,12 @@ def list_(pattern):
 
 @cli.command()
 @click.argument("name")
-def info(name):
+@click.pass_context
+def info(ctx, name):
     """Show everything gnhub knows about zoo model NAME, or a model directory, or a raw checkpoint."""
-    import dataclasses
+    from .info import describe
 
-    from .cache import cached, source_url
-    from .zoo import get
-
-    e = get(name)
-    if e is not None:
-        path = cached(e)
-        data = {**dataclasses.asdict(e), "url": e.url, "download_url": source_url(e), "sha256_prefix": e.sha256_prefix,
-                "hub_repo": e.hub_repo(), "cached": str(path) if path else None}
-    elif Path(name).is_dir():
-        from .layout import check_model_dir, tensor_shapes
-
-        config = check_model_dir(name)
-        shapes = tensor_shapes(Path(name))
-        data = {**config.to_dict(), "tensors": len(shapes), "parameters": sum(math.prod(s) for s in shapes.values())}
-        data.pop("classes")
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .source import open_source
-
-        with ThreadPoolExecutor(1) as pool:
-            src = open_source(name, "auto", check_hash=False, pool=pool)
-            data = {"format": src.converter.DESCRIPTION, "tensors": len(src.tensors), "sha256": src.sha256.result(),
-                    "version": src.converter.meta_version(src.obj), "settings": src.settings,
-                    "preprocess_from": src.preprocess_from}
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(describe(name, ctx.obj), indent=2, default=str))
 
 
 @cli.command()
@@ -404,33 +368,32 @@ def card(model_dir, name):
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every zoo model with a published download.")
 @click.option("--keep-source", is_flag=True, help="Keep the downloaded upstream files in the cache too.")
-def fetch(names, all_, keep_source):
+@_hub_options
+@click.pass_context
+def fetch(ctx, names, all_, keep_source, hub_dir, endpoint):
     """Fill gnhub's cache with zoo models NAMES ahead of time (for a cluster's shared filesystem,
     or before going offline) and print where each one is.
 
     Each comes from the hub where published, else from its upstream file: downloaded (resumable),
     hash-checked, converted and verified. The cache is GNHUB_CACHE (default ~/.cache/gnhub).
     """
-    from .hub import HubSettings, resolve
-    from .zoo import get, list_models, suggest
+    from .resolve import fetch
+    from .zoo import get, list_models
 
     if all_:
         names = [n for n in list_models() if get(n).url]
     if not names:
         raise GnhubError("name the zoo models to fetch (`gnhub list`), or pass --all")
-    for n in names:
-        if get(n) is None:
-            close = suggest(n)
-            raise GnhubError(f"{n}: not a zoo model" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    for n in names:
-        click.echo(f"{n}: {resolve(n, HubSettings(keep_source=keep_source))}")
+    for n, path in fetch(list(names), _settings(ctx, hub_dir=hub_dir, endpoint=endpoint, keep_source=keep_source)):
+        click.echo(f"{n}: {path}")
 
 
 @cli.command("cache")
 @click.argument("action", type=click.Choice(["list", "rm"]), default="list")
 @click.argument("names", nargs=-1)
 def cache_(action, names):
-    """List what gnhub's cache holds (sizes), or remove NAMES from it (`gnhub cache rm NAME`)."""
+    """List what gnhub's cache holds (sizes), or remove NAMES from it (`gnhub cache rm NAME`: zoo
+    names or the entries listed; nothing outside the cache)."""
     from .cache import cache_dir, entries, remove
 
     if action == "rm":
@@ -443,19 +406,8 @@ def cache_(action, names):
     rows = entries()
     for r in rows:
         click.echo(f"{r['name']:42s} {r['kind']:9s} {r['bytes'] / 2**20:9.1f} MiB  {r['path']}")
-    click.echo(f"{len(rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB in {cache_dir()}")
-
-
-_HUB_OPTIONS = [
-    click.option("--hub-dir", help="Publish to / load from a directory hub (ORG/NAME/) [env GNHUB_HUB_DIR]."),
-    click.option("--endpoint", help="Hub endpoint, for a mirror [env GNHUB_ENDPOINT, HF_ENDPOINT]."),
-]
-
-
-def _hub_options(fn):
-    for option in reversed(_HUB_OPTIONS):
-        fn = option(fn)
-    return fn
+    click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB "
+               f"in {cache_dir()}")
 
 
 @cli.command()
@@ -469,7 +421,9 @@ def _hub_options(fn):
 @click.option("--onnx", "export_dir", type=click.Path(path_type=Path, file_okay=False),
               help="A `gnhub export` directory of this model, uploaded in onnx/ with the same commit.")
 @_hub_options
-def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unverified, export_dir, hub_dir, endpoint):
+@click.pass_context
+def publish(ctx, model_dir, repo_id, private, revision, create_pr, dry_run, allow_unverified, export_dir, hub_dir,
+            endpoint):
     """Upload MODEL_DIR (weights, config, verification, generated card) to a hub in one commit.
 
     With --onnx, the model's ONNX export goes into onnx/ of the same repository and the card
@@ -477,23 +431,15 @@ def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unv
     unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
     and is never printed.
     """
-    from .hub import check_repo_id
+    from .publish import publish_model
 
-    check_repo_id(repo_id)
-    from .cards import render_card
-    from .hub import HubSettings, publishable, publishable_export
-    from .hub import publish as run
-
-    report = publishable(model_dir, allow_unverified)
-    export_report = publishable_export(export_dir, model_dir, allow_unverified) if export_dir else None
-    text = render_card(model_dir, export=export_report)
+    result = publish_model(model_dir, repo_id, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), private, revision,
+                           create_pr, allow_unverified, export_dir, dry_run=dry_run)
     if dry_run:
-        files = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != "README.md")
-        click.echo(f"would publish to {repo_id}: {', '.join(files)} + README.md (generated card, "
-                   f"{len(text)} characters); verification {'passed' if report.get('passed') else 'missing/failed'}")
+        click.echo(f"would publish to {repo_id}: {', '.join(result['files'])} (generated card, "
+                   f"{result['card_characters']} characters); verification "
+                   f"{'passed' if result['verified'] else 'missing/failed'}")
         return
-    result = run(model_dir, repo_id, text, HubSettings(endpoint=endpoint, hub_dir=hub_dir), private=private,
-                 revision=revision, create_pr=create_pr, export_dir=export_dir)
     state = "published" if result["changed"] else "unchanged, no new commit"
     click.echo(f"{repo_id}: {state} ({result['url']})")
 
@@ -504,34 +450,18 @@ def publish(model_dir, repo_id, private, revision, create_pr, dry_run, allow_unv
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("gnhub-zoo"), show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept files whose sha256 differs from the published one.")
 @_hub_options
-def publish_zoo(folder, org, work_dir, no_check_hash, hub_dir, endpoint):
+@click.pass_context
+def publish_zoo(ctx, folder, org, work_dir, no_check_hash, hub_dir, endpoint):
     """Convert, verify, card and publish every zoo model whose source file is in FOLDER."""
-    from .cards import render_card
-    from .convert import convert as run
-    from .hub import HubSettings
-    from .hub import publish as upload
-    from .zoo import models
+    from .publish import publish_zoo
 
-    settings = HubSettings(endpoint=endpoint, org=org, hub_dir=hub_dir).resolved()
-    rows = []
-    for name, entry in models().items():
-        src = folder / entry.file
-        if not src.is_file():
-            continue
-        try:
-            out = work_dir / name
-            s = run(src, out, force=True, check_hash=not no_check_hash,
-                    log=lambda m, n=name: click.echo(f"{n}: {m}", err=True))
-            r = upload(out, entry.hub_repo(settings.org), render_card(out, name), settings)
-            rows.append((name, "published" if r["changed"] else "unchanged", f"{s['seconds']:.0f} s"))
-        except GnhubError as e:
-            rows.append((name, "FAILED", str(e)))
-    if not rows:
-        raise GnhubError(f"{folder}: none of the zoo's source files is there (`gnhub info NAME` shows file names)")
+    rows = publish_zoo(folder, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint, org=org), work_dir,
+                       not no_check_hash, log=lambda m: click.echo(m, err=True))
     for row in rows:
         click.echo(f"{row[0]:42s} {row[1]:10s} {row[2]}")
-    if any(r[1] == "FAILED" for r in rows):
-        raise GnhubError(f"{sum(r[1] == 'FAILED' for r in rows)} of {len(rows)} models failed")
+    failed = sum(r[1] == "FAILED" for r in rows)
+    if failed:
+        raise GnhubError(f"{failed} of {len(rows)} models failed")
 
 
 @cli.command()
@@ -543,27 +473,9 @@ def demo(out):
     verifies it, renders its card, publishes it to a directory hub, loads it back by name and
     predicts on the sample images. Nothing is downloaded; the detections are meaningless.
     """
-    from .api import load
-    from .cards import write_card
-    from .convert import convert as run
-    from .demo import DEMO_NAME, write_demo_checkpoint
-    from .hub import HubSettings
-    from .hub import publish as upload
-    from .predict import predict_files
-    from .samples import sample_images
+    from .demo import run_demo
 
-    ckpt = write_demo_checkpoint(out)
-    click.echo(f"1. checkpoint (mmdetection format, UNTRAINED weights): {ckpt}")
-    s = run(ckpt, out / DEMO_NAME, force=True, log=lambda m: click.echo(f"   {m}"))
-    click.echo(f"2. converted and verified: {s['output']} ({s['tensors']} tensors, {s['seconds']:.0f} s)")
-    click.echo(f"3. model card: {write_card(s['output'])}")
-    hub = HubSettings(hub_dir=str(out / "hub"))
-    result = upload(Path(s["output"]), f"demo/{DEMO_NAME}", (Path(s["output"]) / "README.md").read_text(), hub)
-    click.echo(f"4. published to a directory hub: {result['url']}")
-    model = load(f"demo/{DEMO_NAME}", hub_dir=hub.hub_dir)
-    click.echo(f"5. loaded by name: gnhub.load('demo/{DEMO_NAME}', hub_dir='{hub.hub_dir}')")
-    summary = predict_files(model, sample_images(), out / "predictions")
-    click.echo(f"6. predictions on {summary['images']} sample images: {summary['out']}/ (*.png, *.json)")
+    run_demo(out, log=click.echo)
 
 
 def _terminate(signum, frame):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,8 @@ IMAGENET_CLASSES = tuple(
     (Path(__file__).parent / "data" / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
 )
 
-# mmdetection's data preprocessors for the two GN families, and Detectron's own PIXEL_MEANS.
+# mmdetection's data preprocessors for the two GN families.
 DETECTRON_BGR_MEAN = (103.53, 116.28, 123.675)
-DETECTRON_PIXEL_MEANS = (102.9801, 115.9465, 122.7717)
 IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
 
@@ -163,35 +161,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """A config from untrusted data (config.json): names checked as it is built, every value
+        checked once, by `check`."""
         config = _build(cls, data, "config")
         config.check()
         return config
 
     def check(self) -> None:
-        """Every field holds a value a real model can have (config.json is untrusted input)."""
-        for path, value in _walk(self):
-            check_value(path, value)
+        """Every field holds a value a real model can have (lists become tuples, whole numbers in
+        float fields floats); one clear error otherwise."""
+        for obj, name, path, value in _walk(self):
+            setattr(obj, name, check_value(path, value))
         crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
         if crop > short:
             raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
                              f"resized to (min of max_size, {short})")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise GnhubError(f"{path}: not a readable config.json ({e})") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != FORMAT_VERSION:
-            raise GnhubError(
-                f"{path}: format_version {version!r} is not {FORMAT_VERSION}; "
-                "convert the model again with this gnhub version"
-            )
-        return cls.from_dict(data)
 
 
 # Bounds of the numeric and text fields: (type, low, high, length). Length None: a scalar;
@@ -276,17 +260,17 @@ def _short(value) -> str:
 
 
 def _walk(obj, prefix: str = ""):
-    """(dotted path, value) of every field of a (nested) config dataclass."""
+    """(dataclass, field name, dotted path, value) of every field of a (nested) config dataclass."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", value
+            yield obj, f.name, f"{prefix}{f.name}", value
 
 
 def _build(cls, data, where: str):
-    """Builds dataclass `cls` from a dict, checking names; lists become tuples."""
+    """Dataclass `cls` from a dict, its field names checked (the values are `check`'s)."""
     if not isinstance(data, dict):
         raise GnhubError(f"{where}: expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -296,10 +280,5 @@ def _build(cls, data, where: str):
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name)
-        path = f"{where}.{name}".removeprefix("config.")
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{name}")
-        else:
-            value = check_value(path, value)
-        kwargs[name] = value
+        kwargs[name] = _build(type(default), value, f"{where}.{name}") if dataclasses.is_dataclass(default) else value
     return cls(**kwargs)

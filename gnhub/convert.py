@@ -14,12 +14,10 @@ from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import atomic_dir, is_model_dir
-from .modeling import with_weights
+from .layout import is_model_dir, new_model_dir
+from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, check_hash_in_name, open_source
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
@@ -148,7 +146,7 @@ def convert(
         }
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
         dest = Path(out) if out else Path(config.name)
-        with atomic_dir(dest, force, owned=owned or is_model_dir) as tmp:  # checks the output first
+        with new_model_dir(dest, force, owned or is_model_dir) as tmp:  # checks the output first
             if verify:  # a long step: first make sure the file is the one its name promises
                 from .verify import failure_message, images_for, source_names, verify_against, write_results
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import COCO_CLASSES, ModelConfig
 from .converters import RenameTable, mmdet
-from .layout import sha256_file
+from .files import sha256_file
 from .modeling import GNMaskRCNN
 
 DEMO_NAME = "mask_rcnn_r50_fpn_gn-all_untrained_demo"
@@ -71,3 +71,31 @@ def write_demo_checkpoint(dest_dir: str | Path) -> Path:
     path = dest_dir / f"{DEMO_NAME}-{digest[:8]}.pth"
     os.replace(tmp, path)
     return path
+
+
+def run_demo(out: str | Path = "gnhub-demo", log=print) -> dict:
+    """The whole pipeline on the embedded untrained model, nothing downloaded: checkpoint ->
+    convert and verify -> card -> publish to a directory hub under `out` -> load by name ->
+    predict on the sample images. Reports each step through `log`; returns where each went."""
+    from .api import load
+    from .cards import write_card
+    from .convert import convert
+    from .predict import predict_files
+    from .publish import publish_model
+    from .samples import sample_images
+    from .settings import HubSettings
+
+    out = Path(out)
+    ckpt = write_demo_checkpoint(out)
+    log(f"1. checkpoint (mmdetection format, UNTRAINED weights): {ckpt}")
+    s = convert(ckpt, out / DEMO_NAME, force=True, log=lambda m: log(f"   {m}"))
+    log(f"2. converted and verified: {s['output']} ({s['tensors']} tensors, {s['seconds']:.0f} s)")
+    log(f"3. model card: {write_card(s['output'])}")
+    hub = HubSettings(hub_dir=str(out / "hub"))
+    published = publish_model(s["output"], f"demo/{DEMO_NAME}", hub)
+    log(f"4. published to a directory hub: {published['url']}")
+    model = load(f"demo/{DEMO_NAME}", hub_dir=hub.hub_dir)
+    log(f"5. loaded by name: gnhub.load('demo/{DEMO_NAME}', hub_dir='{hub.hub_dir}')")
+    summary = predict_files(model, sample_images(), out / "predictions")
+    log(f"6. predictions on {summary['images']} sample images: {summary['out']}/ (*.png, *.json)")
+    return {"checkpoint": str(ckpt), "model": s["output"], "hub": published["url"], "predictions": summary["out"]}

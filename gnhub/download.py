@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import GnhubError
-from .layout import sha256_file
+from .files import sha256_file
 
 CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without a byte
@@ -23,16 +23,11 @@ RETRIES = 3  # further tries after a failed connection or a cut-off transfer
 BACKOFF = 0.5  # seconds before the first retry, doubled after each
 
 
-def quiet_default() -> bool:
-    return bool(os.environ.get("GNHUB_QUIET")) or not sys.stderr.isatty()
-
-
 def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | None = None,
-             quiet: bool | None = None, hint: str = "") -> str:
+             quiet: bool = True, hint: str = "") -> str:
     """Fetches `url` into `dest` (via `dest.part`, resumed if present) and checks its sha256:
     the full one where known, else the published prefix. Returns the sha256. `hint` ends errors
     that mean the file cannot be had (what to try instead)."""
-    quiet = quiet_default() if quiet is None else quiet
     part = dest.with_name(dest.name + ".part")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

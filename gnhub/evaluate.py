@@ -19,7 +19,7 @@ from pathlib import Path
 from . import distributed, zoo
 from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
-from .layout import check_output_file, sha256_file, write_atomic
+from .files import check_output_file, sha256_file, write_atomic
 from .predict import detections_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -62,16 +62,33 @@ def default_results(model) -> Path:
     return Path(re.sub(r"[^\w.\-]", "_", model.config.name) + "_coco_results.json")
 
 
-def evaluate(model, images: str | Path, annotations: str | Path, results: str | Path | None = None,
+def evaluate_model(model: str | Path, images: str | Path, annotations: str | Path, results: str | Path | None = None,
+                   batch_size: int = 1, device: str | None = None, dtype: str = "float32", runtime: str = "torch",
+                   settings=None, progress=None) -> dict:
+    """`gnhub eval`: the results path and the annotations are checked before `model` (anything
+    gnhub.load takes, or an export with runtime "onnx") loads, in `dtype` on `device` (under
+    torchrun, each rank's), then `evaluate`; results default to `default_results(model)`."""
+    from .distributed import join
+    from .predict import load_predictor
+
+    if results:
+        check_results(results)
+    instances = read_instances(annotations)
+    predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
+    return evaluate(predictor, images, instances, results or default_results(predictor), batch_size, progress)
+
+
+def evaluate(model, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,
              batch_size: int = 1, progress=None) -> dict:
-    """Runs `model` on every annotated image and returns {"box": {...}, "mask": {...}, ...}.
+    """Runs `model` (a GNModel or a gnhub.runtime.OnnxPredictor) on every annotated image and
+    returns {"box": {...}, "mask": {...}, ...}.
 
     With `results` (a .json path), detections are also written there; per-image progress is
     kept in `<results>.parts/` so an interrupted run resumes where it stopped.
     """
     if model.task != "instance-segmentation":
         raise GnhubError(f"{model.config.name}: is an ImageNet classifier; COCO evaluation needs a Mask R-CNN")
-    instances = read_instances(annotations)  # every record checked before any model runs
+    instances = annotations if isinstance(annotations, Instances) else read_instances(annotations)
     coco = pycoco(instances)
     cat_ids = category_ids(model.config.classes, coco)
     images = Path(images)
@@ -111,6 +128,7 @@ def evaluate(model, images: str | Path, annotations: str | Path, results: str | 
         _finish(Path(results), parts, all_results)
     metrics = score(coco, all_results)
     metrics["images"] = len(done)
+    metrics["results"] = str(results) if results else None
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics["images_per_second"] = round(n / metrics["seconds"], 3) if n and metrics["seconds"] else None
     entry = zoo.get(model.config.name)

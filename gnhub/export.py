@@ -3,7 +3,6 @@ their 28x28 mask probabilities, verified against the PyTorch model on the built-
 way a conversion is verified against its source. Runs with gnhub.runtime, without torch."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from torch import Tensor, nn
 
 from . import __version__
 from .errors import GnhubError
-from .layout import CONFIG_FILE, GOLDEN_FILE, ONNX_FILE, VERIFICATION_FILE, atomic_dir, is_export_dir, sha256_file
+from .files import sha256_file
+from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
 from .modeling.mask_rcnn import _to_rois
 from .report import Report
@@ -111,6 +111,21 @@ def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
     return with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
 
 
+def export_model(model: str | Path, out: str | Path | None = None, opset: int = 17, verify: bool = True,
+                 force: bool = False, settings=None, log=lambda msg: None) -> dict:
+    """`gnhub export`: onnx and onnxruntime checked first, `model` (anything gnhub.load takes)
+    loaded, then `export` to `out` (default ./NAME-onnx)."""
+    import importlib.util
+
+    from .api import load
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise GnhubError(f"ONNX export needs {' and '.join(missing)}: pip install 'gnhub[onnx]'")
+    m = load(model, settings=settings)
+    return export(m, out or Path(f"{m.config.name}-onnx"), opset, verify, force, log)
+
+
 def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = True, force: bool = False,
            log=lambda msg: None) -> dict:
     """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
@@ -122,11 +137,11 @@ def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = T
     check_exportable(model)
     start = time.perf_counter()
     out = Path(out)
-    with atomic_dir(out, force, "a gnhub ONNX export", owned=is_export_dir) as tmp:
+    with new_export_dir(out, force) as tmp:
         log(f"exporting {model.config.name} to ONNX (opset {opset}) ...")
         export_onnx(model, tmp / ONNX_FILE, opset)
         exported = time.perf_counter() - start
-        model.config.save(tmp / CONFIG_FILE)
+        write_config(tmp, model.config)
         report, golden = Report([], "onnx", "not verified"), None
         if verify:
             log("verifying the ONNX graph against the PyTorch model on the built-in images ...")
@@ -135,9 +150,9 @@ def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = T
                 raise GnhubError(f"{model.config.name}: the ONNX export does not verify, nothing written: "
                                  f"{failure_message(report)}")
             save_file(golden, tmp / GOLDEN_FILE)
-        data = {**report.to_dict(), "onnx_sha256": sha256_file(tmp / ONNX_FILE), "opset": opset,
-                "exporter": f"gnhub {__version__}, torch {torch.__version__}"}
-        (tmp / VERIFICATION_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        report.extra = {"onnx_sha256": sha256_file(tmp / ONNX_FILE), "opset": opset,
+                        "exporter": f"gnhub {__version__}, torch {torch.__version__}"}
+        write_report(tmp, report)
     return {"output": str(out), "opset": opset, "verified": report.passed if verify else None,
             "bytes": (out / ONNX_FILE).stat().st_size, "export_seconds": round(exported, 2),
             "seconds": round(time.perf_counter() - start, 2)}

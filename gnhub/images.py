@@ -3,7 +3,6 @@ and the aspect-keeping resize of each preprocessing convention (shared by the Py
 the ONNX runtime). OpenCV and Pillow are imported where they are used."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -11,15 +10,7 @@ import numpy as np
 
 from .config import PreprocessConfig
 from .errors import GnhubError
-
-MAX_IMAGE_PIXELS = 50_000_000  # default of GNHUB_MAX_IMAGE_PIXELS: masks are kept at full resolution
-
-
-def max_image_pixels() -> int:
-    try:
-        return int(os.environ.get("GNHUB_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
-    except ValueError:
-        raise GnhubError("GNHUB_MAX_IMAGE_PIXELS must be a whole number of pixels") from None
+from .settings import max_image_pixels
 
 
 def _check_size(width: int, height: int, where: str) -> None:

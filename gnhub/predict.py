@@ -14,8 +14,8 @@ import numpy as np
 from . import rle
 from .draw import overlay
 from .errors import GnhubError
+from .files import write_atomic
 from .images import load_image
-from .layout import write_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -71,6 +71,12 @@ def prepare_out_dir(out_dir: Path) -> set[str]:
     return {n for n in owned if isinstance(n, str)} & names
 
 
+def above(result: dict, threshold: float) -> dict:
+    """The detections of a result scoring at least `threshold` (torch or numpy alike)."""
+    keep = [i for i, s in enumerate(result["scores"].tolist()) if s >= threshold]
+    return {k: v[keep] if len(keep) < len(v) else v for k, v in result.items()}
+
+
 def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
     """COCO results format: bbox as [x, y, w, h], segmentation as compressed RLE."""
     out = []
@@ -89,21 +95,57 @@ def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[di
     return out
 
 
+SCORE_THRESHOLD = 0.3  # what predict draws and writes by default: mmdetection's demo (--pred-score-thr)
+
+
+def load_predictor(model: str | Path, device: str = "cpu", dtype: str = "float32", runtime: str = "torch",
+                   settings=None):
+    """What `predict` and `evaluate` run: a GNModel in `dtype` on `device`, or (`runtime="onnx"`)
+    an exported model on onnxruntime, which imports no torch. float16 on a CPU is refused: with
+    no half-precision CPU kernels it ran 12x slower than float32 here."""
+    if runtime == "onnx":
+        if device not in (None, "cpu") or dtype != "float32":
+            raise GnhubError("--runtime onnx runs float32 on onnxruntime's CPU provider; drop --device and --dtype")
+        from .runtime import load
+
+        return load(model, settings=settings)
+    from .api import check_device, load
+
+    if dtype == "float16" and check_device(device or "cpu").type == "cpu":
+        raise GnhubError("--dtype float16 on the CPU runs about 12x slower than float32 (no half-precision CPU "
+                         "kernels); use float32 there, or bfloat16 on CPUs with AVX512-BF16 or AMX")
+    return load(model, device=device or "cpu", settings=settings, dtype=dtype)
+
+
+def predict(model: str | Path, inputs: list[str], out: str | Path = "predictions", batch_size: int = 1,
+            device: str = "cpu", dtype: str = "float32", runtime: str = "torch",
+            score_threshold: float = SCORE_THRESHOLD, settings=None, progress=None) -> dict:
+    """`gnhub predict`: the images of `inputs` (files, folders, glob patterns) through `model`
+    (anything gnhub.load takes, or an export with runtime "onnx"), written to `out` (see
+    predict_files). Inputs and `out` are checked before the model loads."""
+    paths = expand_inputs(inputs)
+    prepare_out_dir(Path(out))
+    predictor = load_predictor(model, device, dtype, runtime, settings)
+    return predict_files(predictor, paths, Path(out), batch_size, progress, score_threshold)
+
+
 def predict_files(
     model,
     paths: list[Path],
     out_dir: Path,
     batch_size: int = 1,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float, int], None] | None = None,
+    score_threshold: float = SCORE_THRESHOLD,
 ) -> dict:
     """`model`: a GNModel or a gnhub.runtime.OnnxPredictor. Writes <stem>.png (overlay) and
-    <stem>.json per image and results.json for all; for a classifier, <stem>.json and
-    results.json hold the top classes and their scores. `image_id` is the file name, made unique
-    like the output files (a second x.png is x_2.png). Files gnhub did not write in `out_dir`,
-    and the input images, are never replaced: their names are skipped as a second x.png is.
+    <stem>.json per image and results.json for all: the detections scoring at least
+    `score_threshold`. For a classifier, <stem>.json and results.json hold the top classes and
+    their scores. `image_id` is the file name, made unique like the output files (a second x.png
+    is x_2.png). Files gnhub did not write in `out_dir`, and the input images, are never
+    replaced: their names are skipped as a second x.png is.
 
-    Unreadable images are skipped and listed; `progress(images done, images/s)` is called after
-    each batch; returns a summary.
+    Unreadable images are skipped and listed; `progress(images done, images/s, images in all)` is
+    called after each batch; returns a summary.
     """
     out_dir = Path(out_dir)
     owned = prepare_out_dir(out_dir)
@@ -139,6 +181,7 @@ def predict_files(
                 dets = [{"image_id": image_id, "category_id": label, "category": classes[label], "score": round(s, 5)}
                         for label, s in zip(pred["labels"].tolist(), pred["scores"].tolist())]
             else:
+                pred = above(pred, score_threshold)
                 dets = detections_json(pred, classes, image_id)
                 picture = overlay(rgb, pred, classes)
                 write_atomic(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"), "--out")
@@ -147,12 +190,13 @@ def predict_files(
             results += dets
             written.append(stem)
         if progress:
-            progress(len(paths[i : i + batch_size]), len(written) / (time.perf_counter() - start))
+            progress(len(paths[i : i + batch_size]), len(written) / (time.perf_counter() - start), len(paths))
     if not written:
         raise GnhubError(f"nothing was predicted: all {len(paths)} images were skipped ({skipped[0]})")
     write_atomic(out_dir / RESULTS_FILE, lambda t: t.write_text(json.dumps(results), encoding="utf-8"), "--out")
     seconds = time.perf_counter() - start
     return {
+        "task": model.task,
         "images": len(written),
         "skipped": skipped,
         "detections": len(results),

@@ -1,16 +1,14 @@
-"""Verification reports: stage checks, tolerances, and reading verification.json (no torch)."""
+"""Verification reports: stage checks, tolerances, what a passed report must hold (no torch).
+gnhub/layout.py reads and writes them as verification.json."""
 from __future__ import annotations
 
 import datetime
-import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 
 from . import __version__
 from .errors import GnhubError
-from .layout import VERIFICATION_FILE
 from .samples import sample_images
 
 # Dense stages: max |a - b| / max |b| must stay below `dense`. Detections are matched by box IoU.
@@ -28,6 +26,7 @@ TOLERANCES = {
 REQUIRED_CHECKS = {
     "instance-segmentation": ("input", "fpn.p6", "proposals", "detections"),
     "image-classification": ("input", "logits"),
+    "onnx-export": ("input", "proposals", "detections"),  # the graph against the PyTorch model
 }
 
 @dataclass
@@ -47,6 +46,8 @@ class Report:
     checks: list[StageCheck]
     dtype: str
     against: str
+    extra: dict = field(default_factory=dict)  # what else the report says (an export's onnx_sha256, opset, ...)
+    written: dict = field(default_factory=dict)  # versions and date, as read from a file
 
     @property
     def passed(self) -> bool:
@@ -62,11 +63,36 @@ class Report:
             "against": self.against,
             "dtype": self.dtype,
             "tolerances": TOLERANCES[self.dtype],
-            "versions": {"gnhub": __version__, **{p: _version(p) for p in ("torch", "torchvision", "onnxruntime")},
-                         "python": platform.python_version()},
-            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+            "versions": self.written.get("versions") or {
+                "gnhub": __version__, **{p: _version(p) for p in ("torch", "torchvision", "onnxruntime")},
+                "python": platform.python_version()},
+            "date": self.written.get("date") or
+            datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "checks": [asdict(c) for c in self.checks],
+            **self.extra,
         }
+
+    @classmethod
+    def from_dict(cls, data, task: str) -> Report:
+        """A report as read from a file, checked: a report that says it passed must hold a passed
+        check of every required stage of every built-in image."""
+        try:
+            checks = [StageCheck(**c) for c in data["checks"]]
+            if not isinstance(data["passed"], bool) or data["dtype"] not in TOLERANCES or not isinstance(
+                    data["against"], str):
+                raise TypeError("passed, dtype or against")
+        except (KeyError, TypeError) as e:
+            raise GnhubError(f"not a gnhub verification report ({type(e).__name__}: {str(e)[:80]})") from None
+        known = {"passed", "against", "dtype", "tolerances", "versions", "date", "checks"}
+        report = cls(checks, data["dtype"], data["against"], {k: v for k, v in data.items() if k not in known},
+                     {k: data[k] for k in ("versions", "date") if k in data})
+        if data["passed"]:
+            done = {(c.image, c.stage) for c in checks if c.passed}
+            missing = [f"{n}/{s}" for n in (p.name for p in sample_images()) for s in REQUIRED_CHECKS.get(task, ())
+                       if (n, s) not in done]
+            if missing or not report.passed:
+                raise GnhubError(f"says passed, but {', '.join(missing[:4]) or 'a check'} did not pass or is missing")
+        return report
 
     def summary(self) -> list[dict]:
         """Per stage, the worst case over images."""
@@ -86,28 +112,3 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def read_report(model_dir: Path, task: str) -> dict | None:
-    """verification.json of a model directory, checked: None where there is none; one clear
-    error where it is not a report, or does not hold every required check of every built-in image."""
-    path = Path(model_dir) / VERIFICATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        checks = [StageCheck(**c) for c in data["checks"]]
-        if not isinstance(data["passed"], bool) or data["dtype"] not in TOLERANCES or not isinstance(
-                data["against"], str):
-            raise TypeError("passed, dtype or against")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise GnhubError(f"{path}: not a gnhub verification report ({type(e).__name__}: {str(e)[:80]}); "
-                         "verify the model again (gnhub verify MODEL --source SRC)") from None
-    if data["passed"]:
-        done = {(c.image, c.stage) for c in checks if c.passed}
-        missing = [f"{n}/{s}" for n in (p.name for p in sample_images()) for s in REQUIRED_CHECKS.get(task, ())
-                   if (n, s) not in done]
-        if missing or not all(c.passed for c in checks):
-            raise GnhubError(f"{path}: says passed, but {', '.join(missing[:4]) or 'a check'} did not pass or is "
-                             "missing; verify the model again")
-    return data

@@ -17,7 +17,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import GnhubError
 from .images import load_image, resize
-from .layout import CONFIG_FILE, ONNX_FILE, VERIFICATION_FILE, checked_sha256
+from .layout import ONNX_FILE, read_export
 
 INPUTS = ("input", "image_size", "scale_factor")  # the network input (1, 3, H, W), (h, w), (w, h)
 # The graph's outputs, in order: detections (boxes in original pixels), then what verification compares.
@@ -83,12 +83,13 @@ class OnnxPredictor:
     task = "instance-segmentation"
 
     def __init__(self, onnx_path: str | Path, config: ModelConfig, providers: list[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, onnx_sha256: str | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise GnhubError("running ONNX models needs onnxruntime: pip install 'gnhub[onnx]'") from None
         self.config = config
+        self.onnx_sha256 = onnx_sha256
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
         if threads:
@@ -104,6 +105,13 @@ class OnnxPredictor:
         if inputs.get("input") != 4 or not set(inputs) <= set(INPUTS) or outputs != list(OUTPUTS):
             raise GnhubError(f"{onnx_path}: not a gnhub export (inputs {sorted(inputs)}, outputs {outputs}; expected "
                              f"{', '.join(INPUTS)} -> {', '.join(OUTPUTS)}); export the model again")
+
+    def fingerprint(self) -> str:
+        """sha256 of what decides the outputs: the graph and the config (without name and provenance)."""
+        import hashlib
+
+        config = {k: v for k, v in self.config.to_dict().items() if k not in ("name", "provenance", "weights_sha256")}
+        return hashlib.sha256(f"onnx {self.onnx_sha256} {json.dumps(config, sort_keys=True)}".encode()).hexdigest()
 
     def stages(self, image) -> dict[str, np.ndarray]:
         """The network input, every graph output and the pasted masks of one image."""
@@ -126,23 +134,14 @@ class OnnxPredictor:
 
 
 def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None,
-         hub_dir: str | None = None, endpoint: str | None = None) -> OnnxPredictor:
+         hub_dir: str | None = None, endpoint: str | None = None, settings=None) -> OnnxPredictor:
     """The predictor of an exported directory (`gnhub export`), or of the export published with
     a model (a zoo name, hf-hub:ORG/NAME, ORG/NAME in a directory hub; downloaded and cached by
-    huggingface_hub). model.onnx's sha256 is checked against the export report."""
-    from .hub import HubSettings, resolve_export
+    huggingface_hub). model.onnx's sha256 is checked against the export report. `settings` (a
+    gnhub.settings.HubSettings) is overridden by `hub_dir` and `endpoint`."""
+    from .resolve import resolve_export
+    from .settings import HubSettings
 
-    path = resolve_export(model, HubSettings(endpoint=endpoint, hub_dir=hub_dir))
-    onnx, report = path / ONNX_FILE, path / VERIFICATION_FILE
-    if not onnx.is_file():
-        raise GnhubError(f"{path}: no {ONNX_FILE}; export the model first: gnhub export MODEL --format onnx -o {path}")
-    config = ModelConfig.load(path / CONFIG_FILE)
-    try:
-        expected = json.loads(report.read_text(encoding="utf-8")).get("onnx_sha256")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        expected = None
-    if not isinstance(expected, str):
-        raise GnhubError(f"{report}: missing or unreadable, so {onnx} cannot be checked; export the model again")
-    if checked_sha256(onnx) != expected:
-        raise GnhubError(f"{onnx}: sha256 differs from the export report's (corrupt or modified); export again")
-    return OnnxPredictor(onnx, config, providers, threads)
+    path = resolve_export(model, (settings or HubSettings()).merged(hub_dir=hub_dir, endpoint=endpoint))
+    config, report = read_export(path)
+    return OnnxPredictor(path / ONNX_FILE, config, providers, threads, report.extra["onnx_sha256"])

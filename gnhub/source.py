@@ -11,7 +11,7 @@ from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
 from .config import PreprocessConfig, check_value
 from .converters import FORMATS
 from .errors import GnhubError
-from .layout import sha256_file
+from .files import sha256_file
 
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 

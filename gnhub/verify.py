@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import GOLDEN_FILE, VERIFICATION_FILE, check_model_dir
+from .layout import GOLDEN_FILE, check_model_dir, write_report
 from .modeling import GNModel, with_weights
 from .modeling.targets import box_iou
 from .modeling.transform import load_image
@@ -263,7 +263,7 @@ def golden_of(model: GNModel) -> dict[str, Tensor]:
 
 
 def write_results(directory: Path, report: Report, golden: dict[str, Tensor]) -> None:
-    (directory / VERIFICATION_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    write_report(directory, report)
     save_file(golden, directory / GOLDEN_FILE)
 
 
@@ -324,3 +324,30 @@ def run_verify(
     report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
                                framework=framework, against=label)
     return report, source_names(source)
+
+
+def verify_model(model: str | Path, source=None, images=(), tolerance: str | None = None, against: str = "gnhub",
+                 mmdet_config: Path | None = None, json_out: Path | None = None, settings=None):
+    """`gnhub verify`: an export directory against its golden outputs on onnxruntime; anything
+    else gnhub.load takes with `run_verify`. With `json_out`, the full report is written there
+    (its folder checked first). Returns (report, gnhub -> source tensor names or None)."""
+    from .files import check_output_file, write_atomic
+    from .layout import is_export_dir
+    from .resolve import resolve
+
+    if json_out:
+        check_output_file(json_out, "--json")
+    if is_export_dir(Path(model)):
+        if source or images or against != "gnhub":
+            raise GnhubError(f"{model}: an ONNX export is checked against its golden outputs only; drop --source, "
+                             "--image and --against")
+        from .export import verify_export_golden
+
+        report, names = verify_export_golden(Path(model)), None
+    else:  # a zoo name or hf-hub: id downloads the golden outputs too
+        report, names = run_verify(resolve(model, settings), source, [str(i) for i in images], tolerance, against,
+                                   mmdet_config)
+    if json_out:
+        text = json.dumps(report.to_dict(), indent=1) + "\n"
+        write_atomic(Path(json_out), lambda t: t.write_text(text, encoding="utf-8"), "--json")
+    return report, names

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, PreprocessConfig
 from .errors import GnhubError
+from .settings import DEFAULT_ORG, zoo_file
 
 MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gn/{name}/{file}"
 
@@ -42,7 +43,6 @@ DETECTRON_CITATION = """@misc{Detectron2018,
 }"""
 DETECTRON_RESULTS = "https://github.com/facebookresearch/Detectron/blob/main/projects/GN/README.md"
 DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron/"
-DEFAULT_ORG = "gnhub"
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ def is_file_name(text) -> bool:
 
 
 def _file_entries() -> dict[str, ZooEntry]:
-    path = os.environ.get("GNHUB_ZOO_FILE")
+    path = zoo_file()
     if not path:
         return {}
     try:
@@ -260,8 +260,13 @@ def get(name: str) -> ZooEntry | None:
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the zoo models, optionally filtered by an fnmatch pattern."""
-    return sorted(n for n in models() if pattern is None or fnmatch.fnmatch(n, pattern))
+    """Names of the zoo models, optionally filtered by an fnmatch pattern, in any case and with or
+    without '-' and '_' (so '*r101*' finds mmdetection's r101 and Detectron's R-101 alike)."""
+    def plain(text: str) -> str:
+        return re.sub(r"[-_]", "", text.lower())
+
+    return sorted(n for n in models() if pattern is None or fnmatch.fnmatchcase(n.lower(), pattern.lower())
+                  or fnmatch.fnmatchcase(plain(n), plain(pattern)))
 
 
 def find_by_file(file_name: str) -> ZooEntry | None:

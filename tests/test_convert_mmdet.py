@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
+from gnhub.layout import read_config
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,8 @@ def test_zoo_name_supplies_preprocessing_without_embedded_config(source, tmp_pat
     summary = convert(path, tmp_path / "out", check_hash=False, verify=False)
     assert summary["name"] == "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco"
     assert summary["preprocess_from"] == "gnhub zoo (mask_rcnn_r50_fpn_gn-all_contrib_2x_coco)"
-    from gnhub.config import ModelConfig
 
-    assert ModelConfig.load(tmp_path / "out" / "config.json").preprocess.channel_order == "RGB"
+    assert read_config(tmp_path / "out" / "config.json").preprocess.channel_order == "RGB"
 
 
 @pytest.mark.parametrize("change,match", [

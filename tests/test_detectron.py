@@ -16,10 +16,10 @@ from gnhub import GNMaskRCNN, GNResNetClassifier, load
 from gnhub.config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
+from gnhub.layout import VERIFICATION_FILE, read_config
 from gnhub.modeling.anchors import detectron_base_anchors
 from gnhub.modeling.boxes import decode_boxes_detectron, nms_detectron
 from gnhub.modeling.roi_heads import MultiLevelRoIAlign
-from gnhub.verify import VERIFICATION_FILE
 
 # -- the blob table ------------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ def e2e_dir(detectron_e2e, tmp_path_factory):
 
 
 def test_e2e_converts_with_detectron_conventions_and_verifies(e2e_dir, detectron_e2e):
-    config = ModelConfig.load(e2e_dir / "config.json")
+    config = read_config(e2e_dir / "config.json")
     assert config.name == "e2e_mask_rcnn_R-50-FPN_2x_gn"  # the zoo entry, found by file name
     assert (config.box_convention, config.rpn.anchor_generator, config.rpn.clip_to) == ("detectron",) * 2 + ("padded",)
     roi = config.roi_heads

@@ -8,6 +8,7 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 from PIL import Image
+from test_cli import run
 
 from gnhub import rle
 from gnhub.coco import pycoco, read_instances
@@ -144,8 +145,7 @@ def test_annotations_are_checked_before_any_model_runs(tiny_coco, tmp_path, chan
     path = _edit(tiny_coco, tmp_path, change)
     with pytest.raises(GnhubError, match=message):
         read_instances(path)
-    proc = subprocess.run([sys.executable, "-m", "gnhub", "eval", "no-such-model", "--images", str(tiny_coco),
-                           "--annotations", str(path)], capture_output=True, text=True, timeout=120)
+    proc = run("eval", "no-such-model", "--images", tiny_coco, "--annotations", path)
     assert proc.returncode == 1 and str(path) in proc.stderr and "no-such-model" not in proc.stderr, proc.stderr
 
 

@@ -147,7 +147,7 @@ def test_a_foreign_onnx_graph_whose_hash_matches_is_refused_on_load(exported, tm
     import onnx
     from onnx import TensorProto, helper
 
-    from gnhub.layout import sha256_file
+    from gnhub.files import sha256_file
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],

@@ -14,7 +14,7 @@ from test_cli import run
 from gnhub import GNMaskRCNN, load
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
-from gnhub.layout import sha256_file
+from gnhub.files import sha256_file
 from gnhub.train import CocoInstances, Recipe, finetune
 from gnhub.train.data import epoch_batches, flips
 from gnhub.train.loop import Schedule

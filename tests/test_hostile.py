@@ -23,6 +23,7 @@ from gnhub.checkpoint import read_model_dir, read_pickle, read_torch_checkpoint,
 from gnhub.config import ModelConfig
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
+from gnhub.layout import write_config
 
 
 class Payload:
@@ -354,7 +355,7 @@ def test_fuzzed_safetensors_never_escape_as_other_errors(tmp_path_factory, data)
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     raw = raw[: data.draw(st.integers(0, len(raw)))]
     path.write_bytes(bytes(raw))
-    ModelConfig().save(d / "config.json")
+    write_config(d, ModelConfig())
     try:
         read_model_dir(d, check_hash=False)
     except GnhubError:

@@ -75,15 +75,20 @@ def test_corrupt_weights_are_refused(small_model, tmp_path):
 def test_weights_are_hashed_once_per_version_of_the_file(small_model, tmp_path, monkeypatch):
     import os
 
-    import gnhub.layout
+    import gnhub.files
+    from gnhub.layout import check_model_dir
 
     monkeypatch.setenv("GNHUB_CACHE", str(tmp_path / "cache"))
     small_model.save_pretrained(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     os.utime(weights, ns=(10**18, 10**18))  # written a while ago
     load(tmp_path / "m")
-    monkeypatch.setattr(gnhub.layout, "sha256_file", lambda p: pytest.fail("hashed again"))
+    real, calls = gnhub.files.sha256_file, []
+    monkeypatch.setattr(gnhub.files, "sha256_file", lambda p: calls.append(p) or real(p))
     load(tmp_path / "m")  # unchanged: not read for hashing again
+    assert calls == []
+    check_model_dir(tmp_path / "m", full_hash=True)  # what `gnhub verify` does: always hashed in full
+    assert calls == [weights]
     monkeypatch.undo()
     monkeypatch.setenv("GNHUB_CACHE", str(tmp_path / "cache"))
     data = bytearray(weights.read_bytes())

@@ -10,10 +10,12 @@ from test_cli import assert_one_line_error, run
 
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
-from gnhub.hub import HubSettings, check_repo_id, publish
-from gnhub.layout import atomic_dir
+from gnhub.hub import check_repo_id
+from gnhub.layout import new_model_dir
+from gnhub.publish import publish_model
 from gnhub.report import Report, StageCheck
 from gnhub.samples import sample_images
+from gnhub.settings import HubSettings
 from gnhub.verify import write_results
 
 
@@ -38,13 +40,13 @@ def test_publish_with_a_bad_repo_id_touches_nothing(small_dir, tmp_path):
     before = tree(tmp_path)
     for repo_id in ("../escape", ".", "org/theirs/x", str(outside)):
         with pytest.raises(GnhubError, match="not a hub repository id"):
-            publish(small_dir, repo_id, "card", HubSettings(hub_dir=str(hub)))
+            publish_model(small_dir, repo_id, HubSettings(hub_dir=str(hub)))
     for extra in ([], ["--dry-run"]):
         assert_one_line_error(run("publish", small_dir, "--hub-dir", hub, "--repo-id", "../escape", *extra),
                               "not a hub repository id")
     # a directory in the hub that gnhub did not publish is not replaced either
     with pytest.raises(GnhubError, match="not a model published to the directory hub"):
-        publish(small_dir, "org/theirs", "card", HubSettings(hub_dir=str(hub)))
+        publish_model(small_dir, "org/theirs", HubSettings(hub_dir=str(hub)))
     assert tree(tmp_path) == before and (hub / "org" / "theirs" / "keep.txt").read_text() == "mine"
 
 
@@ -118,7 +120,7 @@ def test_model_directory_files_all_get_the_umask_modes(tmp_path, umask):
     report = Report([StageCheck("a.png", "input", True, 0.0, 0.0, "rel <= 1e-4")], "float32", "test")
     old = os.umask(umask)
     try:
-        with atomic_dir(tmp_path / "m") as tmp:
+        with new_model_dir(tmp_path / "m") as tmp:
             (tmp / "config.json").write_text(json.dumps({"format_version": 1, "weights_sha256": ""}))
             write_results(tmp, report, {"x": torch.zeros(2)})  # safetensors writes 0600 files
     finally:

@@ -81,7 +81,7 @@ def test_a_failed_conversion_of_a_registered_file_removes_only_the_cache_downloa
         zoo.register("mine", "https://up.example/m/x.pth", hashlib.sha256(data).hexdigest())
         monkeypatch.setenv("GNHUB_SOURCE_MIRROR", server.url)
         with pytest.raises(GnhubError, match="not a readable PyTorch checkpoint"):
-            cache.fetch(zoo.get("mine"), quiet=True)
+            cache.fetch(zoo.get("mine"), quiet=True, mirror=server.url)
     finally:
         server.stop()
         zoo._REGISTERED.clear()

@@ -8,6 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from gnhub import ModelConfig
 from gnhub.errors import GnhubError
+from gnhub.layout import read_config, write_config
 from gnhub.rle import decode, encode
 
 
@@ -34,8 +35,8 @@ def test_config_round_trip(tmp_path):
     config = ModelConfig(name="x", classes=("a", "b"))
     config.backbone.depth = 101
     config.preprocess.mean = (1.0, 2.0, 3.0)
-    config.save(tmp_path / "config.json")
-    assert ModelConfig.load(tmp_path / "config.json") == config
+    write_config(tmp_path, config)
+    assert read_config(tmp_path / "config.json") == config
 
 
 def test_config_rejects_unknown_fields_and_versions(tmp_path):
@@ -43,9 +44,9 @@ def test_config_rejects_unknown_fields_and_versions(tmp_path):
     data["backbone"]["depht"] = 50
     (tmp_path / "a.json").write_text(json.dumps(data))
     with pytest.raises(GnhubError, match="depht"):
-        ModelConfig.load(tmp_path / "a.json")
+        read_config(tmp_path / "a.json")
     data = ModelConfig().to_dict()
     data["format_version"] = 99
     (tmp_path / "b.json").write_text(json.dumps(data))
     with pytest.raises(GnhubError, match="format_version"):
-        ModelConfig.load(tmp_path / "b.json")
+        read_config(tmp_path / "b.json")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gnhub.config import ModelConfig
 from gnhub.convert import apply_settings, convert
 from gnhub.errors import GnhubError
+from gnhub.layout import read_config
 from gnhub.modeling.transform import Preprocessor
 from gnhub.source import checked_settings
 
@@ -42,7 +43,7 @@ def test_out_of_bounds_config_values_are_one_clear_error(tmp_path, path, value):
     target[leaf] = value
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(GnhubError, match=f"config: {path} is"):
-        ModelConfig.load(tmp_path / "config.json")
+        read_config(tmp_path / "config.json")
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**40, 10**40), st.floats(allow_nan=True),
@@ -126,6 +127,6 @@ def test_a_hostile_embedded_config_falls_back_to_the_zoo_and_says_so(reference_s
     assert summary["preprocess_from"] == "gnhub zoo (mask_rcnn_r50_fpn_gn-all_2x_coco)"
     assert any("mean" in m and "not used" in m for m in messages), messages
     assert any("max_size is (0, 0)" in m for m in messages), messages
-    config = ModelConfig.load(tmp_path / "out" / "config.json")
+    config = read_config(tmp_path / "out" / "config.json")
     assert config.preprocess.max_size == (1333, 800) and config.preprocess.mean == (103.53, 116.28, 123.675)
     assert torch.equal(torch.tensor(config.preprocess.std), torch.ones(3))

@@ -11,7 +11,8 @@ from gnhub import load
 from gnhub.checkpoint import read_model_dir, write_model_dir
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
-from gnhub.verify import GOLDEN_FILE, VERIFICATION_FILE, failure_message, run_verify
+from gnhub.layout import GOLDEN_FILE, VERIFICATION_FILE
+from gnhub.verify import failure_message, run_verify
 
 
 def to_mmdet_1x(state_dict):

@@ -1,6 +1,6 @@
 """gnhub's models, one file per stage (see docs/layout.md for the tensor names)."""
-from .base import GNModel, with_weights
+from .base import DTYPES, GNModel, with_weights
 from .classifier import GNResNetClassifier
 from .mask_rcnn import GNMaskRCNN
 
-__all__ = ["GNMaskRCNN", "GNModel", "GNResNetClassifier", "with_weights"]
+__all__ = ["DTYPES", "GNMaskRCNN", "GNModel", "GNResNetClassifier", "with_weights"]

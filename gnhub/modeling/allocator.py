@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from ..settings import system_malloc
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 _applied = False
 
@@ -22,7 +24,7 @@ def keep_freed_memory(device: torch.device) -> None:
     if _applied or device.type != "cpu":
         return
     _applied = True
-    if os.environ.get("GNHUB_MALLOC") == "system" or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    if system_malloc() or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return
     if any(name.startswith("MALLOC_") for name in os.environ):
         return

@@ -17,6 +17,7 @@ from .allocator import keep_freed_memory
 from .transform import load_image
 
 MODELS: dict[str, type[GNModel]] = {}  # config.task -> model class
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class GNModel(nn.Module):

@@ -23,7 +23,6 @@ class GNResNetClassifier(GNModel):
 
     def __init__(self, config: ModelConfig, top_k: int = 5):
         super().__init__()
-        config.check()
         self.config = config
         self.top_k = top_k
         self.preprocessor = Preprocessor(config.preprocess)

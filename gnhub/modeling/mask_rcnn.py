@@ -31,7 +31,6 @@ class GNMaskRCNN(GNModel):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.check()
         self.config = config
         self.preprocessor = Preprocessor(config.preprocess)
         self.backbone = GNResNet(config.backbone)

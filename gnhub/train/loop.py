@@ -18,7 +18,8 @@ import torch
 
 from .. import __version__, distributed
 from ..errors import GnhubError
-from ..layout import check_replaceable, sha256_file, write_atomic
+from ..files import sha256_file, write_atomic
+from ..layout import check_model_output
 from ..modeling import GNMaskRCNN
 from .data import CocoInstances, epoch_batches, flips
 
@@ -82,6 +83,21 @@ class Schedule:
         return self.base * warm * self.gamma ** sum(it >= s for s in self.steps)
 
 
+def finetune_model(model: str | Path, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
+                   val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
+                   device: str | None = None, name: str | None = None, settings=None, progress=None,
+                   log=lambda msg: None) -> dict:
+    """`gnhub finetune`: the recipe checked, the process group joined under torchrun, `model`
+    (anything gnhub.load takes) loaded on this rank's device, then `finetune`."""
+    from ..api import load
+
+    (recipe or Recipe()).check()
+    device = distributed.join(device)
+    base = load(model, device=device, settings=settings)
+    return finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device, name,
+                    str(model), progress, log)
+
+
 def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
              val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
              device: str = "cpu", name: str | None = None, base_name: str | None = None, progress=None,
@@ -112,7 +128,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     rank, world = distributed.rank_world()
     if recipe.amp == "fp16" and torch.device(device).type != "cuda":
         raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
-    check_replaceable(out, force)
+    check_model_output(out, force)
     _check_apart(out, work)
     if base.config.box_convention != "mmdet":
         raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
@@ -384,7 +400,7 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> 
 def _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics) -> dict:
     from ..cards import write_card
     from ..checkpoint import write_model_files
-    from ..layout import GOLDEN_FILE, atomic_dir
+    from ..layout import GOLDEN_FILE, new_model_dir
     from ..verify import golden_of
 
     model.eval()
@@ -407,7 +423,7 @@ def _write_output(model, out, force, name, origin, provenance, dataset, recipe, 
     }}
     cpu.config = config
     golden = golden_of(cpu)
-    with atomic_dir(out, force) as tmp:
+    with new_model_dir(out, force) as tmp:
         write_model_files(tmp, config, cpu.state_dict())
         from safetensors.torch import save_file
 
