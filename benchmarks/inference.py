@@ -166,7 +166,7 @@ def gnhub_model(work: Path, conventions: str) -> GNMaskRCNN:
     gn = load(work / "r50")
     if conventions == "detectron":
         config = gn.config
-        apply_settings(config, detectron.SETTINGS)
+        apply_settings(config, detectron.SETTINGS["e2e"])
         gn = with_weights(config, gn.state_dict(), "detectron conventions")
     return gn
 

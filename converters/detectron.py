@@ -13,6 +13,7 @@ import yaml
 from gnhub.errors import GnhubError
 
 from .background import move_background_last
+from .file_settings import FileSettings
 
 NAME = "detectron"
 DESCRIPTION = "Detectron (Caffe2) pickle (.pkl: blobs of numpy arrays)"
@@ -82,23 +83,27 @@ DROPPED = [r".*_momentum"]
 # its classifier (Detectron "preserves" unused blobs of the initial weights file and saves them).
 UNUSED = {"e2e": [r"pred_[wb]"]}
 
-# Detectron's test conventions (core/config.py defaults and the GN configs).
-SETTINGS = {
-    "channel_order": "BGR", "mean": (102.9801, 115.9465, 122.7717), "std": (1.0, 1.0, 1.0),
-    "max_size": (1333, 800), "size_divisor": 32, "resize": "detectron",
+# Detectron's test conventions (core/config.py defaults and the GN configs), by config path.
+DETECTOR_SETTINGS = {
+    "preprocess.channel_order": "BGR", "preprocess.mean": (102.9801, 115.9465, 122.7717),
+    "preprocess.std": (1.0, 1.0, 1.0), "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
+    "preprocess.resize": "detectron",
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "rpn.anchor_generator": "detectron", "rpn.clip_to": "padded",
-    "roi.score_thresh": 0.05, "roi.nms_iou": 0.5, "roi.detections_per_image": 100, "roi.mask_threshold": 0.5,
-    "roi.box_stds": (0.1, 0.1, 0.2, 0.2), "roi.sampling_ratio": 2, "roi.aligned": False,
-    "roi.detect_in": "original", "roi.paste": "detectron",
+    "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
+    "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 2,
+    "roi_heads.aligned": False, "roi_heads.detect_in": "original", "roi_heads.paste": "detectron",
     "box_convention": "detectron",
 }
 # ImageNet classification with a Detectron backbone: the same BGR means, the centre 224 crop of
 # the image resized to a shorter side of 256.
 CLASSIFIER_SETTINGS = {
-    "channel_order": "BGR", "mean": (102.9801, 115.9465, 122.7717), "std": (1.0, 1.0, 1.0),
-    "max_size": (256, 256), "crop_size": 224, "size_divisor": 1, "resize": "detectron",
+    "preprocess.channel_order": "BGR", "preprocess.mean": (102.9801, 115.9465, 122.7717),
+    "preprocess.std": (1.0, 1.0, 1.0), "preprocess.max_size": (256, 256), "preprocess.crop_size": 224,
+    "preprocess.size_divisor": 1, "preprocess.resize": "detectron",
 }
+SETTINGS = {"e2e": DETECTOR_SETTINGS, "imagenet": CLASSIFIER_SETTINGS}
+DEFAULTS = "Detectron defaults"
 
 
 def _blobs(obj):
@@ -138,39 +143,32 @@ def meta_version(obj) -> str | None:
     return None
 
 
-def settings_origin(obj) -> str:
-    cfg = _read_cfg(obj.get("cfg") if isinstance(obj, dict) else None)
-    return "Detectron defaults, test settings of the checkpoint's cfg" if cfg.get("TEST") else "Detectron defaults"
-
-
-def meta_settings(obj) -> dict:
-    """Detectron's defaults, overridden by the test settings of the `cfg` YAML saved with a
-    trained model (read with a safe loader; Python tags in it are read as plain data)."""
-    if layout_version(map(str, _blobs(obj))) == "imagenet":
-        return dict(CLASSIFIER_SETTINGS)
-    out = dict(SETTINGS)
+def read_settings(obj) -> FileSettings:
+    """A detector's test settings from the `cfg` YAML Detectron saves with a trained model (read
+    with a safe loader, bounded; Python tags in it are read as plain data)."""
+    out = {}
     cfg = _read_cfg(obj.get("cfg") if isinstance(obj, dict) else None)
     test, mrcnn = cfg.get("TEST") or {}, cfg.get("MRCNN") or {}
     scale = test.get("SCALE", (test.get("SCALES") or [None])[0])
     if isinstance(scale, (int, float)) and isinstance(test.get("MAX_SIZE"), (int, float)):
-        out["max_size"] = (int(test["MAX_SIZE"]), int(scale))
+        out["preprocess.max_size"] = (int(test["MAX_SIZE"]), int(scale))
     means = _numbers(cfg.get("PIXEL_MEANS"))
     if len(means) == 3:
-        out["mean"] = tuple(means)
+        out["preprocess.mean"] = tuple(means)
     for key, name, kind in (
         ("RPN_PRE_NMS_TOP_N", "rpn.pre_nms_top_n", int), ("RPN_POST_NMS_TOP_N", "rpn.post_nms_top_n", int),
         ("RPN_NMS_THRESH", "rpn.nms_iou", float), ("RPN_MIN_SIZE", "rpn.min_size", float),
-        ("SCORE_THRESH", "roi.score_thresh", float), ("NMS", "roi.nms_iou", float),
-        ("DETECTIONS_PER_IM", "roi.detections_per_image", int),
+        ("SCORE_THRESH", "roi_heads.score_thresh", float), ("NMS", "roi_heads.nms_iou", float),
+        ("DETECTIONS_PER_IM", "roi_heads.detections_per_image", int),
     ):
         if isinstance(test.get(key), (int, float)) and not isinstance(test.get(key), bool):
             out[name] = kind(test[key])
     weights = _numbers((cfg.get("MODEL") or {}).get("BBOX_REG_WEIGHTS"))
     if len(weights) == 4 and all(weights):
-        out["roi.box_stds"] = tuple(1.0 / w for w in weights)  # gnhub multiplies, Detectron divides
+        out["roi_heads.box_stds"] = tuple(1.0 / w for w in weights)  # gnhub multiplies, Detectron divides
     if isinstance(mrcnn.get("THRESH_BINARIZE"), (int, float)):
-        out["roi.mask_threshold"] = float(mrcnn["THRESH_BINARIZE"])
-    return out
+        out["roi_heads.mask_threshold"] = float(mrcnn["THRESH_BINARIZE"])
+    return FileSettings(out, origin=f"{DEFAULTS}, test settings of the checkpoint's cfg" if cfg.get("TEST") else None)
 
 
 class _PlainLoader(yaml.SafeLoader):

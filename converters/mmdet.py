@@ -11,6 +11,7 @@ import ast
 import torch
 
 from .background import move_background_last
+from .file_settings import FileSettings
 
 NAME = "mmdet"
 DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
@@ -40,6 +41,7 @@ PLACEHOLDERS = {"roi": (r"(?:roi_head\.)?", "roi_head.")}  # name: (pattern, val
 
 # Source tensors that carry no inference weights (regular expressions), reported as dropped.
 DROPPED = [r".*\.num_batches_tracked"]
+UNUSED: dict[str, list[str]] = {}
 
 
 def detect(obj) -> bool:
@@ -78,26 +80,31 @@ def meta_version(obj) -> str | None:
     return str(version) if version else None
 
 
+SETTINGS: dict[str, dict] = {}  # ModelConfig's defaults are mmdetection's (with Detectron's BGR means)
+DEFAULTS = "gnhub default (Detectron BGR means, std 1)"
+
 MAX_CONFIG_CHARS = 1 << 20  # real configs are about 10 kB
 _MAX_DEPTH = 20  # nesting of dict(...) calls read
 
 
-def meta_settings(obj) -> dict:
-    """Preprocessing and test settings read off the embedded config text (parsed, never run).
-
-    Returns a dict with any of: channel_order, mean, std, max_size, size_divisor, rpn.*, roi.*,
-    and "ignored": what could not be read (the engine checks the values' types and ranges).
-    """
-    text = (obj.get("meta") or {}).get("config") if isinstance(obj.get("meta"), dict) else None
+def read_settings(obj) -> FileSettings:
+    """Preprocessing, test, training and architecture settings read off the embedded config text
+    (parsed, never run; names bound at its top level are followed): the data preprocessor (3.x)
+    or img_norm_cfg (2.x), the test pipeline's scale, test_cfg and train_cfg, the backbone's
+    frozen_stages and conv_cfg (ConvWS: weight standardisation), the neck's and heads' conv_cfg,
+    and the optimizer's norm_decay_mult. The engine checks every value."""
+    meta = obj.get("meta")
+    text = meta.get("config") if isinstance(meta, dict) else None
     if not isinstance(text, str):
-        return {}
+        return FileSettings()
     if len(text) > MAX_CONFIG_CHARS:
-        return {"ignored": [f"the embedded config is {len(text)} characters (more than {MAX_CONFIG_CHARS})"]}
+        return FileSettings(ignored=[f"the embedded config is {len(text)} characters (more than {MAX_CONFIG_CHARS})"])
     try:
         tree = ast.parse(text)
-        calls = [_literal_kwargs(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        names = _top_level(tree)
+        calls = [_literal_kwargs(n, names) for n in ast.walk(tree) if isinstance(n, ast.Call)]
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
-        return {"ignored": [f"the embedded config does not parse ({type(e).__name__})"]}
+        return FileSettings(ignored=[f"the embedded config does not parse ({type(e).__name__})"])
     out: dict = {}
     ignored: list[str] = []
 
@@ -109,8 +116,8 @@ def meta_settings(obj) -> dict:
 
     def norm_settings(c):
         rgb = c.get("bgr_to_rgb", c.get("to_rgb", False))
-        return {"mean": tuple(map(float, c["mean"])), "std": tuple(map(float, c["std"])),
-                "channel_order": "RGB" if rgb is True else "BGR"}
+        return {"preprocess.mean": tuple(map(float, c["mean"])), "preprocess.std": tuple(map(float, c["std"])),
+                "preprocess.channel_order": "RGB" if rgb is True else "BGR"}
 
     def rpn_settings(c):
         nms = c.get("nms", {})
@@ -119,31 +126,51 @@ def meta_settings(obj) -> dict:
                 "rpn.min_size": c.get("min_bbox_size", 0)}
 
     def rcnn_settings(c):
-        return {"roi.score_thresh": c["score_thr"], "roi.nms_iou": c["nms"]["iou_threshold"],
-                "roi.detections_per_image": c["max_per_img"], "roi.mask_threshold": c["mask_thr_binary"]}
+        values = {"roi_heads.score_thresh": c["score_thr"], "roi_heads.nms_iou": c["nms"]["iou_threshold"],
+                  "roi_heads.detections_per_image": c["max_per_img"]}
+        if "mask_thr_binary" in c:
+            values["roi_heads.mask_threshold"] = c["mask_thr_binary"]
+        return values
 
     norm = next((c for c in calls if "mean" in c and "std" in c), None)
     if norm:
         read("data preprocessor mean/std", lambda: norm_settings(norm))
     pad = next((c for c in calls if "pad_size_divisor" in c or "size_divisor" in c), None)
     if pad:
-        out["size_divisor"] = pad.get("pad_size_divisor", pad.get("size_divisor"))
-    read("test pipeline scale", lambda: _test_pipeline_scale(tree))
+        out["preprocess.size_divisor"] = pad.get("pad_size_divisor", pad.get("size_divisor"))
+    read("test pipeline scale", lambda: _test_pipeline_scale(tree, names))
     rpn = next((c for c in calls if "nms_pre" in c and ("max_per_img" in c or "max_num" in c)), None)
     if rpn:
         read("rpn test settings", lambda: rpn_settings(rpn))
-    rcnn = next((c for c in calls if "score_thr" in c and "mask_thr_binary" in c), None)
+    rcnn = next((c for c in calls if "score_thr" in c and "nms_pre" not in c), None)
     if rcnn:
         read("rcnn test settings", lambda: rcnn_settings(rcnn))
-    backbone = next((c for c in calls if "frozen_stages" in c), None)
-    if backbone:
-        out["train.frozen_stages"] = backbone["frozen_stages"]
     train = next((c for c in calls if isinstance(c.get("rpn_proposal"), dict)), None)
     if train:
         read("train_cfg", lambda: _train_settings(train))
-    if ignored:
-        out["ignored"] = ignored
-    return out
+    model = names.get("model") if isinstance(names.get("model"), dict) else {}
+    read("model architecture", lambda: _architecture(model))
+    decay = next((c["norm_decay_mult"] for c in calls if "norm_decay_mult" in c), None)
+    if decay is not None:
+        out["train.norm_decay_mult"] = decay
+    return FileSettings(out, ignored)
+
+
+def _architecture(model: dict) -> dict:
+    """What the model dict says beyond the tensors: which stages standardise their conv weights
+    (conv_cfg=dict(type='ConvWS')) and the backbone's frozen stages (-1: none)."""
+    def ws(part) -> bool:
+        conv = part.get("conv_cfg") if isinstance(part, dict) else None
+        return isinstance(conv, dict) and conv.get("type") == "ConvWS"
+
+    roi = model.get("roi_head") if isinstance(model.get("roi_head"), dict) else model  # 1.x: heads at top level
+    out = {"backbone.weight_std": ws(model.get("backbone")), "fpn.weight_std": ws(model.get("neck")),
+           "roi_heads.box_weight_std": ws(roi.get("bbox_head")), "roi_heads.mask_weight_std": ws(roi.get("mask_head"))}
+    backbone = model.get("backbone")
+    if isinstance(backbone, dict) and "frozen_stages" in backbone:
+        frozen = backbone["frozen_stages"]
+        out["train.frozen_stages"] = 0 if frozen == -1 else frozen
+    return out if model else {}
 
 
 def _train_settings(t: dict) -> dict:
@@ -170,33 +197,54 @@ def _train_settings(t: dict) -> dict:
     return out
 
 
-def _literal_kwargs(call: ast.Call, depth: int = 0) -> dict:
-    """The keyword arguments of a call whose values are literals (nested dict(...) included)."""
+def _top_level(tree: ast.Module) -> dict:
+    """Values of the names the config binds at its top level to literals or dict(...) calls."""
+    names: dict = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = _literal(node.value, names, 0)
+            if value is not _SKIP:
+                names[node.targets[0].id] = value
+    return names
+
+
+_SKIP = object()
+
+
+def _literal(node, names: dict, depth: int):
+    """A literal, a dict(...) call of literals, or a name bound to one; else _SKIP."""
+    if isinstance(node, ast.Call):
+        return _literal_kwargs(node, names, depth + 1) if depth < _MAX_DEPTH else _SKIP
+    if isinstance(node, ast.Name):
+        return names.get(node.id, _SKIP)
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _SKIP
+
+
+def _literal_kwargs(call: ast.Call, names: dict | None = None, depth: int = 0) -> dict:
+    """The keyword arguments of a call whose values are literals (nested dict(...) and names
+    bound at the top level included)."""
     out = {}
     for kw in call.keywords:
-        if kw.arg is None:
-            continue
-        if isinstance(kw.value, ast.Call):
-            if depth < _MAX_DEPTH:
-                out[kw.arg] = _literal_kwargs(kw.value, depth + 1)
-            continue
-        try:
-            out[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            continue
+        if kw.arg is not None:
+            value = _literal(kw.value, names or {}, depth)
+            if value is not _SKIP:
+                out[kw.arg] = value
     return out
 
 
-def _test_pipeline_scale(tree: ast.Module) -> dict:
-    """{"max_size": (long, short)}: the resize scale of the test pipeline (3.x `scale=`, 2.x
-    `img_scale=`), or {}."""
+def _test_pipeline_scale(tree: ast.Module, names: dict) -> dict:
+    """{"preprocess.max_size": (long, short)}: the resize scale of the test pipeline (3.x
+    `scale=`, 2.x `img_scale=`), or {}."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "test_pipeline" for t in node.targets
         ):
             for call in (n for n in ast.walk(node.value) if isinstance(n, ast.Call)):
-                kw = _literal_kwargs(call)
+                kw = _literal_kwargs(call, names)
                 scale = kw.get("scale", kw.get("img_scale"))
                 if isinstance(scale, (tuple, list)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
-                    return {"max_size": (max(scale), min(scale))}
+                    return {"preprocess.max_size": (max(scale), min(scale))}
     return {}

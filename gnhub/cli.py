@@ -328,20 +328,28 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
 
 @cli.command("list")
 @click.argument("pattern", required=False)
-def list_(pattern):
+@click.option("--family", type=click.Choice(["gn", "gn+ws", "scratch", "imagenet"]),
+              help="GN, GN + Weight Standardization, trained from scratch, or ImageNet backbones.")
+@click.option("--detector", type=click.Choice(["mask", "faster", "classifier"]),
+              help="Mask R-CNN, Faster R-CNN (boxes only) or ImageNet classifier.")
+@click.option("--backbone", help="R-50, R-101, X-50-32x4d or X-101-32x4d.")
+@click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2"]), help="The source's format.")
+def list_(pattern, family, detector, backbone, fmt):
     """List the zoo models (PATTERN: fnmatch wildcards, any case, e.g. '*r101*')."""
     from .cache import cached
     from .zoo import list_models, models
 
-    names = list_models(pattern)
+    names = list_models(pattern, family, detector, backbone, fmt)
     if not names:
-        raise GnhubError(f"no zoo model matches {pattern!r}")
-    click.echo(f"{'name':42s} {'depth':6s} {'format':9s} {'schedule':8s} {'published results':28s} cache")
+        raise GnhubError("no zoo model matches " + " and ".join(
+            f"{k} {v!r}" for k, v in (("pattern", pattern), ("--family", family), ("--detector", detector),
+                                       ("--backbone", backbone), ("--format", fmt)) if v))
+    click.echo(f"{'name':50s} {'backbone':12s} {'detector':12s} {'format':10s} {'family':8s} {'schedule':10s} "
+               f"{'published results':28s} cache")
     for n in names:
         e = models()[n]
-        depth = f"R-{e.depth}" if e.depth else "R-?"
-        mark = "cached" if cached(e) else ""
-        click.echo(f"{n:42s} {depth:6s} {e.source_format:9s} {e.schedule.split()[0]:8s} {e.results_text:28s} {mark}")
+        click.echo(f"{n:50s} {e.backbone:12s} {e.detector:12s} {e.source_format:10s} {e.family:8s} "
+                   f"{e.schedule.split()[0]:10s} {e.results_text:28s} {'cached' if cached(e) else ''}")
 
 
 @cli.command()

@@ -32,10 +32,17 @@ class Instances:
     def annotations(self) -> list[dict]:
         return self.data["annotations"]
 
+    def require_masks(self) -> None:
+        """Every annotation has a segmentation (checked when read): what mask AP and mask training need."""
+        bare = next((a for a in self.annotations if a.get("segmentation") is None), None)
+        if bare is not None:
+            raise GnhubError(f"{self.path}: annotation {_short(bare['id'])} has no segmentation; masks need polygons "
+                             "or an RLE for every instance")
+
 
 def read_instances(path: str | Path, masks: bool = True) -> Instances:
-    """The instances file at `path`, every record checked; with `masks`, every annotation needs a
-    valid segmentation (polygons or RLE). At least one image is required."""
+    """The instances file at `path`, every record checked (segmentations where present); with
+    `masks`, every annotation needs one (polygons or RLE). At least one image is required."""
     path = Path(path)
     if not path.is_file():
         raise GnhubError(f"{path}: no such annotation file")
@@ -68,9 +75,12 @@ def read_instances(path: str | Path, masks: bool = True) -> Instances:
     known = {c["id"] for c in cats}
     anns = _records(data, "annotations", path, ("id", "image_id", "category_id", "bbox"))
     for ann in anns:
-        _check_annotation(ann, images, known, path, masks)
+        _check_annotation(ann, images, known, path)
     _unique([a["id"] for a in anns], path, "annotation")
-    return Instances(path, data, images, sorted(cats, key=lambda c: c["id"]))
+    instances = Instances(path, data, images, sorted(cats, key=lambda c: c["id"]))
+    if masks:
+        instances.require_masks()
+    return instances
 
 
 def _records(data: dict, key: str, path: Path, fields: tuple[str, ...]) -> list[dict]:
@@ -119,7 +129,7 @@ def _check_file_name(name, where: str) -> None:
         raise GnhubError(f"{where}: file_name {name!r} leads outside the image folder; it must be relative to it")
 
 
-def _check_annotation(ann: dict, images: dict, categories: set, path: Path, masks: bool) -> None:
+def _check_annotation(ann: dict, images: dict, categories: set, path: Path) -> None:
     where = f"{path}: annotation {_short(ann['id'])}"
     _whole(ann["id"], f"{where}: id")
     if not _declared(ann["image_id"], images):
@@ -141,7 +151,7 @@ def _check_annotation(ann: dict, images: dict, categories: set, path: Path, mask
     if "area" in ann and _number(ann["area"], f"{where}: area") < 0:
         raise GnhubError(f"{where}: area {ann['area']} is negative")
     seg = ann.get("segmentation")
-    if seg is None and not masks:
+    if seg is None:
         return
     if isinstance(seg, list):
         for poly in seg:

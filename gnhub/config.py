@@ -35,11 +35,11 @@ IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
 
 
 CHOICES = {
-    "task": ("instance-segmentation", "image-classification"),
-    "box_convention": ("mmdet", "detectron"),
+    "task": ("instance-segmentation", "object-detection", "image-classification"),
+    "box_convention": ("mmdet", "detectron", "detectron2"),
     "preprocess.channel_order": ("RGB", "BGR"),
-    "preprocess.resize": ("mmcv", "detectron"),
-    "rpn.anchor_generator": ("mmdet", "detectron"),
+    "preprocess.resize": ("mmcv", "detectron", "pil"),
+    "rpn.anchor_generator": ("mmdet", "detectron", "detectron2"),
     "rpn.clip_to": ("image", "padded"),
     "roi_heads.detect_in": ("network", "original"),
     "roi_heads.paste": ("mmdet", "detectron"),
@@ -49,8 +49,11 @@ CHOICES = {
 @dataclass
 class BackboneConfig:
     depth: int = 50  # 50 or 101
-    num_groups: int = 32
+    num_groups: int = 32  # of GroupNorm
     norm_eps: float = 1e-5
+    groups: int = 1  # of the 3x3 convs: 1 for ResNet, 32 for ResNeXt 32x4d
+    base_width: int = 64  # per group, at the first stage: 64 for ResNet, 4 for ResNeXt 32x4d
+    weight_std: bool = False  # every conv's filters standardised before use (mmcv's ConvWS2d)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class FPNConfig:
     channels: int = 256
     num_groups: int = 32
     norm_eps: float = 1e-5
+    weight_std: bool = False  # lateral and output convs standardised (mmcv's ConvWS2d)
 
 
 @dataclass
@@ -105,6 +109,8 @@ class RoIHeadsConfig:
     mask_threshold: float = 0.5
     detect_in: str = "network"  # boxes decoded in "network" (resized) or "original" image pixels
     paste: str = "mmdet"  # "mmdet" (grid_sample, >= threshold) or "detectron" (cv2.resize, > threshold)
+    box_weight_std: bool = False  # the box head's convs standardised (mmcv's ConvWS2d)
+    mask_weight_std: bool = False  # the mask head's convs standardised
 
 
 @dataclass
@@ -126,18 +132,21 @@ class TrainConfig:
     box_positive_fraction: float = 0.25
     mask_size: int = 28
     frozen_stages: int = 1  # 0: none; 1: stem and first stage get no gradient; up to 4
+    norm_decay_mult: float = 1.0  # weight decay of GroupNorm weights and biases, x the recipe's
 
 
 @dataclass
 class ModelConfig:
-    """Architecture, classes, preprocessing, test settings and provenance of a GN Mask R-CNN.
+    """Architecture, classes, preprocessing, test settings and provenance of a GN Mask R-CNN (a
+    Faster R-CNN where task is object-detection: no mask head; a ResNet classifier for
+    image-classification).
 
     Classes: `classes[i]` is label i; the box classifier has len(classes) + 1 outputs with
     background LAST; box deltas and mask logits are per class, without background.
     """
 
     name: str = "gn_mask_rcnn"
-    task: str = "instance-segmentation"  # or "image-classification" for a bare backbone
+    task: str = "instance-segmentation"  # "object-detection" (no mask head), "image-classification" (a backbone)
     classes: tuple[str, ...] = COCO_CLASSES
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
@@ -146,7 +155,10 @@ class ModelConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # "mmdet": widths x2 - x1; "detectron": widths x2 - x1 + 1 in decoding, NMS (IoU >= thr),
-    # proposal filtering and level mapping, and the limit of detections by a score threshold
+    # proposal filtering and level mapping, and the limit of detections by a score threshold;
+    # "detectron2": widths x2 - x1, deltas divided by the weights 1 / box_stds, proposals ranked
+    # by their logits, torchvision's batched NMS, detectron2's level mapping, boxes scaled back by
+    # original / resized size, clipped, and empty ones dropped (detectron2's detector_postprocess)
     box_convention: str = "mmdet"
     provenance: dict = field(default_factory=dict)  # source file, sha256, format, converter, date
     weights_sha256: str = ""  # of model.safetensors, written with it
@@ -185,7 +197,9 @@ RULES = {
     "name": (str, 1, 200, None),
     "classes": (str, 1, 200, 0),
     "backbone.depth": (_I, 50, 101, None), "backbone.num_groups": (_I, 1, 1024, None),
-    "backbone.norm_eps": (_F, 1e-12, 1.0, None),
+    "backbone.norm_eps": (_F, 1e-12, 1.0, None), "backbone.groups": (_I, 1, 64, None),
+    "backbone.base_width": (_I, 1, 1024, None),
+    **{f"{k}weight_std": (bool, 0, 1, None) for k in ("backbone.", "fpn.", "roi_heads.box_", "roi_heads.mask_")},
     "fpn.channels": (_I, 1, 4096, None), "fpn.num_groups": (_I, 1, 1024, None), "fpn.norm_eps": (_F, 1e-12, 1.0, None),
     "preprocess.mean": (_F, -1e4, 1e4, 3), "preprocess.std": (_F, 1e-6, 1e4, 3),
     "preprocess.max_size": (_I, 16, 8192, 2), "preprocess.size_divisor": (_I, 1, 1024, None),
@@ -208,6 +222,7 @@ RULES = {
     "train.rpn_positive_fraction": (_F, 0.0, 1.0, None), "train.box_positive_fraction": (_F, 0.0, 1.0, None),
     "train.rpn_pre_nms_top_n": (_I, 0, 1_000_000, None), "train.rpn_post_nms_top_n": (_I, 1, 100_000, None),
     "train.mask_size": (_I, 1, 256, None), "train.frozen_stages": (_I, 0, 4, None),
+    "train.norm_decay_mult": (_F, 0.0, 1e3, None),
 }
 
 

@@ -17,7 +17,7 @@ from .errors import GnhubError
 from .layout import is_model_dir, new_model_dir
 from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
-from .source import HASH_IN_NAME, check_hash_in_name, open_source
+from .source import HASH_IN_NAME, open_source
 
 
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
@@ -52,18 +52,26 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
-    """Depth and number of classes, read off the mapped tensors."""
+    """What the mapped tensors say: depth, ResNeXt groups and width, the task (a mask head or
+    none, or an ImageNet classifier) and the number of classes."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
         raise GnhubError(f"{where}: backbone has {blocks} blocks in stage 4; expected ResNet-50 (6) or -101 (23)")
     config = ModelConfig()
     config.backbone.depth = depth
+    conv2 = tensors.get("backbone.layer1.0.conv2.weight")
+    if conv2 is not None and conv2.ndim == 4 and conv2.shape[1] and conv2.shape[0] % conv2.shape[1] == 0:
+        groups = conv2.shape[0] // conv2.shape[1]  # (width, width / groups, 3, 3)
+        if groups > 1:  # ResNeXt: width = 64 * base_width / 64 * groups at the first stage
+            config.backbone.groups, config.backbone.base_width = groups, conv2.shape[0] // groups
     if "fc.weight" in tensors:  # a backbone with its ImageNet classifier
         config.task = "image-classification"
         num_classes, known = tensors["fc.weight"].shape[0], IMAGENET_CLASSES
     elif "roi_heads.box_head.cls_score.weight" in tensors:
         num_classes, known = tensors["roi_heads.box_head.cls_score.weight"].shape[0] - 1, COCO_CLASSES
+        if not any(k.startswith("roi_heads.mask_head.") for k in tensors):
+            config.task = "object-detection"  # a Faster R-CNN
     else:
         raise GnhubError(f"{where}: no box classifier or ImageNet classifier found; is this a GN Mask R-CNN "
                          "or a GN ResNet checkpoint?")
@@ -72,13 +80,11 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
 
 
 def apply_settings(config: ModelConfig, settings: dict) -> None:
-    """Sets preprocess fields, `rpn.*` / `roi.*` test settings and top-level conventions
-    (box_convention) from a converter's reading."""
-    sections = {"rpn": config.rpn, "roi": config.roi_heads, "train": config.train}
+    """Sets every setting by its config path ("preprocess.mean", "box_convention", ...), then
+    checks the whole config once."""
     for key, value in settings.items():
         section, _, field = key.rpartition(".")
-        target = sections[section] if section else config.preprocess if hasattr(config.preprocess, field) else config
-        setattr(target, field, value)
+        setattr(getattr(config, section) if section else config, field, value)
     config.check()
 
 
@@ -109,11 +115,11 @@ def convert(
     if dtype not in DTYPES:
         raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     with ThreadPoolExecutor(1) as pool:  # the source's sha256, while it is read and converted
-        source = open_source(src, fmt, check_hash, pool, source_sha256)
+        source = open_source(src, fmt, check_hash, pool, source_sha256, name)
         where, converter = str(source.path), source.converter
         for note in source.notes:
             log(f"warning: {where}: {note}; not used (the zoo's or the default value is)")
-        version = converter.layout_version(source.tensors.keys())
+        version = source.layout
         mapped, dropped = map_tensors(source.tensors, converter, where, version)
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
@@ -150,15 +156,15 @@ def convert(
             if verify:  # a long step: first make sure the file is the one its name promises
                 from .verify import failure_message, images_for, source_names, verify_against, write_results
 
-                check_hash_in_name(source.path, source.sha256.result(), check_hash)
+                source.checked_sha256()
                 log("verifying against the source on the built-in images ...")
                 report, golden = verify_against(source, model, images_for(None), first_failure=True)
                 if not report.passed:
                     raise GnhubError(f"{where}: conversion does not verify, nothing written: "
                                      f"{failure_message(report, source_names(source))}")
             scan = None if verify or strict else lambda k: _finite(mapped[k]) or bad.append(k)  # while hashing
-            write_model_files(tmp, config, model.state_dict(), before_config=lambda: _provenance_hash(
-                config, source, check_hash), each=scan)
+            write_model_files(tmp, config, model.state_dict(), each=scan,
+                              before_config=lambda: config.provenance.update(source_sha256=source.checked_sha256()))
             if verify:
                 write_results(tmp, report, golden)
         if bad:
@@ -193,7 +199,3 @@ def _finite(t: torch.Tensor) -> bool:
         return True
     return all(bool(torch.isfinite(c).all()) for c in t.reshape(-1).split(1 << 20))
 
-
-def _provenance_hash(config: ModelConfig, source, check_hash: bool) -> None:
-    config.provenance["source_sha256"] = source.sha256.result()
-    check_hash_in_name(source.path, config.provenance["source_sha256"], check_hash)

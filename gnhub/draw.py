@@ -1,4 +1,5 @@
-"""Overlay pictures: translucent masks, boxes, class names and scores, sized to the image."""
+"""Overlay pictures: translucent masks (where a model has them), boxes, class names and scores,
+sized to the image."""
 from __future__ import annotations
 
 import colorsys
@@ -19,7 +20,7 @@ def overlay(rgb: np.ndarray, result: dict, classes: tuple[str, ...], alpha: floa
     img = rgb.astype(np.float32)
     colors = palette(len(classes))
     labels = result["labels"].tolist()
-    for mask, label in zip(np.asarray(result["masks"]), labels):
+    for mask, label in zip(np.asarray(result["masks"]) if "masks" in result else [], labels):
         img[mask] = (1 - alpha) * img[mask] + alpha * np.array(colors[label], np.float32)
     out = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)

@@ -73,7 +73,7 @@ def evaluate_model(model: str | Path, images: str | Path, annotations: str | Pat
 
     if results:
         check_results(results)
-    instances = read_instances(annotations)
+    instances = read_instances(annotations, masks=False)  # masks are required once the model is known
     predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
     return evaluate(predictor, images, instances, results or default_results(predictor), batch_size, progress)
 
@@ -86,9 +86,12 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
     With `results` (a .json path), detections are also written there; per-image progress is
     kept in `<results>.parts/` so an interrupted run resumes where it stopped.
     """
-    if model.task != "instance-segmentation":
-        raise GnhubError(f"{model.config.name}: is an ImageNet classifier; COCO evaluation needs a Mask R-CNN")
-    instances = annotations if isinstance(annotations, Instances) else read_instances(annotations)
+    if model.task == "image-classification":
+        raise GnhubError(f"{model.config.name}: is an ImageNet classifier; COCO evaluation needs a detector")
+    masks = model.task == "instance-segmentation"
+    instances = annotations if isinstance(annotations, Instances) else read_instances(annotations, masks)
+    if masks:
+        instances.require_masks()
     coco = pycoco(instances)
     cat_ids = category_ids(model.config.classes, coco)
     images = Path(images)
@@ -126,14 +129,15 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
     all_results = [d for i in sorted(done) for d in done[i]]
     if results:
         _finish(Path(results), parts, all_results)
-    metrics = score(coco, all_results)
+    metrics = score(coco, all_results, masks)
     metrics["images"] = len(done)
     metrics["results"] = str(results) if results else None
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     metrics["images_per_second"] = round(n / metrics["seconds"], 3) if n and metrics["seconds"] else None
     entry = zoo.get(model.config.name)
-    if entry and entry.box_ap is not None and entry.mask_ap is not None:
-        metrics["published"] = {"box": {"AP": entry.box_ap / 100}, "mask": {"AP": entry.mask_ap / 100}}
+    if entry and entry.box_ap is not None:
+        metrics["published"] = {k: {"AP": ap / 100} for k, ap in (("box", entry.box_ap), ("mask", entry.mask_ap))
+                                if ap is not None}
     return metrics
 
 

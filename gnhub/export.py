@@ -14,7 +14,7 @@ from .errors import GnhubError
 from .files import sha256_file
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
-from .modeling.mask_rcnn import _to_rois
+from .modeling.boxes import to_rois
 from .report import Report
 from .runtime import OUTPUTS, OnnxPredictor, network_input
 
@@ -38,11 +38,11 @@ class DetectionGraph(nn.Module):
         objectness, deltas = m.rpn.head(p)
         clip = image_size if m.config.rpn.clip_to == "image" else torch._shape_as_tensor(x)[2:]
         proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
-        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], _to_rois([proposals])))
+        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], to_rois([proposals])))
         boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
         # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
         # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
-        extra = _to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
+        extra = to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
         logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
         return (boxes / scale_factor.repeat(2), scores, labels, logits.sigmoid(), proposals, proposal_scores, logits)
 

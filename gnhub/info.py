@@ -18,9 +18,10 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
     s = (settings or HubSettings()).resolved()
     entry = zoo.get(name)
     if entry is not None:
-        data = {k: v for k, v in dataclasses.asdict(entry).items() if k != "source_url"}
         path = cached(entry)
-        return {**data, "url": entry.url, "download_url": source_url(entry, s.source_mirror),
+        return {**dataclasses.asdict(entry), "task": entry.task, "depth": entry.depth,
+                "architecture": entry.architecture, "settings": entry.settings,
+                "download_url": source_url(entry, s.source_mirror),
                 "sha256_prefix": entry.sha256_prefix, "hub_repo": entry.hub_repo(s.org),
                 "cached": str(path) if path else None}
     path = Path(name)

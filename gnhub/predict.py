@@ -78,20 +78,19 @@ def above(result: dict, threshold: float) -> dict:
 
 
 def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
-    """COCO results format: bbox as [x, y, w, h], segmentation as compressed RLE."""
+    """COCO results format: bbox as [x, y, w, h], segmentation (where there are masks) as
+    compressed RLE."""
     out = []
+    masks = np.asarray(result["masks"]) if "masks" in result else [None] * len(result["boxes"])
     for box, score, label, mask in zip(
-        result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), np.asarray(result["masks"])
+        result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), masks
     ):
         x0, y0, x1, y1 = box
-        out.append({
-            "image_id": image_id,
-            "category_id": label,
-            "category": classes[label],
-            "bbox": [round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0)],
-            "score": round(score, 5),
-            "segmentation": rle.encode(mask),
-        })
+        row = {"image_id": image_id, "category_id": label, "category": classes[label],
+               "bbox": [round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)}
+        if mask is not None:
+            row["segmentation"] = rle.encode(mask)
+        out.append(row)
     return out
 
 

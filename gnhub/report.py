@@ -25,6 +25,7 @@ TOLERANCES = {
 # The checks a verification must hold for every built-in image (others depend on what is detected).
 REQUIRED_CHECKS = {
     "instance-segmentation": ("input", "fpn.p6", "proposals", "detections"),
+    "object-detection": ("input", "fpn.p6", "proposals", "detections"),
     "image-classification": ("input", "logits"),
     "onnx-export": ("input", "proposals", "detections"),  # the graph against the PyTorch model
 }

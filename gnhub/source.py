@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import zoo
 from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
-from .config import PreprocessConfig, check_value
-from .converters import FORMATS
+from .config import check_value
+from .converters import FORMATS, Converter
 from .errors import GnhubError
 from .files import sha256_file
 
@@ -20,21 +20,34 @@ HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 class Source:
     path: Path
     obj: object
-    converter: object  # a module of gnhub.converters
+    converter: Converter
     sha256: Future
-    settings: dict  # preprocess fields and rpn.*/roi.* test settings, checked
+    layout: str  # the converter's layout_version of the tensor names
+    settings: dict  # by config path, checked: the format's defaults < the zoo entry's < the file's
     preprocess_from: str
     entry: zoo.ZooEntry | None
+    check_hash: bool = True
     notes: list[str] = field(default_factory=list)  # settings of the file that were not used, and why
+    _name_checked: bool = False
 
     @property
     def tensors(self) -> dict:
         return self.converter.source_tensors(self.obj)
 
+    def checked_sha256(self) -> str:
+        """The file's sha256, checked (once) against the prefix its name carries, if any."""
+        sha = self.sha256.result()
+        if not self._name_checked:
+            check_hash_in_name(self.path, sha, self.check_hash)
+            self._name_checked = True
+        return sha
 
-def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha256: str | None = None) -> Source:
+
+def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha256: str | None = None,
+                name: str | None = None) -> Source:
     """Reads `src` (nothing in it can run code) while `pool` hashes it (unless its `sha256` is
-    known: a download checked it); picks its converter."""
+    known: a download checked it); picks its converter and its zoo entry (by `name` where that
+    is a zoo name, else by the file's published name) and settles its settings."""
     path = check_input_file(src)
     if sha256 is None:
         sha = pool.submit(sha256_file, path)
@@ -47,41 +60,44 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
         check_hash_in_name(path, sha.result(), check_hash)  # a corrupt download says so first
         raise
     converter = _pick(fmt, obj, str(path))
-    entry = zoo.find_by_file(path.name)
+    entry = (zoo.get(name) if name else None) or zoo.find_by_file(path.name)
+    if entry is not None and entry.source_format != converter.NAME:
+        entry = None  # a zoo name given to another format's file: its settings do not apply
+    layout = converter.layout_version(converter.source_tensors(obj).keys())
+    defaults = converter.SETTINGS.get(layout, {})
     try:
-        settings, notes = checked_settings(converter.meta_settings(obj), getattr(converter, "SETTINGS", {}))
-        origin = getattr(converter, "settings_origin", None)
-        preprocess_from = origin(obj) if origin is not None else None
+        file = converter.read_settings(obj)
     except GnhubError as e:  # a converter's refusal of what the file says about itself
         raise GnhubError(f"{path}: {e}") from None
-    if preprocess_from is None and "mean" in settings:
+    values, notes = checked_settings(file.values, defaults)
+    notes = [f"checkpoint config: could not read {what}" for what in file.ignored] + notes
+    given = entry.settings if entry else {}
+    settings = {**defaults, **given, **values}
+    if file.origin:
+        preprocess_from = file.origin
+    elif any(k in values for k in _PREPROCESS):
         preprocess_from = "checkpoint config"
-    elif preprocess_from is None and entry is not None:
-        p = entry.preprocess
-        settings.update(channel_order=p.channel_order, mean=p.mean, std=p.std)
+    elif any(k in given for k in _PREPROCESS):
         preprocess_from = f"gnhub zoo ({entry.name})"
-    elif preprocess_from is None:
-        preprocess_from = "gnhub default (Detectron BGR means, std 1)"
-    return Source(path, obj, converter, sha, settings, preprocess_from, entry, notes)
+    else:
+        preprocess_from = converter.DEFAULTS
+        if not values and not given:
+            notes.append(f"neither the file nor a zoo entry (by its name or --name) states its settings: "
+                         f"converted with the {converter.DEFAULTS}")
+    return Source(path, obj, converter, sha, layout, settings, preprocess_from, entry, check_hash, notes)
 
 
-_SECTIONS = {"rpn": "rpn", "roi": "roi_heads", "train": "train"}
-_PREPROCESS_FIELDS = {f.name for f in fields(PreprocessConfig)}
-_PREPROCESS = ("mean", "std", "channel_order")  # taken together, or not at all
+_PREPROCESS = ("preprocess.mean", "preprocess.std", "preprocess.channel_order")  # taken together, or not at all
 
 
 def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
-    """A converter's reading of a file's settings with every value checked against the config's
-    bounds: (valid settings, notes on what was left out). An invalid value is replaced by the
-    format's own default (`fallback`) where it has one, else left out. The file is untrusted."""
-    raw = dict(raw)
-    notes = [f"checkpoint config: could not read {what}" for what in raw.pop("ignored", [])]
-    out = {}
+    """What a file says of its settings (by config path), every value checked against the
+    config's bounds: (valid settings, notes on what was left out). An invalid value is replaced
+    by the format's own default (`fallback`) where it has one, else left out. The file is untrusted."""
+    out, notes = {}, []
     for key, value in raw.items():
-        section, _, name = key.rpartition(".")
-        path = f"{_SECTIONS[section]}.{name}" if section else f"preprocess.{key}" if key in _PREPROCESS_FIELDS else key
         try:
-            out[key] = check_value(path, value)
+            out[key] = check_value(key, value)
         except GnhubError as e:
             notes.append(f"checkpoint {str(e).removeprefix('config: ')}")
             if key in fallback:
@@ -101,7 +117,7 @@ def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
         )
 
 
-def _pick(fmt: str, obj, where: str):
+def _pick(fmt: str, obj, where: str) -> Converter:
     if fmt != "auto":
         if fmt not in FORMATS:
             raise GnhubError(f"unknown format {fmt!r}; choose auto or one of {sorted(FORMATS)}")

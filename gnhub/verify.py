@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from . import stages as S
 from .converters import RenameTable
 from .errors import GnhubError
 from .layout import GOLDEN_FILE, check_model_dir, write_report
@@ -25,10 +26,7 @@ from .report import TOLERANCES, Report, StageCheck
 from .samples import sample_images
 from .source import open_source
 
-DENSE_STAGES = (
-    ["input", "input.sample"] + [f"backbone.c{i}" for i in range(2, 6)] + [f"fpn.p{i}" for i in range(2, 7)]
-    + [f"rpn.objectness.p{i}" for i in range(2, 7)] + [f"rpn.deltas.p{i}" for i in range(2, 7)] + ["logits"]
-)
+DENSE_STAGES = S.DENSE
 # What to look at when a stage differs: gnhub tensor prefixes (or a config section).
 _HINTS = {
     "input": ["config.json preprocess (mean, std, channel_order, max_size)"],
@@ -45,10 +43,11 @@ _HINTS = {
 }
 # The stages kept as golden outputs (small: no full-resolution feature maps; the input as every
 # 8th pixel), per task. Every one is required, for every built-in image.
+_DETECTOR_GOLDEN = (S.INPUT_SAMPLE, f"{S.FPN}6", S.PROPOSALS, S.PROPOSAL_SCORES, S.BOXES, S.SCORES, S.LABELS)
 GOLDEN_STAGES = {
-    "instance-segmentation": ("input.sample", "fpn.p6", "proposals", "proposal_scores", "boxes", "scores", "labels",
-                              "mask_logits"),
-    "image-classification": ("input.sample", "logits"),
+    "instance-segmentation": (*_DETECTOR_GOLDEN, S.MASK_LOGITS),
+    "object-detection": _DETECTOR_GOLDEN,
+    "image-classification": (S.INPUT_SAMPLE, S.LOGITS),
 }
 INPUT_SAMPLE = 8  # golden `input.sample`: input[..., ::8, ::8]
 
@@ -113,27 +112,27 @@ def compare(
     """Every stage present in both, in pipeline order; `offset`: see `_match`."""
     tol = TOLERANCES[dtype]
     checks = [_dense(image, s, got[s], ref[s], tol["dense"]) for s in DENSE_STAGES if s in ref and s in got]
-    if "proposals" in ref:
-        r, idx, ok = _match(got, ref, "proposals", "proposal_scores", tol["iou"], offset=offset, px=tol.get("px", 0))
-        checks.append(_matched(image, "proposals", got["proposal_scores"][idx[ok]], ref["proposal_scores"][r[ok]],
+    if S.PROPOSALS in ref:
+        r, idx, ok = _match(got, ref, S.PROPOSALS, S.PROPOSAL_SCORES, tol["iou"], offset=offset, px=tol.get("px", 0))
+        checks.append(_matched(image, S.PROPOSALS, got[S.PROPOSAL_SCORES][idx[ok]], ref[S.PROPOSAL_SCORES][r[ok]],
                                ok, tol, f"{len(ref['proposals'])} reference / {len(got['proposals'])} gnhub"))
         if "roi.cls_logits" in ref and ok.any():
             for s in ("roi.cls_logits", "roi.box_deltas"):
                 checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol["dense"]))
-    if "boxes" in ref:
-        r, idx, ok = _match(got, ref, "boxes", "scores", tol["iou"], labels="labels", offset=offset,
+    if S.BOXES in ref:
+        r, idx, ok = _match(got, ref, S.BOXES, S.SCORES, tol["iou"], labels=S.LABELS, offset=offset,
                             px=tol.get("px", 0))
-        checks.append(_matched(image, "detections", got["scores"][idx[ok]], ref["scores"][r[ok]], ok, tol,
+        checks.append(_matched(image, S.DETECTIONS, got[S.SCORES][idx[ok]], ref[S.SCORES][r[ok]], ok, tol,
                                f"{len(ref['boxes'])} reference / {len(got['boxes'])} gnhub"))
-        if ok.any():
-            checks.append(_dense(image, "mask_logits", got["mask_logits"][idx[ok]], ref["mask_logits"][r[ok]],
+        if ok.any() and S.MASK_LOGITS in ref and S.MASK_LOGITS in got:
+            checks.append(_dense(image, S.MASK_LOGITS, got[S.MASK_LOGITS][idx[ok]], ref[S.MASK_LOGITS][r[ok]],
                                  tol["dense"]))
-            if "masks" in ref:
-                a, b = got["masks"][idx[ok]], ref["masks"][r[ok]]  # IoU over all matched masks: a pixel
+            if S.MASKS in ref:
+                a, b = got[S.MASKS][idx[ok]], ref[S.MASKS][r[ok]]  # IoU over all matched masks: a pixel
                 union = (a | b).flatten(1).sum(1)  # at the threshold may flip a tiny mask's own IoU
                 iou = torch.where(union > 0, (a & b).flatten(1).sum(1) / union.clamp(min=1), 1.0)  # empty = empty
                 total = float((a & b).sum() / (a | b).sum().clamp(min=1)) if (a | b).any() else 1.0
-                checks.append(StageCheck(image, "masks", total >= tol["mask_iou"], None, 1 - total,
+                checks.append(StageCheck(image, S.MASKS, total >= tol["mask_iou"], None, 1 - total,
                                          f"mask IoU >= {tol['mask_iou']:g}",
                                          f"mask IoU {total:.4f} (lowest of one mask {float(iou.min()):.4f})"))
     return checks
@@ -154,7 +153,7 @@ def hint(stage: str, names: dict[str, str] | None = None) -> str:
 
 def source_names(source) -> dict[str, str]:
     """gnhub tensor name -> the source checkpoint's own name for it."""
-    table = RenameTable(source.converter, source.converter.layout_version(source.tensors.keys()))
+    table = RenameTable(source.converter, source.layout)
     names = {table.to_gnhub(k): k for k, v in source.tensors.items() if v is not None and not table.is_dropped(k)}
     names.pop(None, None)
     return names
@@ -177,7 +176,7 @@ def run_model(model: GNModel, image: np.ndarray) -> dict[str, Tensor]:
 
 def with_input_sample(stages: dict[str, Tensor]) -> dict[str, Tensor]:
     """Adds `input.sample`, every INPUT_SAMPLE-th pixel of the network input (golden outputs keep it)."""
-    stages["input.sample"] = stages["input"][..., ::INPUT_SAMPLE, ::INPUT_SAMPLE].contiguous()
+    stages[S.INPUT_SAMPLE] = stages[S.INPUT][..., ::INPUT_SAMPLE, ::INPUT_SAMPLE].contiguous()
     return stages
 
 

@@ -1,4 +1,5 @@
-"""The registry of known GN models: every published fact about each, in one place."""
+"""The registry of known GN models: one entry per published checkpoint, built from the upstream
+tables in gnhub/published.py, plus the user's own (GNHUB_ZOO_FILE, register())."""
 from __future__ import annotations
 
 import difflib
@@ -7,70 +8,72 @@ import json
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, PreprocessConfig
+from . import published as P
+from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD
 from .errors import GnhubError
 from .settings import DEFAULT_ORG, zoo_file
 
-MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gn/{name}/{file}"
-
-# The preprocessing of mmdetection 3.3's packaged configs for the two backbone families.
-DETECTRON_PREPROCESS = PreprocessConfig("BGR", DETECTRON_BGR_MEAN, (1.0, 1.0, 1.0))
-CONTRIB_PREPROCESS = PreprocessConfig("RGB", IMAGENET_RGB_MEAN, IMAGENET_RGB_STD)
-
-
-GN_PAPER = "Group Normalization (Yuxin Wu, Kaiming He), ECCV 2018, https://arxiv.org/abs/1803.08494"
-GN_CITATION = """@inproceedings{wu2018group,
-  title={Group Normalization},
-  author={Wu, Yuxin and He, Kaiming},
-  booktitle={Proceedings of the European Conference on Computer Vision (ECCV)},
-  year={2018}
-}"""
-MMDET_CITATION = """@article{mmdetection,
-  title={{MMDetection}: Open MMLab Detection Toolbox and Benchmark},
-  author={Chen, Kai and Wang, Jiaqi and Pang, Jiangmiao and others},
-  journal={arXiv preprint arXiv:1906.07155},
-  year={2019}
-}"""
-MMDET_RESULTS = "https://github.com/open-mmlab/mmdetection/blob/main/configs/gn/README.md"
-DETECTRON_CITATION = """@misc{Detectron2018,
-  author = {Ross Girshick and Ilija Radosavovic and Georgia Gkioxari and Piotr Doll\\'{a}r and Kaiming He},
-  title = {Detectron},
-  howpublished = {\\url{https://github.com/facebookresearch/detectron}},
-  year = {2018}
-}"""
-DETECTRON_RESULTS = "https://github.com/facebookresearch/Detectron/blob/main/projects/GN/README.md"
-DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron/"
+# mmdetection's preprocessing (its packaged configs) for backbones from Detectron ("(d)") and for
+# every other ImageNet backbone, by config path.
+BGR_CAFFE = {"preprocess.channel_order": "BGR", "preprocess.mean": DETECTRON_BGR_MEAN,
+             "preprocess.std": (1.0, 1.0, 1.0)}
+RGB_IMAGENET = {"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
+                "preprocess.std": IMAGENET_RGB_STD}
+WS_EVERYWHERE = {"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
+                 "roi_heads.mask_weight_std": True}
+FORMAT_NAMES = ("mmdet", "detectron", "detectron2")
 
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """Every published fact about one checkpoint, and the conventions its upstream config states."""
+
     name: str
-    source_format: str
-    depth: int
-    pretrain: str  # "(d)" Detectron backbone, "(c)" contributed backbone, "imagenet", "scratch", "none"
+    source_format: str  # the converter: mmdet, detectron or detectron2
+    family: str  # "gn", "gn+ws", "scratch" (trained without ImageNet), "imagenet" (a backbone)
+    detector: str  # "mask-rcnn", "faster-rcnn" or "classifier"
+    backbone: str  # "R-50", "R-101", "X-50-32x4d", "X-101-32x4d" (None for a user's entry: "?")
+    pretrain: str  # "(d)" Detectron backbone, "(c)" contributed, "ws" JHU's GN+WS, "imagenet", "scratch", "none"
     schedule: str
     epochs: int | None
     file: str  # the file name gnhub expects (Detectron's detectors are all model_final.pkl upstream)
+    url: str | None  # the upstream download (None: none published)
     box_ap: float | None
     mask_ap: float | None
-    train_memory_gb: float | None  # per GPU, as published
-    inference_fps: float | None  # as published
-    architecture: str = "Mask R-CNN, ResNet-FPN with GroupNorm everywhere (4conv1fc box head)"
+    train_memory_gb: float | None = None  # per GPU, as published
+    inference_fps: float | None = None  # as published (mmdetection's GN table, Detectron's s/image)
+    inference_ms: float | None = None  # as published (mmdetection's metafiles, detectron2's s/im)
+    train_s_per_iter: float | None = None  # as published (detectron2)
     dataset: str = "COCO 2017 (train2017; metrics on val2017)"
-    hardware: str = "NVIDIA V100 (mmdetection v2.0 benchmark; upstream marks memory and speed as outdated)"
+    hardware: str = "not published"
     license: str = "apache-2.0"
-    results_source: str = MMDET_RESULTS
-    source_url: str | None = ""  # "": mmdetection's URL pattern; None: no published download
+    results_source: str | None = None
     top1_error: float | None = None  # ImageNet classifiers, centre crop, as published
-    task: str = "instance-segmentation"
     sha256: str | None = None  # the source file's full sha256, where pinned (registered entries)
+    citations: tuple[str, ...] = ("gn",)  # keys of published.CITATIONS, the family's framework added by cards
+    conventions: dict = field(default_factory=dict)  # by config path, where the upstream config says more
 
     @property
-    def url(self) -> str | None:
-        return MMDET_URL.format(name=self.name, file=self.file) if self.source_url == "" else self.source_url
+    def depth(self) -> int | None:
+        m = re.search(r"-(\d+)", self.backbone)
+        return int(m.group(1)) if m else None
+
+    @property
+    def task(self) -> str:
+        return {"mask-rcnn": "instance-segmentation", "faster-rcnn": "object-detection"}.get(
+            self.detector, "image-classification")
+
+    @property
+    def architecture(self) -> str:
+        if self.detector == "classifier":
+            return f"{_backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
+        detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
+        norm = "GroupNorm and Weight Standardization in every conv layer" if self.family == "gn+ws" else \
+            "GroupNorm everywhere"
+        return f"{detector}, {_backbone_words(self.backbone)}-FPN with {norm} (4conv1fc box head)"
 
     @property
     def sha256_prefix(self) -> str | None:
@@ -78,23 +81,28 @@ class ZooEntry:
         return m.group(1) if m else None
 
     @property
-    def preprocess(self) -> PreprocessConfig:
-        return DETECTRON_PREPROCESS if self.pretrain == "(d)" else CONTRIB_PREPROCESS
+    def settings(self) -> dict:
+        """The conventions the entry's upstream config states, by config path: a file's own
+        config, where it has one, overrides them."""
+        if self.source_format == "mmdet":
+            return {**(BGR_CAFFE if self.pretrain == "(d)" else RGB_IMAGENET), **self.conventions}
+        return dict(self.conventions)
 
     @property
     def pretrain_text(self) -> str:
-        return {"(d)": "ImageNet R-{d}-GN backbone converted from Detectron (d)",
-                "(c)": "ImageNet R-{d}-GN backbone contributed to mmdetection (c)",
-                "imagenet": "Detectron's ImageNet R-{d}-GN backbone",
+        return {"(d)": "ImageNet {b}-GN backbone converted from Detectron (d)",
+                "(c)": "ImageNet {b}-GN backbone contributed to mmdetection (c)",
+                "ws": "ImageNet {b} GN+WS backbone from JHU (open-mmlab://jhu)",
+                "imagenet": "Detectron's ImageNet {b}-GN backbone",
                 "scratch": "none: trained from scratch",
                 "none": "trained on ImageNet-1k from scratch",
-                "unknown": "not stated"}[self.pretrain].format(d=self.depth)
+                "unknown": "not stated"}[self.pretrain].format(b=self.backbone)
 
     @property
     def results_text(self) -> str:
         if self.top1_error is not None:
             return f"top-1 error {self.top1_error}%"
-        return f"box AP {self.box_ap}  mask AP {self.mask_ap}"
+        return f"box AP {self.box_ap}" + (f"  mask AP {self.mask_ap}" if self.mask_ap is not None else "")
 
     def hub_repo(self, org: str = DEFAULT_ORG) -> str:
         return f"{org}/{self.name}"
@@ -102,75 +110,89 @@ class ZooEntry:
     @property
     def expected_sha256(self) -> str | None:
         """What the source file's sha256 must be (or start with): the pinned one, else the
-        prefix published in the file name."""
+        prefix published in the file name (mmdetection's); None where nothing is published."""
         return self.sha256 or self.sha256_prefix
 
 
-_MMDET = [
-    ("mask_rcnn_r50_fpn_gn-all_2x_coco", 50, "(d)", "2x", 24, "20200206-8eee02a6", 40.2, 36.4, 7.1, 11.0),
-    ("mask_rcnn_r50_fpn_gn-all_3x_coco", 50, "(d)", "3x", 36, "20200214-8b23b1e5", 40.5, 36.7, 7.1, None),
-    ("mask_rcnn_r101_fpn_gn-all_2x_coco", 101, "(d)", "2x", 24, "20200205-d96b1b50", 41.9, 37.6, 9.9, 9.0),
-    ("mask_rcnn_r101_fpn_gn-all_3x_coco", 101, "(d)", "3x", 36, "20200513_181609-0df864f4", 42.1, 38.0, 9.9, None),
-    ("mask_rcnn_r50_fpn_gn-all_contrib_2x_coco", 50, "(c)", "2x", 24, "20200207-20d3e849", 40.0, 36.1, 7.1, 10.9),
-    ("mask_rcnn_r50_fpn_gn-all_contrib_3x_coco", 50, "(c)", "3x", 36, "20200225-542aefbc", 40.1, 36.2, 7.1, None),
-]  # configs/gn/README.md of mmdetection: memory per GPU, inference fps ("-" or empty for the 3x models)
+def _backbone_words(backbone: str) -> str:
+    return backbone.replace("R-", "ResNet-").replace("X-", "ResNeXt-").replace("-32x4d", " 32x4d")
 
-# Detectron's GN models (projects/GN/README.md): detectors trained on coco_2014_train +
-# valminusminival (= COCO 2017 train), scored on minival (= val2017); 2x = 180k, 3x = 270k
-# iterations of 16 images. Inference speed is the published s/image on one P100, as fps.
-_DETECTRON_HOME = dict(
-    source_format="detectron", results_source=DETECTRON_RESULTS, epochs=None,
-    dataset="COCO 2014 train + valminusminival (= 2017 train; metrics on minival = val2017)",
-    hardware="NVIDIA Tesla P100 (Detectron model zoo)",
-)
-_DETECTRON_RUN = "GN/{id}/04_2018_gn_baselines/{run}/output/train/coco_2014_train%3Acoco_2014_valminusminival/" \
-    "generalized_rcnn/model_final.pkl"
-_DETECTRON = [
-    ("e2e_mask_rcnn_R-50-FPN_2x_gn", 50, "imagenet", "2x", 40.3, 35.7, 10.5, 0.146 + 0.017,
-     "48616381", "e2e_mask_rcnn_R-50-FPN_2x_gn_0416.13_23_38.bTlTI97Q"),
-    ("e2e_mask_rcnn_R-101-FPN_2x_gn", 101, "imagenet", "2x", 41.8, 36.8, 12.4, 0.180 + 0.015,
-     "48616724", "e2e_mask_rcnn_R-101-FPN_2x_gn_0416.13_26_34.GLnri4GR"),
-    ("e2e_mask_rcnn_R-50-FPN_3x_gn", 50, "imagenet", "3x", 40.8, 36.1, 10.5, 0.145 + 0.015,
-     "48734751", "e2e_mask_rcnn_R-50-FPN_3x_gn_0417.09_54_59.nwCTtPVk"),
-    ("e2e_mask_rcnn_R-101-FPN_3x_gn", 101, "imagenet", "3x", 42.3, 37.2, 12.4, 0.180 + 0.014,
-     "48734779", "e2e_mask_rcnn_R-101-FPN_3x_gn_0417.09_55_23.HMtcR8wg"),
-    ("scratch_e2e_mask_rcnn_R-50-FPN_3x_gn", 50, "scratch", "3x", 39.5, 35.2, 10.8, 0.140 + 0.019, "56421872", None),
-    ("scratch_e2e_mask_rcnn_R-101-FPN_3x_gn", 101, "scratch", "3x", 41.0, 36.4, 12.7, 0.177 + 0.019, "56421911", None),
-]
 
-MODELS: dict[str, ZooEntry] = {
-    **{name: ZooEntry(name, "mmdet", depth, pre, sched, epochs, f"{name}_{stamp}.pth", box, mask, mem, fps)
-       for name, depth, pre, sched, epochs, stamp, box, mask, mem, fps in _MMDET},
-    **{name: ZooEntry(name=name, depth=depth, pretrain=pre, schedule=f"{sched} (model id {mid})", file=f"{name}.pkl",
-                      box_ap=box, mask_ap=mask, train_memory_gb=mem, inference_fps=round(1 / seconds, 1),
-                      source_url=DETECTRON_URL + _DETECTRON_RUN.format(id=mid, run=run) if run else None,
-                      **_DETECTRON_HOME)
-       for name, depth, pre, sched, box, mask, mem, seconds, mid, run in _DETECTRON},
-    **{name: ZooEntry(name=name, depth=depth, pretrain="none", schedule=f"ImageNet-1k (model id {mid})",
-                      file=f"{name}.pkl", box_ap=None, mask_ap=None, train_memory_gb=None, inference_fps=None,
-                      source_url=f"{DETECTRON_URL}ImageNetPretrained/{mid}/{name}.pkl", top1_error=err,
-                      task="image-classification",
-                      architecture="ResNet with GroupNorm (32 groups), ImageNet classifier",
-                      dataset="ImageNet-1k (metrics: validation set, centre crop)", hardware="not published",
-                      source_format="detectron", results_source=DETECTRON_RESULTS, epochs=None)
-       for name, depth, mid, err in (("R-50-GN", 50, "47261647", 24.0), ("R-101-GN", 101, "47592356", 22.6))},
-}
+def _mmdet_gn() -> list[ZooEntry]:
+    return [ZooEntry(name, "mmdet", "gn", "mask-rcnn", f"R-{depth}", pre, sched, epochs, f"{name}_{stamp}.pth",
+                     P.MMDET_GN_URL.format(name=name, file=f"{name}_{stamp}.pth"), box, mask, mem, fps,
+                     hardware="NVIDIA V100 (mmdetection v2.0 benchmark; upstream marks memory and speed as outdated)",
+                     results_source=P.MMDET_GN_RESULTS)
+            for name, depth, pre, sched, epochs, stamp, box, mask, mem, fps in P.MMDET_GN]
+
+
+def _mmdet_gn_ws() -> list[ZooEntry]:
+    return [ZooEntry(name, "mmdet", "gn+ws", name.split("_rcnn")[0].replace("_", "-") + "-rcnn", backbone, "ws",
+                     name.split("ws-all_")[1].removesuffix("_coco"), epochs, f"{name}_{stamp}.pth",
+                     P.MMDET_GN_WS_URL.format(name=name, file=f"{name}_{stamp}.pth"), box, mask, mem,
+                     inference_ms=ms, hardware="8x NVIDIA V100 (mmdetection metafile)",
+                     results_source=P.MMDET_GN_WS_RESULTS, citations=("gn", "ws"), conventions=WS_EVERYWHERE)
+            for name, backbone, epochs, stamp, box, mask, mem, ms in P.MMDET_GN_WS]
+
+
+def _mmdet_scratch() -> list[ZooEntry]:
+    return [ZooEntry(name, "mmdet", "scratch", name.split("_rcnn")[0].replace("_", "-") + "-rcnn", "R-50", "scratch",
+                     "6x", epochs, file, P.MMDET_SCRATCH_URL.format(name=name, file=file), box, mask,
+                     hardware="8x NVIDIA V100 (mmdetection metafile; no memory or speed published)",
+                     results_source=P.MMDET_SCRATCH_RESULTS, citations=("gn", "rethinking"),
+                     conventions={"train.frozen_stages": 0, "train.norm_decay_mult": 0.0})
+            for name, epochs, file, box, mask in P.MMDET_SCRATCH]
+
+
+def _detectron() -> list[ZooEntry]:
+    home = dict(dataset="COCO 2014 train + valminusminival (= 2017 train; metrics on minival = val2017)",
+                hardware="NVIDIA Tesla P100 (Detectron model zoo)", results_source=P.DETECTRON_RESULTS)
+    detectors = [
+        ZooEntry(name, "detectron", "scratch" if pre == "scratch" else "gn", "mask-rcnn", f"R-{depth}", pre,
+                 f"{sched} (model id {mid})", None, f"{name}.pkl",
+                 P.DETECTRON_URL + P.DETECTRON_RUN.format(id=mid, run=run) if run else None, box, mask, mem,
+                 round(1 / seconds, 1), citations=("gn", "rethinking") if pre == "scratch" else ("gn",), **home)
+        for name, depth, pre, sched, box, mask, mem, seconds, mid, run in P.DETECTRON]
+    backbones = [
+        ZooEntry(name, "detectron", "imagenet", "classifier", f"R-{depth}", "none", f"ImageNet-1k (model id {mid})",
+                 None, f"{name}.pkl", f"{P.DETECTRON_URL}ImageNetPretrained/{mid}/{name}.pkl", None, None,
+                 top1_error=err, dataset="ImageNet-1k (metrics: validation set, centre crop)",
+                 results_source=P.DETECTRON_RESULTS)
+        for name, depth, mid, err in P.DETECTRON_IMAGENET]
+    return detectors + backbones
+
+
+def _detectron2() -> list[ZooEntry]:
+    return [ZooEntry(name, "detectron2", "scratch" if name.startswith("scratch") else "gn", "mask-rcnn", "R-50",
+                     "scratch" if name.startswith("scratch") else "imagenet", f"{sched} (model id {mid})", None, file,
+                     P.DETECTRON2_URL.format(name=name, id=mid, file=file), box, mask, mem,
+                     inference_ms=round(1000 * seconds, 1), train_s_per_iter=train,
+                     hardware="8 NVIDIA V100 GPUs with NVLink (Big Basin servers, detectron2 MODEL_ZOO.md)",
+                     results_source=P.DETECTRON2_RESULTS,
+                     citations=("gn", "rethinking") if name.startswith("scratch") else ("gn",),
+                     conventions=changes)
+            for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2]
+
+
+MODELS: dict[str, ZooEntry] = {e.name: e for e in (*_mmdet_gn(), *_mmdet_gn_ws(), *_mmdet_scratch(), *_detectron(),
+                                                    *_detectron2())}
 
 
 # -- entries of the user's: GNHUB_ZOO_FILE and register() ------------------------------------
 
 _REGISTERED: dict[str, ZooEntry] = {}
 _FILE_CACHE: dict[tuple, dict[str, ZooEntry]] = {}
-_OPTIONAL = {"depth": int, "box_ap": float, "mask_ap": float, "schedule": str, "epochs": int, "license": str,
-             "train_memory_gb": float, "inference_fps": float, "task": str, "pretrain": str, "dataset": str,
-             "architecture": str, "hardware": str, "results_source": str, "top1_error": float, "file": str}
+_OPTIONAL = {"backbone": str, "box_ap": float, "mask_ap": float, "schedule": str, "epochs": int, "license": str,
+             "train_memory_gb": float, "inference_fps": float, "inference_ms": float, "detector": str,
+             "pretrain": str, "dataset": str, "hardware": str, "results_source": str, "top1_error": float,
+             "file": str, "family": str}
 
 
 def register(name: str, url: str, sha256: str, format: str | None = None, **published) -> ZooEntry:
     """Adds a checkpoint of your own to the registry under `name`: `gnhub.load(name)`, `list`,
     `info` and `fetch` then treat it like a built-in entry. `sha256` is the file's full sha256;
-    `format` is "mmdet" or "detectron" (default: by the file's extension); `published` takes
-    the facts cards show (box_ap, mask_ap, depth, schedule, license, ...)."""
+    `format` is "mmdet", "detectron" or "detectron2" (default: mmdet for .pth, detectron for
+    .pkl); `published` takes the facts cards show (box_ap, mask_ap, backbone, schedule, ...)."""
     entry = _entry({"name": name, "url": url, "sha256": sha256, "format": format, **published}, "register()")
     _REGISTERED[name] = entry
     return entry
@@ -195,8 +217,11 @@ def _entry(data, where: str) -> ZooEntry:
         raise GnhubError(f"{label}: the file name {file!r} (from {'file' if 'file' in data else 'the url'}) must be a "
                          "plain file name: no folders, no '..', not hidden")
     fmt = data.get("format") or ("detectron" if file.endswith(".pkl") else "mmdet")
-    if fmt not in ("mmdet", "detectron"):
-        raise GnhubError(f"{label}: format must be mmdet or detectron, not {fmt!r}")
+    if fmt not in FORMAT_NAMES:
+        raise GnhubError(f"{label}: format must be one of {', '.join(FORMAT_NAMES)}, not {fmt!r}")
+    if "depth" in data and "backbone" not in data:  # the older way to say it
+        data = {**{k: v for k, v in data.items() if k != "depth"},
+                "backbone": f"R-{data['depth']}" if isinstance(data["depth"], int) else data["depth"]}
     unknown = sorted(set(data) - {"name", "url", "sha256", "format", *_OPTIONAL})
     if unknown:
         raise GnhubError(f"{label}: unknown fields {unknown}; known: name, url, sha256, format, {', '.join(_OPTIONAL)}")
@@ -209,13 +234,14 @@ def _entry(data, where: str) -> ZooEntry:
                 isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)):
             raise GnhubError(f"{label}: {key} must be {'text' if kind is str else 'a number'}, not {value!r}")
         extra[key] = kind(value)
-    if extra.get("pretrain", "unknown") not in ("(d)", "(c)", "imagenet", "scratch", "none", "unknown"):
-        raise GnhubError(f"{label}: pretrain must be one of (d), (c), imagenet, scratch, none, unknown")
-    defaults = dict(depth=None, pretrain="unknown", schedule="custom", epochs=None, file=file,
-                    box_ap=None, mask_ap=None, train_memory_gb=None, inference_fps=None, license="other",
-                    results_source=None, dataset="not stated", architecture=ZooEntry.architecture,
-                    hardware="not stated")
-    return ZooEntry(name=name, source_format=fmt, source_url=url, sha256=sha.lower(), **{**defaults, **extra})
+    for key, choices in (("pretrain", ("(d)", "(c)", "ws", "imagenet", "scratch", "none", "unknown")),
+                         ("detector", ("mask-rcnn", "faster-rcnn", "classifier")),
+                         ("family", ("gn", "gn+ws", "scratch", "imagenet"))):
+        if key in extra and extra[key] not in choices:
+            raise GnhubError(f"{label}: {key} must be one of {', '.join(choices)}")
+    defaults = dict(family="gn", detector="mask-rcnn", backbone="?", pretrain="unknown", schedule="custom",
+                    epochs=None, file=file, box_ap=None, mask_ap=None, license="other", dataset="not stated")
+    return ZooEntry(name=name, source_format=fmt, url=url, sha256=sha.lower(), **{**defaults, **extra})
 
 
 NAME_PATTERN = r"[A-Za-z0-9][\w.\-]{0,95}"  # a zoo name: also a folder name in the cache
@@ -259,14 +285,24 @@ def get(name: str) -> ZooEntry | None:
     return models().get(name)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the zoo models, optionally filtered by an fnmatch pattern, in any case and with or
-    without '-' and '_' (so '*r101*' finds mmdetection's r101 and Detectron's R-101 alike)."""
+def list_models(pattern: str | None = None, family: str | None = None, detector: str | None = None,
+                backbone: str | None = None, source_format: str | None = None) -> list[str]:
+    """Names of the zoo models, optionally filtered by an fnmatch pattern (in any case, with or
+    without '-' and '_': '*r101*' finds mmdetection's r101 and Detectron's R-101 alike), family
+    (gn, gn+ws, scratch, imagenet), detector (mask, faster, classifier), backbone (R-50, R-101,
+    X-50-32x4d, X-101-32x4d) and source format (mmdet, detectron, detectron2)."""
     def plain(text: str) -> str:
         return re.sub(r"[-_]", "", text.lower())
 
-    return sorted(n for n in models() if pattern is None or fnmatch.fnmatchcase(n.lower(), pattern.lower())
-                  or fnmatch.fnmatchcase(plain(n), plain(pattern)))
+    def chosen(e: ZooEntry) -> bool:
+        return ((pattern is None or fnmatch.fnmatchcase(e.name.lower(), pattern.lower())
+                 or fnmatch.fnmatchcase(plain(e.name), plain(pattern)))
+                and (family is None or e.family == family.lower())
+                and (detector is None or e.detector.startswith(detector.lower()))
+                and (backbone is None or plain(e.backbone) == plain(backbone))
+                and (source_format is None or e.source_format == source_format))
+
+    return sorted(n for n, e in models().items() if chosen(e))
 
 
 def find_by_file(file_name: str) -> ZooEntry | None:

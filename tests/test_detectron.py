@@ -96,7 +96,7 @@ def test_nms_uses_plus_one_areas_and_suppresses_at_equal_iou():
 def test_roi_align_is_unaligned_and_levels_use_plus_one_areas():
     config = ModelConfig()
     config.roi_heads.sampling_ratio, config.roi_heads.aligned = 2, False
-    pool = MultiLevelRoIAlign(2, (1, 2, 4, 8), config.roi_heads, detectron=True)
+    pool = MultiLevelRoIAlign(2, (1, 2, 4, 8), config.roi_heads, "detectron")
     ramp = torch.arange(16.0).repeat(16, 1)[None, None]  # value = x
     feats = [ramp, ramp[..., ::2, ::2], ramp[..., ::4, ::4], ramp[..., ::8, ::8]]
     rois = torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]])
@@ -112,11 +112,11 @@ def test_detectron_yaml_settings_are_read_without_running_anything():
            "new:detectron.utils.collections.AttrDict\n    dictitems: {SCALES: !!python/tuple [600], MAX_SIZE: 1000, " \
            "NMS: 0.6}\n  MODEL: {BBOX_REG_WEIGHTS: !!python/tuple [20.0, 20.0, 10.0, 10.0]}\n" \
            "  PIXEL_MEANS: [[[1.0, 2.0, 3.0]]]\n  EVIL: !!python/object/apply:os.system [touch pwned]\n"
-    settings = detectron.meta_settings({"blobs": {"fpn_x": 0}, "cfg": text})
-    assert settings["max_size"] == (1000, 600) and settings["roi.nms_iou"] == 0.6
-    assert settings["mean"] == (1.0, 2.0, 3.0) and settings["box_convention"] == "detectron"
-    assert settings["roi.box_stds"] == (0.05, 0.05, 0.1, 0.1)
-    assert detectron.meta_settings({"blobs": {"fpn_x": 0}, "cfg": "{not yaml"})["max_size"] == (1333, 800)
+    settings = detectron.read_settings({"blobs": {"fpn_x": 0}, "cfg": text}).values
+    assert settings["preprocess.max_size"] == (1000, 600) and settings["roi_heads.nms_iou"] == 0.6
+    assert settings["preprocess.mean"] == (1.0, 2.0, 3.0) and "box_convention" not in settings  # a default
+    assert settings["roi_heads.box_stds"] == (0.05, 0.05, 0.1, 0.1)
+    assert detectron.read_settings({"blobs": {"fpn_x": 0}, "cfg": "{not yaml"}).values == {}
 
 
 # -- conversion and verification -----------------------------------------------------------

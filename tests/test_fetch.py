@@ -182,13 +182,3 @@ def test_registered_entries_and_mirrors():
     assert entry.source_format == "detectron" and entry.file == "model_final.pkl" and "my_model" in zoo.list_models()
     assert cache.source_url(entry, "http://mirror.local:8000/") == "http://mirror.local:8000/a/b/model_final.pkl"
     zoo._REGISTERED.clear()
-
-
-def test_published_figures_are_mmdetections_readme():
-    m = zoo.MODELS
-    fps = {n: m[n].inference_fps for n in m if n.startswith("mask_rcnn")}
-    assert fps == {"mask_rcnn_r50_fpn_gn-all_2x_coco": 11.0, "mask_rcnn_r101_fpn_gn-all_2x_coco": 9.0,
-                   "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco": 10.9, "mask_rcnn_r50_fpn_gn-all_3x_coco": None,
-                   "mask_rcnn_r101_fpn_gn-all_3x_coco": None, "mask_rcnn_r50_fpn_gn-all_contrib_3x_coco": None}
-    assert {m[n].train_memory_gb for n in fps if "r101" in n} == {9.9}
-    assert {m[n].train_memory_gb for n in fps if "r50" in n} == {7.1}

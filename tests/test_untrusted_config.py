@@ -99,7 +99,9 @@ SAID = {"huge text", "mean=5", "mean='abc'", "pad_size_divisor=None", "pad_size_
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
 def test_hostile_embedded_configs_end_in_a_value(name):
-    settings_, notes = checked_settings(mmdet.meta_settings({"meta": {"config": HOSTILE_CONFIGS[name]}}), {})
+    file = mmdet.read_settings({"meta": {"config": HOSTILE_CONFIGS[name]}})
+    settings_, notes = checked_settings(file.values, {})
+    notes += file.ignored
     config = ModelConfig()
     apply_settings(config, settings_)
     usable(config)
@@ -111,7 +113,8 @@ def test_hostile_embedded_configs_end_in_a_value(name):
 @given(text=st.text(alphabet=st.sampled_from(list("dict(mean=std[]0123456789.,-+*'\"scale_pad=)nms_pre{}:")),
                     max_size=200))
 def test_fuzzed_embedded_config_text(text):
-    settings_, _ = checked_settings(mmdet.meta_settings({"meta": {"config": SMALL_MMDET_CONFIG + "\n" + text}}), {})
+    settings_, _ = checked_settings(mmdet.read_settings({"meta": {"config": SMALL_MMDET_CONFIG + "\n" + text}}).values,
+                                    {})
     config = ModelConfig()
     apply_settings(config, settings_)
     usable(config)

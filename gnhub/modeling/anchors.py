@@ -1,5 +1,8 @@
-"""Anchors as mmdetection's AnchorGenerator or Detectron's generate_anchors makes them."""
+"""Anchors as mmdetection's AnchorGenerator, Detectron's generate_anchors or detectron2's
+DefaultAnchorGenerator makes them."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -31,6 +34,19 @@ def detectron_base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple
             half_w, half_h = 0.5 * (sw - 1), 0.5 * (sh - 1)
             rows.append(torch.stack([ctr - half_w, ctr - half_h, ctr + half_w, ctr + half_h]))
     return torch.stack(rows).float()  # on the CPU even under a meta device context
+
+
+def detectron2_base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
+    """detectron2: side `scale * stride` (its SIZES), for each ratio w = sqrt(side^2 / ratio),
+    h = ratio * w in float64, centred on (0, 0), then float32; size-major."""
+    rows = []
+    for scale in scales:
+        area = float(scale * stride) ** 2.0
+        for ratio in ratios:
+            w = math.sqrt(area / ratio)
+            h = ratio * w
+            rows.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+    return torch.tensor(rows, dtype=torch.float32, device="cpu")
 
 
 def grid_anchors(base: Tensor, stride: int, height: int, width: int) -> Tensor:

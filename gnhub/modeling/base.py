@@ -21,13 +21,17 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class GNModel(nn.Module):
-    """A GN network with its preprocessing; subclasses set `task` and implement `run`."""
+    """A GN network with its preprocessing; subclasses name the `tasks` they build and implement `run`."""
 
-    task: str
+    tasks: tuple[str, ...]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        MODELS[cls.task] = cls
+        MODELS.update(dict.fromkeys(cls.tasks, cls))
+
+    @property
+    def task(self) -> str:
+        return self.config.task
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,5 @@
-"""Box coding and NMS: mmdetection's (xyxy boxes, widths x2 - x1) and Detectron's (widths + 1)."""
+"""Box coding and NMS: mmdetection's (xyxy boxes, widths x2 - x1), Detectron's (widths + 1) and
+detectron2's (widths x2 - x1, deltas divided by weights, torchvision's batched NMS)."""
 from __future__ import annotations
 
 import math
@@ -106,3 +107,48 @@ def nms_detectron(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
             keep.append(i)
             removed |= over[i]
     return order[torch.tensor(keep, device=order.device)]
+
+
+def decode_boxes_detectron2(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...]) -> Tensor:
+    """detectron2's Box2BoxTransform.apply_deltas: widths x2 - x1, centres x1 + w / 2, deltas
+    divided by the weights 1 / stds, dw and dh clamped from above only; no clipping."""
+    boxes = boxes.to(deltas.dtype)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
+    wx, wy, ww, wh = (1.0 / s for s in stds)
+    dw = (deltas[:, 2] / ww).clamp(max=MAX_LOG_SCALE)
+    dh = (deltas[:, 3] / wh).clamp(max=MAX_LOG_SCALE)
+    px, py = deltas[:, 0] / wx * w + cx, deltas[:, 1] / wy * h + cy
+    pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+    return torch.stack([px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw, py + 0.5 * ph], dim=1)
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """xyxy boxes clamped to [0, width] and [0, height] (detectron2's Boxes.clip)."""
+    h, w = size
+    return torch.stack([boxes[:, 0].clamp(min=0, max=w), boxes[:, 1].clamp(min=0, max=h),
+                        boxes[:, 2].clamp(min=0, max=w), boxes[:, 3].clamp(min=0, max=h)], dim=1)
+
+
+def batched_nms_torchvision(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Tensor:
+    """torchvision.ops.batched_nms (what detectron2 calls), the same arithmetic: one NMS of boxes
+    offset by group * (max coordinate + 1) up to 4000 coordinates on a CPU (100000 elsewhere),
+    else one NMS per group without offsets, kept indices sorted by score."""
+    boxes = boxes.float()
+    if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000) and not torch.jit.is_tracing():
+        kept = torch.zeros_like(scores, dtype=torch.bool)
+        for g in torch.unique(groups):
+            idx = torch.where(groups == g)[0]
+            kept[idx[nms(boxes[idx], scores[idx], iou)]] = True
+        keep = torch.where(kept)[0]
+        return keep[scores[keep].sort(descending=True)[1]]
+    if boxes.numel() == 0 and not torch.jit.is_tracing():
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() if torch.jit.is_tracing() else boxes.max()
+    offsets = groups.to(boxes) * (top + torch.tensor(1).to(boxes))
+    return nms(boxes + offsets[:, None], scores, iou)
+
+
+def to_rois(boxes: list[Tensor]) -> Tensor:
+    """Per-image (N_i, 4) boxes -> (sum N_i, 5) RoIs with the batch index first."""
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])

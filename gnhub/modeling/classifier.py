@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import stages as S
 from ..config import ModelConfig
 from .base import GNModel
 from .resnet import STAGE_CHANNELS, GNResNet
@@ -19,7 +20,7 @@ class GNResNetClassifier(GNModel):
     start a detector: `detector.backbone.load_state_dict(classifier.backbone.state_dict())`.
     """
 
-    task = "image-classification"
+    tasks = ("image-classification",)
 
     def __init__(self, config: ModelConfig, top_k: int = 5):
         super().__init__()
@@ -36,7 +37,7 @@ class GNResNetClassifier(GNModel):
         logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
         scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)
         if record is not None:
-            record["input"] = batch.tensor[:1]
-            record.update({f"backbone.c{i + 2}": x[:1] for i, x in enumerate(c)})
-            record["logits"] = logits[:1]
+            record[S.INPUT] = batch.tensor[:1]
+            record.update(S.levels(S.BACKBONE, [x[:1] for x in c]))
+            record[S.LOGITS] = logits[:1]
         return [{"labels": lab, "scores": s} for lab, s in zip(labels, scores)]

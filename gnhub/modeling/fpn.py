@@ -5,14 +5,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import FPNConfig
+from .conv import conv2d
 
 
 class ConvGN(nn.Module):
-    """conv (no bias) -> GroupNorm -> optional ReLU."""
+    """conv (no bias; optionally weight-standardised) -> GroupNorm -> optional ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, k: int, groups: int, eps: float, relu: bool):
+    def __init__(self, in_ch: int, out_ch: int, k: int, groups: int, eps: float, relu: bool, weight_std: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, k, padding=k // 2, bias=False)
+        self.conv = conv2d(in_ch, out_ch, k, padding=k // 2, bias=False, weight_std=weight_std)
         self.norm = nn.GroupNorm(groups, out_ch, eps)
         self.relu = relu
 
@@ -26,9 +27,9 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], cfg: FPNConfig):
         super().__init__()
-        c, g, eps = cfg.channels, cfg.num_groups, cfg.norm_eps
-        self.lateral = nn.ModuleList(ConvGN(i, c, 1, g, eps, relu=False) for i in in_channels)
-        self.output = nn.ModuleList(ConvGN(c, c, 3, g, eps, relu=False) for _ in in_channels)
+        c, g, eps, ws = cfg.channels, cfg.num_groups, cfg.norm_eps, cfg.weight_std
+        self.lateral = nn.ModuleList(ConvGN(i, c, 1, g, eps, False, ws) for i in in_channels)
+        self.output = nn.ModuleList(ConvGN(c, c, 3, g, eps, False, ws) for _ in in_channels)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         laterals = [conv(f) for conv, f in zip(self.lateral, feats)]

@@ -7,10 +7,12 @@ import math
 import torch
 from torch import Tensor
 
+from .. import stages as S
 from ..config import ModelConfig
 from ..errors import GnhubError
 from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
+from .boxes import clip_boxes, to_rois
 from .fpn import FPN
 from .masks import paste_masks, paste_masks_detectron
 from .resnet import STAGE_CHANNELS, GNResNet
@@ -20,14 +22,15 @@ from .transform import ImageBatch, Preprocessor, load_image
 
 
 class GNMaskRCNN(GNModel):
-    """GN Mask R-CNN (ResNet-FPN) with its preprocessing and mmdetection's training losses.
+    """GN Mask R-CNN (ResNet/ResNeXt-FPN) with its preprocessing and mmdetection's training
+    losses; a GN Faster R-CNN (no mask head) where config.task is "object-detection".
 
     `predict(images)` gives per image `boxes` (N, 4) xyxy in original pixels, `scores` (N,),
-    `labels` (N,) indexing `config.classes`, and `masks` (N, H, W) bool, best first;
-    `inspect(image)` gives every intermediate stage of one image under stable names.
+    `labels` (N,) indexing `config.classes`, and (Mask R-CNN) `masks` (N, H, W) bool, best
+    first; `inspect(image)` gives every intermediate stage of one image under stable names.
     """
 
-    task = "instance-segmentation"
+    tasks = ("instance-segmentation", "object-detection")
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -36,9 +39,8 @@ class GNMaskRCNN(GNModel):
         self.backbone = GNResNet(config.backbone)
         self.fpn = FPN(STAGE_CHANNELS, config.fpn)
         self.rpn = RPN(config.fpn.channels, config.rpn, config.box_convention)
-        self.roi_heads = RoIHeads(
-            config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads, config.box_convention
-        )
+        self.roi_heads = RoIHeads(config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads,
+                                  config.box_convention, masks=config.task == "instance-segmentation")
         self.eval()
 
     def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
@@ -50,16 +52,19 @@ class GNMaskRCNN(GNModel):
         config = dataclasses.replace(self.config, classes=classes)
         config.check()
         state = dict(self.state_dict())
-        k, fc, ch = len(classes), self.roi_heads.box_head.fc.out_features, self.roi_heads.mask_head.logits.in_channels
+        k, fc = len(classes), self.roi_heads.box_head.fc.out_features
         like = dict(device=self.device, dtype=self.dtype)
         state["roi_heads.box_head.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01,
                                                                                             generator=generator)
         state["roi_heads.box_head.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001,
                                                                                             generator=generator)
-        logits = torch.empty(k, ch, 1, 1, **like)
-        torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu", generator=generator)
-        state["roi_heads.mask_head.logits.weight"] = logits
-        for name, n in (("box_head.cls_score", k + 1), ("box_head.bbox_pred", 4 * k), ("mask_head.logits", k)):
+        new = [("box_head.cls_score", k + 1), ("box_head.bbox_pred", 4 * k)]
+        if self.roi_heads.mask_head is not None:
+            logits = torch.empty(k, self.roi_heads.mask_head.logits.in_channels, 1, 1, **like)
+            torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu", generator=generator)
+            state["roi_heads.mask_head.logits.weight"] = logits
+            new.append(("mask_head.logits", k))
+        for name, n in new:
             state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
         return with_weights(config, state, config.name)
 
@@ -68,16 +73,17 @@ class GNMaskRCNN(GNModel):
     def loss(self, images, targets: list[dict], generator: torch.Generator | None = None,
              record: dict | None = None) -> dict[str, Tensor]:
         """mmdetection 3.3's TwoStageDetector.loss for one batch: {"rpn_cls", "rpn_bbox", "cls",
-        "bbox", "mask"} scalars whose sum is the loss to backpropagate.
+        "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to backpropagate.
+        The model's own preprocessing (mmdetection's or detectron2's) prepares the images.
 
         `images`: paths, PIL images or HxWx3 uint8 RGB arrays; `targets`: per image `boxes`
         (N, 4) xyxy in original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W)
         bool. Settings come from config.train at each call; the samplers draw from `generator`.
         `record` (if given) receives the training proposals of each image ("proposals").
         """
-        if self.config.box_convention != "mmdet" or self.config.preprocess.resize != "mmcv":
-            raise GnhubError(f"{self.config.name}: training follows mmdetection's conventions; this model has "
-                             "Detectron's (box_convention, preprocess.resize)")
+        if self.config.box_convention == "detectron":
+            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
+                             "Detectron's (widths x2 - x1 + 1): convert an mmdetection or detectron2 checkpoint")
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
             raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
@@ -85,7 +91,7 @@ class GNMaskRCNN(GNModel):
         keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
-            [load_image(im) for im in items], targets, self.device, self.dtype)
+            [load_image(im) for im in items], targets, self.device, self.dtype, self.roi_heads.mask_head is not None)
         for lab in labels:
             if len(lab) and (lab.min() < 0 or lab.max() >= self.config.num_classes):
                 raise GnhubError(f"target labels must index config.classes (0..{self.config.num_classes - 1})")
@@ -126,8 +132,7 @@ class GNMaskRCNN(GNModel):
             self.rpn.proposals(objectness, deltas, padded if self.config.rpn.clip_to == "padded" else size, b, sf[0])
             for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))
         ]
-        rois = _to_rois([boxes for boxes, _ in props])
-        cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], rois))
+        cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], to_rois([b for b, _ in props])))
         counts = [len(boxes) for boxes, _ in props]
         original = cfg.detect_in == "original"  # else in the network's (resized) pixels
         dets = []
@@ -138,30 +143,42 @@ class GNMaskRCNN(GNModel):
             if original:
                 boxes, size = boxes / _scale(boxes, sf), orig
             dets.append(self.roi_heads.detect(logit, delta, boxes, size))
-        mask_boxes = [_to_network(b, sf) if original else b for (b, _, _), sf in zip(dets, batch.scale_factors)]
-        labels = torch.cat([lab for _, _, lab in dets])
-        mask_logits = self.roi_heads.mask_logits(p[:4], _to_rois(mask_boxes), labels).split([len(d[0]) for d in dets])
-
+        masks = self.roi_heads.mask_head is not None
+        if masks:
+            mask_boxes = [_to_network(b, sf) if original else b for (b, _, _), sf in zip(dets, batch.scale_factors)]
+            labels = torch.cat([lab for _, _, lab in dets])
+            mask_logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels).split(
+                [len(d[0]) for d in dets])
         paste = paste_masks_detectron if cfg.paste == "detectron" else paste_masks
         results = []
-        for (boxes, scores, labels), logits, sf, (h, w) in zip(
-            dets, mask_logits, batch.scale_factors, batch.original_sizes
+        for i, ((boxes, scores, labels), sf, size, (h, w)) in enumerate(
+            zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
         ):
-            if not original:
+            keep = None
+            if self.config.box_convention == "detectron2":
+                boxes, keep = _to_original_detectron2(boxes, size, (h, w))
+                scores, labels = scores[keep], labels[keep]
+            elif not original:
                 boxes = boxes / _scale(boxes, sf)
-            masks = paste(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
-            results.append({"boxes": boxes.float(), "scores": scores.float(), "labels": labels, "masks": masks})
+            result = {"boxes": boxes.float(), "scores": scores.float(), "labels": labels}
+            if masks:
+                logits = mask_logits[i] if keep is None else mask_logits[i][keep]
+                result["masks"] = paste(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
+                if i == 0:
+                    first_logits = logits
+            results.append(result)
 
         if record is not None:
-            record["input"] = batch.tensor[:1]
-            record.update({f"backbone.c{i + 2}": x[:1] for i, x in enumerate(c)})
-            record.update({f"fpn.p{i + 2}": x[:1] for i, x in enumerate(p)})
-            record.update({f"rpn.objectness.p{i + 2}": x[:1] for i, x in enumerate(objectness)})
-            record.update({f"rpn.deltas.p{i + 2}": x[:1] for i, x in enumerate(deltas)})
-            record["proposals"], record["proposal_scores"] = props[0]
-            record["roi.cls_logits"] = cls_logits[: counts[0]]
-            record["roi.box_deltas"] = box_deltas[: counts[0]]
-            record["mask_logits"] = mask_logits[0]
+            record[S.INPUT] = batch.tensor[:1]
+            record.update(S.levels(S.BACKBONE, [x[:1] for x in c]))
+            record.update(S.levels(S.FPN, [x[:1] for x in p]))
+            record.update(S.levels(S.RPN_OBJECTNESS, [x[:1] for x in objectness]))
+            record.update(S.levels(S.RPN_DELTAS, [x[:1] for x in deltas]))
+            record[S.PROPOSALS], record[S.PROPOSAL_SCORES] = props[0]
+            record[S.ROI_CLS_LOGITS] = cls_logits[: counts[0]]
+            record[S.ROI_BOX_DELTAS] = box_deltas[: counts[0]]
+            if masks:
+                record[S.MASK_LOGITS] = first_logits
             record.update(results[0])
         return results
 
@@ -176,6 +193,11 @@ def _to_network(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
     return (boxes.double() * boxes.new_tensor(factors, dtype=torch.float64).repeat(2)).to(boxes.dtype)
 
 
-def _to_rois(boxes: list[Tensor]) -> Tensor:
-    """Per-image (N_i, 4) boxes -> (sum N_i, 5) RoIs with the batch index first."""
-    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+def _to_original_detectron2(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """detectron2's detector_postprocess: boxes times original / resized size (Python floats, as
+    it computes them), clipped to the original image; which of them are not empty."""
+    out = boxes.float().clone()
+    out[:, 0::2] *= original[1] / size[1]
+    out[:, 1::2] *= original[0] / size[0]
+    out = clip_boxes(out, original)
+    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)

@@ -1,31 +1,39 @@
-"""ResNet-50/101 with GroupNorm after every conv (stem and shortcut included), outputs C2-C5."""
+"""ResNet-50/101 and ResNeXt-50/101 with GroupNorm after every conv (stem and shortcut included),
+optionally weight-standardised convs; outputs C2-C5."""
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from ..config import BackboneConfig
+from .conv import conv2d
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (carries the stride, "pytorch style") -> 1x1, GN after each, ReLU after the sum."""
+def bottleneck_width(planes: int, groups: int, base_width: int) -> int:
+    """The 3x3 conv's channels, as mmdetection's ResNeXt builds them (planes for a ResNet)."""
+    return planes if groups == 1 else planes * base_width // 64 * groups
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, stride: int, groups: int, eps: float):
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (carries the stride, "pytorch style"; `groups` for ResNeXt) -> 1x1, GN after
+    each, ReLU after the sum."""
+
+    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int, cfg: BackboneConfig):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, mid_ch, 1, bias=False)
-        self.gn1 = nn.GroupNorm(groups, mid_ch, eps)
-        self.conv2 = nn.Conv2d(mid_ch, mid_ch, 3, stride, 1, bias=False)
-        self.gn2 = nn.GroupNorm(groups, mid_ch, eps)
-        self.conv3 = nn.Conv2d(mid_ch, out_ch, 1, bias=False)
-        self.gn3 = nn.GroupNorm(groups, out_ch, eps)
+        g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.weight_std
+        self.conv1 = conv2d(in_ch, width, 1, bias=False, weight_std=ws)
+        self.gn1 = nn.GroupNorm(g, width, eps)
+        self.conv2 = conv2d(width, width, 3, stride, 1, groups=cfg.groups, bias=False, weight_std=ws)
+        self.gn2 = nn.GroupNorm(g, width, eps)
+        self.conv3 = conv2d(width, out_ch, 1, bias=False, weight_std=ws)
+        self.gn3 = nn.GroupNorm(g, out_ch, eps)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.GroupNorm(groups, out_ch, eps)
-            )
+            self.downsample = nn.Sequential(conv2d(in_ch, out_ch, 1, stride, bias=False, weight_std=ws),
+                                            nn.GroupNorm(g, out_ch, eps))
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -42,16 +50,15 @@ class GNResNet(nn.Module):
         super().__init__()
         if cfg.depth not in STAGE_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {cfg.depth}")
-        g, eps = cfg.num_groups, cfg.norm_eps
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.gn1 = nn.GroupNorm(g, 64, eps)
+        self.conv1 = conv2d(3, 64, 7, 2, 3, bias=False, weight_std=cfg.weight_std)
+        self.gn1 = nn.GroupNorm(cfg.num_groups, 64, cfg.norm_eps)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_ch = 64
         for i, (blocks, out_ch) in enumerate(zip(STAGE_BLOCKS[cfg.depth], STAGE_CHANNELS)):
-            stride = 1 if i == 0 else 2
-            layer = [Bottleneck(in_ch, out_ch // 4, out_ch, stride, g, eps)]
-            layer += [Bottleneck(out_ch, out_ch // 4, out_ch, 1, g, eps) for _ in range(blocks - 1)]
+            width = bottleneck_width(out_ch // 4, cfg.groups, cfg.base_width)
+            layer = [Bottleneck(in_ch, width, out_ch, 1 if i == 0 else 2, cfg)]
+            layer += [Bottleneck(out_ch, width, out_ch, 1, cfg) for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             in_ch = out_ch
 

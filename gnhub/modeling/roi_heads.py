@@ -6,7 +6,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RoIHeadsConfig
-from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, encode_boxes, nms_detectron
+from .boxes import (
+    batched_nms,
+    batched_nms_torchvision,
+    clip_boxes,
+    decode_boxes,
+    decode_boxes_detectron,
+    decode_boxes_detectron2,
+    encode_boxes,
+    nms_detectron,
+)
 from .fpn import ConvGN
 from .ops import roi_align
 from .targets import assign, ce_loss, l1_loss, sample
@@ -29,9 +38,9 @@ def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int) -> T
 class MultiLevelRoIAlign(nn.Module):
     """RoIAlign of each RoI on one pyramid level, chosen by its size."""
 
-    def __init__(self, output_size: int, strides: tuple[int, ...], cfg: RoIHeadsConfig, detectron: bool = False):
+    def __init__(self, output_size: int, strides: tuple[int, ...], cfg: RoIHeadsConfig, convention: str = "mmdet"):
         super().__init__()
-        self.detectron = detectron
+        self.convention = convention
         self.output_size = output_size
         self.strides = strides
         self.sampling_ratio = cfg.sampling_ratio
@@ -42,11 +51,16 @@ class MultiLevelRoIAlign(nn.Module):
         """Level index of (K, 5) RoIs: floor(log2(sqrt(area) / finest_scale + 1e-6)), clamped.
 
         Detectron: floor(4 + log2(sqrt(area) / (4 * finest_scale) + 1e-6)) - 2, areas with + 1
-        (a negative area, where Detectron would assert, counts as 0).
+        (a negative area, where Detectron would assert, counts as 0). detectron2: the same with
+        areas as mmdetection's and 1e-8, clamped to levels 2 to 5 before the 2 is taken off.
         """
-        if self.detectron:
+        if self.convention == "detectron":
             scale = torch.sqrt(((rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1)).clamp(min=0))
             lvl = torch.floor(4 + torch.log2(scale / (4 * self.finest_scale) + 1e-6)) - 2
+        elif self.convention == "detectron2":
+            scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+            lvl = torch.floor(4 + torch.log2(scale / (4 * self.finest_scale) + 1e-8))
+            return lvl.clamp(min=2, max=1 + len(self.strides)).long() - 2
         else:
             scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
             lvl = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
@@ -72,8 +86,8 @@ class BoxHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, cfg: RoIHeadsConfig):
         super().__init__()
-        g, eps = cfg.num_groups, cfg.norm_eps
-        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True) for _ in range(cfg.num_convs)))
+        g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.box_weight_std
+        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws) for _ in range(cfg.num_convs)))
         self.fc = nn.Linear(channels * cfg.box_pool_size**2, cfg.fc_channels)
         self.cls_score = nn.Linear(cfg.fc_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(cfg.fc_channels, num_classes * 4)
@@ -88,8 +102,8 @@ class MaskHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, cfg: RoIHeadsConfig):
         super().__init__()
-        g, eps = cfg.num_groups, cfg.norm_eps
-        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True) for _ in range(cfg.num_convs)))
+        g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.mask_weight_std
+        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws) for _ in range(cfg.num_convs)))
         self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2)
         self.logits = nn.Conv2d(channels, num_classes, 1)
 
@@ -98,17 +112,18 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    def __init__(
-        self, channels: int, num_classes: int, strides: tuple[int, ...], cfg: RoIHeadsConfig, box_convention="mmdet"
-    ):
+    """The box head, and the mask head unless `masks` is False (a Faster R-CNN)."""
+
+    def __init__(self, channels: int, num_classes: int, strides: tuple[int, ...], cfg: RoIHeadsConfig,
+                 box_convention: str = "mmdet", masks: bool = True):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.detectron = box_convention == "detectron"
-        self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, self.detectron)
-        self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, self.detectron)
+        self.convention = box_convention
+        self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, box_convention)
         self.box_head = BoxHead(channels, num_classes, cfg)
-        self.mask_head = MaskHead(channels, num_classes, cfg)
+        self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, box_convention) if masks else None
+        self.mask_head = MaskHead(channels, num_classes, cfg) if masks else None
 
     def detect(
         self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int]
@@ -120,16 +135,35 @@ class RoIHeads(nn.Module):
         """
         cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
         scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
-        decode = decode_boxes_detectron if self.detectron else decode_boxes
+        labels = torch.arange(k, device=scores.device).repeat(n)
+        if self.convention == "detectron2":
+            boxes = decode_boxes_detectron2(proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4),
+                                            cfg.box_stds)
+            return self._detect_detectron2(boxes, scores, labels, n, image_size)
+        decode = decode_boxes_detectron if self.convention == "detectron" else decode_boxes
         boxes = decode(
             proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), cfg.box_stds, image_size
         )
-        labels = torch.arange(k, device=scores.device).repeat(n)
-        if self.detectron:
+        if self.convention == "detectron":
             return self._detect_detectron(boxes, scores, labels)
         idx = (scores > cfg.score_thresh).nonzero().squeeze(1)
         boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
+        return boxes[keep], scores[keep], labels[keep]
+
+    def _detect_detectron2(self, boxes: Tensor, scores: Tensor, labels: Tensor, n: int, image_size):
+        """detectron2's fast_rcnn_inference_single_image: RoIs with a non-finite box or score left
+        out, boxes clipped to the image, score > thresh, NMS per class (torchvision's batched
+        NMS), the best detections_per_image."""
+        cfg, k = self.cfg, self.num_classes
+        finite = (torch.isfinite(boxes).view(n, -1).all(dim=1) & torch.isfinite(scores).view(n, -1).all(dim=1))
+        boxes = clip_boxes(boxes, image_size)
+        ok = scores > cfg.score_thresh
+        if torch.jit.is_tracing() or not finite.all():
+            ok = ok & finite.repeat_interleave(k)
+        idx = ok.nonzero().squeeze(1)
+        boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
+        keep = batched_nms_torchvision(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
         return boxes[keep], scores[keep], labels[keep]
 
     def _detect_detectron(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,8 +187,9 @@ class RoIHeads(nn.Module):
              gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """mmdetection's StandardRoIHead loss: ground-truth boxes added as RoIs, MaxIoUAssigner and
         RandomSampler per image, softmax cross-entropy over the sampled RoIs, L1 on the
-        positives' own-class deltas (divided by the number of samples), and binary cross-entropy
-        of the positives' own-class 28x28 masks against RoIAligned, binarised ground truth."""
+        positives' own-class deltas (divided by the number of samples), and (with a mask head)
+        binary cross-entropy of the positives' own-class 28x28 masks against RoIAligned,
+        binarised ground truth (`gt_masks` may be None without one)."""
         rois, labels, targets, pos_rois, pos_labels, mask_targets = [], [], [], [], [], []
         for b, (props, gt, gl, gm) in enumerate(zip(proposals, gt_boxes, gt_labels, gt_masks)):
             assigned = assign(props, gt, train.box_pos_iou, train.box_neg_iou, train.box_min_pos_iou)
@@ -172,7 +207,8 @@ class RoIHeads(nn.Module):
             targets.append(t)
             pos_rois.append(rois[-1][: len(pos)])
             pos_labels.append(gl[matched])
-            mask_targets.append(mask_targets_of(gm, priors[pos], matched, train.mask_size))
+            if self.mask_head is not None:
+                mask_targets.append(mask_targets_of(gm, priors[pos], matched, train.mask_size))
         rois, labels, targets = torch.cat(rois), torch.cat(labels), torch.cat(targets)
         cls_logits, box_deltas = self.box_head(self.box_pool(feats, rois))
         samples = float(max(len(labels), 1))
@@ -183,6 +219,8 @@ class RoIHeads(nn.Module):
             out["bbox"] = l1_loss(own, targets[pos], torch.ones_like(own), float(len(labels)))
         else:
             out["bbox"] = box_deltas[pos].sum()
+        if self.mask_head is None:
+            return out
         pos_rois, pos_labels = torch.cat(pos_rois), torch.cat(pos_labels)
         logits = self.mask_head(self.mask_pool(feats, pos_rois))
         if len(pos_rois):

@@ -8,11 +8,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RPNConfig
-from .anchors import base_anchors, detectron_base_anchors, grid_anchors
-from .boxes import batched_nms, decode_boxes, decode_boxes_detectron, encode_boxes, nms_detectron
+from .anchors import base_anchors, detectron2_base_anchors, detectron_base_anchors, grid_anchors
+from .boxes import (
+    batched_nms,
+    batched_nms_torchvision,
+    clip_boxes,
+    decode_boxes,
+    decode_boxes_detectron,
+    decode_boxes_detectron2,
+    encode_boxes,
+    nms_detectron,
+)
 from .targets import assign, bce_loss, l1_loss, sample
 
-ANCHOR_GENERATORS = {"mmdet": base_anchors, "detectron": detectron_base_anchors}
+ANCHOR_GENERATORS = {"mmdet": base_anchors, "detectron": detectron_base_anchors,
+                     "detectron2": detectron2_base_anchors}
 
 
 def _valid(padded: tuple[int, int], stride: int, height: int, width: int, anchors: int, device) -> Tensor:
@@ -30,6 +40,7 @@ class RPN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.detectron = box_convention == "detectron"
+        self.detectron2 = box_convention == "detectron2"
         num_anchors = len(cfg.ratios) * len(cfg.scales)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.objectness = nn.Conv2d(channels, num_anchors, 1)
@@ -50,13 +61,16 @@ class RPN(nn.Module):
         self, objectness: list[Tensor], deltas: list[Tensor], image_size: tuple[int, int], b: int, scale: float = 1.0,
         cfg: RPNConfig | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Proposals (N, 4) and their scores for image `b` of the batch, best first.
+        """Proposals (N, 4) and their scores for image `b` of the batch, best first (scores are
+        objectness probabilities; detectron2's convention keeps its logits, as it does).
 
         `image_size` is what proposals are clipped to; `scale` (resized / original) only matters
         to Detectron's filter of boxes narrower than one original pixel. `cfg` replaces the
         test settings (training proposals).
         """
         cfg = cfg or self.cfg
+        if self.detectron2:
+            return self._detectron2(objectness, deltas, image_size, b, cfg)
         tracing = torch.jit.is_tracing()  # exported: every level sorted, the size filter always in the graph
         boxes, scores, anchors, levels = [], [], [], []
         for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
@@ -135,6 +149,32 @@ class RPN(nn.Module):
             box_loss = box_loss + l1_loss(pred.reshape(-1, 4), torch.cat([x[lvl] for x in targets]),
                                           torch.cat([x[lvl] for x in box_weights]), avg_factor)
         return cls_loss, box_loss
+
+    def _detectron2(self, objectness, deltas, image_size, b, cfg) -> tuple[Tensor, Tensor]:
+        """detectron2's find_top_rpn_proposals: per level the pre_nms_top_n best logits (topk),
+        all levels together clipped to the image, boxes under min_size dropped, NMS per level
+        (torchvision's batched NMS), the post_nms_top_n best kept."""
+        boxes, scores, levels = [], [], []
+        for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
+            s = obj[b].permute(1, 2, 0).reshape(1, -1).float()
+            d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
+            a = grid_anchors(self.base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
+            s, order = s.topk(min(s.shape[1], cfg.pre_nms_top_n) if cfg.pre_nms_top_n > 0 else s.shape[1], dim=1)
+            boxes.append(decode_boxes_detectron2(a[order[0]], d[order[0]], cfg.box_stds))
+            scores.append(s[0])
+            levels.append(torch.full_like(s[0], lvl, dtype=torch.long))
+        boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+        tracing = torch.jit.is_tracing()
+        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+        if tracing or not finite.all():
+            boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
+        boxes = clip_boxes(boxes, image_size)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (wh > cfg.min_size).all(dim=1)
+        if tracing or not keep.all():
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms_torchvision(boxes, scores, levels, cfg.nms_iou)[: cfg.post_nms_top_n]
+        return boxes[keep], scores[keep]
 
     def _detectron_level(self, anchors, deltas, scores, image_size, scale):
         """Detectron's GenerateProposals on one level: decode, clip, drop boxes under one original

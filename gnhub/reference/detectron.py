@@ -42,18 +42,18 @@ class DetectronReference:
     # -- image -> blob (utils/blob.py) ------------------------------------------------------
     def blob(self, rgb: np.ndarray):
         im = rgb[:, :, ::-1].astype(np.float32)  # Detectron reads BGR with cv2.imread
-        im = (im - np.array(self.s["mean"], dtype=np.float64)).astype(np.float32)
-        short, long = min(self.s["max_size"]), max(self.s["max_size"])
+        im = (im - np.array(self.s["preprocess.mean"], dtype=np.float64)).astype(np.float32)
+        short, long = min(self.s["preprocess.max_size"]), max(self.s["preprocess.max_size"])
         size_min, size_max = min(im.shape[:2]), max(im.shape[:2])
         scale = float(short) / float(size_min)
-        crop = self.s.get("crop_size", 0)
+        crop = self.s.get("preprocess.crop_size", 0)
         if not crop and np.round(scale * size_max) > long:
             scale = float(long) / float(size_max)
         im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         if crop:
             top, left = (im.shape[0] - crop) // 2, (im.shape[1] - crop) // 2
             im = im[top: top + crop, left: left + crop]
-        stride = self.s["size_divisor"]
+        stride = self.s["preprocess.size_divisor"]
         h, w = int(np.ceil(im.shape[0] / stride) * stride), int(np.ceil(im.shape[1] / stride) * stride)
         blob = np.zeros((h, w, 3), dtype=np.float32)
         blob[: im.shape[0], : im.shape[1]] = im
@@ -205,7 +205,7 @@ class DetectronReference:
         for lvl in range(2, 6):
             sel = torch.from_numpy(lvls == lvl)
             if sel.any():
-                ratio = int(self.s["roi.sampling_ratio"])
+                ratio = int(self.s["roi_heads.sampling_ratio"])
                 out[sel] = roi_align(p[lvl - 2], boxes[sel], size, 1.0 / 2**lvl, ratio, aligned=False)
         return out
 
@@ -227,10 +227,10 @@ class DetectronReference:
         """core/test.py box_results_with_nms_and_limit: (boxes, scores, labels 0-based), class-major."""
         cls_boxes = []
         for j in range(1, scores.shape[1]):
-            inds = np.where(scores[:, j] > self.s["roi.score_thresh"])[0]
+            inds = np.where(scores[:, j] > self.s["roi_heads.score_thresh"])[0]
             dets = np.hstack((boxes[inds, j * 4:(j + 1) * 4], scores[inds, j][:, None])).astype(np.float32)
-            cls_boxes.append(dets[self.nms(dets, self.s["roi.nms_iou"])] if len(dets) else dets)
-        limit = int(self.s["roi.detections_per_image"])
+            cls_boxes.append(dets[self.nms(dets, self.s["roi_heads.nms_iou"])] if len(dets) else dets)
+        limit = int(self.s["roi_heads.detections_per_image"])
         image_scores = np.hstack([d[:, -1] for d in cls_boxes])
         if len(image_scores) > limit:
             thresh = np.sort(image_scores)[-limit]
@@ -253,7 +253,7 @@ class DetectronReference:
         for i, (mask, box) in enumerate(zip(masks, ref)):
             padded[1:-1, 1:-1] = mask
             bw, bh = max(box[2] - box[0] + 1, 1), max(box[3] - box[1] + 1, 1)
-            resized = cv2.resize(padded, (int(bw), int(bh))) > self.s["roi.mask_threshold"]
+            resized = cv2.resize(padded, (int(bw), int(bh))) > self.s["roi_heads.mask_threshold"]
             x0, x1, y0, y1 = max(box[0], 0), min(box[2] + 1, w), max(box[1], 0), min(box[3] + 1, h)
             if x0 < x1 and y0 < y1:
                 out[i, y0:y1, x0:x1] = resized[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]]
@@ -274,7 +274,7 @@ class DetectronReference:
         cls, deltas = self.box_head(self.roi_transform(p, rois, 7))
         scores = torch.softmax(cls, 1).numpy()
         h, w = rgb.shape[:2]
-        weights = tuple(1.0 / s for s in self.s["roi.box_stds"])  # MODEL.BBOX_REG_WEIGHTS
+        weights = tuple(1.0 / s for s in self.s["roi_heads.box_stds"])  # MODEL.BBOX_REG_WEIGHTS
         pred = self.clip(self.bbox_transform(rois / np.float32(scale), deltas.numpy(), weights), h, w)
         boxes, det_scores, labels = self.detections(scores, pred)
         order = np.argsort(-det_scores, kind="stable")

@@ -1,10 +1,12 @@
-"""An independent forward of mmdetection's GN Mask R-CNN, written against the source's own names.
+"""An independent forward of mmdetection's GN Mask R-CNN and Faster R-CNN (ResNet or ResNeXt,
+with or without weight standardisation), written against the source's own names.
 
 It reads an mmdetection state_dict as it is (`backbone.`, `neck.`, `rpn_head.`, `roi_head.` or
 1.x top-level heads) and follows mmdetection 3.3's inference step by step with plain torch,
-torchvision and OpenCV calls; it shares no code with gnhub's model but the handle on
-torchvision's NMS and RoIAlign kernels (gnhub.modeling.ops). Outputs use gnhub's stage
-names and class convention (background last), so `gnhub verify` can compare the two.
+torchvision and OpenCV calls (mmcv's ConvWS2d for the convs its config builds with
+conv_cfg=ConvWS); it shares no code with gnhub's model but the handle on torchvision's NMS and
+RoIAlign kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and class convention
+(background last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import stages as S
 from ..modeling.ops import nms, roi_align
 
 STRIDES = (4, 8, 16, 32, 64)
@@ -23,16 +26,24 @@ STRIDES = (4, 8, 16, 32, 64)
 
 class MMDetReference:
     def __init__(self, state_dict: dict[str, Tensor], settings: dict):
-        """`settings`: mean, std, channel_order, max_size, size_divisor, rpn.*/roi.* (converters.mmdet)."""
+        """`settings` by config path: preprocess.*, rpn.*, roi_heads.* and which stages standardise
+        their weights (*weight_std), as the source's converter and zoo entry state them."""
         self.sd = {k: v.float() for k, v in state_dict.items()}
         self.old = any(k.startswith("bbox_head.") for k in state_dict)  # 1.x: background first
         self.head = "" if self.old else "roi_head."
         self.s = {
-            "mean": (103.53, 116.28, 123.675), "std": (1.0, 1.0, 1.0), "channel_order": "BGR",
-            "max_size": (1333, 800), "size_divisor": 32, "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000,
-            "rpn.nms_iou": 0.7, "rpn.min_size": 0.0, "roi.score_thresh": 0.05, "roi.nms_iou": 0.5,
-            "roi.detections_per_image": 100, "roi.mask_threshold": 0.5, **settings,
+            "preprocess.mean": (103.53, 116.28, 123.675), "preprocess.std": (1.0, 1.0, 1.0),
+            "preprocess.channel_order": "BGR", "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
+            "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
+            "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
+            "roi_heads.mask_threshold": 0.5, **settings,
         }
+        # the name prefixes of the convs mmdetection builds with conv_cfg=dict(type='ConvWS')
+        self.ws = tuple(prefix for key, prefix in (
+            ("backbone.weight_std", "backbone."), ("fpn.weight_std", "neck."),
+            ("roi_heads.box_weight_std", self.head + "bbox_head.shared_convs."),
+            ("roi_heads.mask_weight_std", self.head + "mask_head.convs.")) if self.s.get(key))
+        self.masks = any(k.startswith(self.head + "mask_head.") for k in self.sd)
         self.blocks = [
             len({k.split(".")[2] for k in self.sd if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)
         ]
@@ -42,21 +53,30 @@ class MMDetReference:
         return F.group_norm(x, 32, self.sd[prefix + ".weight"], self.sd[prefix + ".bias"], 1e-5)
 
     def conv(self, x: Tensor, name: str, stride=1, padding=0) -> Tensor:
-        return F.conv2d(x, self.sd[name + ".weight"], self.sd.get(name + ".bias"), stride, padding)
+        """mmcv's conv_ws_2d where the config says ConvWS, else a plain conv; grouped where the
+        weight has fewer input channels than x (ResNeXt)."""
+        w = self.sd[name + ".weight"]
+        if name.startswith(self.ws):
+            c = w.size(0)
+            flat = w.view(c, -1)
+            w = (w - flat.mean(dim=1, keepdim=True).view(c, 1, 1, 1)) / (
+                flat.std(dim=1, keepdim=True).view(c, 1, 1, 1) + 1e-5)
+        return F.conv2d(x, w, self.sd.get(name + ".bias"), stride, padding, 1, x.shape[1] // w.shape[1])
 
     # -- stages ----------------------------------------------------------------------------
     def preprocess(self, rgb: np.ndarray):
         h, w = rgb.shape[:2]
-        long_edge, short_edge = max(self.s["max_size"]), min(self.s["max_size"])
+        long_edge, short_edge = max(self.s["preprocess.max_size"]), min(self.s["preprocess.max_size"])
         factor = min(long_edge / max(h, w), short_edge / min(h, w))
         size = (int(w * factor + 0.5), int(h * factor + 0.5))
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # mmdetection loads BGR
         img = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)
-        if self.s["channel_order"] == "RGB":
+        if self.s["preprocess.channel_order"] == "RGB":
             img = img[:, :, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-        x = (x - torch.tensor(self.s["mean"]).view(3, 1, 1)) / torch.tensor(self.s["std"]).view(3, 1, 1)
-        d = self.s["size_divisor"]
+        mean, std = (torch.tensor(self.s[f"preprocess.{k}"]).view(3, 1, 1) for k in ("mean", "std"))
+        x = (x - mean) / std
+        d = self.s["preprocess.size_divisor"]
         ph, pw = math.ceil(size[1] / d) * d, math.ceil(size[0] / d) * d
         x = F.pad(x, (0, pw - size[0], 0, ph - size[1]))[None]
         return x, (size[1], size[0]), (size[0] / w, size[1] / h)
@@ -190,9 +210,10 @@ class MMDetReference:
                             (0.1, 0.1, 0.2, 0.2), shape)
         labels = torch.arange(k).repeat(len(proposals))
         probs = probs.reshape(-1)
-        ok = probs > self.s["roi.score_thresh"]
+        ok = probs > self.s["roi_heads.score_thresh"]
         boxes, probs, labels = boxes[ok], probs[ok], labels[ok]
-        keep = self.group_nms(boxes, probs, labels, self.s["roi.nms_iou"])[: int(self.s["roi.detections_per_image"])]
+        keep = self.group_nms(boxes, probs, labels, self.s["roi_heads.nms_iou"])
+        keep = keep[: int(self.s["roi_heads.detections_per_image"])]
         return boxes[keep], probs[keep], labels[keep]
 
     @staticmethod
@@ -212,17 +233,20 @@ class MMDetReference:
         obj, reg, proposals, scores = self.rpn(p, shape)
         cls, deltas = self.bbox_head(self.roi_features(p, proposals, 7))
         boxes, det_scores, labels = self.detect(cls, deltas, proposals, shape)
-        logits = self.mask_head(self.roi_features(p, boxes, 14))[torch.arange(len(boxes)), labels]
+        out = {S.INPUT: x, S.PROPOSALS: proposals, S.PROPOSAL_SCORES: scores, S.ROI_CLS_LOGITS: cls,
+               S.ROI_BOX_DELTAS: deltas, S.SCORES: det_scores, S.LABELS: labels}
+        if self.masks:
+            out[S.MASK_LOGITS] = self.mask_head(self.roi_features(p, boxes, 14))[torch.arange(len(boxes)), labels]
         boxes = boxes / torch.tensor([sw, sh, sw, sh], dtype=torch.float32)
-        h, w = rgb.shape[:2]
-        thr = self.s["roi.mask_threshold"]
-        masks = torch.stack([self.paste(m.sigmoid(), b, h, w) >= thr for m, b in zip(logits, boxes)]) \
-            if len(boxes) else torch.zeros(0, h, w, dtype=torch.bool)
-        out = {"input": x, "proposals": proposals, "proposal_scores": scores, "roi.cls_logits": cls,
-               "roi.box_deltas": deltas, "boxes": boxes, "scores": det_scores, "labels": labels,
-               "mask_logits": logits, "masks": masks}
-        out.update({f"backbone.c{i + 2}": t for i, t in enumerate(c)})
-        out.update({f"fpn.p{i + 2}": t for i, t in enumerate(p)})
-        out.update({f"rpn.objectness.p{i + 2}": t for i, t in enumerate(obj)})
-        out.update({f"rpn.deltas.p{i + 2}": t for i, t in enumerate(reg)})
+        out[S.BOXES] = boxes
+        if self.masks:
+            h, w = rgb.shape[:2]
+            thr = self.s["roi_heads.mask_threshold"]
+            out[S.MASKS] = torch.stack([self.paste(m.sigmoid(), b, h, w) >= thr for m, b in
+                                        zip(out[S.MASK_LOGITS], boxes)]) if len(boxes) else \
+                torch.zeros(0, h, w, dtype=torch.bool)
+        out.update(S.levels(S.BACKBONE, c))
+        out.update(S.levels(S.FPN, p))
+        out.update(S.levels(S.RPN_OBJECTNESS, obj))
+        out.update(S.levels(S.RPN_DELTAS, reg))
         return out

@@ -36,12 +36,13 @@ class CocoInstances:
     under one pixel wide or high are not trained on, degenerate polygons are dropped, images
     without annotations or with a side under 32 pixels are skipped. A file that is not COCO, a
     box outside its image, an undeclared category, a missing or unreadable image, or nothing to
-    train on is one error.
+    train on is one error. Without `masks` (a Faster R-CNN) segmentations are neither needed
+    nor decoded.
     """
 
-    def __init__(self, annotations: str | Path, images: str | Path):
-        self.path, self.images = Path(annotations), Path(images)
-        instances = read_instances(self.path)
+    def __init__(self, annotations: str | Path, images: str | Path, masks: bool = True):
+        self.path, self.images, self.masks = Path(annotations), Path(images), masks
+        instances = read_instances(self.path, masks)
         self.classes = tuple(c["name"] for c in instances.categories)
         self.category_ids = [c["id"] for c in instances.categories]
         label_of = {c: i for i, c in enumerate(self.category_ids)}
@@ -70,7 +71,9 @@ class CocoInstances:
             seg = ann.get("segmentation")
             if ann.get("iscrowd") or ann.get("ignore") or bw < 1 or bh < 1 or ann.get("area", 1) <= 0:
                 continue
-            if isinstance(seg, list):
+            if not self.masks:
+                seg = None
+            elif isinstance(seg, list):
                 seg = [p for p in seg if len(p) >= 6]
                 if not seg:
                     continue  # mmdetection ignores an instance whose polygons are all degenerate
@@ -99,15 +102,19 @@ class CocoInstances:
         return len(self.samples)
 
     def load(self, i: int, flip: bool = False) -> tuple[np.ndarray, dict]:
-        """Image i as RGB uint8 and its target (boxes, labels, masks), flipped horizontally if asked."""
+        """Image i as RGB uint8 and its target (boxes, labels and, with masks, masks), flipped
+        horizontally if asked."""
         s = self.samples[i]
         rgb = load_image(s.path)
-        masks = _decode(s.segmentations, s.height, s.width)
         boxes = s.boxes.copy()
         if flip:
-            rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
+            rgb = rgb[:, ::-1]
             boxes[:, 0], boxes[:, 2] = s.width - s.boxes[:, 2], s.width - s.boxes[:, 0]
-        return np.ascontiguousarray(rgb), {"boxes": boxes, "labels": s.labels, "masks": np.ascontiguousarray(masks)}
+        target = {"boxes": boxes, "labels": s.labels}
+        if self.masks:
+            masks = _decode(s.segmentations, s.height, s.width)
+            target["masks"] = np.ascontiguousarray(masks[:, :, ::-1] if flip else masks)
+        return np.ascontiguousarray(rgb), target
 
 
 def _decode(segmentations: list, h: int, w: int) -> np.ndarray:

@@ -133,7 +133,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     if base.config.box_convention != "mmdet":
         raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
                          "Detectron's (convert an mmdetection checkpoint)")
-    dataset = CocoInstances(train_annotations, train_images)
+    dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation")
     if val is not None:
         _check_val(val, dataset)
     _check_work_dir(work, resume)
@@ -152,9 +152,8 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
         raise GnhubError(f"{dataset.path}: {len(dataset)} trainable images make no step of "
                          f"{recipe.batch_size * recipe.accumulate} per device; lower --batch-size or --accumulate")
     schedule = Schedule(recipe, per_epoch, world)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=schedule.lr(0), momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(_param_groups(model, recipe.weight_decay), lr=schedule.lr(0),
+                                momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
     identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": origin["dataset_sha256"],
                 "base_sha256": origin["base_sha256"], "base_config_sha256": _config_digest(base.config),
@@ -240,6 +239,17 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     summary = _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics)
     summary.update({"iterations": it, "work_dir": str(work), "seconds": round(time.perf_counter() - began, 1)})
     return summary
+
+
+def _param_groups(model: GNMaskRCNN, weight_decay: float) -> list[dict]:
+    """The trainable parameters: GroupNorm weights and biases decay at config.train.norm_decay_mult
+    x the recipe's (mmengine's paramwise_cfg; 0 for the scratch configs), the rest at the recipe's."""
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    mult = model.config.train.norm_decay_mult
+    groups = [{"params": [p for p in params if id(p) not in norms]},
+              {"params": [p for p in params if id(p) in norms], "weight_decay": weight_decay * mult}]
+    return [g for g in groups if g["params"]]
 
 
 class _LossModule(torch.nn.Module):
@@ -393,7 +403,7 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> 
     finally:
         model.train()
     if rank == 0:
-        _append(work / LOG, {"iteration": it, "val": {k: metrics[k] for k in ("box", "mask")}})
+        _append(work / LOG, {"iteration": it, "val": {k: metrics[k] for k in ("box", "mask") if k in metrics}})
     return metrics
 
 
@@ -415,7 +425,7 @@ def _write_output(model, out, force, name, origin, provenance, dataset, recipe, 
         "lr": schedule.base,
         "lr_steps": list(schedule.steps),
         "recipe": dataclasses.asdict(recipe),
-        "val": {k: metrics[k] for k in ("box", "mask")} if metrics else None,
+        "val": {k: metrics[k] for k in ("box", "mask") if k in metrics} if metrics else None,
         "val_dataset": Path(val[0]).name if val else None,
         "trainer": f"gnhub {__version__}",
         "torch": torch.__version__,

@@ -1,0 +1,117 @@
+"""detectron2 GN checkpoints (.pkl): the model zoo's pickles, {"model": name -> numpy array,
+"__author__": ...}, of GeneralizedRCNN with a GN ResNet-FPN backbone (configs/Misc/*_gn.yaml).
+
+A table of names (the class order is gnhub's already: background last in cls_score, none in
+bbox_pred and the mask predictor) and detectron2's test conventions. A pickle carries no config,
+so the settings come from the zoo entry of its file name, else from mask_rcnn_R_50_FPN_3x_gn's
+(detectron2/config/defaults.py, configs/Base-RCNN-FPN.yaml, configs/Misc/*gn*.yaml).
+No I/O: the engine reads, checks and writes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .file_settings import FileSettings
+
+NAME = "detectron2"
+DESCRIPTION = "detectron2 model-zoo pickle (.pkl: {\"model\": numpy arrays})"
+
+
+def _conv_gn(src: str, dst_conv: str, dst_norm: str):
+    """detectron2's Conv2d with a GN `norm` submodule."""
+    return [(f"{src}.weight", f"{dst_conv}.weight"), (f"{src}.norm.{{p}}", f"{dst_norm}.{{p}}")]
+
+
+def _backbone():
+    yield from _conv_gn("backbone.bottom_up.stem.conv1", "backbone.conv1", "backbone.gn1")
+    for stage in range(2, 6):  # res2-res5 are gnhub's layer1-layer4; blocks numbered alike ({i})
+        src, dst = f"backbone.bottom_up.res{stage}.{{i}}", f"backbone.layer{stage - 1}.{{i}}"
+        for n in (1, 2, 3):
+            yield from _conv_gn(f"{src}.conv{n}", f"{dst}.conv{n}", f"{dst}.gn{n}")
+        yield from _conv_gn(f"{src}.shortcut", f"{dst}.downsample.0", f"{dst}.downsample.1")
+
+
+def _fpn():
+    for level in range(2, 6):
+        for src, dst in (("lateral", "lateral"), ("output", "output")):
+            name = f"fpn.{dst}.{level - 2}"
+            yield from _conv_gn(f"backbone.fpn_{src}{level}", f"{name}.conv", f"{name}.norm")
+
+
+def _head(src: str, dst: str, prefix: str):
+    for n in range(1, 5):
+        yield from _conv_gn(f"roi_heads.{src}.{prefix}{n}", f"roi_heads.{dst}.convs.{n - 1}.conv",
+                            f"roi_heads.{dst}.convs.{n - 1}.norm")
+
+
+RENAMES = [
+    *_backbone(),
+    *_fpn(),
+    ("proposal_generator.rpn_head.conv.{p}", "rpn.conv.{p}"),
+    ("proposal_generator.rpn_head.objectness_logits.{p}", "rpn.objectness.{p}"),
+    ("proposal_generator.rpn_head.anchor_deltas.{p}", "rpn.deltas.{p}"),
+    *_head("box_head", "box_head", "conv"),
+    ("roi_heads.box_head.fc1.{p}", "roi_heads.box_head.fc.{p}"),
+    ("roi_heads.box_predictor.cls_score.{p}", "roi_heads.box_head.cls_score.{p}"),
+    ("roi_heads.box_predictor.bbox_pred.{p}", "roi_heads.box_head.bbox_pred.{p}"),
+    *_head("mask_head", "mask_head", "mask_fcn"),
+    ("roi_heads.mask_head.deconv.{p}", "roi_heads.mask_head.upsample.{p}"),
+    ("roi_heads.mask_head.predictor.{p}", "roi_heads.mask_head.logits.{p}"),
+]
+PLACEHOLDERS: dict = {}
+# Buffers older detectron2 versions saved with the weights; detectron2 itself no longer loads
+# them (its normalisation comes from the config, its anchors from the anchor generator).
+DROPPED = [r"pixel_mean", r"pixel_std", r"proposal_generator\.anchor_generator\.cell_anchors\.\d+"]
+UNUSED: dict = {}
+
+# detectron2's test conventions for these models (defaults.py, Base-RCNN-FPN.yaml, Misc/*gn*.yaml).
+SETTINGS = {"d2": {
+    "preprocess.channel_order": "BGR", "preprocess.mean": (103.53, 116.28, 123.675), "preprocess.std": (1.0, 1.0, 1.0),
+    "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32, "preprocess.resize": "pil",
+    "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
+    "rpn.anchor_generator": "detectron2", "rpn.clip_to": "image",
+    "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
+    "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
+    "roi_heads.aligned": True, "roi_heads.finest_scale": 56.0, "roi_heads.detect_in": "network",
+    "roi_heads.paste": "mmdet",
+    "box_convention": "detectron2",
+}}
+DEFAULTS = "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
+
+
+def _model(obj):
+    return obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else None
+
+
+def detect(obj) -> bool:
+    model = _model(obj)
+    return model is not None and any(
+        isinstance(k, str) and k.startswith(("backbone.bottom_up.", "proposal_generator.")) for k in model)
+
+
+def source_tensors(obj) -> dict:
+    """Parameter name -> tensor (numpy arrays are shared, not copied); other entries as they are."""
+    return {str(k): torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype != object else v
+            for k, v in _model(obj).items()}
+
+
+def layout_version(keys) -> str:
+    return "d2"
+
+
+def reorder_classes(tensors: dict, layout: str) -> None:
+    """detectron2's class order is gnhub's: nothing to move."""
+
+
+def meta_classes(obj) -> list[str] | None:
+    return None  # a zoo pickle holds no class names; COCO order is the default
+
+
+def meta_version(obj) -> str | None:
+    author = obj.get("__author__") if isinstance(obj, dict) else None
+    return str(author)[:100] if isinstance(author, str) else None
+
+
+def read_settings(obj) -> FileSettings:
+    return FileSettings()  # the file says nothing: its zoo entry or the defaults do

@@ -1,0 +1,26 @@
+"""The names of a model's stages: what inspect() records, what references and exports return, and
+what verification compares and keeps as golden outputs. No torch here."""
+from __future__ import annotations
+
+INPUT = "input"  # the network input, normalised and padded
+INPUT_SAMPLE = "input.sample"  # every 8th pixel of it, kept as a golden output
+BACKBONE = "backbone.c"  # + 2..5
+FPN = "fpn.p"  # + 2..6
+RPN_OBJECTNESS = "rpn.objectness.p"  # + 2..6
+RPN_DELTAS = "rpn.deltas.p"  # + 2..6
+PROPOSALS, PROPOSAL_SCORES = "proposals", "proposal_scores"
+ROI_CLS_LOGITS, ROI_BOX_DELTAS = "roi.cls_logits", "roi.box_deltas"  # of the proposals
+BOXES, SCORES, LABELS = "boxes", "scores", "labels"  # the detections, in original pixels
+MASK_LOGITS, MASKS = "mask_logits", "masks"  # each detection's own class; pasted, full resolution
+LOGITS = "logits"  # an ImageNet classifier's
+DETECTIONS = "detections"  # the check of boxes, scores and labels together
+
+
+def levels(prefix: str, tensors, first: int = 2) -> dict:
+    """{prefix + level: tensor} for a list of per-level tensors, the first being level `first`."""
+    return {f"{prefix}{i + first}": t for i, t in enumerate(tensors)}
+
+
+# In pipeline order: the dense stages compared elementwise.
+DENSE = [INPUT, INPUT_SAMPLE, *(f"{BACKBONE}{i}" for i in range(2, 6)), *(f"{FPN}{i}" for i in range(2, 7)),
+         *(f"{RPN_OBJECTNESS}{i}" for i in range(2, 7)), *(f"{RPN_DELTAS}{i}" for i in range(2, 7)), LOGITS]

@@ -1,0 +1,74 @@
+"""The zoo: 31 published checkpoints, each row held to its upstream table's own text (copies in
+tests/upstream/), names that load, and the filters of `gnhub list`."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from test_cli import run
+
+from gnhub import zoo
+
+UPSTREAM = Path(__file__).parent / "upstream"
+
+
+def test_thirty_one_models_in_five_families():
+    m = zoo.MODELS
+    assert len(m) == 31
+    counts = {}
+    for e in m.values():
+        counts[(e.source_format, e.family)] = counts.get((e.source_format, e.family), 0) + 1
+    assert counts == {("mmdet", "gn"): 6, ("mmdet", "gn+ws"): 12, ("mmdet", "scratch"): 2, ("detectron", "gn"): 4,
+                      ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 1,
+                      ("detectron2", "scratch"): 2}
+
+
+@pytest.mark.parametrize("metafile", ["gn_ws_metafile.yml", "scratch_metafile.yml"])
+def test_mmdetection_metafile_rows(metafile):
+    rows = yaml.safe_load((UPSTREAM / metafile).read_text())["Models"]
+    for row in rows:
+        e = zoo.MODELS[row["Name"]]
+        metrics = {k: v for r in row["Results"] for k, v in r["Metrics"].items()}
+        assert e.box_ap == metrics["box AP"] and e.mask_ap == metrics.get("mask AP"), e.name
+        assert e.epochs == row["Metadata"]["Epochs"] and e.url == row["Weights"], e.name
+        assert e.train_memory_gb == row["Metadata"].get("Training Memory (GB)"), e.name
+        assert e.inference_ms == next((t["value"] for t in row["Metadata"].get("inference time (ms/im)", [])), None)
+        assert e.file == row["Weights"].rsplit("/", 1)[1] and e.sha256_prefix == e.file[-12:-4], e.name
+        assert e.detector == ("faster-rcnn" if e.mask_ap is None else "mask-rcnn") and e.task != "image-classification"
+        assert "x101" not in e.name or e.backbone == "X-101-32x4d"
+    assert {e.name for e in zoo.MODELS.values() if e.family in ("gn+ws", "scratch") and e.source_format == "mmdet"} \
+        >= {r["Name"] for r in rows}
+
+
+def test_detectron2_model_zoo_rows():
+    text = (UPSTREAM / "detectron2_model_zoo_gn.html").read_text()
+    rows = re.findall(r'configs/Misc/(\w+)\.yaml">[^<]*</a></td>\n((?:<td[^>]*>.*</td>\n){8})', text)
+    assert len(rows) == 3
+    for name, cells in rows:
+        sched, train, infer, mem, box, mask, mid, download = re.findall(r"<td[^>]*>(.*)</td>", cells)
+        e = zoo.MODELS[name]
+        assert e.schedule == f"{sched} (model id {mid})" and e.box_ap == float(box) and e.mask_ap == float(mask)
+        assert e.train_s_per_iter == (None if train == "N/A" else float(train)) and e.train_memory_gb == float(mem)
+        assert e.inference_ms == pytest.approx(1000 * float(infer))
+        assert e.url == re.search(r'href="([^"]*\.pkl)"', download).group(1) and e.license == "apache-2.0"
+    assert zoo.MODELS["scratch_mask_rcnn_R_50_FPN_9x_gn"].settings["preprocess.std"] == (57.375, 57.12, 58.395)
+    assert "preprocess.std" not in zoo.MODELS["scratch_mask_rcnn_R_50_FPN_3x_gn"].settings  # commented out upstream
+
+
+def test_mmdetection_gn_readme_rows():
+    m = zoo.MODELS
+    fps = {n: e.inference_fps for n, e in m.items() if e.source_format == "mmdet" and e.family == "gn"}
+    assert fps == {"mask_rcnn_r50_fpn_gn-all_2x_coco": 11.0, "mask_rcnn_r101_fpn_gn-all_2x_coco": 9.0,
+                   "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco": 10.9, "mask_rcnn_r50_fpn_gn-all_3x_coco": None,
+                   "mask_rcnn_r101_fpn_gn-all_3x_coco": None, "mask_rcnn_r50_fpn_gn-all_contrib_3x_coco": None}
+    assert {m[n].train_memory_gb for n in fps if "r101" in n} == {9.9}
+    assert {m[n].train_memory_gb for n in fps if "r50" in n} == {7.1}
+
+
+def test_list_filters_by_family_detector_backbone_and_format():
+    out = run("list", "--family", "gn+ws", "--detector", "faster", "--backbone", "X-101-32x4d").stdout.splitlines()
+    assert out[0].startswith("name") and [line.split()[0] for line in out[1:]] == [
+        "faster_rcnn_x101_32x4d_fpn_gn_ws-all_1x_coco"]
+    out = run("list", "--format", "detectron2").stdout.splitlines()[1:]
+    assert len(out) == 3 and all("box AP" in line for line in out)
+    assert run("list", "--family", "scratch").stdout.count("\n") == 1 + 6  # mmdetection 2, Detectron 2, detectron2 2
