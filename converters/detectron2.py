@@ -109,8 +109,7 @@ def meta_classes(obj) -> list[str] | None:
 
 
 def meta_version(obj) -> str | None:
-    author = obj.get("__author__") if isinstance(obj, dict) else None
-    return str(author)[:100] if isinstance(author, str) else None
+    return None  # a zoo pickle says who wrote it ("__author__"), not which version
 
 
 def read_settings(obj) -> FileSettings:

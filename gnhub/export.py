@@ -10,23 +10,31 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from . import stages as S
 from .errors import GnhubError
 from .files import sha256_file
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
 from .modeling.boxes import to_rois
 from .report import Report
-from .runtime import OUTPUTS, OnnxPredictor, network_input
+from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
 
 MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode=half_pixel (mmdetection's aligned=True)
-EXPORT_STAGES = ("input.sample", "proposals", "proposal_scores", "boxes", "scores", "labels", "mask_logits")
+DETECTOR_STAGES = (S.INPUT_SAMPLE, S.PROPOSALS, S.PROPOSAL_SCORES, S.BOXES, S.SCORES, S.LABELS)
+
+
+def export_stages(config) -> tuple[str, ...]:
+    """The stages an export keeps as golden outputs: the mask logits too for a Mask R-CNN."""
+    return DETECTOR_STAGES + ((S.MASK_LOGITS,) if config.task == "instance-segmentation" else ())
 
 
 class DetectionGraph(nn.Module):
     """What the ONNX graph computes, with the model's own modules and functions: one image's
     normalised, padded input (1, 3, H, W), its resized size (h, w) and scale factor (w, h) ->
-    boxes in original pixels, scores, labels, mask probabilities; proposals and mask logits for
-    verification. Mask pasting stays outside (gnhub.runtime)."""
+    boxes, scores, labels, mask probabilities (a Mask R-CNN); proposals and mask logits for
+    verification (runtime.outputs_of). Boxes are in original pixels, except under detectron2's
+    convention: there gnhub.runtime scales, clips and filters them as detector_postprocess does.
+    Mask pasting stays outside (gnhub.runtime)."""
 
     def __init__(self, model: GNMaskRCNN):
         super().__init__()
@@ -40,21 +48,54 @@ class DetectionGraph(nn.Module):
         proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
         cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], to_rois([proposals])))
         boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
+        out = boxes if m.config.box_convention == "detectron2" else boxes / scale_factor.repeat(2)
+        if m.roi_heads.mask_head is None:
+            return out, scores, labels, proposals, proposal_scores
         # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
         # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
         extra = to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
         logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
-        return (boxes / scale_factor.repeat(2), scores, labels, logits.sigmoid(), proposals, proposal_scores, logits)
+        return out, scores, labels, logits.sigmoid(), proposals, proposal_scores, logits
+
+
+def tolerance(config) -> str:
+    """The tolerances an export is held to: "onnx", or "onnx-ws" for a weight-standardised model."""
+    ws = config.backbone.weight_std or config.fpn.weight_std or config.roi_heads.box_weight_std or \
+        config.roi_heads.mask_weight_std
+    return "onnx-ws" if ws else "onnx"
+
+
+def standardized_copy(model: GNMaskRCNN) -> GNMaskRCNN:
+    """The model for tracing: every weight-standardised conv replaced by a plain one holding the
+    standardised filters torch computes (onnxruntime's reductions would round them otherwise).
+    The model itself keeps its weights, and its standardisation."""
+    import copy
+
+    from .modeling.conv import WSConv2d, standardized
+
+    if not any(isinstance(m, WSConv2d) for m in model.modules()):
+        return model
+    traced = copy.deepcopy(model)
+    for module in list(traced.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, WSConv2d):
+                plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                  child.padding, child.dilation, child.groups, child.bias is not None)
+                plain.weight.data = standardized(child.weight).detach()
+                plain.bias = child.bias
+                setattr(module, name, plain)
+    return traced
 
 
 def check_exportable(model) -> None:
     """One clear error for what does not export (never a silently different graph)."""
     c = model.config
-    if model.task != "instance-segmentation":
-        raise GnhubError(f"{c.name}: ONNX export covers GN Mask R-CNN models, not the ImageNet classifier")
-    if c.box_convention != "mmdet" or c.roi_heads.detect_in != "network" or c.roi_heads.paste != "mmdet":
+    if model.task == "image-classification":
+        raise GnhubError(f"{c.name}: ONNX export covers GN Mask R-CNN and Faster R-CNN models, not the ImageNet "
+                         "classifier")
+    if c.box_convention == "detectron" or c.roi_heads.detect_in != "network" or c.roi_heads.paste != "mmdet":
         raise GnhubError(f"{c.name}: has Detectron's conventions (box_convention, detect_in, paste); ONNX export "
-                         "covers mmdetection-convention models")
+                         "covers mmdetection- and detectron2-convention models")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")
@@ -73,13 +114,15 @@ def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
         raise GnhubError(f"--opset {opset}: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
                          "mmdetection's aligned RoIAlign)")
     x, size, factor = (torch.from_numpy(a) for a in network_input(load_image(sample_images()[0]), model.config))
-    dynamic = {"input": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in OUTPUTS}}
+    outputs = outputs_of(model.config)
+    dynamic = {"input": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in outputs}}
     dynamic["proposals"] = dynamic["proposal_scores"] = {0: "proposals"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python values; the tests cover other sizes
         try:
-            torch.onnx.export(DetectionGraph(model).eval(), (x, size, factor), str(path), opset_version=opset,
-                              input_names=["input", "image_size", "scale_factor"], output_names=list(OUTPUTS),
+            torch.onnx.export(DetectionGraph(standardized_copy(model)).eval(), (x, size, factor), str(path),
+                              opset_version=opset,
+                              input_names=list(INPUTS), output_names=list(outputs),
                               dynamic_axes=dynamic, dynamo=False)
         except Exception as e:  # the exporter's many error types: a failure to export is one message
             raise GnhubError(f"{model.config.name}: ONNX export failed at opset {opset} "
@@ -97,11 +140,11 @@ def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str,
     for name, rgb in images_for(None):
         ref = run_model(model, rgb)
         got = onnx_stages(predictor, rgb)
-        checks += compare(name, got, {k: v for k, v in ref.items() if k in got}, "onnx")
-        golden.update({f"{name}/{k}": ref[k].contiguous() for k in EXPORT_STAGES})
+        checks += compare(name, got, {k: v for k, v in ref.items() if k in got}, tolerance(model.config))
+        golden.update({f"{name}/{k}": ref[k].contiguous() for k in export_stages(model.config)})
         if not all(c.passed for c in checks):
             break
-    return Report(checks, "onnx", f"gnhub {model.config.name} in PyTorch {torch.__version__}"), golden
+    return Report(checks, tolerance(model.config), f"gnhub {model.config.name} in PyTorch {torch.__version__}"), golden
 
 
 def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
@@ -142,7 +185,7 @@ def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = T
         export_onnx(model, tmp / ONNX_FILE, opset)
         exported = time.perf_counter() - start
         write_config(tmp, model.config)
-        report, golden = Report([], "onnx", "not verified"), None
+        report, golden = Report([], tolerance(model.config), "not verified"), None
         if verify:
             log("verifying the ONNX graph against the PyTorch model on the built-in images ...")
             report, golden = verify_export(model, tmp / ONNX_FILE)
@@ -176,8 +219,9 @@ def verify_export_golden(directory: Path) -> Report:
                          "verification") from None
     checks = []
     for name, rgb in images_for(None):
-        ref = {s: stored[f"{name}/{s}"] for s in EXPORT_STAGES if f"{name}/{s}" in stored}
-        if len(ref) != len(EXPORT_STAGES):
+        stages = export_stages(predictor.config)
+        ref = {s: stored[f"{name}/{s}"] for s in stages if f"{name}/{s}" in stored}
+        if len(ref) != len(stages):
             raise GnhubError(f"{path}: golden outputs of {name} incomplete; export again with verification")
-        checks += compare(name, onnx_stages(predictor, rgb), ref, "onnx")
-    return Report(checks, "onnx", "golden outputs of the PyTorch model")
+        checks += compare(name, onnx_stages(predictor, rgb), ref, tolerance(predictor.config))
+    return Report(checks, tolerance(predictor.config), "golden outputs of the PyTorch model")

@@ -70,13 +70,26 @@ def _to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _shortest_edge(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge.get_output_shape: the shorter side to `short` unless the
+    longer would pass `long`, rounded half up."""
+    size = short * 1.0
+    scale = size / min(h, w)
+    new_h, new_w = (size, scale * w) if h < w else (scale * h, size)
+    if max(new_h, new_w) > long:
+        scale = long * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
 def resize(rgb: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple[float, float]]:
     """RGB uint8 -> the resized image in network order and the (w, h) scale factor.
 
     "mmcv": scale and rounding of mmcv's `imrescale`, OpenCV bilinear on uint8 (normalised
     later). "detectron": Detectron's `prep_im_for_blob`: the mean subtracted in float32, then
-    OpenCV bilinear with fx = fy = scale; the result is already normalised. With crop_size, the
-    shorter side goes to min(max_size) and the centre square is kept.
+    OpenCV bilinear with fx = fy = scale; the result is already normalised. "pil": detectron2's
+    ResizeShortestEdge: its output size, Pillow's bilinear on uint8 (normalised later). With
+    crop_size, the shorter side goes to min(max_size) and the centre square is kept.
     """
     import cv2
 
@@ -90,6 +103,12 @@ def resize(rgb: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple[fl
         img = (img - np.asarray(cfg.mean)) / np.asarray(cfg.std)  # float64, like Detectron's `im -= means`
         img = cv2.resize(img.astype(np.float32), None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         factors = (scale, scale)
+    elif cfg.resize == "pil":
+        from PIL import Image
+
+        new_h, new_w = _shortest_edge(h, w, short_side, long_side)
+        img = np.array(Image.fromarray(img).resize((new_w, new_h), Image.BILINEAR))  # writable, for torch
+        factors = (new_w / w, new_h / h)
     else:
         scale = short_side / min(h, w) if cfg.crop_size else min(long_side / max(h, w), short_side / min(h, w))
         new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)

@@ -20,6 +20,10 @@ TOLERANCES = {
     # with RoIs a hundredth of a pixel apart (the pasted masks are what counts); boxes
     # also match with every corner within 0.02 px (sub-pixel boxes, where IoU says little)
     "onnx": {"dense": 5e-3, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99, "px": 0.02},
+    # the same for weight-standardised models, where onnxruntime's RoiAlign rounding grows in the
+    # heads (worst measured over the built-in images, random weights: mask logits 6.4% apart,
+    # scores 0.043, 96% of detections matched at IoU 0.99, mask IoU 0.972)
+    "onnx-ws": {"dense": 0.1, "iou": 0.99, "score": 0.05, "mask_iou": 0.95, "matched": 0.95, "px": 0.02},
 }
 
 # The checks a verification must hold for every built-in image (others depend on what is detected).

@@ -20,8 +20,13 @@ from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
 
 INPUTS = ("input", "image_size", "scale_factor")  # the network input (1, 3, H, W), (h, w), (w, h)
-# The graph's outputs, in order: detections (boxes in original pixels), then what verification compares.
+# The graph's outputs, in order: detections, then what verification compares.
 OUTPUTS = ("boxes", "scores", "labels", "mask_probs", "proposals", "proposal_scores", "mask_logits")
+DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "proposals", "proposal_scores")  # a Faster R-CNN's
+
+
+def outputs_of(config: ModelConfig) -> tuple[str, ...]:
+    return OUTPUTS if config.task == "instance-segmentation" else DETECTOR_OUTPUTS
 
 
 def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,6 +41,18 @@ def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.
     x = np.zeros((1, 3, math.ceil(h / div) * div, math.ceil(w / div) * div), np.float32)
     x[0, :, :h, :w] = img.transpose(2, 0, 1)
     return x, np.array([h, w], np.int64), np.array([sw, sh], np.float32)
+
+
+def to_original_detectron2(boxes: np.ndarray, size, original) -> tuple[np.ndarray, np.ndarray]:
+    """detectron2's detector_postprocess: boxes times original / resized size (float32, as torch
+    multiplies a float32 tensor by a Python float), clipped to the original image; which are not
+    empty."""
+    out = boxes.astype(np.float32).copy()
+    out[:, 0::2] *= np.float32(original[1] / size[1])
+    out[:, 1::2] *= np.float32(original[0] / size[0])
+    out[:, 0::2] = out[:, 0::2].clip(0, original[1])
+    out[:, 1::2] = out[:, 1::2].clip(0, original[0])
+    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)
 
 
 def paste_masks(probs: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
@@ -102,9 +119,11 @@ class OnnxPredictor:
                              "again") from None
         inputs = {i.name: len(i.shape) for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs.get("input") != 4 or not set(inputs) <= set(INPUTS) or outputs != list(OUTPUTS):
-            raise GnhubError(f"{onnx_path}: not a gnhub export (inputs {sorted(inputs)}, outputs {outputs}; expected "
-                             f"{', '.join(INPUTS)} -> {', '.join(OUTPUTS)}); export the model again")
+        self.outputs = outputs_of(config)
+        if inputs.get("input") != 4 or not set(inputs) <= set(INPUTS) or outputs != list(self.outputs):
+            raise GnhubError(f"{onnx_path}: not a gnhub export of this config (inputs {sorted(inputs)}, outputs "
+                             f"{outputs}; expected {', '.join(INPUTS)} -> {', '.join(self.outputs)}); export the "
+                             "model again")
 
     def fingerprint(self) -> str:
         """sha256 of what decides the outputs: the graph and the config (without name and provenance)."""
@@ -118,10 +137,16 @@ class OnnxPredictor:
         rgb = load_image(image)
         x, size, factor = network_input(rgb, self.config)
         feed = {"input": x, "image_size": size, "scale_factor": factor}
-        outputs = self.session.run(list(OUTPUTS), {i.name: feed[i.name] for i in self.session.get_inputs()})
-        stages = {"input": x, **dict(zip(OUTPUTS, outputs))}
-        stages["masks"] = paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
-                                      self.config.roi_heads.mask_threshold)
+        outputs = self.session.run(list(self.outputs), {i.name: feed[i.name] for i in self.session.get_inputs()})
+        stages = {"input": x, **dict(zip(self.outputs, outputs))}
+        if self.config.box_convention == "detectron2":  # detector_postprocess, in numpy
+            stages["boxes"], keep = to_original_detectron2(stages["boxes"], size.tolist(), rgb.shape[:2])
+            for k in ("scores", "labels", "mask_probs", "mask_logits"):
+                if k in stages:
+                    stages[k] = stages[k][keep]
+        if "mask_probs" in stages:
+            stages["masks"] = paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
+                                          self.config.roi_heads.mask_threshold)
         return stages
 
     def predict(self, images, batch_size: int = 1):
@@ -130,7 +155,7 @@ class OnnxPredictor:
         if isinstance(images, (list, tuple)):
             return [self.predict(im) for im in images]
         s = self.stages(images)
-        return {"boxes": s["boxes"], "scores": s["scores"], "labels": s["labels"], "masks": s["masks"]}
+        return {k: s[k] for k in ("boxes", "scores", "labels", "masks") if k in s}
 
 
 def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None,

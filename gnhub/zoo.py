@@ -22,6 +22,8 @@ BGR_CAFFE = {"preprocess.channel_order": "BGR", "preprocess.mean": DETECTRON_BGR
              "preprocess.std": (1.0, 1.0, 1.0)}
 RGB_IMAGENET = {"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
                 "preprocess.std": IMAGENET_RGB_STD}
+D2_PREPROCESS = {"preprocess.channel_order": "BGR", "preprocess.mean": (103.53, 116.28, 123.675),
+                 "preprocess.std": (1.0, 1.0, 1.0)}  # detectron2's PIXEL_MEAN / PIXEL_STD defaults
 WS_EVERYWHERE = {"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
                  "roi_heads.mask_weight_std": True}
 FORMAT_NAMES = ("mmdet", "detectron", "detectron2")
@@ -86,6 +88,8 @@ class ZooEntry:
         config, where it has one, overrides them."""
         if self.source_format == "mmdet":
             return {**(BGR_CAFFE if self.pretrain == "(d)" else RGB_IMAGENET), **self.conventions}
+        if self.source_format == "detectron2":
+            return {**D2_PREPROCESS, **self.conventions}
         return dict(self.conventions)
 
     @property

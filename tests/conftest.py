@@ -27,6 +27,14 @@ REFERENCE_THREADS = 2
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else REFERENCE_THREADS)
 
 
+def sigint_default():
+    """preexec_fn for a child the tests interrupt with SIGINT: a suite started as a background job
+    (`cmd &`) hands its children SIGINT ignored, which Python (and gnhub) then rightly ignore."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture()
 def reference_threads():
     """This test at the thread count of the reference runs (and of `gnhub` subprocesses here)."""
@@ -34,6 +42,24 @@ def reference_threads():
     torch.set_num_threads(REFERENCE_THREADS)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory):
+    """mktemp for the session's and modules' fixtures, whose folders (checkpoints, models, exports:
+    gigabytes) are removed when the session ends, failed or not; a failed test keeps its own
+    tmp_path, which is what reading the failure needs."""
+    import shutil
+
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,7 +70,7 @@ def gnhub_cache(tmp_path_factory) -> Path:
     return path
 
 
-def _shared_module(name: str):
+def shared_module(name: str):
     if not (FIXTURES / f"{name}.py").exists():
         pytest.skip("../shared/fixtures is absent: the team's reference material is needed")
     if name not in sys.modules:
@@ -57,21 +83,21 @@ def _shared_module(name: str):
 
 @pytest.fixture(scope="session")
 def detweights():
-    return _shared_module("detweights")
+    return shared_module("detweights")
 
 
 @pytest.fixture(scope="session")
-def reference_checkpoint(tmp_path_factory) -> Path:
+def reference_checkpoint(session_dir) -> Path:
     """The reference case's checkpoint, rebuilt exactly as mmdetection publishes it (~180 MB)."""
-    make = _shared_module("make_mmdet_checkpoint")
-    return Path(make.build(str(REFERENCE_CASE), out_dir=str(tmp_path_factory.mktemp("reference"))))
+    make = shared_module("make_mmdet_checkpoint")
+    return Path(make.build(str(REFERENCE_CASE), out_dir=str(session_dir("reference"))))
 
 
 @pytest.fixture(scope="session")
-def reference_model_dir(reference_checkpoint, tmp_path_factory) -> Path:
+def reference_model_dir(reference_checkpoint, session_dir) -> Path:
     from gnhub.convert import convert
 
-    out = tmp_path_factory.mktemp("converted") / "r50"
+    out = session_dir("converted") / "r50"
     convert(reference_checkpoint, out, verify=False)  # test_mmdet_reference compares it with mmdetection itself
     return out
 
@@ -119,17 +145,17 @@ def reference_state_dict(reference_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def small_source(reference_state_dict, tmp_path_factory) -> Path:
+def small_source(reference_state_dict, session_dir) -> Path:
     """The reference weights with fast test settings, as an mmdetection 3.x checkpoint."""
-    return mmdet_checkpoint(tmp_path_factory.mktemp("small") / "small_r50.pth", reference_state_dict)
+    return mmdet_checkpoint(session_dir("small") / "small_r50.pth", reference_state_dict)
 
 
 @pytest.fixture(scope="session")
-def small_dir(small_source, tmp_path_factory) -> Path:
+def small_dir(small_source, session_dir) -> Path:
     """small_source converted with verification: a model directory as gnhub writes it."""
     from gnhub.convert import convert
 
-    out = tmp_path_factory.mktemp("verified") / "m"
+    out = session_dir("verified") / "m"
     summary = convert(small_source, out)
     assert summary["verified"] is True
     return out
@@ -214,21 +240,21 @@ def detectron_pickle(path: Path, blobs: dict, test: dict | None = SMALL_DETECTRO
 
 
 @pytest.fixture(scope="session")
-def detectron_e2e(detweights, tmp_path_factory) -> Path:
+def detectron_e2e(detweights, session_dir) -> Path:
     """A Detectron R-50-FPN GN Mask R-CNN model_final.pkl (deterministic weights, fast test settings),
     with what trained files also hold: momentum blobs, the ImageNet classifier preserved from the
     initial weights, an empty preserved blob."""
     arrays = detweights.make_arrays(detectron_blobs(50, True), seed=1)
     arrays.update({k + "_momentum": np.zeros_like(arrays[k]) for k in ("conv1_w", "fc6_b", "cls_score_w")})
     arrays.update(pred_w=np.zeros((1000, 2048), np.float32), pred_b=np.zeros(1000, np.float32), res_conv1_bn_s=None)
-    return detectron_pickle(tmp_path_factory.mktemp("detectron") / "e2e_mask_rcnn_R-50-FPN_2x_gn.pkl", arrays)
+    return detectron_pickle(session_dir("detectron") / "e2e_mask_rcnn_R-50-FPN_2x_gn.pkl", arrays)
 
 
 @pytest.fixture(scope="session")
-def detectron_backbone(detweights, tmp_path_factory) -> Path:
+def detectron_backbone(detweights, session_dir) -> Path:
     """A Detectron ImageNet R-50-GN.pkl: the bare blobs dict, no cfg."""
     arrays = detweights.make_arrays(detectron_blobs(50, False), seed=2)
-    path = tmp_path_factory.mktemp("detectron") / "R-50-GN.pkl"
+    path = session_dir("detectron") / "R-50-GN.pkl"
     with open(path, "wb") as f:
         Py2Pickler(f, protocol=2).dump(arrays)
     return path

@@ -27,10 +27,10 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 
 
 @pytest.fixture(scope="module")
-def fast_config(tmp_path_factory):
+def fast_config(session_dir):
     from gnhub.reference.mmdet_framework import packaged_config
 
-    path = tmp_path_factory.mktemp("mmdet_cfg") / "fast_gn_r50.py"
+    path = session_dir("mmdet_cfg") / "fast_gn_r50.py"
     path.write_text(FAST.format(base=packaged_config("mask_rcnn_r50_fpn_gn-all_2x_coco")))
     return path
 

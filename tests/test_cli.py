@@ -196,12 +196,15 @@ def test_an_unreachable_hub_is_said_once_and_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5])
-def test_ctrl_c_while_the_command_loads_is_a_clean_exit(small_dir, delay):
+def test_ctrl_c_while_the_command_loads_is_a_clean_exit(small_dir, delay, tmp_path):
     import signal
     import time
 
+    from conftest import sigint_default
+
     proc = subprocess.Popen(GNHUB + ["predict", str(sample_images()[3]), "--model", str(small_dir), "--out",
-                                     "/nonexistent-gnhub/x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     str(tmp_path / "x")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

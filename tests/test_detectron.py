@@ -123,8 +123,8 @@ def test_detectron_yaml_settings_are_read_without_running_anything():
 
 
 @pytest.fixture(scope="module")
-def e2e_dir(detectron_e2e, tmp_path_factory):
-    out = tmp_path_factory.mktemp("det") / "e2e"
+def e2e_dir(detectron_e2e, session_dir):
+    out = session_dir("det") / "e2e"
     summary = convert(detectron_e2e, out)
     assert summary["verified"] is True and summary["format"] == "detectron"
     return out
@@ -222,8 +222,8 @@ def test_hostile_blob_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(detectron_backbone, tmp_path_factory):
-    out = tmp_path_factory.mktemp("det") / "R-50-GN"
+def backbone_dir(detectron_backbone, session_dir):
+    out = session_dir("det") / "R-50-GN"
     assert convert(detectron_backbone, out)["verified"] is True
     return out
 

@@ -18,12 +18,11 @@ from gnhub.errors import GnhubError
 from gnhub.evaluate import evaluate, score
 
 
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    """Three images with a rectangle ('car') and an ellipse ('person'), annotated exactly."""
+def _tiny_coco(root, masks: bool = True):
+    """Three images with a rectangle ('car') and an ellipse ('person'), annotated exactly (boxes
+    only without `masks`)."""
     assert COCO_CLASSES[0] == "person" and COCO_CLASSES[2] == "car"
-    root = tmp_path_factory.mktemp("coco")
-    (root / "images").mkdir()
+    (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     images, anns = [], []
     for i in range(3):
@@ -38,13 +37,18 @@ def tiny_coco(tmp_path_factory):
         for cat, m in ((3, car), (1, person)):
             ys, xs = np.nonzero(m)
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                         "area": int(m.sum()), "segmentation": rle.encode(m),
+                         "area": int(m.sum()), **({"segmentation": rle.encode(m)} if masks else {}),
                          "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
                                   float(ys.max() - ys.min() + 1)]})
     # like instances_val2017.json: every category listed (person = 1, car = 3), two annotated
     cats = [{"id": i + 1, "name": name} for i, name in enumerate(COCO_CLASSES)]
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(session_dir):
+    return _tiny_coco(session_dir("coco"))
 
 
 def _as_results(anns, shift=0):

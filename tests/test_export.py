@@ -22,8 +22,8 @@ from gnhub.verify import compare
 
 
 @pytest.fixture(scope="module")
-def exported(small_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "m-onnx"
+def exported(small_dir, session_dir):
+    out = session_dir("onnx") / "m-onnx"
     proc = run("export", small_dir, "-o", out)
     assert proc.returncode == 0, proc.stderr
     return out
@@ -158,5 +158,5 @@ def test_a_foreign_onnx_graph_whose_hash_matches_is_refused_on_load(exported, tm
     (folder / "config.json").write_bytes((exported / "config.json").read_bytes())
     report = json.loads((exported / "verification.json").read_text())
     (folder / "verification.json").write_text(json.dumps({**report, "onnx_sha256": sha256_file(folder / "model.onnx")}))
-    with pytest.raises(GnhubError, match=r"model.onnx: not a gnhub export \(inputs \['x'\]"):
+    with pytest.raises(GnhubError, match=r"model.onnx: not a gnhub export of this config \(inputs \['x'\]"):
         gnhub.runtime.load(folder)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import sigint_default
 from source_server import SourceServer
 from test_cli import GNHUB, assert_one_line_error
 
@@ -124,7 +125,7 @@ def test_ctrl_c_mid_download_keeps_the_part_for_resuming(server, env, tmp_path):
     server.seconds_per_chunk = 0.01
     code = (f"from gnhub.download import download; from pathlib import Path; "
             f"download({server.url + '/f.pth'!r}, Path({str(tmp_path / 'f.pth')!r}), quiet=True)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, preexec_fn=sigint_default)
     part = tmp_path / "f.pth.part"
     deadline = time.monotonic() + 60
     while not (part.exists() and part.stat().st_size > 1 << 20):

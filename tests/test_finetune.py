@@ -22,13 +22,13 @@ from gnhub.train.shapes import CLASSES, write_shapes
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shapes")
+def shapes(session_dir):
+    folder = session_dir("shapes")
     return write_shapes(folder, 8, size=(96, 128)), folder
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
+def base_dir(session_dir):
     """A small untrained model directory: images fit 128x96, 100 training proposals and 64 RoIs per image."""
     config = small_config()
     config.preprocess.max_size = (128, 96)
@@ -36,7 +36,7 @@ def base_dir(tmp_path_factory):
     config.train.rpn_pre_nms_top_n, config.train.rpn_post_nms_top_n = 300, 100  # few proposals: fast steps
     model = GNMaskRCNN(config)
     model.load_state_dict(deterministic_weights(model))
-    return model.save_pretrained(tmp_path_factory.mktemp("base") / "base")
+    return model.save_pretrained(session_dir("base") / "base")
 
 
 def test_coco_instances_read_as_mmdetection_reads_them(shapes):

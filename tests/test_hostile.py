@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sigint_default
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import assert_one_line_error, run
@@ -69,6 +70,13 @@ def hostile_files(tmp_path: Path, marker: Path):
             path.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros(3, np.float32), "pred_w": p}},
                                           protocol=proto))
             files.append((path.name, path))
+        for proto in (2, 3, 4, 5):  # a detectron2 model-zoo .pkl: in place of a tensor, or its author
+            weights = {"backbone.bottom_up.stem.conv1.weight": np.zeros(3, np.float32)}
+            for where, obj in (("model", {"model": {**weights, "roi_heads.box_head.fc1.weight": p}}),
+                               ("author", {"model": weights, "__author__": p})):
+                path = tmp_path / f"{name}_d2_{where}_p{proto}.pkl"
+                path.write_bytes(pickle.dumps(obj, protocol=proto))
+                files.append((path.name, path))
     # a .pth zip whose data.pkl alone is replaced by a hostile pickle
     good = tmp_path / "good.pth"
     torch.save({"meta": {}, "state_dict": weights}, good)
@@ -108,8 +116,8 @@ def test_every_cli_reading_path_refuses(tmp_path, small_dir_for_cli, command):
 
 
 @pytest.fixture(scope="module")
-def small_dir_for_cli(small_source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "m"
+def small_dir_for_cli(small_source, session_dir):
+    out = session_dir("cli") / "m"
     convert(small_source, out, verify=False)
     return out
 
@@ -316,7 +324,8 @@ def test_interrupted_conversion_leaves_the_previous_output_intact(reference_chec
     convert(reference_checkpoint, out, verify=False)
     previous = (out / "config.json").read_text()
     proc = subprocess.Popen([sys.executable, "-m", "gnhub", "convert", str(reference_checkpoint), "-o", str(out),
-                             "--force", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--force", "--no-verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=sigint_default)
     deadline = time.monotonic() + 60
     while not _writing(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it could be interrupted"
@@ -344,10 +353,10 @@ def test_full_disk_gives_one_error_and_no_partial_output(reference_checkpoint, t
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_safetensors_never_escape_as_other_errors(tmp_path_factory, data):
+def test_fuzzed_safetensors_never_escape_as_other_errors(session_dir, data):
     from gnhub.checkpoint import save_safetensors
 
-    d = tmp_path_factory.mktemp("st")
+    d = session_dir("st")
     path = d / "model.safetensors"
     save_safetensors({"a": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.float16)}, path, {})
     raw = bytearray(path.read_bytes())

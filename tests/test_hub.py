@@ -21,9 +21,9 @@ NAME = "mask_rcnn_r50_fpn_gn-all_2x_coco"
 
 
 @pytest.fixture(scope="module")
-def zoo_named_dir(small_source, tmp_path_factory):
+def zoo_named_dir(small_source, session_dir):
     """A verified conversion carrying a zoo name, so its card has the zoo's published results."""
-    out = tmp_path_factory.mktemp("zoo") / NAME
+    out = session_dir("zoo") / NAME
     threads = torch.get_num_threads()
     torch.set_num_threads(REFERENCE_THREADS)  # its golden outputs are checked by `gnhub` processes (2 threads)
     try:

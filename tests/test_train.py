@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, _shared_module, small_config
+from conftest import FIXTURES, shared_module, small_config
 from gnhub.converters import RenameTable, mmdet
 
 from gnhub import GNMaskRCNN, ModelConfig
@@ -24,13 +24,13 @@ def _case_batch():
 
 
 @pytest.fixture(scope="module")
-def train_model(tmp_path_factory):
+def train_model(session_dir):
     from gnhub import load
     from gnhub.convert import convert
 
-    make = _shared_module("make_mmdet_checkpoint")
-    ckpt = make.build(str(TRAIN_CASE), out_dir=str(tmp_path_factory.mktemp("train")))
-    out = tmp_path_factory.mktemp("train_model") / "m"
+    make = shared_module("make_mmdet_checkpoint")
+    ckpt = make.build(str(TRAIN_CASE), out_dir=str(session_dir("train")))
+    out = session_dir("train_model") / "m"
     convert(ckpt, out, verify=False)
     return load(out)
 

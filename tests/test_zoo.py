@@ -52,7 +52,8 @@ def test_detectron2_model_zoo_rows():
         assert e.inference_ms == pytest.approx(1000 * float(infer))
         assert e.url == re.search(r'href="([^"]*\.pkl)"', download).group(1) and e.license == "apache-2.0"
     assert zoo.MODELS["scratch_mask_rcnn_R_50_FPN_9x_gn"].settings["preprocess.std"] == (57.375, 57.12, 58.395)
-    assert "preprocess.std" not in zoo.MODELS["scratch_mask_rcnn_R_50_FPN_3x_gn"].settings  # commented out upstream
+    # commented out upstream: detectron2's default, std 1 in BGR
+    assert zoo.MODELS["scratch_mask_rcnn_R_50_FPN_3x_gn"].settings["preprocess.std"] == (1.0, 1.0, 1.0)
 
 
 def test_mmdetection_gn_readme_rows():

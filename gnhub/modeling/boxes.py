@@ -124,7 +124,10 @@ def decode_boxes_detectron2(boxes: Tensor, deltas: Tensor, stds: tuple[float, ..
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """xyxy boxes clamped to [0, width] and [0, height] (detectron2's Boxes.clip)."""
+    """xyxy boxes clamped to [0, width] and [0, height] (detectron2's Boxes.clip); `size` (h, w)
+    may be a tensor (an exported graph's input)."""
+    if isinstance(size, Tensor):
+        return torch.minimum(boxes.clamp(min=0), size.flip(0).repeat(2).to(boxes))
     h, w = size
     return torch.stack([boxes[:, 0].clamp(min=0, max=w), boxes[:, 1].clamp(min=0, max=h),
                         boxes[:, 2].clamp(min=0, max=w), boxes[:, 3].clamp(min=0, max=h)], dim=1)

@@ -68,16 +68,21 @@ class MultiLevelRoIAlign(nn.Module):
 
     def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         size = self.output_size
-        out = feats[0].new_zeros(len(rois), feats[0].shape[1], size, size)
         levels = self.levels(rois)
+        parts, order = [], []
         for i, stride in enumerate(self.strides):
-            idx = (levels == i).nonzero().squeeze(1)
+            idx = (levels == i).nonzero().view(-1)
             f = feats[i]
             if f.device.type == "cpu" and f.dtype in (torch.bfloat16, torch.float16):
                 f = f.float()  # no bfloat16 CPU kernel; the float16 one is about 25x slower than float32
-            out[idx] = roi_align(
-                f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio, self.aligned
-            ).to(out.dtype)
+            parts.append(roi_align(f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio,
+                                   self.aligned).to(feats[0].dtype))
+            order.append(idx)
+        if torch.jit.is_tracing():  # an exported graph: a level may hold no RoI of another image
+            return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        out = feats[0].new_zeros(len(rois), feats[0].shape[1], size, size)
+        for idx, part in zip(order, parts):
+            out[idx] = part
         return out
 
 

@@ -159,7 +159,12 @@ class RPN(nn.Module):
             s = obj[b].permute(1, 2, 0).reshape(1, -1).float()
             d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
             a = grid_anchors(self.base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
-            s, order = s.topk(min(s.shape[1], cfg.pre_nms_top_n) if cfg.pre_nms_top_n > 0 else s.shape[1], dim=1)
+            top = cfg.pre_nms_top_n if cfg.pre_nms_top_n > 0 else s.shape[1]
+            if torch.jit.is_tracing():  # an exported graph: any number of anchors
+                s, order = s.sort(dim=1, descending=True)
+                s, order = s[:, :top], order[:, :top]
+            else:
+                s, order = s.topk(min(s.shape[1], top), dim=1)
             boxes.append(decode_boxes_detectron2(a[order[0]], d[order[0]], cfg.box_stds))
             scores.append(s[0])
             levels.append(torch.full_like(s[0], lvl, dtype=torch.long))

@@ -1,5 +1,6 @@
 """Independent forwards of each source format, over the source's own tensor names."""
 from .detectron import DetectronReference
+from .detectron2 import Detectron2Reference
 from .mmdet import MMDetReference
 
-REFERENCES = {"mmdet": MMDetReference, "detectron": DetectronReference}
+REFERENCES = {"mmdet": MMDetReference, "detectron": DetectronReference, "detectron2": Detectron2Reference}
