@@ -1,4 +1,5 @@
-"""torch.hub entry points: torch.hub.load("<this repo>", "mask_rcnn_r50_fpn_gn-all_2x_coco")."""
+"""torch.hub entry points, one per zoo model, named with underscores for dashes:
+torch.hub.load("<path or GitHub repo of gnhub>", "mask_rcnn_r50_fpn_gn_all_2x_coco")."""
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "numpy", "cv2", "PIL", "jinja2", "yaml"]
 
 from gnhub import load as _load  # noqa: E402
@@ -9,11 +10,10 @@ def _entry(name):
     def entry(**kwargs):
         return _load(name, **kwargs)
 
-    entry.__name__ = name
     e = _models()[name]
-    what = "GN ResNet ImageNet classifier" if e.task == "image-classification" else "GN Mask R-CNN"
-    entry.__doc__ = f"{what} {name}, pretrained ({e.results_text}, {e.source_format})."
+    entry.__name__ = name.replace("-", "_")
+    entry.__doc__ = f"{e.architecture}: the zoo model {name}, pretrained ({e.results_text}, {e.source_format})."
     return entry
 
 
-globals().update({name.replace("-", "_"): _entry(name) for name in _models()})
+globals().update({f.__name__: f for f in map(_entry, _models())})

@@ -98,8 +98,8 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
             log(f"{entry.name}: downloading {url}")
             sha = download(url, src, entry.sha256, entry.sha256_prefix, quiet,
                            hint=f"; no network? set GNHUB_SOURCE_MIRROR to a mirror of "
-                                f"{urllib.parse.urlsplit(url).netloc}, or download the file yourself and run "
-                                "`gnhub convert FILE`")
+                                f"{urllib.parse.urlsplit(url).netloc}, or download the file yourself, run "
+                                "`gnhub convert FILE -o DIR` and pass DIR as the model")
         return _convert(entry, src, sha, keep_source, log)
     finally:
         _remove_empty(src.parent)

@@ -78,7 +78,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None, export: Rep
 def summary(config: ModelConfig) -> str:
     """What the model is, in one sentence."""
     b = config.backbone
-    net = f"ResNeXt-{b.depth} {b.groups}x{b.base_width}d" if b.groups > 1 else f"ResNet-{b.depth}"
+    net = b.words
     ws = " and Weight Standardization" if b.weight_std else ""
     if config.task == "image-classification":
         return f"{net} with Group Normalization{ws} in every layer and its ImageNet classifier, " \

@@ -93,6 +93,11 @@ def _check_zip_sizes(path: Path, size: int) -> None:
                          f"{size / 2**20:,.1f} MiB file (a zip bomb?); torch writes checkpoints uncompressed")
 
 
+# the first bytes of image files, which users pass to convert in place of a checkpoint
+IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
+               b"MM\x00*": "TIFF"}
+
+
 def check_input_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -101,6 +106,12 @@ def check_input_file(path: str | Path) -> Path:
         raise GnhubError(f"{path}: is a directory, expected a checkpoint file")
     if path.stat().st_size == 0:
         raise GnhubError(f"{path}: the file is empty; download it again")
+    with open(path, "rb") as f:
+        head = f.read(12)
+    kind = next((k for magic, k in IMAGE_MAGIC.items() if head.startswith(magic)), None)
+    if kind or (head[:4] == b"RIFF" and head[8:] == b"WEBP"):
+        raise GnhubError(f"{path}: is an image ({kind or 'WebP'}), not a checkpoint; to run a model on it: "
+                         f"gnhub predict {path} --model MODEL")
     return path
 
 

@@ -25,6 +25,16 @@ def _hub_options(fn):
     return fn
 
 
+def _precision_options(dtype_help: str, runtime_help: str):
+    """--dtype and --runtime, for the commands that run a model (predict, eval)."""
+    def add(fn):
+        fn = click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+                          help=runtime_help)(fn)
+        return click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+                            show_default=True, help=dtype_help)(fn)
+    return add
+
+
 def _settings(ctx: click.Context, **values) -> HubSettings:
     """The group's settings, with a command's own options over them."""
     return (ctx.obj or HubSettings()).merged(**values)
@@ -38,13 +48,14 @@ def _settings(ctx: click.Context, **values) -> HubSettings:
 @_hub_options
 @click.pass_context
 def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
-    """Group Normalization Mask R-CNN checkpoints (mmdetection .pth, Detectron .pkl) in plain PyTorch.
+    """Group Normalization Mask and Faster R-CNN checkpoints (mmdetection .pth, Detectron and
+    detectron2 .pkl) in plain PyTorch.
 
     \b
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
     gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
-    gnhub predict IMAGES    masks, boxes and classes: overlay PNGs + COCO-format JSON
-    gnhub eval MODEL        box and mask AP on a COCO-format dataset
+    gnhub predict IMAGES    masks (where the model has them), boxes and classes: overlays + COCO JSON
+    gnhub eval MODEL        box and mask AP on a COCO-format dataset (of a model or an export)
     gnhub finetune MODEL    train on a COCO-format dataset with mmdetection's recipe
     gnhub export MODEL      ONNX graph, verified, that runs without torch (gnhub.runtime)
     gnhub list / info NAME  the model zoo (and your GNHUB_ZOO_FILE entries)
@@ -62,8 +73,9 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME].")
-@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron"]), default="auto", show_default=True,
-              help="Source format: mmdetection .pth or Detectron .pkl; auto detects it from the contents.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron", "detectron2"]), default="auto",
+              show_default=True, help="Source format: mmdetection .pth, Detectron .pkl or detectron2 .pkl; auto "
+              "detects it from the contents.")
 @click.option("--name", help="Model name [default: the zoo name, else the file name].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
@@ -74,9 +86,10 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
 def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict, as_json):
     """Convert checkpoint SRC into a gnhub model directory.
 
-    SRC is an mmdetection GN Mask R-CNN (.pth), a Detectron GN Mask R-CNN (model_final.pkl) or a
-    Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an ImageNet classifier whose
-    backbone has the detector's tensor names). By default the converted model is verified
+    SRC is an mmdetection GN, GN+WS or GN-from-scratch Mask R-CNN or Faster R-CNN (.pth; ResNet
+    or ResNeXt), a Detectron GN Mask R-CNN (model_final.pkl), a detectron2 GN Mask R-CNN
+    (model_final_*.pkl) or a Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an
+    ImageNet classifier whose backbone has the detector's tensor names). By default the converted model is verified
     against an independent forward of SRC on the built-in images (about a minute for R-50 on 2
     cores); verification.json and golden.safetensors are written beside the weights. A failed
     verification writes nothing.
@@ -91,7 +104,7 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
         click.echo(json.dumps(s, indent=2))
         return
     click.echo(
-        f"{s['output']}: {s['format']} {s['source_version']} -> gnhub, ResNet-{s['depth']}, "
+        f"{s['output']}: {s['format']} {s['source_version']} -> gnhub {s['architecture']}, "
         f"{s['classes']} classes, {s['tensors']} tensors, {s['parameters'] / 1e6:.1f}M parameters, "
         f"{s['bytes'] / 2**20:.1f} MiB, {len(s['dropped'])} dropped, {s['seconds']:.1f} s "
         f"(preprocessing from {s['preprocess_from']}; {'verified' if s['verified'] else 'NOT verified'})"
@@ -148,10 +161,8 @@ def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_ou
               help="Draw and write the detections scoring at least this (mmdetection's demo draws above 0.3).")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
-              help="float16 needs a GPU.")
-@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="onnx: MODEL is a `gnhub export` directory, run by onnxruntime without torch.")
+@_precision_options("float16 needs a GPU.", "onnx: MODEL is a `gnhub export` directory, run by onnxruntime "
+                    "without torch.")
 @_hub_options
 @click.pass_context
 def predict(ctx, images, model_path, out, score_threshold, batch_size, device, dtype, runtime, hub_dir, endpoint):
@@ -192,10 +203,8 @@ def predict(ctx, images, model_path, out, score_threshold, batch_size, device, d
               "and images resumes from it [default: ./NAME_coco_results.json].")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
-              help="Score the model in this precision (float16 needs a GPU).")
-@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="onnx: score a `gnhub export` on onnxruntime (no torch).")
+@_precision_options("Score the model in this precision (float16 needs a GPU).",
+                    "onnx: score a `gnhub export` on onnxruntime (no torch).")
 @_hub_options
 @click.pass_context
 def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, runtime, hub_dir, endpoint):
@@ -311,11 +320,12 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
     """Export MODEL (anything gnhub.load takes) as an ONNX graph that runs without torch.
 
     The graph takes one image's normalised, padded input (any height and width), its resized
-    size and scale factor, and returns boxes in original pixels, scores, labels and 28x28 mask
-    probabilities; gnhub.runtime (onnxruntime, numpy, OpenCV) preprocesses and pastes the masks
-    as gnhub does. By default the export is verified stage by stage against the PyTorch model on
-    the built-in images; a failed verification writes nothing. Batch size 1, float32,
-    mmdetection-convention models; needs `pip install 'gnhub[onnx]'`.
+    size and scale factor, and returns boxes in original pixels, scores, labels and (with a mask
+    head) 28x28 mask probabilities; gnhub.runtime (onnxruntime, numpy, OpenCV) preprocesses and
+    pastes the masks as gnhub does. By default the export is verified stage by stage against the
+    PyTorch model on the built-in images; a failed verification writes nothing. Batch size 1,
+    float32, mmdetection- and detectron2-convention models (not Detectron's); needs
+    `pip install 'gnhub[onnx]'`.
     """
     from .export import export_model
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,21 @@ class BackboneConfig:
     groups: int = 1  # of the 3x3 convs: 1 for ResNet, 32 for ResNeXt 32x4d
     base_width: int = 64  # per group, at the first stage: 64 for ResNet, 4 for ResNeXt 32x4d
     weight_std: bool = False  # every conv's filters standardised before use (mmcv's ConvWS2d)
+
+    @property
+    def name(self) -> str:
+        """As the zoos spell it: R-50, X-101-32x4d."""
+        return f"X-{self.depth}-{self.groups}x{self.base_width}d" if self.groups > 1 else f"R-{self.depth}"
+
+    @property
+    def words(self) -> str:
+        """As a sentence says it: ResNet-50, ResNeXt-101 32x4d."""
+        return backbone_words(self.name)
+
+
+def backbone_words(name: str) -> str:
+    """R-50 -> ResNet-50, X-101-32x4d -> ResNeXt-101 32x4d."""
+    return re.sub(r"-(\d+x\d+d)$", r" \1", name.replace("R-", "ResNet-").replace("X-", "ResNeXt-"))
 
 
 @dataclass
@@ -163,6 +179,15 @@ class ModelConfig:
     provenance: dict = field(default_factory=dict)  # source file, sha256, format, converter, date
     weights_sha256: str = ""  # of model.safetensors, written with it
     format_version: int = FORMAT_VERSION
+
+    @property
+    def architecture(self) -> str:
+        """In a few words: Mask R-CNN, ResNeXt-50 32x4d-FPN, GN+WS."""
+        norm = "GN+WS" if self.backbone.weight_std else "GN"
+        if self.task == "image-classification":
+            return f"{self.backbone.words} classifier, {norm}"
+        detector = "Mask R-CNN" if self.task == "instance-segmentation" else "Faster R-CNN"
+        return f"{detector}, {self.backbone.words}-FPN, {norm}"
 
     @property
     def num_classes(self) -> int:

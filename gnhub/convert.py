@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, zoo
 from .checkpoint import write_model_files
-from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
+from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig, backbone_words
 from .converters import RenameTable
 from .errors import GnhubError
 from .layout import is_model_dir, new_model_dir
@@ -118,15 +118,17 @@ def convert(
         source = open_source(src, fmt, check_hash, pool, source_sha256, name)
         where, converter = str(source.path), source.converter
         for note in source.notes:
-            log(f"warning: {where}: {note}; not used (the zoo's or the default value is)")
+            log(f"warning: {where}: {note}")
         version = source.layout
         mapped, dropped = map_tensors(source.tensors, converter, where, version)
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
         entry = source.entry
-        if entry and entry.depth is not None and entry.depth != config.backbone.depth:
-            raise GnhubError(f"{where}: named like zoo model {entry.name} (ResNet-{entry.depth}) but holds a "
-                             f"ResNet-{config.backbone.depth}; wrong or renamed file")
+        if entry and (entry.backbone not in ("?", config.backbone.name) or entry.name in zoo.MODELS
+                      and entry.task != config.task):  # a registered entry may not say what it holds
+            raise GnhubError(f"{where}: named like zoo model {entry.name} ({backbone_words(entry.backbone)}, "
+                             f"{entry.task}) but holds a {config.backbone.words} {config.task} model; wrong or "
+                             "renamed file")
         corrupt = f"{where}: corrupt: NaN or Inf values in"
         bad: list[str] = []
         if (strict or verify) and (bad := sorted(k for k, v in mapped.items() if not _finite(v))):  # refused
@@ -176,6 +178,9 @@ def convert(
         "output": str(dest),
         "format": converter.NAME,
         "source_version": config.provenance["source_version"],
+        "architecture": config.architecture,
+        "task": config.task,
+        "backbone": config.backbone.name,
         "depth": config.backbone.depth,
         "classes": config.num_classes,
         "tensors": len(state),

@@ -3,12 +3,10 @@ directories atomically, never over what is not gnhub's. Temporaries carry this h
 so a killed run's debris is removed by the next run to the same output. No torch here."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +19,8 @@ from .settings import cache_dir
 
 def sha256_file(path: str | Path) -> str:
     """In 16 MiB chunks: hashing releases the GIL, so few chunks let it run beside other work."""
+    import hashlib  # OpenSSL's load: paid where a file is hashed, not by every command
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
@@ -85,7 +85,7 @@ def _umask() -> int:
     return mask
 
 
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", os.uname().nodename)[:40] or "host"  # socket.gethostname()
 
 
 def _tag() -> str:
@@ -93,19 +93,24 @@ def _tag() -> str:
     return f"{_HOST}-{os.getpid()}"
 
 
-def sweep(folder: Path, name: str | None = None) -> None:
-    """Removes temporaries in `folder` (of `name` only, if given) left by killed runs on this
-    host: `.NAME.HOST-PID.*.tmp` directories and `.NAME.HOST-PID.tmp` files whose process is gone."""
-    stem = re.escape(name) if name is not None else r".+"
-    pattern = re.compile(r"\." + stem + re.escape(f".{_HOST}-") + r"(\d+)\.(?:[^/]*\.)?tmp")
+def sweep(folder: Path) -> None:
+    """Cleans up after killed gnhub runs on this host in `folder`: `.NAME.HOST-PID.*.tmp`
+    directories and `.NAME.HOST-PID.tmp` files whose process is gone are removed, except that an
+    output moved aside to be replaced (`.NAME.HOST-PID.*.old.tmp/x`) goes back to NAME if nothing
+    took its place."""
+    pattern = re.compile(r"\.(.+)" + re.escape(f".{_HOST}-") + r"(\d+)\.(?:[^/]*\.)?tmp")
     try:
         entries = list(folder.iterdir())
     except OSError:
         return
     for p in entries:
         m = pattern.fullmatch(p.name)
-        if m and not _alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        if not m or _alive(int(m.group(2))):
+            continue
+        kept, dest = p / "x", folder / m.group(1)
+        if p.name.endswith(".old.tmp") and kept.exists() and not dest.exists():
+            os.replace(kept, dest)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -130,7 +135,7 @@ def atomic_dir(dest: str | Path, force: bool, what: str, owned: Callable[[Path],
     check_replaceable(dest, force, what, owned)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        sweep(dest.parent, dest.name)
+        sweep(dest.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{_tag()}.", suffix=".tmp", dir=dest.parent))
     except OSError as e:
         raise GnhubError(f"{dest}: cannot write there ({e.strerror}); choose another output") from None

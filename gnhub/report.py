@@ -3,9 +3,8 @@ gnhub/layout.py reads and writes them as verification.json."""
 from __future__ import annotations
 
 import datetime
-import platform
+import sys
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 
 from . import __version__
 from .errors import GnhubError
@@ -70,7 +69,7 @@ class Report:
             "tolerances": TOLERANCES[self.dtype],
             "versions": self.written.get("versions") or {
                 "gnhub": __version__, **{p: _version(p) for p in ("torch", "torchvision", "onnxruntime")},
-                "python": platform.python_version()},
+                "python": ".".join(map(str, sys.version_info[:3]))},
             "date": self.written.get("date") or
             datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "checks": [asdict(c) for c in self.checks],
@@ -113,6 +112,8 @@ class Report:
 
 
 def _version(package: str) -> str | None:
+    from importlib import metadata  # 15 ms: paid where a report is written, not by every command
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -27,7 +27,7 @@ class Source:
     preprocess_from: str
     entry: zoo.ZooEntry | None
     check_hash: bool = True
-    notes: list[str] = field(default_factory=list)  # settings of the file that were not used, and why
+    notes: list[str] = field(default_factory=list)  # warnings on the settings: what was not used, and why
     _name_checked: bool = False
 
     @property
@@ -70,7 +70,8 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     except GnhubError as e:  # a converter's refusal of what the file says about itself
         raise GnhubError(f"{path}: {e}") from None
     values, notes = checked_settings(file.values, defaults)
-    notes = [f"checkpoint config: could not read {what}" for what in file.ignored] + notes
+    notes = [f"{note}; not used (the zoo's or the default value is)"
+             for note in [f"checkpoint config: could not read {what}" for what in file.ignored] + notes]
     given = entry.settings if entry else {}
     settings = {**defaults, **given, **values}
     if file.origin:
@@ -81,7 +82,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
         preprocess_from = f"gnhub zoo ({entry.name})"
     else:
         preprocess_from = converter.DEFAULTS
-        if not values and not given:
+        if not values and entry is None:
             notes.append(f"neither the file nor a zoo entry (by its name or --name) states its settings: "
                          f"converted with the {converter.DEFAULTS}")
     return Source(path, obj, converter, sha, layout, settings, preprocess_from, entry, check_hash, notes)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import published as P
-from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD
+from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, backbone_words
 from .errors import GnhubError
 from .settings import DEFAULT_ORG, zoo_file
 
@@ -71,11 +71,11 @@ class ZooEntry:
     @property
     def architecture(self) -> str:
         if self.detector == "classifier":
-            return f"{_backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
+            return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
         detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         norm = "GroupNorm and Weight Standardization in every conv layer" if self.family == "gn+ws" else \
             "GroupNorm everywhere"
-        return f"{detector}, {_backbone_words(self.backbone)}-FPN with {norm} (4conv1fc box head)"
+        return f"{detector}, {backbone_words(self.backbone)}-FPN with {norm} (4conv1fc box head)"
 
     @property
     def sha256_prefix(self) -> str | None:
@@ -116,10 +116,6 @@ class ZooEntry:
         """What the source file's sha256 must be (or start with): the pinned one, else the
         prefix published in the file name (mmdetection's); None where nothing is published."""
         return self.sha256 or self.sha256_prefix
-
-
-def _backbone_words(backbone: str) -> str:
-    return backbone.replace("R-", "ResNet-").replace("X-", "ResNeXt-").replace("-32x4d", " 32x4d")
 
 
 def _mmdet_gn() -> list[ZooEntry]:

@@ -63,6 +63,17 @@ def test_help_lists_commands():
         assert cmd in proc.stdout
 
 
+def test_every_format_is_offered_where_a_format_is_chosen():
+    from gnhub.converters import FORMATS
+
+    from gnhub.cli import cli
+    from gnhub.zoo import FORMAT_NAMES
+
+    choices = {c.name: next(p.type.choices for p in c.params if p.name in ("fmt", "format"))
+               for c in (cli.commands["convert"], cli.commands["list"])}
+    assert set(FORMATS) == set(FORMAT_NAMES) == set(choices["list"]) == set(choices["convert"]) - {"auto"}
+
+
 @pytest.mark.parametrize("content,fragment", [
     (None, "no such file"),
     ("dir", "is a directory"),

@@ -46,6 +46,24 @@ def test_export_verifies_and_runs_by_cli(exported, small_dir, tmp_path):
     assert [d["category_id"] for d in onnx_dets[:10]] == [d["category_id"] for d in torch_dets[:10]]
 
 
+def test_eval_scores_an_export_without_torch(exported, small_dir, tmp_path):
+    from test_eval import _tiny_coco
+
+    coco = _tiny_coco(tmp_path / "coco")
+    args = ["eval", exported, "--runtime", "onnx", "--images", coco / "images", "--annotations",
+            coco / "instances.json", "--results", tmp_path / "onnx.json"]
+    code = ("import sys; sys.modules['torch'] = None\n"  # importing torch now fails
+            "from gnhub.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "box " in proc.stdout and "mask " in proc.stdout
+    proc = run("eval", small_dir, *args[4:-1], tmp_path / "torch.json")
+    assert proc.returncode == 0, proc.stderr
+    got, want = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("onnx", "torch"))
+    assert len(got) == len(want) and [g["category_id"] for g in got] == [w["category_id"] for w in want]
+    assert np.allclose([g["bbox"] for g in got], [w["bbox"] for w in want], atol=0.05)
+
+
 def test_numpy_mask_pasting_is_gnhubs():
     from gnhub.modeling.masks import paste_masks as torch_paste
 

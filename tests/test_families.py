@@ -198,3 +198,15 @@ def test_a_box_only_model_trains_with_the_scratch_recipe(faster_ws):
     groups = _param_groups(model, 1e-4)
     norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
     assert [g.get("weight_decay") for g in groups] == [None, 0.0] and {id(p) for p in groups[1]["params"]} == norms
+
+
+def test_a_file_named_like_another_zoo_model_is_refused(faster_ws, tmp_path):
+    src = faster_ws[0]
+    for name, holds in [("mask_rcnn_r50_fpn_gn_ws-all_2x_coco", r"\(ResNet-50, instance-segmentation\)"),
+                        ("faster_rcnn_x50_32x4d_fpn_gn_ws-all_1x_coco", r"\(ResNeXt-50 32x4d, object-detection\)")]:
+        renamed = tmp_path / f"{name}_20200226-16acb762.pth"
+        renamed.write_bytes(src.read_bytes())
+        with pytest.raises(GnhubError, match=f"named like zoo model {name} {holds} but holds a ResNet-50 "
+                                             "object-detection model; wrong or renamed file"):
+            convert(renamed, tmp_path / "out", verify=False, check_hash=False)
+    assert not (tmp_path / "out").exists()

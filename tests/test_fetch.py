@@ -157,7 +157,8 @@ def test_no_network_names_the_url_the_mirror_and_the_manual_path(env, tmp_path, 
                   monkeypatch)
     proc = subprocess.run(GNHUB + ["predict", str(sample_images()[3]), "--model", NAME, "--out", tmp_path / "p"],
                           capture_output=True, text=True, timeout=120)
-    assert_one_line_error(proc, "http://127.0.0.1:9/x/model.pth", "GNHUB_SOURCE_MIRROR", "gnhub convert FILE")
+    assert_one_line_error(proc, "http://127.0.0.1:9/x/model.pth", "GNHUB_SOURCE_MIRROR",
+                          "gnhub convert FILE -o DIR` and pass DIR as the model")
     assert not any((tmp_path / "cache" / "models").glob("*/*"))
 
 

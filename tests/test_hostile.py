@@ -250,6 +250,21 @@ def test_random_bytes_and_foreign_zip(tmp_path):
         read_torch_checkpoint(foreign)
 
 
+def test_an_image_passed_as_a_checkpoint_is_named_an_image(tmp_path):
+    import cv2
+
+    from gnhub.samples import sample_images
+
+    image = cv2.imread(str(sample_images()[3]))
+    for name, encoding, kind in [("photo.jpg", ".jpg", "JPEG"), ("photo.png", ".png", "PNG"),
+                                 ("model.pkl", ".png", "PNG")]:
+        (tmp_path / name).write_bytes(cv2.imencode(encoding, image)[1].tobytes())
+        with pytest.raises(GnhubError, match=r"photo.jpg: is an image \(JPEG\), not a checkpoint; .*gnhub predict"
+                           if kind == "JPEG" else rf"{name}: is an image \(PNG\)"):
+            convert(tmp_path / name, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def _model_dir(tmp_path):
     config = ModelConfig()
     config.backbone.depth = 50

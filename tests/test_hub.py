@@ -194,6 +194,14 @@ def test_directory_hub_and_torch_hub(zoo_named_dir, tmp_path):
     assert (hub_dir / "gnhub" / NAME / "README.md").is_file()
     model = torch.hub.load(str(ROOT), NAME.replace("-", "_"), source="local", hub_dir=str(hub_dir))
     assert json.loads((hub_dir / "gnhub" / NAME / "config.json").read_text())["name"] == model.config.name
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
+    spec.loader.exec_module(hubconf := importlib.util.module_from_spec(spec))
+    entries = [k for k, v in vars(hubconf).items() if callable(v) and not k.startswith("_")]
+    assert len(entries) == 31 and all(e.isidentifier() for e in entries)
+    assert hubconf.faster_rcnn_x50_32x4d_fpn_gn_ws_all_1x_coco.__doc__.startswith(
+        "Faster R-CNN, ResNeXt-50 32x4d-FPN with GroupNorm and Weight Standardization")
 
 
 def test_publish_zoo_continues_past_a_failing_model(small_source, tmp_path):

@@ -73,3 +73,13 @@ def test_list_filters_by_family_detector_backbone_and_format():
     out = run("list", "--format", "detectron2").stdout.splitlines()[1:]
     assert len(out) == 3 and all("box AP" in line for line in out)
     assert run("list", "--family", "scratch").stdout.count("\n") == 1 + 6  # mmdetection 2, Detectron 2, detectron2 2
+
+
+def test_every_mmdetection_model_has_its_packaged_config_for_against_mmdet():
+    from gnhub.reference.mmdet_framework import PACKAGED
+
+    mmdet_models = {n for n, e in zoo.MODELS.items() if e.source_format == "mmdet"}
+    assert set(PACKAGED) == mmdet_models
+    for name, path in PACKAGED.items():  # mmdetection 3.x: dashes, its family's folder, the detector first
+        family, file = path.split("/")
+        assert family == zoo.MODELS[name].family and file.startswith(name[:9].replace("_", "-"))

@@ -67,19 +67,25 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float, split
     return keep[scores[keep].sort(descending=True)[1]]
 
 
-def decode_boxes_detectron(
-    boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], max_shape: tuple[int, int]
-) -> Tensor:
-    """Detectron's bbox_transform and clip_tiled_boxes: widths x2 - x1 + 1, deltas divided by
-    the weights 1 / stds, dw and dh clamped from above only, corners clipped to [0, size - 1]."""
-    w = boxes[:, 2] - boxes[:, 0] + 1.0
-    h = boxes[:, 3] - boxes[:, 1] + 1.0
+def _apply_weighted_deltas(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], one: float):
+    """Detectron's and detectron2's decoding: widths x2 - x1 + `one`, centres x1 + w / 2, deltas
+    divided by the weights 1 / stds, dw and dh clamped from above only: (cx, cy, w, h)."""
+    w = boxes[:, 2] - boxes[:, 0] + one
+    h = boxes[:, 3] - boxes[:, 1] + one
     cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
     wx, wy, ww, wh = (1.0 / s for s in stds)
     dw = (deltas[:, 2] / ww).clamp(max=MAX_LOG_SCALE)
     dh = (deltas[:, 3] / wh).clamp(max=MAX_LOG_SCALE)
     px, py = deltas[:, 0] / wx * w + cx, deltas[:, 1] / wy * h + cy
-    pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+    return px, py, torch.exp(dw) * w, torch.exp(dh) * h
+
+
+def decode_boxes_detectron(
+    boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], max_shape: tuple[int, int]
+) -> Tensor:
+    """Detectron's bbox_transform and clip_tiled_boxes: widths x2 - x1 + 1, deltas divided by
+    the weights 1 / stds, dw and dh clamped from above only, corners clipped to [0, size - 1]."""
+    px, py, pw, ph = _apply_weighted_deltas(boxes, deltas, stds, 1.0)
     x1, y1 = px - 0.5 * pw, py - 0.5 * ph
     x2, y2 = px + 0.5 * pw - 1, py + 0.5 * ph - 1
     out = torch.stack([x1, y1, x2, y2], dim=1)
@@ -112,14 +118,7 @@ def nms_detectron(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
 def decode_boxes_detectron2(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...]) -> Tensor:
     """detectron2's Box2BoxTransform.apply_deltas: widths x2 - x1, centres x1 + w / 2, deltas
     divided by the weights 1 / stds, dw and dh clamped from above only; no clipping."""
-    boxes = boxes.to(deltas.dtype)
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
-    wx, wy, ww, wh = (1.0 / s for s in stds)
-    dw = (deltas[:, 2] / ww).clamp(max=MAX_LOG_SCALE)
-    dh = (deltas[:, 3] / wh).clamp(max=MAX_LOG_SCALE)
-    px, py = deltas[:, 0] / wx * w + cx, deltas[:, 1] / wy * h + cy
-    pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+    px, py, pw, ph = _apply_weighted_deltas(boxes.to(deltas.dtype), deltas, stds, 0.0)
     return torch.stack([px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw, py + 0.5 * ph], dim=1)
 
 

@@ -19,14 +19,29 @@ from ..errors import GnhubError
 SETUP = ("--against mmdet needs mmdetection 3.x with mmcv's compiled ops (mmcv 2.0/2.1): "
          "pip install -U openmim && mim install 'mmcv>=2.0.0,<2.2.0' mmdet==3.3.0")
 
-# gnhub zoo name -> mmdetection 3.x packaged config (configs/gn/)
+# gnhub zoo name (mmdetection 2.x spelling) -> mmdetection 3.x packaged config, under configs/
 PACKAGED = {
-    "mask_rcnn_r50_fpn_gn-all_2x_coco": "mask-rcnn_r50_fpn_gn-all_2x_coco.py",
-    "mask_rcnn_r50_fpn_gn-all_3x_coco": "mask-rcnn_r50_fpn_gn-all_3x_coco.py",
-    "mask_rcnn_r101_fpn_gn-all_2x_coco": "mask-rcnn_r101_fpn_gn-all_2x_coco.py",
-    "mask_rcnn_r101_fpn_gn-all_3x_coco": "mask-rcnn_r101_fpn_gn-all_3x_coco.py",
-    "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco": "mask-rcnn_r50-contrib_fpn_gn-all_2x_coco.py",
-    "mask_rcnn_r50_fpn_gn-all_contrib_3x_coco": "mask-rcnn_r50-contrib_fpn_gn-all_3x_coco.py",
+    "mask_rcnn_r50_fpn_gn-all_2x_coco": "gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py",
+    "mask_rcnn_r50_fpn_gn-all_3x_coco": "gn/mask-rcnn_r50_fpn_gn-all_3x_coco.py",
+    "mask_rcnn_r101_fpn_gn-all_2x_coco": "gn/mask-rcnn_r101_fpn_gn-all_2x_coco.py",
+    "mask_rcnn_r101_fpn_gn-all_3x_coco": "gn/mask-rcnn_r101_fpn_gn-all_3x_coco.py",
+    "mask_rcnn_r50_fpn_gn-all_contrib_2x_coco": "gn/mask-rcnn_r50-contrib_fpn_gn-all_2x_coco.py",
+    "mask_rcnn_r50_fpn_gn-all_contrib_3x_coco": "gn/mask-rcnn_r50-contrib_fpn_gn-all_3x_coco.py",
+    "faster_rcnn_r50_fpn_gn_ws-all_1x_coco": "gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py",
+    "faster_rcnn_r101_fpn_gn_ws-all_1x_coco": "gn+ws/faster-rcnn_r101_fpn_gn-ws-all_1x_coco.py",
+    "faster_rcnn_x50_32x4d_fpn_gn_ws-all_1x_coco": "gn+ws/faster-rcnn_x50-32x4d_fpn_gn-ws-all_1x_coco.py",
+    "faster_rcnn_x101_32x4d_fpn_gn_ws-all_1x_coco": "gn+ws/faster-rcnn_x101-32x4d_fpn_gn-ws-all_1x_coco.py",
+    "mask_rcnn_r50_fpn_gn_ws-all_2x_coco": "gn+ws/mask-rcnn_r50_fpn_gn-ws-all_2x_coco.py",
+    "mask_rcnn_r101_fpn_gn_ws-all_2x_coco": "gn+ws/mask-rcnn_r101_fpn_gn-ws-all_2x_coco.py",
+    "mask_rcnn_x50_32x4d_fpn_gn_ws-all_2x_coco": "gn+ws/mask-rcnn_x50-32x4d_fpn_gn-ws-all_2x_coco.py",
+    "mask_rcnn_x101_32x4d_fpn_gn_ws-all_2x_coco": "gn+ws/mask-rcnn_x101-32x4d_fpn_gn-ws-all_2x_coco.py",
+    "mask_rcnn_r50_fpn_gn_ws-all_20_23_24e_coco": "gn+ws/mask-rcnn_r50_fpn_gn-ws-all_20-23-24e_coco.py",
+    "mask_rcnn_r101_fpn_gn_ws-all_20_23_24e_coco": "gn+ws/mask-rcnn_r101_fpn_gn-ws-all_20-23-24e_coco.py",
+    "mask_rcnn_x50_32x4d_fpn_gn_ws-all_20_23_24e_coco": "gn+ws/mask-rcnn_x50-32x4d_fpn_gn-ws-all_20-23-24e_coco.py",
+    "mask_rcnn_x101_32x4d_fpn_gn_ws-all_20_23_24e_coco":
+        "gn+ws/mask-rcnn_x101-32x4d_fpn_gn-ws-all_20-23-24e_coco.py",
+    "faster_rcnn_r50_fpn_gn-all_scratch_6x_coco": "scratch/faster-rcnn_r50-scratch_fpn_gn-all_6x_coco.py",
+    "mask_rcnn_r50_fpn_gn-all_scratch_6x_coco": "scratch/mask-rcnn_r50-scratch_fpn_gn-all_6x_coco.py",
 }
 
 
@@ -47,7 +62,7 @@ def packaged_config(zoo_name: str | None) -> Path:
         raise GnhubError(f"--against mmdet: {zoo_name or 'this checkpoint'} is not a zoo model; pass --mmdet-config "
                          "with the mmdetection config it was trained with (the config inside the checkpoint is "
                          "never executed)")
-    path = Path(mmdet.__file__).parent / ".mim" / "configs" / "gn" / PACKAGED[zoo_name]
+    path = Path(mmdet.__file__).parent / ".mim" / "configs" / PACKAGED[zoo_name]
     if not path.is_file():
         raise GnhubError(f"{path}: missing from the installed mmdetection; pass --mmdet-config")
     return path
@@ -76,7 +91,8 @@ class MMDetFramework:
         m.neck.register_forward_hook(lambda mod, args, out: self._keep("fpn.p", out))
         m.rpn_head.register_forward_hook(lambda mod, args, out: self._rpn(out))
         m.roi_head.bbox_head.register_forward_hook(lambda mod, args, out: self._roi(out))
-        m.roi_head.mask_head.register_forward_hook(lambda mod, args, out: self.record.__setitem__("mask_all", out))
+        if m.roi_head.with_mask:  # Faster R-CNN has none
+            m.roi_head.mask_head.register_forward_hook(lambda mod, args, out: self.record.__setitem__("mask_all", out))
         predict = m.rpn_head.predict
 
         def rpn_predict(*args, **kwargs):
@@ -107,8 +123,10 @@ class MMDetFramework:
         pred = inference_detector(self.model, bgr, test_pipeline=self.pipeline).pred_instances
         out = {k: v.detach().cpu() for k, v in self.record.items() if k != "mask_all"}
         labels = pred.labels.cpu()
-        masks = self.record.get("mask_all")
-        out["mask_logits"] = masks[torch.arange(len(labels)), labels].cpu() if masks is not None else \
-            torch.zeros(0, 28, 28)
-        out.update(boxes=pred.bboxes.cpu(), scores=pred.scores.cpu(), labels=labels, masks=pred.masks.cpu().bool())
+        out.update(boxes=pred.bboxes.cpu(), scores=pred.scores.cpu(), labels=labels)
+        if self.model.roi_head.with_mask:
+            masks = self.record.get("mask_all")
+            out["mask_logits"] = masks[torch.arange(len(labels)), labels].cpu() if masks is not None else \
+                torch.zeros(0, 28, 28)
+            out["masks"] = pred.masks.cpu().bool()
         return out

@@ -1,0 +1,90 @@
+"""What a newcomer meets first: list and info, what predict draws and writes, refusals that say
+why before any work, eval of an export or a lower precision, and no debris after a kill."""
+import json
+import signal
+import subprocess
+import time
+
+from test_cli import GNHUB, assert_one_line_error, run
+
+from gnhub.samples import sample_images
+
+
+def test_list_has_a_header_and_matches_case_insensitively():
+    lines = run("list", "*r101*").stdout.splitlines()
+    assert lines[0].split()[:4] == ["name", "backbone", "detector", "format"]
+    names = [line.split()[0] for line in lines[1:]]
+    assert "e2e_mask_rcnn_R-101-FPN_2x_gn" in names and "mask_rcnn_r101_fpn_gn-all_2x_coco" in names
+    assert "R-101-GN" in names and all("101" in n for n in names)
+
+
+def test_info_suggests_names_and_shows_no_empty_fields(tmp_path):
+    assert_one_line_error(run("info", "mask_rcnn_r5_fpn_gn-all_2x_coco"), "no such zoo model",
+                          "did you mean mask_rcnn_r50_fpn_gn-all_2x_coco")
+    assert_one_line_error(run("info", tmp_path / "mask_rcnn_r50"), "no such file or directory")
+    info = json.loads(run("info", "faster_rcnn_r50_fpn_gn_ws-all_1x_coco").stdout)
+    assert "" not in info.values() and info["task"] == "object-detection"
+
+
+def test_score_threshold_decides_what_is_drawn_and_written(small_dir, tmp_path):
+    def detections(*threshold):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        proc = run("predict", sample_images()[0], "-m", small_dir, "-o", out, *threshold)
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads((out / "results.json").read_text())
+        assert len(json.loads((out / "street.json").read_text())["detections"]) == len(rows)
+        assert f" {len(rows)} detections" in proc.stdout
+        return sorted((r["score"] for r in rows), reverse=True)
+
+    everything = detections("--score-threshold", "0")
+    assert len(detections()) == sum(s >= 0.3 for s in everything)  # the default, as mmdetection's demo draws
+    t = (everything[9] + everything[10]) / 2
+    assert detections("--score-threshold", str(t)) == everything[:10]
+
+
+def test_float16_on_the_cpu_is_refused_before_any_work(small_dir, tmp_path):
+    assert_one_line_error(run("predict", sample_images()[3], "-m", small_dir, "--dtype", "float16", "-o",
+                              tmp_path / "p"), "float16 on the CPU runs about 12x slower", "bfloat16")
+    assert not (tmp_path / "p").exists()
+
+
+def test_export_without_onnx_says_how_to_install_it_at_once(small_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    start = time.perf_counter()
+    assert_one_line_error(run("export", small_dir, "-o", tmp_path / "x"), "ONNX export needs onnx",
+                          "pip install 'gnhub[onnx]'")
+    assert time.perf_counter() - start < 2 and not (tmp_path / "x").exists()
+
+
+def test_a_killed_export_leaves_nothing_after_the_next_write_there(small_dir, small_source, tmp_path):
+    from gnhub.convert import convert
+
+    proc = subprocess.Popen(GNHUB + ["export", str(small_dir), "-o", str(tmp_path / "onnx")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".tmp" for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # tracing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    debris = [p.name for p in tmp_path.iterdir()]
+    assert debris and all(name.startswith(".onnx.") and name.endswith(".tmp") for name in debris), debris
+    convert(small_source, tmp_path / "other", verify=False)  # any gnhub write in that folder
+    assert [p.name for p in tmp_path.iterdir()] == ["other"]
+
+
+def test_eval_scores_a_lower_precision(small_dir, tmp_path):
+    from test_eval import _tiny_coco
+
+    coco = _tiny_coco(tmp_path / "coco")
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        proc = run("eval", small_dir, "--images", coco / "images", "--annotations", coco / "instances.json",
+                   "--results", tmp_path / f"{dtype}.json", "--dtype", dtype)
+        assert proc.returncode == 0, proc.stderr
+        assert "box " in proc.stdout and "mask " in proc.stdout
+        results[dtype] = json.loads((tmp_path / f"{dtype}.json").read_text())
+    assert results["float32"] != results["bfloat16"]  # its own detections, scored
