@@ -107,10 +107,11 @@ def sweep(folder: Path) -> None:
         m = pattern.fullmatch(p.name)
         if not m or _alive(int(m.group(2))):
             continue
+        real_dir = p.is_dir() and not p.is_symlink()
         kept, dest = p / "x", folder / m.group(1)
-        if p.name.endswith(".old.tmp") and kept.exists() and not dest.exists():
+        if real_dir and p.name.endswith(".old.tmp") and kept.exists() and not os.path.lexists(dest):
             os.replace(kept, dest)
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True) if real_dir else p.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

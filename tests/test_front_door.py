@@ -88,3 +88,19 @@ def test_eval_scores_a_lower_precision(small_dir, tmp_path):
         assert "box " in proc.stdout and "mask " in proc.stdout
         results[dtype] = json.loads((tmp_path / f"{dtype}.json").read_text())
     assert results["float32"] != results["bfloat16"]  # its own detections, scored
+
+
+def test_an_output_moved_aside_by_a_killed_run_goes_back(tmp_path):
+    from gnhub.files import _HOST, atomic_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid whose process has exited
+    aside = tmp_path / f".model.{_HOST}-{dead.pid}.abc.old.tmp"
+    (aside / "x").mkdir(parents=True)
+    (aside / "x" / "config.json").write_text("{}")  # the previous output, mid-replace when killed
+    (tmp_path / f".other.{_HOST}-{dead.pid}.tmp").write_text("half")
+    (tmp_path / f".trap.{_HOST}-{dead.pid}.old.tmp").symlink_to(aside)  # a link is removed, never followed
+    with atomic_dir(tmp_path / "new", force=False, what="output", owned=lambda p: False) as tmp:
+        (tmp / "f").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new"]
+    assert (tmp_path / "model" / "config.json").read_text() == "{}"
