@@ -124,8 +124,8 @@ def convert(
         converter.reorder_classes(mapped, version)
         config = infer_config(mapped, where)
         entry = source.entry
-        if entry and (entry.backbone not in ("?", config.backbone.name) or entry.name in zoo.MODELS
-                      and entry.task != config.task):  # a registered entry may not say what it holds
+        if entry and (entry.backbone not in ("?", config.backbone.name)  # "?": a registered entry may not say
+                      or (entry.name in zoo.MODELS and entry.task != config.task)):
             raise GnhubError(f"{where}: named like zoo model {entry.name} ({backbone_words(entry.backbone)}, "
                              f"{entry.task}) but holds a {config.backbone.words} {config.task} model; wrong or "
                              "renamed file")

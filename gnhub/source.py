@@ -70,8 +70,8 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     except GnhubError as e:  # a converter's refusal of what the file says about itself
         raise GnhubError(f"{path}: {e}") from None
     values, notes = checked_settings(file.values, defaults)
-    notes = [f"{note}; not used (the zoo's or the default value is)"
-             for note in [f"checkpoint config: could not read {what}" for what in file.ignored] + notes]
+    unused = [f"checkpoint config: could not read {what}" for what in file.ignored] + notes
+    notes = [f"{note}; not used (the zoo's or the default value is)" for note in unused]
     given = entry.settings if entry else {}
     settings = {**defaults, **given, **values}
     if file.origin:
