@@ -218,8 +218,8 @@ def verify_export_golden(directory: Path) -> Report:
         raise GnhubError(f"{path}: missing or unreadable ({str(e).strip()[:100]}); export again with "
                          "verification") from None
     checks = []
+    stages = export_stages(predictor.config)
     for name, rgb in images_for(None):
-        stages = export_stages(predictor.config)
         ref = {s: stored[f"{name}/{s}"] for s in stages if f"{name}/{s}" in stored}
         if len(ref) != len(stages):
             raise GnhubError(f"{path}: golden outputs of {name} incomplete; export again with verification")

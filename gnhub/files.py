@@ -1,6 +1,6 @@
 """Files on disk, safely: hashing (once per version of a file), and writing files and
 directories atomically, never over what is not gnhub's. Temporaries carry this host and process,
-so a killed run's debris is removed by the next run to the same output. No torch here."""
+so a killed run's debris is removed by the next gnhub write in that folder. No torch here."""
 from __future__ import annotations
 
 import json

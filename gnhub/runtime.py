@@ -94,10 +94,13 @@ def _weights(coord: np.ndarray, size: int) -> tuple[list[np.ndarray], list[np.nd
 
 
 class OnnxPredictor:
-    """An exported GN Mask R-CNN on onnxruntime: `predict(image)` gives what `model.predict`
-    gives (`boxes` xyxy in original pixels, `scores`, `labels`, `masks` (N, H, W) bool) as numpy."""
+    """An exported GN Mask R-CNN or Faster R-CNN on onnxruntime: `predict(image)` gives what
+    `model.predict` gives (`boxes` xyxy in original pixels, `scores`, `labels`, `masks` (N, H, W)
+    bool where the model has masks) as numpy."""
 
-    task = "instance-segmentation"
+    @property
+    def task(self) -> str:
+        return self.config.task
 
     def __init__(self, onnx_path: str | Path, config: ModelConfig, providers: list[str] | None = None,
                  threads: int | None = None, onnx_sha256: str | None = None):

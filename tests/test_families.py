@@ -184,6 +184,10 @@ def test_a_box_only_model_predicts_evaluates_and_exports_boxes(faster_ws, tmp_pa
     assert set(got) == {"boxes", "scores", "labels"}
     report = json.loads((tmp_path / "onnx" / "verification.json").read_text())
     assert report["passed"] and report["dtype"] == "onnx-ws"
+    proc = run("eval", tmp_path / "onnx", "--runtime", "onnx", "--images", coco / "images", "--annotations",
+               coco / "instances.json", "--results", tmp_path / "onnx.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "box " in proc.stdout and "mask " not in proc.stdout
 
 
 def test_a_box_only_model_trains_with_the_scratch_recipe(faster_ws):
