@@ -16,9 +16,13 @@ from .settings import max_image_pixels
 def _check_size(width: int, height: int, where: str) -> None:
     limit = max_image_pixels()
     if width * height > limit:
-        raise GnhubError(f"{where}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above gnhub's limit of "
-                         f"{limit / 1e6:g} (the model resizes to about 1 megapixel anyway): downscale the image, or "
-                         "raise GNHUB_MAX_IMAGE_PIXELS")
+        raise GnhubError(f"{where}: {width}x{height} is {_megapixels(width * height)} megapixels, above gnhub's limit "
+                         f"of {_megapixels(limit)} (the model resizes to about 1 megapixel anyway): downscale the "
+                         "image, or raise GNHUB_MAX_IMAGE_PIXELS")
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g}" if pixels < 1e9 else f"{pixels / 1e6:.0f}"
 
 
 def load_image(image) -> np.ndarray:
@@ -26,11 +30,15 @@ def load_image(image) -> np.ndarray:
 
     Grayscale is repeated to three channels, alpha is dropped, EXIF orientation is applied and
     16-bit images keep their high byte (all as OpenCV's imread does for mmdetection). Images
-    above GNHUB_MAX_IMAGE_PIXELS are refused before they are decoded.
+    above GNHUB_MAX_IMAGE_PIXELS are refused before they are decoded; Pillow's own bound
+    (PIL.Image.MAX_IMAGE_PIXELS) is raised to it where it is lower.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, (str, Path)):
+        limit = max_image_pixels()
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+            Image.MAX_IMAGE_PIXELS = limit  # gnhub's limit is the one that applies (Pillow's is never lowered)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # gnhub checks the size itself
@@ -42,7 +50,7 @@ def load_image(image) -> np.ndarray:
         except IsADirectoryError:
             raise GnhubError(f"{image}: is a directory, expected an image file") from None
         except Image.DecompressionBombError:
-            raise GnhubError(f"{image}: larger than gnhub's limit of {max_image_pixels() / 1e6:g} megapixels; "
+            raise GnhubError(f"{image}: larger than gnhub's limit of {_megapixels(limit)} megapixels; "
                              "downscale the image, or raise GNHUB_MAX_IMAGE_PIXELS") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise GnhubError(f"{image}: not a readable image ({e})") from None
