@@ -98,7 +98,7 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
             log(f"{entry.name}: downloading {url}")
             sha = download(url, src, entry.sha256, entry.sha256_prefix, quiet,
                            hint=f"; no network? set GNHUB_SOURCE_MIRROR to a mirror of "
-                                f"{urllib.parse.urlsplit(url).netloc}, or download the file yourself, run "
+                                f"{urllib.parse.urlsplit(entry.url).netloc}, or download the file yourself, run "
                                 "`gnhub convert FILE -o DIR` and pass DIR as the model")
         return _convert(entry, src, sha, keep_source, log)
     finally:

@@ -1,8 +1,14 @@
-"""Downloading a source file over HTTP(S): resumable, retried, hash-checked before anything reads it.
+"""Downloading a source file over HTTP(S): resumable, retried, bounded, hash-checked before anything
+reads it.
 
 Standard library only (no torch, no third-party HTTP client). A download goes to `DEST.part`,
 is resumed from there with an HTTP Range request after an interruption, and is renamed to DEST
-only once its sha256 matches; a mismatch deletes it.
+only once its sha256 matches; a mismatch deletes it. Bounds (gnhub/settings.py): a size ceiling
+(the server's Content-Length where it names one, checked against GNHUB_MAX_DOWNLOAD_BYTES, else
+counted as the body arrives; a file that passes it is deleted), a stall deadline (under
+STALL_BYTES in GNHUB_DOWNLOAD_STALL_SECONDS: retried, resuming) and a total deadline
+(GNHUB_DOWNLOAD_TOTAL_SECONDS over all tries). A part stopped by a deadline is within the
+ceiling and is kept for the next run to resume.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ from pathlib import Path
 
 from .errors import GnhubError
 from .files import sha256_file
+from .settings import download_stall_seconds, download_total_seconds, max_download_bytes
 
 CHUNK = 1 << 20
-TIMEOUT = 30  # seconds without a byte
-RETRIES = 3  # further tries after a failed connection or a cut-off transfer
+STALL_BYTES = 64 << 10  # a transfer that receives less than this in the stall deadline is stalled
+RETRIES = 3  # further tries after a failed connection, a stall or a cut-off transfer
 BACKOFF = 0.5  # seconds before the first retry, doubled after each
 
 
@@ -34,18 +41,31 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
     except OSError as e:
         raise GnhubError(f"{dest.parent}: cannot write there ({e.strerror}); set GNHUB_CACHE to another "
                          "folder") from None
+    bounds = _Bounds(max_download_bytes(), download_stall_seconds(), download_total_seconds())
     for attempt in range(RETRIES + 1):
         try:
-            _transfer(url, part, quiet)
+            _transfer(url, part, quiet, bounds)
             break
+        except _TooLarge as e:
+            _discard(part)
+            raise GnhubError(f"{url}: {e}, above gnhub's limit of {bounds.max_bytes} bytes; nothing was kept. Check "
+                             "the URL or GNHUB_SOURCE_MIRROR (a wrong server), or raise GNHUB_MAX_DOWNLOAD_BYTES if "
+                             "the file really is that large") from None
         except _Retry as e:
-            if attempt == RETRIES:
-                raise GnhubError(f"{url}: download failed after {RETRIES + 1} tries ({e}){hint}") from None
-            time.sleep(BACKOFF * 2**attempt)
+            timed_out = isinstance(e, _TimeUp) or bounds.left() <= 0
+            if not timed_out and attempt < RETRIES:
+                time.sleep(min(BACKOFF * 2**attempt, bounds.left()))
+                continue
+            kept = _size(part)
+            kept = f"; the {kept} bytes so far are kept in {part} and the next run resumes them" if kept else ""
+            if timed_out:
+                raise GnhubError(f"{url}: not downloaded within {bounds.total:g} s{kept}; run again to resume, "
+                                 f"or raise GNHUB_DOWNLOAD_TOTAL_SECONDS for a slow link{hint}") from None
+            raise GnhubError(f"{url}: download failed after {RETRIES + 1} tries ({e}){kept}{hint}") from None
     digest = sha256_file(part)
     expected = sha256 or sha256_prefix
     if expected and not digest.startswith(expected.lower()):
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was deleted "
                          "(a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
     os.replace(part, dest)
@@ -53,15 +73,49 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
 
 
 class _Retry(Exception):
-    """A failure worth another try: no connection, a cut-off transfer, a 5xx."""
+    """A failure worth another try: no connection, a stall, a cut-off transfer, a 5xx."""
 
 
-def _transfer(url: str, part: Path, quiet: bool) -> None:
-    have = part.stat().st_size if part.exists() else 0
+class _TimeUp(_Retry):
+    """The total deadline passed: no further try."""
+
+
+class _TooLarge(Exception):
+    """The file passes the size ceiling: deleted, no further try."""
+
+
+class _Bounds:
+    """The size ceiling, the stall deadline and the total deadline of one download."""
+
+    def __init__(self, max_bytes: int, stall: float, total: float):
+        self.max_bytes, self.stall, self.total = max_bytes, stall, total
+        self.end = time.monotonic() + total
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+
+
+def _transfer(url: str, part: Path, quiet: bool, bounds: _Bounds) -> None:
+    have = _size(part)
+    if have > bounds.max_bytes:  # a part of an earlier, unbounded run: start over
+        have = 0
     headers = {"User-Agent": "gnhub", **({"Range": f"bytes={have}-"} if have else {})}
     request = urllib.request.Request(url, headers=headers)
+    if bounds.left() <= 0:
+        raise _TimeUp()
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT)  # noqa: S310 - http(s) URLs of the registry
+        response = urllib.request.urlopen(request, timeout=min(bounds.stall, bounds.left()))  # noqa: S310 - http(s)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the kept part is already complete (or longer than the file)
             return
@@ -77,16 +131,30 @@ def _transfer(url: str, part: Path, quiet: bool) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
+        if total is not None and total > bounds.max_bytes:
+            raise _TooLarge(f"the server announces {total} bytes")
         bar = _Progress(url, total, have, quiet)
+        mark, since = have, time.monotonic()  # the stall deadline: STALL_BYTES more by since + stall
         try:
             with open(part, "ab" if resumed else "wb") as f:
                 while True:
-                    chunk = response.read(CHUNK)
+                    chunk = response.read1(min(CHUNK, bounds.max_bytes + 1 - have))
                     if not chunk:
                         break
                     f.write(chunk)
                     have += len(chunk)
+                    if have > bounds.max_bytes:
+                        raise _TooLarge(f"more than {bounds.max_bytes} bytes arrived and the body has not ended")
                     bar.update(have)
+                    now = time.monotonic()
+                    if have - mark >= STALL_BYTES:
+                        mark, since = have, now
+                    elif now - since > bounds.stall:
+                        raise _Retry(_stalled(bounds, have))
+                    if now > bounds.end:
+                        raise _TimeUp()
+        except TimeoutError:
+            raise (_TimeUp() if bounds.left() <= 0 else _Retry(_stalled(bounds, have))) from None
         except (OSError, http.client.HTTPException) as e:
             if isinstance(e, OSError) and e.errno in (28, 27):  # ENOSPC, EFBIG: no point retrying
                 raise GnhubError(f"{part}: writing failed ({e.strerror}); free some space or set GNHUB_CACHE "
@@ -96,6 +164,11 @@ def _transfer(url: str, part: Path, quiet: bool) -> None:
             bar.close()
     if total is not None and have != total:
         raise _Retry(f"got {have} of {total} bytes")
+
+
+def _stalled(bounds: _Bounds, have: int) -> str:
+    return (f"stalled at {have} bytes: under {STALL_BYTES >> 10} KiB in {bounds.stall:g} s; "
+            "GNHUB_DOWNLOAD_STALL_SECONDS sets that wait")
 
 
 class _Progress:

@@ -1,5 +1,6 @@
 """A download server on 127.0.0.1 for upstream source files: Range requests, and switches to
-cut a transfer short, answer an HTTP error, serve wrong bytes or send slowly."""
+cut a transfer short, answer an HTTP error, serve wrong bytes, send slowly, drip one byte at a
+time, or send a body that never ends."""
 from __future__ import annotations
 
 import threading
@@ -15,6 +16,9 @@ class SourceServer:
         self.cut_after: int | None = None  # close the connection after this many body bytes, once
         self.wrong_bytes = False
         self.seconds_per_chunk = 0.0
+        self.seconds_per_byte: float | None = None  # send the body one byte at a time, this far apart
+        self.endless = False  # answer every GET with 200, no Content-Length and zeros until the client leaves
+        self.sent = 0  # body bytes written to sockets
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -23,6 +27,17 @@ class SourceServer:
 
             def do_GET(self):
                 server.gets.append((self.path, self.headers.get("Range")))
+                if server.endless:
+                    self.send_response(200)
+                    self.end_headers()
+                    self.close_connection = True
+                    block = bytes(1 << 16)
+                    try:
+                        while True:
+                            self.wfile.write(block)
+                            server.sent += len(block)
+                    except OSError:  # the client went away
+                        return
                 if server.errors:
                     self.send_error(server.errors.pop(0))
                     return
@@ -49,11 +64,22 @@ class SourceServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut, server.cut_after = server.cut_after, None
+                if server.seconds_per_byte is not None:
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            server.sent += 1
+                            time.sleep(server.seconds_per_byte)
+                    except OSError:  # the client went away
+                        pass
+                    return
                 for i in range(0, len(body), 1 << 16):
                     if cut is not None and i >= cut:
                         self.close_connection = True
                         return  # the client sees fewer bytes than Content-Length
                     self.wfile.write(body[i:i + (1 << 16)])
+                    server.sent += len(body[i:i + (1 << 16)])
                     time.sleep(server.seconds_per_chunk)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

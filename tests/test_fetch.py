@@ -18,8 +18,10 @@ import gnhub
 from gnhub import cache, download, zoo
 from gnhub.errors import GnhubError
 from gnhub.samples import sample_images
+from gnhub.settings import HubSettings
 
 NAME = "my_r50_gn"
+UPSTREAM = "https://upstream.example/models/small_r50.pth"
 
 
 @pytest.fixture()
@@ -184,3 +186,111 @@ def test_registered_entries_and_mirrors():
     assert entry.source_format == "detectron" and entry.file == "model_final.pkl" and "my_model" in zoo.list_models()
     assert cache.source_url(entry, "http://mirror.local:8000/") == "http://mirror.local:8000/a/b/model_final.pkl"
     zoo._REGISTERED.clear()
+
+
+def test_an_endless_body_stops_at_the_size_ceiling_and_leaves_nothing(server, env, tmp_path, monkeypatch):
+    server.endless = True
+    monkeypatch.setenv("GNHUB_MAX_DOWNLOAD_BYTES", str(4 << 20))
+    t0 = time.monotonic()
+    with pytest.raises(GnhubError) as e:
+        download.download(server.url + "/f.pth", tmp_path / "f.pth")
+    assert time.monotonic() - t0 < 10
+    assert f"{server.url}/f.pth: more than {4 << 20} bytes" in str(e.value)
+    assert "GNHUB_MAX_DOWNLOAD_BYTES" in str(e.value)
+    assert list(tmp_path.glob("f.pth*")) == [] and len(server.gets) == 1  # not retried, no .part kept
+    server.endless = False  # a Content-Length above the ceiling is refused before a byte is written
+    server.files["/g.pth"] = bytes(5 << 20)
+    (tmp_path / "g.pth.part").write_bytes(bytes(1 << 20))  # resumed: the kept part counts
+    with pytest.raises(GnhubError, match=f"the server announces {5 << 20} bytes, above gnhub's limit"):
+        download.download(server.url + "/g.pth", tmp_path / "g.pth")
+    assert list(tmp_path.glob("g.pth*")) == [] and server.gets[-1][1] == f"bytes={1 << 20}-"
+
+
+def test_a_part_beyond_the_ceiling_is_not_resumed(server, env, tmp_path, monkeypatch):
+    data = os.urandom(100_000)
+    server.files["/f.pth"] = data
+    (tmp_path / "f.pth.part").write_bytes(bytes(300_000))  # left by an unbounded run
+    monkeypatch.setenv("GNHUB_MAX_DOWNLOAD_BYTES", "200000")
+    download.download(server.url + "/f.pth", tmp_path / "f.pth", hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "f.pth").read_bytes() == data and server.gets == [("/f.pth", None)]
+
+
+@pytest.mark.parametrize("seconds_per_byte", [0.05, 30])  # a drip, and silence after the headers
+def test_a_stalled_download_is_retried_then_one_clear_error(server, env, tmp_path, monkeypatch, seconds_per_byte):
+    server.files["/f.pth"] = os.urandom(1 << 20)
+    server.seconds_per_byte = seconds_per_byte
+    monkeypatch.setenv("GNHUB_DOWNLOAD_STALL_SECONDS", "0.4")
+    t0 = time.monotonic()
+    with pytest.raises(GnhubError) as e:
+        download.download(server.url + "/f.pth", tmp_path / "f.pth")
+    took = time.monotonic() - t0
+    assert 4 * 0.4 <= took < 4 * 0.4 + 3, took  # each of the 4 tries ends after the stall deadline
+    assert f"{server.url}/f.pth: download failed after 4 tries (stalled at " in str(e.value)
+    assert "GNHUB_DOWNLOAD_STALL_SECONDS" in str(e.value)
+    part = tmp_path / "f.pth.part"
+    kept = part.stat().st_size if part.exists() else 0
+    assert kept < 1000 and not (tmp_path / "f.pth").exists()
+    if kept:  # what dripped in is resumed
+        assert f"the {kept} bytes so far are kept in {part}" in str(e.value) and server.gets[-1][1] is not None
+
+
+def test_the_total_deadline_stops_a_slow_download_which_the_next_run_resumes(server, env, tmp_path, monkeypatch):
+    data = os.urandom(8 << 20)
+    server.files["/f.pth"] = data
+    server.seconds_per_chunk = 0.05  # 1.3 MB/s: never stalled, but 6 s for the file
+    monkeypatch.setenv("GNHUB_DOWNLOAD_TOTAL_SECONDS", "1")
+    t0 = time.monotonic()
+    with pytest.raises(GnhubError) as e:
+        download.download(server.url + "/f.pth", tmp_path / "f.pth", hashlib.sha256(data).hexdigest())
+    assert time.monotonic() - t0 < 3
+    kept = (tmp_path / "f.pth.part").stat().st_size
+    assert 0 < kept < len(data) and len(server.gets) == 1
+    assert f"{server.url}/f.pth: not downloaded within 1 s; the {kept} bytes so far are kept" in str(e.value)
+    assert "GNHUB_DOWNLOAD_TOTAL_SECONDS" in str(e.value)
+    server.seconds_per_chunk = 0
+    monkeypatch.delenv("GNHUB_DOWNLOAD_TOTAL_SECONDS")
+    download.download(server.url + "/f.pth", tmp_path / "f.pth", hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "f.pth").read_bytes() == data and server.gets[-1][1] == f"bytes={kept}-"
+
+
+def test_fetch_of_an_endless_body_is_one_line_and_leaves_no_part(server, env, tmp_path, monkeypatch):
+    server.endless = True
+    register_file(tmp_path, [{"name": NAME, "url": UPSTREAM, "sha256": "a" * 64}], monkeypatch)
+    env = {**os.environ, "GNHUB_SOURCE_MIRROR": server.url, "GNHUB_MAX_DOWNLOAD_BYTES": "3000000"}
+    proc = subprocess.run(GNHUB + ["fetch", NAME], capture_output=True, text=True, timeout=120, env=env)
+    assert_one_line_error(proc, f"{server.url}/models/small_r50.pth: more than 3000000 bytes",
+                          "GNHUB_MAX_DOWNLOAD_BYTES")
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("mirror", ["localhost", "127.0.0.1:8765"])
+def test_a_mirror_without_a_scheme_is_one_line_before_any_try(env, tmp_path, monkeypatch, mirror):
+    register_file(tmp_path, [{"name": NAME, "url": UPSTREAM, "sha256": "a" * 64}], monkeypatch)
+    for args, extra in ((["--source-mirror", mirror, "fetch", NAME], {}),
+                        (["fetch", NAME], {"GNHUB_SOURCE_MIRROR": mirror})):
+        proc = subprocess.run(GNHUB + args, capture_output=True, text=True, timeout=60, env={**os.environ, **extra})
+        assert_one_line_error(proc, repr(mirror), "GNHUB_SOURCE_MIRROR, --source-mirror",
+                              "http(s)://HOST[:PORT][/PATH]")
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no "downloading", no retries
+
+
+@pytest.mark.parametrize("mirror", ["localhost", "127.0.0.1:8765", "ftp://h/x", "http://h:99999", "http://h/?q=1",
+                                    "http://user@h", "https://"])
+def test_a_mirror_is_checked_when_the_settings_are_read(env, tmp_path, monkeypatch, mirror):
+    register_file(tmp_path, [{"name": NAME, "url": UPSTREAM, "sha256": "a" * 64}], monkeypatch)
+    with pytest.raises(GnhubError, match="expected http"):
+        gnhub.load(NAME, source_mirror=mirror)
+    monkeypatch.setenv("GNHUB_SOURCE_MIRROR", mirror)
+    with pytest.raises(GnhubError, match="expected http"):
+        gnhub.load(NAME)
+    for good in ("http://127.0.0.1:8765", "https://mirror.example/base/"):
+        assert HubSettings(source_mirror=good).source_mirror == good
+
+
+def test_the_no_network_hint_names_the_upstream_host_behind_a_mirror(env, tmp_path, monkeypatch):
+    register_file(tmp_path, [{"name": NAME, "url": "https://upstream.example/x/model.pth", "sha256": "a" * 64}],
+                  monkeypatch)
+    with pytest.raises(GnhubError) as e:
+        gnhub.load(NAME, source_mirror="http://127.0.0.1:9/base")
+    assert "http://127.0.0.1:9/base/x/model.pth: download failed after 4 tries" in str(e.value)
+    assert "a mirror of upstream.example," in str(e.value)
