@@ -214,7 +214,12 @@ def _resume(parts: Path, rank: int, instances: Instances) -> dict:
 def _read_parts(parts: Path, instances: Instances, pattern: str = "rank*.jsonl") -> dict[int, list[dict]]:
     done = {}
     for path in sorted(parts.glob(pattern)):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GnhubError(f"{path}: not a file gnhub wrote (not UTF-8 at byte {e.start}); remove "
+                             f"{parts.name}/ to start over, or choose another --results") from None
+        for line in text.splitlines():
             try:
                 row = json.loads(line)
                 image_id, dets = row["image_id"], row["detections"]
