@@ -48,13 +48,12 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
             break
         except _TooLarge as e:
             _discard(part)
-            raise GnhubError(f"{url}: {e}, above gnhub's limit of {bounds.max_bytes} bytes; nothing was kept. Check "
-                             "the URL or GNHUB_SOURCE_MIRROR (a wrong server), or raise GNHUB_MAX_DOWNLOAD_BYTES if "
-                             "the file really is that large") from None
+            raise GnhubError(f"{url}: {e}; nothing was kept. Check the URL or GNHUB_SOURCE_MIRROR (a wrong server), "
+                             "or raise GNHUB_MAX_DOWNLOAD_BYTES if the file really is that large") from None
         except _Retry as e:
             timed_out = isinstance(e, _TimeUp) or bounds.left() <= 0
             if not timed_out and attempt < RETRIES:
-                time.sleep(min(BACKOFF * 2**attempt, bounds.left()))
+                time.sleep(max(0.0, min(BACKOFF * 2**attempt, bounds.left())))
                 continue
             kept = _size(part)
             kept = f"; the {kept} bytes so far are kept in {part} and the next run resumes them" if kept else ""
@@ -132,7 +131,7 @@ def _transfer(url: str, part: Path, quiet: bool, bounds: _Bounds) -> None:
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
         if total is not None and total > bounds.max_bytes:
-            raise _TooLarge(f"the server announces {total} bytes")
+            raise _TooLarge(f"the server announces {total} bytes, above gnhub's limit of {bounds.max_bytes}")
         bar = _Progress(url, total, have, quiet)
         mark, since = have, time.monotonic()  # the stall deadline: STALL_BYTES more by since + stall
         try:
@@ -144,7 +143,8 @@ def _transfer(url: str, part: Path, quiet: bool, bounds: _Bounds) -> None:
                     f.write(chunk)
                     have += len(chunk)
                     if have > bounds.max_bytes:
-                        raise _TooLarge(f"more than {bounds.max_bytes} bytes arrived and the body has not ended")
+                        raise _TooLarge(f"more than {bounds.max_bytes} bytes (gnhub's limit) arrived and the body "
+                                        "had not ended")
                     bar.update(have)
                     now = time.monotonic()
                     if have - mark >= STALL_BYTES:
