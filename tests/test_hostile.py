@@ -1,5 +1,6 @@
 """Hostile and broken inputs: nothing executes, nothing is lost, one clear error."""
 import builtins
+import functools
 import importlib
 import io
 import os
@@ -484,11 +485,16 @@ def pickled(body: bytes) -> bytes:
     return b"\x80\x02" + body + b"."
 
 
-def as_pth(path: Path, data_pkl: bytes) -> Path:
-    """A zip .pth as torch writes one, whose data.pkl is `data_pkl`."""
+@functools.cache
+def _empty_pth() -> bytes:
     buf = io.BytesIO()
     torch.save({"meta": {}, "state_dict": {}}, buf)
-    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+    return buf.getvalue()
+
+
+def as_pth(path: Path, data_pkl: bytes) -> Path:
+    """A zip .pth as torch writes one, whose data.pkl is `data_pkl`."""
+    with zipfile.ZipFile(io.BytesIO(_empty_pth())) as zin, zipfile.ZipFile(path, "w") as zout:
         for item in zin.infolist():
             zout.writestr(item, data_pkl if item.filename.endswith("data.pkl") else zin.read(item))
     return path
