@@ -53,7 +53,7 @@ def _take(nbytes: int, what: str) -> None:
     """Charges `nbytes` of data built from the file, before they are allocated."""
     b = _budget.get(None)
     if b is None:
-        raise pickle.UnpicklingError("numpy objects are only built while gnhub reads a checkpoint")
+        raise pickle.UnpicklingError("this data is built only inside budget(), while gnhub reads a file")
     if nbytes > b.left:
         raise GnhubError(f"{b.where}: refused: {what} needs {nbytes:,} bytes, but the whole file holds "
                          f"{b.size:,} bytes and its earlier data took {b.size - b.left:,} (a pickle that declares "
