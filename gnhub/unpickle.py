@@ -1,12 +1,12 @@
 """What an untrusted pickle may build beyond plain containers, numbers and strings.
 
 Numpy arrays, dtypes and scalars are built only through the calls numpy itself writes
-(`_reconstruct(ndarray, (0,), b'b')` then `__setstate__`, `_frombuffer`, `scalar`, `dtype`), never of
-object dtype, and every byte of data they (and bytes, OrderedDicts) copy out of the file is charged
-to a budget of the file's own size *before* it is allocated: a file cannot make the reader build
-more data than it holds. `budget(where, size)` opens that budget around one read; a refusal is a
-GnhubError naming the file. `RestrictedUnpickler` is gnhub's reader for `.pkl` files;
-`TORCH_GLOBALS` are the same stand-ins, for `torch.load(weights_only=True)`.
+(`_reconstruct(ndarray, (0,), b'b')` then `__setstate__`, `_frombuffer`, `scalar`, `dtype`), never
+of object dtype, and every byte of data they copy out of the file is charged to a budget of the
+file's own size *before* it is allocated (bytes and OrderedDict entries to a second one): a file
+cannot make the reader build more data than it holds. `budget(where, size)` opens that budget
+around one read; a refusal is a GnhubError naming the file. `RestrictedUnpickler` is gnhub's
+reader for `.pkl` files; `TORCH_GLOBALS` are the same stand-ins, for `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,11 @@ except ImportError:  # numpy < 1.26
 
 
 class _Budget:
+    """The file's size, once for array data (arrays, scalars) and once for the bytes (and
+    OrderedDict entries) copied out of it: protocol 2 writes an array's data as bytes first."""
+
     def __init__(self, where: str, size: int):
-        self.where, self.size, self.left = where, size, size
+        self.where, self.size, self.left = where, size, {"array": size, "bytes": size}
 
 
 _budget: contextvars.ContextVar[_Budget] = contextvars.ContextVar("gnhub_unpickle_budget")
@@ -49,16 +52,16 @@ def _refuse(what: str) -> GnhubError:
     return GnhubError(f"{b.where if b else 'pickle'}: refused: {what}; real checkpoints never hold that")
 
 
-def _take(nbytes: int, what: str) -> None:
-    """Charges `nbytes` of data built from the file, before they are allocated."""
+def _take(nbytes: int, what: str, kind: str = "array") -> None:
+    """Charges `nbytes` of `kind` data built from the file, before they are allocated."""
     b = _budget.get(None)
     if b is None:
         raise pickle.UnpicklingError("this data is built only inside budget(), while gnhub reads a file")
-    if nbytes > b.left:
+    if nbytes > b.left[kind]:
         raise GnhubError(f"{b.where}: refused: {what} needs {nbytes:,} bytes, but the whole file holds "
-                         f"{b.size:,} bytes and its earlier data took {b.size - b.left:,} (a pickle that declares "
-                         "more data than it carries)")
-    b.left -= nbytes
+                         f"{b.size:,} bytes and its earlier {kind} data took {b.size - b.left[kind]:,} (a pickle "
+                         "that declares more data than it carries)")
+    b.left[kind] -= nbytes
 
 
 def _checked_dtype(dtype, what: str) -> np.dtype:
@@ -157,7 +160,7 @@ def _latin1_encode(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError(f"global _codecs.encode of {type(text).__name__} with encoding "
                                      f"{str(encoding)[:20]!r} is not allowed")
-    _take(len(text), "bytes")
+    _take(len(text), "bytes", "bytes")
     return text.encode("latin1")
 
 
@@ -165,7 +168,7 @@ def _ordered_dict(items=()):
     """`collections.OrderedDict(items)`: each entry charged, as a copy of what the file holds."""
     if not isinstance(items, (list, tuple)):
         raise _refuse(f"an OrderedDict built from a {type(items).__name__}")
-    _take(len(items), f"an OrderedDict of {len(items):,} entries")
+    _take(len(items), f"an OrderedDict of {len(items):,} entries", "bytes")
     return OrderedDict(items)
 
 

@@ -7,7 +7,8 @@ For every file, accepted or refused: it parses or raises one line of GnhubError 
 allocation failed (a MemoryError would show that something tried to build more than the file
 holds), and the peak of what Python and numpy allocated while reading it (tracemalloc) stays below
 PER_BYTE x its size + SLACK. PER_BYTE is Python's own price of the smallest objects (an empty
-list, 3 bytes of pickle, is a 72-byte object); array data costs at most its bytes in the file.
+list, 3 bytes of pickle, is a 72-byte object); data costs at most twice its bytes in the file
+(protocol 2 builds an array's data as bytes, then the array).
 """
 import math
 import struct
