@@ -6,12 +6,12 @@ A table of blob names, the class-order rule, and what a file may say about its t
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import yaml
 
 from gnhub.errors import GnhubError
 
+from .arrays import as_tensors
 from .background import move_background_last
 from .file_settings import FileSettings
 
@@ -119,8 +119,7 @@ def detect(obj) -> bool:
 
 def source_tensors(obj) -> dict:
     """Blob name -> tensor (numpy arrays are shared, not copied); other entries as they are."""
-    blobs = _blobs(obj).items()
-    return {str(k): torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype != object else v for k, v in blobs}
+    return as_tensors(_blobs(obj).items())
 
 
 def layout_version(keys) -> str:

@@ -9,9 +9,7 @@ No I/O: the engine reads, checks and writes.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
+from .arrays import as_tensors
 from .file_settings import FileSettings
 
 NAME = "detectron2"
@@ -92,8 +90,7 @@ def detect(obj) -> bool:
 
 def source_tensors(obj) -> dict:
     """Parameter name -> tensor (numpy arrays are shared, not copied); other entries as they are."""
-    return {str(k): torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype != object else v
-            for k, v in _model(obj).items()}
+    return as_tensors(_model(obj).items())
 
 
 def layout_version(keys) -> str:

@@ -12,7 +12,6 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -20,23 +19,7 @@ from safetensors.torch import load_file
 from .config import ModelConfig
 from .errors import GnhubError
 from .layout import WEIGHTS_FILE, check_model_dir, new_model_dir, write_config
-
-try:
-    from numpy._core import multiarray
-except ImportError:  # numpy < 1.26
-    from numpy.core import multiarray
-
-# Beyond tensors and plain containers, the only objects a real checkpoint's `meta` holds are
-# numpy scalars and arrays (mmcv/mmengine record seeds and versions with them). Pickles name
-# numpy's internals by the module path of the numpy that wrote them: admit both spellings.
-_NUMPY_GLOBALS = [
-    np.dtype,
-    np.ndarray,
-    *{type(np.dtype(t)) for t in "?bBhHiIlLqQefdgFDG"},
-    *[(fn, f"{mod}.multiarray.{fn.__name__}") for fn in (multiarray._reconstruct, multiarray.scalar)
-      for mod in ("numpy.core", "numpy._core")],
-]
-
+from .unpickle import TORCH_GLOBALS, BoundedFile, RestrictedUnpickler, budget
 
 MAX_OBJECTS = 1_000_000  # objects a checkpoint may hold, counting every reference (real ones: thousands)
 
@@ -126,7 +109,8 @@ def read_torch_checkpoint(path: str | Path) -> object:
     if is_zip:
         _check_zip_sizes(path, path.stat().st_size)
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
+        with torch.serialization.safe_globals(TORCH_GLOBALS), warnings.catch_warnings(), \
+                budget(str(path), path.stat().st_size):
             warnings.simplefilter("ignore")  # torch's notes on old pickle protocols are not the user's concern
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
@@ -190,65 +174,6 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-# What a Detectron .pkl may contain besides plain containers, strings and numbers: numpy arrays,
-# their dtypes and numpy scalars, under either numpy's or Python 2's module names.
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
-}
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """How Python 3 writes bytes in pickle protocols 0-2 (`_codecs.encode`), latin-1 only: a codec
-    name taken from the file could make the codec registry import modules."""
-    if encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"global _codecs.encode with encoding {encoding!r} is not allowed")
-    return text.encode("latin1")
-
-
-class _BoundedFile:
-    """A file whose reads may not ask for more than the file still holds (no giant allocations)."""
-
-    def __init__(self, f, size: int):
-        self.f, self.left = f, size
-
-    def _take(self, n: int) -> None:
-        if n > self.left:
-            raise pickle.UnpicklingError(f"claims {n} bytes where only {self.left} remain")
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else n
-        self._take(n)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
-
-    def readinto(self, buf) -> int:
-        self._take(len(buf))
-        n = self.f.readinto(buf)
-        self.left -= n
-        return n
-
-    def readline(self) -> bytes:
-        line = self.f.readline()
-        self.left -= len(line)
-        return line
-
-
-class _RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length before allocating it
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids are not allowed")
-
-
 def read_pickle(path: str | Path) -> object:
     """A (Python 2 or 3) pickle of numpy arrays in plain containers, as Detectron writes them.
 
@@ -257,8 +182,9 @@ def read_pickle(path: str | Path) -> object:
     """
     path = check_input_file(path)
     try:
-        with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), encoding="latin1").load()
+        size = path.stat().st_size
+        with open(path, "rb") as f, budget(str(path), size):
+            obj = RestrictedUnpickler(BoundedFile(f, size), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if "not allowed" in str(e):
             raise GnhubError(f"{path}: refused to unpickle: {e}. gnhub only reads numpy arrays, numbers, "

@@ -23,9 +23,9 @@ from .source import HASH_IN_NAME, open_source
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
     """Renames every source tensor by the converter's table: (mapped, dropped names).
 
-    Every tensor is either matched by the converter's DROPPED patterns (or those of `layout`),
-    empty (None), or renamed; anything else, a non-tensor, or two tensors mapped to one name
-    stops the conversion.
+    Every tensor (each one checked by `open_source`) is either matched by the converter's DROPPED
+    patterns (or those of `layout`), empty (None), or renamed; anything else, or two tensors mapped
+    to one name, stops the conversion.
     """
     table = RenameTable(converter, layout)
     mapped, dropped, unknown = {}, [], []
@@ -39,8 +39,6 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
             continue
         if new in mapped:
             raise GnhubError(f"{where}: two source tensors map to {new}")
-        if not isinstance(tensor, torch.Tensor):
-            raise GnhubError(f"{where}: {key} is a {type(tensor).__name__}, not a tensor")
         mapped[new] = tensor
     if unknown:
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""

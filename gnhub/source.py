@@ -6,10 +6,13 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from . import zoo
 from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
 from .config import check_value
-from .converters import FORMATS, Converter
+from .converters import FORMATS, Converter, RenameTable
 from .errors import GnhubError
 from .files import sha256_file
 
@@ -63,7 +66,9 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     entry = (zoo.get(name) if name else None) or zoo.find_by_file(path.name)
     if entry is not None and entry.source_format != converter.NAME:
         entry = None  # a zoo name given to another format's file: its settings do not apply
-    layout = converter.layout_version(converter.source_tensors(obj).keys())
+    tensors = converter.source_tensors(obj)
+    layout = converter.layout_version(tensors.keys())
+    check_weights(tensors, converter, layout, str(path))
     defaults = converter.SETTINGS.get(layout, {})
     try:
         file = converter.read_settings(obj)
@@ -86,6 +91,23 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
             notes.append(f"neither the file nor a zoo entry (by its name or --name) states its settings: "
                          f"converted with the {converter.DEFAULTS}")
     return Source(path, obj, converter, sha, layout, settings, preprocess_from, entry, check_hash, notes)
+
+
+def check_weights(tensors: dict, converter: Converter, layout: str, where: str) -> None:
+    """Every tensor a conversion takes (all but the empty and the dropped) holds floating-point
+    numbers: integers or complex numbers would be cast silently, anything else fail in a forward."""
+    table = RenameTable(converter, layout)
+    for key, value in tensors.items():
+        if value is None or table.is_dropped(key):
+            continue
+        if isinstance(value, np.ndarray):  # one torch has no dtype for
+            raise GnhubError(f"{where}: {key} is a numpy array of dtype {value.dtype}, not weights torch can read "
+                             "(floating point, in this machine's byte order)")
+        if not isinstance(value, torch.Tensor):
+            raise GnhubError(f"{where}: {key} is a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise GnhubError(f"{where}: {key} holds {str(value.dtype).removeprefix('torch.')} values, not "
+                             "floating-point weights")
 
 
 _PREPROCESS = ("preprocess.mean", "preprocess.std", "preprocess.channel_order")  # taken together, or not at all

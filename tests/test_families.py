@@ -214,3 +214,27 @@ def test_a_file_named_like_another_zoo_model_is_refused(faster_ws, tmp_path):
                                              "object-detection model; wrong or renamed file"):
             convert(renamed, tmp_path / "out", verify=False, check_hash=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_ws_weights_stored_channels_last_run_and_verify(faster_ws, tmp_path):
+    """Weight standardisation flattened each filter with .view: a traceback for channels_last weights
+    (a checkpoint saved so, or a model moved to channels_last)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.modeling.conv import standardized
+    from gnhub.source import open_source
+    from gnhub.verify import images_for, verify_against
+
+    src, out, state = faster_ws
+    w = state["backbone.layer1.0.conv2.weight"]
+    assert torch.equal(standardized(w.contiguous(memory_format=torch.channels_last)), standardized(w))  # bit-exact
+    last = OrderedDict((k, v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v)
+                       for k, v in state.items())
+    path = mmdet_checkpoint(tmp_path / "channels_last.pth", last, WS_CONFIG, mmdet_version="2.0.0")
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(path, "auto", check_hash=False, pool=pool)
+    assert not source.tensors["backbone.conv1.weight"].is_contiguous()
+    model = load(out).to(memory_format=torch.channels_last)  # as a user may run it
+    assert not model.backbone.conv1.weight.is_contiguous()
+    report, _ = verify_against(source, model, images_for(None)[2:3])  # both forwards, channels_last filters
+    assert report.passed and report.checks, report

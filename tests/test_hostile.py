@@ -1,10 +1,12 @@
 """Hostile and broken inputs: nothing executes, nothing is lost, one clear error."""
 import builtins
+import functools
 import importlib
 import io
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -416,3 +418,209 @@ def test_refusals_carry_no_torch_advice_or_warnings(tmp_path):
             except GnhubError:
                 pass
         assert not seen, [str(w.message) for w in seen]
+
+
+# -- numpy inside pickles: only what numpy writes, never more data than the file holds ------------
+# Hand-assembled pickles in the opcodes both readers take (torch's takes protocol 2's), each small,
+# each declaring far more than it holds; every one is read as a .pkl and as a .pth's data.pkl.
+
+def op_global(name: str) -> bytes:
+    module, _, attr = name.rpartition(".")
+    return b"c" + module.encode() + b"\n" + attr.encode() + b"\n"
+
+
+def op_int(n: int) -> bytes:
+    if -2**31 <= n < 2**31:
+        return b"J" + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def op_str(s: str) -> bytes:
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def op_tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def op_list(*items: bytes) -> bytes:
+    return b"](" + b"".join(items) + b"e"
+
+
+def op_call(fn: bytes, *args: bytes) -> bytes:
+    return fn + op_tuple(*args) + b"R"
+
+
+def op_bytes(b: bytes) -> bytes:
+    """bytes as protocol 2 writes them: _codecs.encode(text, 'latin1')."""
+    return op_call(op_global("_codecs.encode"), op_str(b.decode("latin1")), op_str("latin1"))
+
+
+def op_memo(i: int, value: bytes) -> bytes:
+    """`value`, kept in memo slot `i` too."""
+    return value + b"q" + bytes([i])
+
+
+def op_get(i: int) -> bytes:
+    return b"h" + bytes([i])
+
+
+def op_dtype(spec: str) -> bytes:
+    return op_call(op_global("numpy.dtype"), op_str(spec), b"\x89", b"\x88")
+
+
+RECONSTRUCT = op_global("numpy.core.multiarray._reconstruct")
+EMPTY_ARRAY_ARGS = op_tuple(op_global("numpy.ndarray"), op_tuple(op_int(0)), op_bytes(b"b"))
+
+
+def op_array(shape: tuple, dtype: bytes, data: bytes) -> bytes:
+    """An array as numpy pickles one: _reconstruct(ndarray, (0,), b'b'), then its state."""
+    state = op_tuple(op_int(1), op_tuple(*map(op_int, shape)), dtype, b"\x89", data)
+    return RECONSTRUCT + EMPTY_ARRAY_ARGS + b"R" + state + b"b"
+
+
+def pickled(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+@functools.cache
+def _empty_pth() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"meta": {}, "state_dict": {}}, buf)
+    return buf.getvalue()
+
+
+def as_pth(path: Path, data_pkl: bytes) -> Path:
+    """A zip .pth as torch writes one, whose data.pkl is `data_pkl`."""
+    with zipfile.ZipFile(io.BytesIO(_empty_pth())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item, data_pkl if item.filename.endswith("data.pkl") else zin.read(item))
+    return path
+
+
+def traced_peak(fn, *args):
+    """(what fn(*args) returned or the exception it raised, the peak of what Python and numpy
+    allocated meanwhile)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        outcome = fn(*args)
+    except Exception as e:  # noqa: BLE001 - returned for the caller to check
+        outcome = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return outcome, peak
+
+
+BIG = 20_000_000  # elements: 160 MB of object pointers, were anything to allocate them
+_STATE_OF_1000_BYTES = op_tuple(op_int(1), op_tuple(op_int(125)), op_dtype("f8"), b"\x89", op_bytes(bytes(1000)))
+NUMPY_BOMBS = {
+    "object array by _reconstruct": op_call(RECONSTRUCT, op_global("numpy.ndarray"), op_tuple(op_int(BIG)),
+                                            op_bytes(b"O")),
+    "int8 array by _reconstruct": op_call(RECONSTRUCT, op_global("numpy.ndarray"), op_tuple(op_int(BIG)),
+                                          op_bytes(b"b")),
+    "ndarray called": op_call(op_global("numpy.ndarray"), op_tuple(op_int(BIG)), op_str("O")),
+    "object dtype in the state": op_array((BIG,), op_dtype("O"), b"]"),
+    "object field in a structured dtype": op_array(
+        (BIG,), op_dtype("V8") + op_tuple(op_int(3), op_str("|"), b"N", op_tuple(op_str("a")),
+                                          b"}" + op_str("a") + op_tuple(op_dtype("O"), op_int(0)) + b"s",
+                                          op_int(8), op_int(1), op_int(63)) + b"b", b"]"),
+    "shape larger than its data": op_array((BIG,), op_dtype("f8"), op_bytes(bytes(8))),
+    "protocol 5 object array": op_call(op_global("numpy.core.numeric._frombuffer"), op_bytes(b""),
+                                       op_dtype("O"), op_tuple(op_int(BIG)), op_str("C")),
+    # 8 bytes of the file for each copy of 1000 bytes (numpy copies array data up to 1000 bytes)
+    "one array's data built 20000 times": op_list(
+        op_memo(0, RECONSTRUCT), op_memo(1, EMPTY_ARRAY_ARGS), op_memo(2, _STATE_OF_1000_BYTES),
+        *[op_get(0) + op_get(1) + b"R" + op_get(2) + b"b"] * 20000),
+    "a scalar's data built 20000 times": op_list(
+        op_memo(0, op_global("numpy.core.multiarray.scalar")),
+        op_memo(1, op_tuple(op_dtype("V1000"), op_bytes(bytes(1000)))), *[op_get(0) + op_get(1) + b"R"] * 20000),
+    "bytes(n)": op_call(op_global("__builtin__.bytes"), op_int(BIG)),
+}
+
+
+@pytest.mark.parametrize("kind", ["pkl", "pth"])
+@pytest.mark.parametrize("case", sorted(NUMPY_BOMBS))
+def test_numpy_in_a_pickle_is_built_only_as_numpy_writes_it(tmp_path, case, kind):
+    """Each was accepted (allocating 19-153 MB from a file of 0.1-160 kB), or, with an object
+    dtype, crashed the process in numpy (SIGSEGV); now each is refused before anything is built."""
+    path = tmp_path / f"bomb.{kind}"
+    if kind == "pkl":
+        path.write_bytes(pickled(NUMPY_BOMBS[case]))
+    else:
+        as_pth(path, pickled(NUMPY_BOMBS[case]))
+    error, peak = traced_peak(read_pickle if kind == "pkl" else read_torch_checkpoint, path)
+    assert isinstance(error, GnhubError) and str(error).startswith(f"{path}: refused: "), repr(error)
+    assert peak < 4 * path.stat().st_size + (1 << 20), f"{peak:,} bytes allocated"
+
+
+@pytest.mark.parametrize("command", ["info", "convert"])
+def test_an_object_array_bomb_is_one_line_at_the_cli(tmp_path, command):
+    from gnhub.unpickle import multiarray
+
+    pkl = tmp_path / "bomb.pkl"  # 100 bytes: _reconstruct(ndarray, (BIG,), b'O') at protocol 2
+    pkl.write_bytes(pickled(op_call(RECONSTRUCT, op_global("numpy.ndarray"), op_tuple(op_int(BIG)), op_bytes(b"O"))))
+    pth = tmp_path / "bomb.pth"  # the same through a __reduce__ in meta, as torch.save writes it
+    torch.save({"meta": {"x": Payload(multiarray._reconstruct, (np.ndarray, (BIG,), b"O"))}, "state_dict": {}}, pth)
+    for path in (pkl, pth):
+        args = ["info", path] if command == "info" else ["convert", path, "-o", tmp_path / "out"]
+        proc, peak = traced_peak(run, *args)
+        assert_one_line_error(proc, str(path), "refused: numpy _reconstruct")
+        assert peak < 64 << 20, f"{peak:,} bytes allocated"  # the first run imports the CLI
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_numpy_arrays_read_back_in_every_protocol(tmp_path, protocol):
+    """Protocols 0-2 write an empty array's data as `bytes()` (__builtin__.bytes), which was
+    refused as hostile; Python 3's protocol 2 writes data as bytes first, then as the array (both
+    are within the file's size)."""
+    arrays = {"empty": np.zeros(0, np.float32), "none": np.zeros((2, 0), np.int64), "three": np.arange(3.0),
+              "scalar": np.float32(2.5), "most of the file": np.arange(50_000, dtype=np.float32)}
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays}, protocol=protocol))
+    got = read_pickle(path)["model"]
+    if protocol == 2:  # torch.save's (its reader takes no other protocol's bytes)
+        pth = tmp_path / "model.pth"
+        torch.save({"meta": arrays, "state_dict": {}}, pth, pickle_protocol=protocol)
+        assert read_torch_checkpoint(pth)["meta"].keys() == arrays.keys()
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape and np.array_equal(got[k], v), k
+
+
+D2_CONV1 = "backbone.bottom_up.stem.conv1.weight"
+
+
+@pytest.mark.parametrize("array,says", [
+    (np.array(["a", "bc"]), "is a numpy array of dtype <U2, not weights torch can read"),
+    (np.array(["2020-01-01"], "datetime64[D]"), "is a numpy array of dtype datetime64[D]"),
+    (np.zeros(2, [("a", "<f4"), ("b", "<i4")]), "is a numpy array of dtype [('a', '<f4'), ('b', '<i4')]"),
+    (np.zeros(2, np.longdouble), f"is a numpy array of dtype {np.dtype(np.longdouble)}"),
+    (np.zeros(2, np.complex64), "holds complex64 values, not floating-point weights"),
+    (np.zeros(2, np.int64), "holds int64 values"),
+    (np.zeros(2, np.bool_), "holds bool values"),
+    (np.zeros(2, np.uint64), "holds uint64 values"),
+])
+def test_weights_that_are_not_floating_point_are_one_clear_error(tmp_path, array, says):
+    """A detectron2 pickle: str, datetime, structured and long double arrays were a traceback in
+    torch.from_numpy; complex, integer and bool ones were cast to float32."""
+    path = tmp_path / "model_final_odd.pkl"
+    model = {D2_CONV1: array, "backbone.bottom_up.stem.conv1.norm.weight": np.ones(2, np.float32)}
+    path.write_bytes(pickle.dumps({"model": model, "__author__": "x"}, protocol=2))
+    assert_one_line_error(run("convert", path, "-o", tmp_path / "out"), str(path), f"{D2_CONV1} {says}")
+    assert_one_line_error(run("info", path), str(path), f"{D2_CONV1} {says}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64, torch.bool])
+def test_mmdet_weights_that_are_not_floating_point_are_refused(tmp_path, dtype):
+    path = tmp_path / "odd.pth"
+    torch.save({"meta": {}, "state_dict": {"backbone.conv1.weight": torch.zeros(2, 3, 1, 1, dtype=dtype),
+                                           "backbone.layer1.0.num_batches_tracked": torch.tensor(1)}}, path)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(GnhubError, match=f"{path}: backbone.conv1.weight holds {name} values, not floating-point"):
+        convert(path, tmp_path / "out", verify=False)

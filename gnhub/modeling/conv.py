@@ -11,7 +11,7 @@ WS_EPS = 1e-5  # mmcv's conv_ws_2d default
 def standardized(weight: Tensor, eps: float = WS_EPS) -> Tensor:
     """Each output channel's filter minus its mean, divided by its (unbiased) std + eps."""
     c = weight.size(0)
-    flat = weight.view(c, -1)
+    flat = weight.reshape(c, -1)  # a copy where the weight is not contiguous (channels_last)
     mean = flat.mean(dim=1, keepdim=True).view(c, 1, 1, 1)
     std = flat.std(dim=1, keepdim=True).view(c, 1, 1, 1)
     return (weight - mean) / (std + eps)

@@ -58,7 +58,7 @@ class MMDetReference:
         w = self.sd[name + ".weight"]
         if name.startswith(self.ws):
             c = w.size(0)
-            flat = w.view(c, -1)
+            flat = w.reshape(c, -1)
             w = (w - flat.mean(dim=1, keepdim=True).view(c, 1, 1, 1)) / (
                 flat.std(dim=1, keepdim=True).view(c, 1, 1, 1) + 1e-5)
         return F.conv2d(x, w, self.sd.get(name + ".bias"), stride, padding, 1, x.shape[1] // w.shape[1])
