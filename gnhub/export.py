@@ -13,6 +13,7 @@ from . import __version__
 from . import stages as S
 from .errors import GnhubError
 from .files import sha256_file
+from .frameworks import info
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
 from .modeling.boxes import to_rois
@@ -44,11 +45,10 @@ class DetectionGraph(nn.Module):
         m = self.model
         p = m.fpn(m.backbone(x))
         objectness, deltas = m.rpn.head(p)
-        clip = image_size if m.config.rpn.clip_to == "image" else torch._shape_as_tensor(x)[2:]
-        proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
+        proposals, proposal_scores = m.rpn.proposals(objectness, deltas, image_size, 0)
         cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], to_rois([proposals])))
         boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
-        out = boxes if m.config.box_convention == "detectron2" else boxes / scale_factor.repeat(2)
+        out = m.convention.to_original(boxes, scale_factor)
         if m.roi_heads.mask_head is None:
             return out, scores, labels, proposals, proposal_scores
         # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
@@ -93,9 +93,9 @@ def check_exportable(model) -> None:
     if model.task == "image-classification":
         raise GnhubError(f"{c.name}: ONNX export covers GN Mask R-CNN and Faster R-CNN models, not the ImageNet "
                          "classifier")
-    if c.box_convention == "detectron" or c.roi_heads.detect_in != "network" or c.roi_heads.paste != "mmdet":
-        raise GnhubError(f"{c.name}: has Detectron's conventions (box_convention, detect_in, paste); ONNX export "
-                         "covers mmdetection- and detectron2-convention models")
+    if not info(c.convention).EXPORTS:
+        raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
+                         "export covers mmdetection- and detectron2-convention models")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")

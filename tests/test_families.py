@@ -57,7 +57,7 @@ def test_a_detectron2_pickle_is_recognised_by_name_or_given_one(d2_weights, tmp_
     assert sorted(summary["dropped"]) == ["pixel_mean", "proposal_generator.anchor_generator.cell_anchors.0"]
     config = load(tmp_path / "zoo").config
     assert config.preprocess.std == (57.375, 57.12, 58.395) and config.train.frozen_stages == 0
-    assert config.preprocess.resize == "pil" and config.box_convention == "detectron2"
+    assert config.convention == "detectron2"
     other = _d2_pickle(tmp_path / "my_finetune.pkl", d2_weights, protocol)
     messages = []
     summary = convert(other, tmp_path / "other", verify=False, log=messages.append)

@@ -1,4 +1,5 @@
 """`gnhub finetune`: COCO-format data as mmdetection reads it, the recipe, exact resume, DDP, the output."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from gnhub import GNMaskRCNN, load
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.files import sha256_file
+from gnhub.modeling import with_weights
 from gnhub.train import CocoInstances, Recipe, finetune
 from gnhub.train.data import epoch_batches, flips
 from gnhub.train.loop import Schedule
@@ -213,6 +215,20 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
     with pytest.raises(GnhubError, match="holds files gnhub did not write"):
         finetune(base, ann, folder, tmp_path / "out3", recipe, work_dir=work, resume=True)
     assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, base_dir, tmp_path):
+    """finetune refused every detectron2 model ("this model has Detectron's"), which model.loss trains."""
+    ann, folder = shapes
+    base = load(base_dir)
+    recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
+    d2 = with_weights(dataclasses.replace(base.config, convention="detectron2"), base.state_dict(), "d2")
+    assert finetune(d2, ann, folder, tmp_path / "d2", recipe)["iterations"] == 1
+    assert load(tmp_path / "d2").config.convention == "detectron2"
+    detectron = with_weights(dataclasses.replace(base.config, convention="detectron"), base.state_dict(), "d")
+    with pytest.raises(GnhubError, match="this model has Detectron's .* convert an mmdetection or detectron2"):
+        finetune(detectron, ann, folder, tmp_path / "d", recipe)
+    assert not (tmp_path / "d").exists()
 
 
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):

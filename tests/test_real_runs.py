@@ -127,7 +127,7 @@ def test_settings_read_from_the_checkpoint_or_the_zoo(case):
     b = model.config.backbone
     assert (b.weight_std, model.config.fpn.weight_std, model.config.roi_heads.box_weight_std) == (ws, ws, ws)
     assert (b.groups, b.base_width) == ((32, 4) if "x50" in name else (1, 64))
-    assert model.config.box_convention == ("detectron2" if name.startswith("d2") else "mmdet")
+    assert model.config.convention == ("detectron2" if name.startswith("d2") else "mmdet")
 
 
 def test_a_wrong_convention_still_fails(case):

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import stages as S
 from ..config import ModelConfig
+from ..frameworks import convention as convention_of
 from .base import GNModel
 from .resnet import STAGE_CHANNELS, GNResNet
 from .transform import ImageBatch, Preprocessor
@@ -26,7 +27,8 @@ class GNResNetClassifier(GNModel):
         super().__init__()
         self.config = config
         self.top_k = top_k
-        self.preprocessor = Preprocessor(config.preprocess)
+        self.convention = convention_of(config.convention)  # only its resize matters here
+        self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fc = nn.Linear(STAGE_CHANNELS[-1], config.num_classes)
         self.eval()

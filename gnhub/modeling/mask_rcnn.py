@@ -10,11 +10,12 @@ from torch import Tensor
 from .. import stages as S
 from ..config import ModelConfig
 from ..errors import GnhubError
+from ..frameworks import convention as convention_of
+from ..frameworks import info
 from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
-from .boxes import clip_boxes, to_rois
+from .boxes import to_rois
 from .fpn import FPN
-from .masks import paste_masks, paste_masks_detectron
 from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -35,12 +36,13 @@ class GNMaskRCNN(GNModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.preprocessor = Preprocessor(config.preprocess)
+        self.convention = convention_of(config.convention)
+        self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fpn = FPN(STAGE_CHANNELS, config.fpn)
-        self.rpn = RPN(config.fpn.channels, config.rpn, config.box_convention)
+        self.rpn = RPN(config.fpn.channels, config.rpn, self.convention)
         self.roi_heads = RoIHeads(config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads,
-                                  config.box_convention, masks=config.task == "instance-segmentation")
+                                  self.convention, masks=config.task == "instance-segmentation")
         self.eval()
 
     def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
@@ -81,9 +83,7 @@ class GNMaskRCNN(GNModel):
         bool. Settings come from config.train at each call; the samplers draw from `generator`.
         `record` (if given) receives the training proposals of each image ("proposals").
         """
-        if self.config.box_convention == "detectron":
-            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
-                             "Detectron's (widths x2 - x1 + 1): convert an mmdetection or detectron2 checkpoint")
+        self.check_trainable()
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
             raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
@@ -111,6 +111,14 @@ class GNMaskRCNN(GNModel):
             record["proposals"] = proposals
         return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
 
+    def check_trainable(self) -> None:
+        """One clear error where the model's convention does not train (gnhub's training is
+        mmdetection's: Detectron's widths x2 - x1 + 1 are not)."""
+        if not self.convention.trains:
+            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
+                             f"{info(self.config.convention).TITLE}'s (convention in config.json): convert an "
+                             "mmdetection or detectron2 checkpoint")
+
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""
         stages = self.config.train.frozen_stages
@@ -123,47 +131,38 @@ class GNMaskRCNN(GNModel):
     @torch.inference_mode()
     def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, Tensor]]:
         """Detections for a preprocessed batch; `record` (if given) receives image 0's stages."""
-        cfg = self.config.roi_heads
+        cfg, conv = self.config.roi_heads, self.convention
         c = self.backbone(batch.tensor)
         p = self.fpn(c)
         objectness, deltas = self.rpn.head(p)
         padded = tuple(batch.tensor.shape[-2:])
-        props = [
-            self.rpn.proposals(objectness, deltas, padded if self.config.rpn.clip_to == "padded" else size, b, sf[0])
-            for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))
-        ]
+        props = [self.rpn.proposals(objectness, deltas, conv.clip_size(size, padded), b, sf[0])
+                 for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
         cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], to_rois([b for b, _ in props])))
         counts = [len(boxes) for boxes, _ in props]
-        original = cfg.detect_in == "original"  # else in the network's (resized) pixels
         dets = []
         for logit, delta, (boxes, _), size, orig, sf in zip(
             cls_logits.split(counts), box_deltas.split(counts), props, batch.image_sizes, batch.original_sizes,
             batch.scale_factors,
         ):
-            if original:
-                boxes, size = boxes / _scale(boxes, sf), orig
-            dets.append(self.roi_heads.detect(logit, delta, boxes, size))
+            dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf)))
         masks = self.roi_heads.mask_head is not None
         if masks:
-            mask_boxes = [_to_network(b, sf) if original else b for (b, _, _), sf in zip(dets, batch.scale_factors)]
+            mask_boxes = [conv.mask_rois(b, sf) for (b, _, _), sf in zip(dets, batch.scale_factors)]
             labels = torch.cat([lab for _, _, lab in dets])
             mask_logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels).split(
                 [len(d[0]) for d in dets])
-        paste = paste_masks_detectron if cfg.paste == "detectron" else paste_masks
         results = []
         for i, ((boxes, scores, labels), sf, size, (h, w)) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
         ):
-            keep = None
-            if self.config.box_convention == "detectron2":
-                boxes, keep = _to_original_detectron2(boxes, size, (h, w))
+            boxes, keep = conv.postprocess(conv.to_original(boxes, sf), size, (h, w))
+            if keep is not None:
                 scores, labels = scores[keep], labels[keep]
-            elif not original:
-                boxes = boxes / _scale(boxes, sf)
             result = {"boxes": boxes.float(), "scores": scores.float(), "labels": labels}
             if masks:
                 logits = mask_logits[i] if keep is None else mask_logits[i][keep]
-                result["masks"] = paste(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
+                result["masks"] = conv.paste_masks(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
                 if i == 0:
                     first_logits = logits
             results.append(result)
@@ -181,23 +180,3 @@ class GNMaskRCNN(GNModel):
                 record[S.MASK_LOGITS] = first_logits
             record.update(results[0])
         return results
-
-
-def _scale(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
-    """(w, h) scale factors as a divisor for xyxy boxes, in the boxes' dtype."""
-    return boxes.new_tensor(factors).repeat(2)
-
-
-def _to_network(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
-    """Original-pixel boxes into the network's pixels, in float64 as Detectron's _get_rois_blob."""
-    return (boxes.double() * boxes.new_tensor(factors, dtype=torch.float64).repeat(2)).to(boxes.dtype)
-
-
-def _to_original_detectron2(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """detectron2's detector_postprocess: boxes times original / resized size (Python floats, as
-    it computes them), clipped to the original image; which of them are not empty."""
-    out = boxes.float().clone()
-    out[:, 0::2] *= original[1] / size[1]
-    out[:, 1::2] *= original[0] / size[0]
-    out = clip_boxes(out, original)
-    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)

@@ -130,9 +130,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
         raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
     check_model_output(out, force)
     _check_apart(out, work)
-    if base.config.box_convention != "mmdet":
-        raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
-                         "Detectron's (convert an mmdetection checkpoint)")
+    base.check_trainable()
     dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation")
     if val is not None:
         _check_val(val, dataset)
