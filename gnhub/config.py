@@ -133,7 +133,8 @@ class RoIHeadsConfig:
 
 @dataclass
 class TrainConfig:
-    """Training settings of `GNMaskRCNN.loss`: mmdetection 3.3's train_cfg for these models."""
+    """Training settings of `GNMaskRCNN`'s losses (its forward, given targets): mmdetection 3.3's
+    train_cfg for these models."""
 
     rpn_pos_iou: float = 0.7  # MaxIoUAssigner of the anchors
     rpn_neg_iou: float = 0.3

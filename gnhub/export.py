@@ -16,7 +16,7 @@ from .files import sha256_file
 from .frameworks import info
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
-from .modeling.boxes import to_rois
+from .modeling.transform import ImageBatch
 from .report import Report
 from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
 
@@ -30,32 +30,18 @@ def export_stages(config) -> tuple[str, ...]:
 
 
 class DetectionGraph(nn.Module):
-    """What the ONNX graph computes, with the model's own modules and functions: one image's
-    normalised, padded input (1, 3, H, W), its resized size (h, w) and scale factor (w, h) ->
-    boxes, scores, labels, mask probabilities (a Mask R-CNN); proposals and mask logits for
-    verification (runtime.outputs_of). Boxes are in original pixels, except under detectron2's
-    convention: there gnhub.runtime scales, clips and filters them as detector_postprocess does.
-    Mask pasting stays outside (gnhub.runtime)."""
+    """What the ONNX graph computes: the model's own forward on one image's normalised, padded
+    input (1, 3, H, W), its resized size (h, w) and scale factor (w, h), stopped where
+    gnhub.runtime takes over (`finish=False`: the convention's postprocess and mask pasting,
+    in numpy) -> runtime.outputs_of's outputs, in order."""
 
     def __init__(self, model: GNMaskRCNN):
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor, image_size: Tensor, scale_factor: Tensor):
-        m = self.model
-        p = m.fpn(m.backbone(x))
-        objectness, deltas = m.rpn.head(p)
-        proposals, proposal_scores = m.rpn.proposals(objectness, deltas, image_size, 0)
-        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], to_rois([proposals])))
-        boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
-        out = m.convention.to_original(boxes, scale_factor)
-        if m.roi_heads.mask_head is None:
-            return out, scores, labels, proposals, proposal_scores
-        # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
-        # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
-        extra = to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
-        logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
-        return out, scores, labels, logits.sigmoid(), proposals, proposal_scores, logits
+        out = self.model(ImageBatch(x, [image_size], [None], [scale_factor]), finish=False)[0]
+        return tuple(out[k] for k in outputs_of(self.model.config))
 
 
 def tolerance(config) -> str:

@@ -102,7 +102,7 @@ def test_a_detectron2_model_trains_and_exports(small_d2, tmp_path):
     mask[40:120, 60:200] = True
     small_d2.config.train.rpn_pre_nms_top_n, small_d2.config.train.rpn_post_nms_top_n = 300, 100
     small_d2.config.train.box_batch_size_per_image = 64
-    losses = small_d2.loss([image], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3]),
+    losses = small_d2([image], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3]),
                                       "masks": mask[None]}], generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"} and all(map(torch.isfinite, losses.values()))
     small_d2.zero_grad()
@@ -194,7 +194,7 @@ def test_a_box_only_model_trains_with_the_scratch_recipe(faster_ws):
     from gnhub.train.loop import _param_groups
 
     model = load(faster_ws[1])
-    losses = model.loss([sample_images()[2]], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3])}],
+    losses = model([sample_images()[2]], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3])}],
                         generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"rpn_cls", "rpn_bbox", "cls", "bbox"}
     sum(losses.values()).backward()

@@ -167,29 +167,29 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
     straight = finetune(base, ann, folder, tmp_path / "straight", Recipe(**recipe))
     assert straight["iterations"] == 4
 
-    real_loss, calls = GNMaskRCNN.loss, {"n": 0}
+    real_forward, calls = GNMaskRCNN.forward, {"n": 0}
 
     def failing(after, error):
         def loss(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] > after:
                 raise error
-            return real_loss(self, *args, **kwargs)
+            return real_forward(self, *args, **kwargs)
         return loss
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(GNMaskRCNN, "loss", failing(2, RuntimeError("power cut")))
+    monkeypatch.setattr(GNMaskRCNN, "forward", failing(2, RuntimeError("power cut")))
     with pytest.raises(RuntimeError):  # a crash during step 3: the periodic checkpoint holds step 2
         finetune(base, ann, folder, out, Recipe(**recipe))
     calls["n"] = 0
-    monkeypatch.setattr(GNMaskRCNN, "loss", failing(1, KeyboardInterrupt()))
+    monkeypatch.setattr(GNMaskRCNN, "forward", failing(1, KeyboardInterrupt()))
     with pytest.raises(GnhubError, match="interrupted at iteration 3 of 4.*holds iteration 3.*--resume"):
         finetune(base, ann, folder, out, Recipe(**recipe), resume=True)  # Ctrl-C in step 4: saved at step 3
     with pytest.raises(GnhubError, match="holds a checkpoint: continue with --resume"):
         finetune(base, ann, folder, out, Recipe(**recipe))
     with pytest.raises(GnhubError, match="another recipe"):
         finetune(base, ann, folder, out, Recipe(**{**recipe, "seed": 1}), resume=True)
-    monkeypatch.setattr(GNMaskRCNN, "loss", real_loss)
+    monkeypatch.setattr(GNMaskRCNN, "forward", real_forward)
     finetune(base, ann, folder, out, Recipe(**recipe), resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

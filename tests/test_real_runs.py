@@ -103,7 +103,7 @@ def test_same_stages_on_the_frameworks_exact_input(case):
     assert list(batch.tensor.shape) == ref["input_shape"].tolist()
     assert batch.image_sizes[0] == tuple(ref["img_shape"])
     rec = {}
-    model.run(batch, rec)
+    model(batch, record=rec)
     check_stages(rec, ref)
 
 
@@ -143,7 +143,7 @@ def test_a_wrong_convention_still_fails(case):
     heads.cfg = dataclasses.replace(right, box_stds=right.box_stds[:3] + (right.box_stds[3] * 1.05,))
     try:
         rec = {}
-        model.run(batch, rec)
+        model(batch, record=rec)
     finally:
         heads.cfg = right
     with pytest.raises(AssertionError):

@@ -34,7 +34,9 @@ class GNResNetClassifier(GNModel):
         self.eval()
 
     @torch.inference_mode()
-    def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
+    def forward(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
+        """The `top_k` labels and scores of each image of a preprocessed batch; `record` (if
+        given) receives image 0's stages."""
         c = self.backbone(batch.tensor)
         logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
         scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)

@@ -24,11 +24,13 @@ from .transform import ImageBatch, Preprocessor, load_image
 
 class GNMaskRCNN(GNModel):
     """GN Mask R-CNN (ResNet/ResNeXt-FPN) with its preprocessing and mmdetection's training
-    losses; a GN Faster R-CNN (no mask head) where config.task is "object-detection".
+    losses; a GN Faster R-CNN (no mask head) where config.task is "object-detection". Its
+    convention (config.convention, gnhub/frameworks/) is given to every stage.
 
     `predict(images)` gives per image `boxes` (N, 4) xyxy in original pixels, `scores` (N,),
     `labels` (N,) indexing `config.classes`, and (Mask R-CNN) `masks` (N, H, W) bool, best
-    first; `inspect(image)` gives every intermediate stage of one image under stable names.
+    first; `inspect(image)` gives every intermediate stage of one image under stable names;
+    `model(images, targets)` the training losses (see `forward`).
     """
 
     tasks = ("instance-segmentation", "object-detection")
@@ -70,24 +72,50 @@ class GNMaskRCNN(GNModel):
             state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
         return with_weights(config, state, config.name)
 
+    def forward(self, images, targets: list[dict] | None = None, *, generator: torch.Generator | None = None,
+                record: dict | None = None, finish: bool = True):
+        """The detector, from images to detections or, given `targets`, to its training losses (as
+        torchvision's GeneralizedRCNN): one chain, backbone -> FPN -> RPN -> RoI heads, for
+        predict, training and export.
+
+        Detections: `images` is an ImageBatch (see `predict`, which batches images of one padded
+        size) or paths, PIL images or HxWx3 uint8 RGB arrays; per image a dict (see the class).
+        `record` (if given) receives image 0's stages. `finish=False` stops where the exported
+        graph does: `boxes` (original pixels, before the convention's postprocess), `scores`,
+        `labels`, `mask_probs` and `mask_logits` (28x28, not pasted), `proposals`,
+        `proposal_scores`.
+
+        Losses (mmdetection 3.3's TwoStageDetector.loss for one batch): {"rpn_cls", "rpn_bbox",
+        "cls", "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to
+        backpropagate. `images`: paths, PIL images or RGB arrays, prepared by the model's own
+        preprocessing (mmdetection's or detectron2's); `targets`: per image `boxes` (N, 4) xyxy in
+        original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W) bool. Settings
+        come from config.train at each call; the samplers draw from `generator`; `record` (if
+        given) receives the training proposals of each image ("proposals").
+        """
+        training = targets is not None
+        if training:
+            batch, gt = self._training_batch(images, targets)
+        else:
+            items = images if isinstance(images, (list, tuple, ImageBatch)) else [images]
+            batch = items if isinstance(items, ImageBatch) else self.preprocessor(
+                [load_image(im) for im in items], self.device, self.dtype)
+        with torch.inference_mode(not training and not torch.jit.is_tracing()):
+            c = self.backbone(batch.tensor)
+            p = self.fpn(c)
+            objectness, deltas = self.rpn.head(p)
+            if training:
+                return self._losses(batch, gt, p, objectness, deltas, generator, record)
+            return self._detections(batch, c, p, objectness, deltas, record, finish)
+
     # -- training ---------------------------------------------------------------------------
 
-    def loss(self, images, targets: list[dict], generator: torch.Generator | None = None,
-             record: dict | None = None) -> dict[str, Tensor]:
-        """mmdetection 3.3's TwoStageDetector.loss for one batch: {"rpn_cls", "rpn_bbox", "cls",
-        "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to backpropagate.
-        The model's own preprocessing (mmdetection's or detectron2's) prepares the images.
-
-        `images`: paths, PIL images or HxWx3 uint8 RGB arrays; `targets`: per image `boxes`
-        (N, 4) xyxy in original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W)
-        bool. Settings come from config.train at each call; the samplers draw from `generator`.
-        `record` (if given) receives the training proposals of each image ("proposals").
-        """
+    def _training_batch(self, images, targets: list[dict]):
+        """The images and targets as training sees them: (batch, (boxes, labels, masks) per image)."""
         self.check_trainable()
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
-            raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
-        train = self.config.train
+            raise GnhubError(f"training needs one target per image ({len(items)} images, {len(targets)} targets)")
         keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
@@ -95,8 +123,11 @@ class GNMaskRCNN(GNModel):
         for lab in labels:
             if len(lab) and (lab.min() < 0 or lab.max() >= self.config.num_classes):
                 raise GnhubError(f"target labels must index config.classes (0..{self.config.num_classes - 1})")
-        p = self.fpn(self.backbone(batch.tensor))
-        objectness, deltas = self.rpn.head(p)
+        return batch, (boxes, labels, masks)
+
+    def _losses(self, batch, gt, p, objectness, deltas, generator, record) -> dict[str, Tensor]:
+        boxes, labels, masks = gt
+        train = self.config.train
         div = self.config.preprocess.size_divisor
         padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
         rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)
@@ -128,13 +159,9 @@ class GNMaskRCNN(GNModel):
 
     # -- inference --------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, Tensor]]:
-        """Detections for a preprocessed batch; `record` (if given) receives image 0's stages."""
+    def _detections(self, batch: ImageBatch, c, p, objectness, deltas, record, finish) -> list[dict[str, Tensor]]:
+        """Proposals, detections and masks of every image of the batch, as the convention makes them."""
         cfg, conv = self.config.roi_heads, self.convention
-        c = self.backbone(batch.tensor)
-        p = self.fpn(c)
-        objectness, deltas = self.rpn.head(p)
         padded = tuple(batch.tensor.shape[-2:])
         props = [self.rpn.proposals(objectness, deltas, conv.clip_size(size, padded), b, sf[0])
                  for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
@@ -142,32 +169,43 @@ class GNMaskRCNN(GNModel):
         counts = [len(boxes) for boxes, _ in props]
         dets = []
         for logit, delta, (boxes, _), size, orig, sf in zip(
-            cls_logits.split(counts), box_deltas.split(counts), props, batch.image_sizes, batch.original_sizes,
-            batch.scale_factors,
+            *_per_image([cls_logits, box_deltas], counts), props, batch.image_sizes,
+            batch.original_sizes, batch.scale_factors,
         ):
             dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf)))
         masks = self.roi_heads.mask_head is not None
         if masks:
             mask_boxes = [conv.mask_rois(b, sf) for (b, _, _), sf in zip(dets, batch.scale_factors)]
             labels = torch.cat([lab for _, _, lab in dets])
-            mask_logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels).split(
-                [len(d[0]) for d in dets])
+            if torch.jit.is_tracing():  # one extra RoI: onnxruntime cannot reshape an empty batch into
+                # GroupNorm's groups; GroupNorm is per RoI, so the others are unchanged
+                mask_boxes[-1] = torch.cat([mask_boxes[-1], mask_boxes[-1].new_tensor([[0.0, 0.0, 1.0, 1.0]])])
+                labels = torch.cat([labels, labels.new_zeros(1)])
+            logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels)
+            (mask_logits,) = _per_image([logits[:-1] if torch.jit.is_tracing() else logits], [len(d[0]) for d in dets])
         results = []
-        for i, ((boxes, scores, labels), sf, size, (h, w)) in enumerate(
+        for i, ((boxes, scores, labels), sf, size, orig) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
         ):
-            boxes, keep = conv.postprocess(conv.to_original(boxes, sf), size, (h, w))
+            boxes = conv.to_original(boxes, sf)
+            if not finish:  # the exported graph's outputs
+                results.append({"boxes": boxes, "scores": scores, "labels": labels, "proposals": props[i][0],
+                                "proposal_scores": props[i][1]})
+                if masks:
+                    results[-1].update(mask_probs=mask_logits[i].sigmoid(), mask_logits=mask_logits[i])
+                continue
+            boxes, keep = conv.postprocess(boxes, size, orig)
             if keep is not None:
                 scores, labels = scores[keep], labels[keep]
             result = {"boxes": boxes.float(), "scores": scores.float(), "labels": labels}
             if masks:
                 logits = mask_logits[i] if keep is None else mask_logits[i][keep]
-                result["masks"] = conv.paste_masks(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
+                result["masks"] = conv.paste_masks(logits.sigmoid(), boxes, *orig, cfg.mask_threshold)
                 if i == 0:
                     first_logits = logits
             results.append(result)
 
-        if record is not None:
+        if record is not None and finish:
             record[S.INPUT] = batch.tensor[:1]
             record.update(S.levels(S.BACKBONE, [x[:1] for x in c]))
             record.update(S.levels(S.FPN, [x[:1] for x in p]))
@@ -180,3 +218,8 @@ class GNMaskRCNN(GNModel):
                 record[S.MASK_LOGITS] = first_logits
             record.update(results[0])
         return results
+
+
+def _per_image(tensors: list[Tensor], counts: list[int]) -> list[list[Tensor]]:
+    """Each tensor's rows split by image; one image's as they are (a traced graph keeps any count)."""
+    return [[t] if len(counts) == 1 else list(t.split(counts)) for t in tensors]

@@ -165,7 +165,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
         if rank == 0:
             _clear(work)
     distributed.barrier()
-    module = _LossModule(model)
+    module = model  # its forward gives the losses, given targets
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -195,7 +195,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
                 generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + it * 64 + j)
                 sync = world > 1 and j < len(chunk) - 1
                 with module.no_sync() if sync else contextlib.nullcontext(), amp:
-                    losses = module(images, targets, generator)
+                    losses = module(images, targets, generator=generator)
                 total = sum(losses.values()) / len(chunk)
                 if not torch.isfinite(total):
                     raise GnhubError(f"the loss is {float(total)} at iteration {it} ({_terms(losses)}); "
@@ -248,17 +248,6 @@ def _param_groups(model: GNMaskRCNN, weight_decay: float) -> list[dict]:
     groups = [{"params": [p for p in params if id(p) not in norms]},
               {"params": [p for p in params if id(p) in norms], "weight_decay": weight_decay * mult}]
     return [g for g in groups if g["params"]]
-
-
-class _LossModule(torch.nn.Module):
-    """model.loss as a forward, so that DistributedDataParallel sees it."""
-
-    def __init__(self, model: GNMaskRCNN):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, targets, generator):
-        return self.model.loss(images, targets, generator=generator)
 
 
 def _check_apart(out: Path, work: Path) -> None:
