@@ -84,10 +84,8 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
         mrois = torch.cat([det_boxes.new_zeros(len(det_boxes), 1), det_boxes], 1)
         masks = model.roi_heads.mask_logits(p[:4], mrois, labels)
         lap(f"mask head ({len(det_boxes)} RoIs)")
-        from gnhub.modeling.masks import paste_masks
-
-        paste_masks(masks.sigmoid(), det_boxes / det_boxes.new_tensor(batch.scale_factors[0]).repeat(2),
-                    *image.shape[:2], 0.5)
+        conv = model.convention
+        conv.paste_masks(masks.sigmoid(), conv.to_original(det_boxes, batch.scale_factors[0]), *image.shape[:2], 0.5)
         lap("paste masks")
     return out
 

@@ -8,7 +8,7 @@ Layout of GNHUB_CACHE (default ~/.cache/gnhub, or $XDG_CACHE_HOME/gnhub):
     locks/NAME.lock              held while NAME is downloaded and converted
     hashes.json                  sha256 of weights already checked, by path, size, inode and mtime
 
-A model directory counts only if its config's format_version is this gnhub's and its source
+A model directory counts only if this gnhub reads its config's format_version and its source
 sha256 is what the registry expects; anything else is converted again.
 """
 from __future__ import annotations

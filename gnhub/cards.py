@@ -9,19 +9,18 @@ import jinja2
 from . import published, zoo
 from .config import ModelConfig
 from .files import write_atomic
+from .frameworks import NAMES as FRAMEWORK_NAMES
+from .frameworks import info
 from .layout import CARD_FILE, read_config, read_report
 from .report import Report
 
 PROVENANCE_FIELDS = ("source_file", "source_sha256", "source_format", "source_version", "source_layout",
                      "converter", "torch", "date", "preprocess_from")
-FRAMEWORKS = {"mmdet": "mmdetection", "detectron": "Detectron", "detectron2": "detectron2"}
 TAGS = {"instance-segmentation": ["instance-segmentation", "object-detection", "mask-rcnn"],
         "object-detection": ["object-detection", "faster-rcnn"], "image-classification": ["image-classification",
                                                                                          "resnet"]}
 PIPELINES = {"instance-segmentation": "image-segmentation", "object-detection": "object-detection",
              "image-classification": "image-classification"}
-RESIZERS = {"mmcv": "OpenCV bilinear", "detectron": "OpenCV bilinear, after subtracting the mean, as Detectron does",
-            "pil": "Pillow bilinear, as detectron2's ResizeShortestEdge does"}
 
 
 def render_card(model_dir: str | Path, load_name: str | None = None, export: Report | None = None) -> str:
@@ -36,7 +35,7 @@ def render_card(model_dir: str | Path, load_name: str | None = None, export: Rep
     entry = zoo.get(config.name) or (zoo.get(ft["base_model"]) if ft else None)
     published_here = entry is not None and not ft  # a fine-tuned model's figures are its own
     verification = read_report(model_dir, config.task)
-    framework = FRAMEWORKS.get(p["source_format"], p["source_format"])
+    framework = info(p["source_format"]).TITLE if p["source_format"] in FRAMEWORK_NAMES else p["source_format"]
     untrained = "untrained" in config.name
     results = _results(entry, config, framework) if published_here else []
     data = ModelCardData(
@@ -63,7 +62,8 @@ def render_card(model_dir: str | Path, load_name: str | None = None, export: Rep
         masks=config.task == "instance-segmentation",
         summary=summary(config),
         source_family=framework,
-        resizer=RESIZERS[config.preprocess.resize],
+        resizer=info(config.convention).RESIZE,
+        conventions=info(config.convention).CARD.format(c=config),
         load_name=load_name or (config.name if published_here else str(model_dir)),
         verification=verification.to_dict() if verification else None,
         ft=ft,

@@ -268,7 +268,7 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
     \b
     SGD (momentum 0.9, weight decay 1e-4), lr 0.02 per 16 images, 500-step linear warm-up,
     lr x 0.1 at 2/3 and 11/12 of the run, random horizontal flip, batches grouped by aspect
-    ratio, stem and first stage frozen; mmdetection's losses exactly (GNMaskRCNN.loss).
+    ratio, stem and first stage frozen; mmdetection's losses exactly (GNMaskRCNN given targets).
     New classes get new heads. Every input and output is checked before training (the images
     decoded once). Checkpoints every --checkpoint-every steps; after a crash or Ctrl-C,
     --resume continues exactly. Under torchrun each process trains on its shard (DDP).

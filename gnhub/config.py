@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GnhubError
+from .frameworks import NAMES as CONVENTIONS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1 named a framework's conventions in six fields (see LEGACY_CONVENTIONS)
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -37,14 +39,21 @@ IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
 
 CHOICES = {
     "task": ("instance-segmentation", "object-detection", "image-classification"),
-    "box_convention": ("mmdet", "detectron", "detectron2"),
+    "convention": CONVENTIONS,
     "preprocess.channel_order": ("RGB", "BGR"),
-    "preprocess.resize": ("mmcv", "detectron", "pil"),
-    "rpn.anchor_generator": ("mmdet", "detectron", "detectron2"),
-    "rpn.clip_to": ("image", "padded"),
-    "roi_heads.detect_in": ("network", "original"),
-    "roi_heads.paste": ("mmdet", "detectron"),
 }
+
+# format_version 1's six convention fields (box_convention, preprocess.resize, rpn.anchor_generator,
+# rpn.clip_to, roi_heads.detect_in, roi_heads.paste) as each framework set them; a classifier set
+# only the resize.
+LEGACY_FIELDS = ("box_convention", "preprocess.resize", "rpn.anchor_generator", "rpn.clip_to", "roi_heads.detect_in",
+                 "roi_heads.paste")
+LEGACY_CONVENTIONS = {
+    ("mmdet", "mmcv", "mmdet", "image", "network", "mmdet"): "mmdet",
+    ("detectron", "detectron", "detectron", "padded", "original", "detectron"): "detectron",
+    ("detectron2", "pil", "detectron2", "image", "network", "mmdet"): "detectron2",
+}
+LEGACY_RESIZE = {"mmcv": "mmdet", "detectron": "detectron", "pil": "detectron2"}
 
 
 @dataclass
@@ -87,9 +96,6 @@ class PreprocessConfig:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     max_size: tuple[int, int] = (1333, 800)  # (long side, short side) the resized image fits in
     size_divisor: int = 32  # the batch is zero-padded (after normalisation) to a multiple of this
-    # "mmcv": uint8 resize to the size mmcv's imrescale picks, then normalise; "detectron":
-    # subtract the mean in float32, then cv2.resize(fx=fy=scale), scale as Detectron picks it
-    resize: str = "mmcv"
     crop_size: int = 0  # > 0: shorter side resized to min(max_size), then this centre square
 
 
@@ -103,8 +109,6 @@ class RPNConfig:
     post_nms_top_n: int = 1000  # per image, over all levels
     min_size: float = 0.0  # proposals need width and height > min_size
     box_stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    anchor_generator: str = "mmdet"  # "mmdet" (centred on 0, unrounded) or "detectron" (rounded, +1)
-    clip_to: str = "image"  # proposals clipped to the resized "image" or to the "padded" batch
 
 
 @dataclass
@@ -123,15 +127,14 @@ class RoIHeadsConfig:
     nms_iou: float = 0.5
     detections_per_image: int = 100
     mask_threshold: float = 0.5
-    detect_in: str = "network"  # boxes decoded in "network" (resized) or "original" image pixels
-    paste: str = "mmdet"  # "mmdet" (grid_sample, >= threshold) or "detectron" (cv2.resize, > threshold)
     box_weight_std: bool = False  # the box head's convs standardised (mmcv's ConvWS2d)
     mask_weight_std: bool = False  # the mask head's convs standardised
 
 
 @dataclass
 class TrainConfig:
-    """Training settings of `GNMaskRCNN.loss`: mmdetection 3.3's train_cfg for these models."""
+    """Training settings of `GNMaskRCNN`'s losses (its forward, given targets): mmdetection 3.3's
+    train_cfg for these models."""
 
     rpn_pos_iou: float = 0.7  # MaxIoUAssigner of the anchors
     rpn_neg_iou: float = 0.3
@@ -170,12 +173,9 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # "mmdet": widths x2 - x1; "detectron": widths x2 - x1 + 1 in decoding, NMS (IoU >= thr),
-    # proposal filtering and level mapping, and the limit of detections by a score threshold;
-    # "detectron2": widths x2 - x1, deltas divided by the weights 1 / box_stds, proposals ranked
-    # by their logits, torchvision's batched NMS, detectron2's level mapping, boxes scaled back by
-    # original / resized size, clipped, and empty ones dropped (detectron2's detector_postprocess)
-    box_convention: str = "mmdet"
+    # the framework whose rules the model follows: resize, anchors, box coding, proposal selection,
+    # RoI level mapping, detection, postprocess, mask paste (gnhub/frameworks/NAME/convention.py)
+    convention: str = "mmdet"
     provenance: dict = field(default_factory=dict)  # source file, sha256, format, converter, date
     weights_sha256: str = ""  # of model.safetensors, written with it
     format_version: int = FORMAT_VERSION
@@ -199,8 +199,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """A config from untrusted data (config.json): names checked as it is built, every value
-        checked once, by `check`."""
-        config = _build(cls, data, "config")
+        checked once, by `check`. format_version 1's six convention fields become `convention`."""
+        config = _build(cls, _legacy(data) if isinstance(data, dict) and data.get("format_version") == 1 else data,
+                        "config")
         config.check()
         return config
 
@@ -307,6 +308,28 @@ def _walk(obj, prefix: str = ""):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
             yield obj, f.name, f"{prefix}{f.name}", value
+
+
+def _legacy(data: dict) -> dict:
+    """A format_version 1 config as format_version 2 has it: the framework its six convention
+    fields name (any left out had their default), one clear error for a set no framework has."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    values = []
+    for path, default in zip(LEGACY_FIELDS, next(iter(LEGACY_CONVENTIONS))):
+        section, _, name = path.rpartition(".")
+        holder = data.get(section) if section else data
+        values.append(holder.pop(name, default) if isinstance(holder, dict) else default)
+    if data.get("task") == "image-classification":  # a classifier's only convention was its resize
+        name = LEGACY_RESIZE.get(values[1]) if isinstance(values[1], str) else None
+    else:
+        name = LEGACY_CONVENTIONS.get(tuple(v if isinstance(v, str) else repr(v) for v in values))
+    if name is None:
+        fields = ", ".join(f"{p} {v!r}" for p, v in zip(LEGACY_FIELDS, values))
+        raise GnhubError(f"config: format_version 1 conventions ({fields}) are no framework's; convert the model "
+                         "again")
+    data["convention"] = name
+    data["format_version"] = FORMAT_VERSION
+    return data
 
 
 def _build(cls, data, where: str):

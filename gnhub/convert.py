@@ -78,7 +78,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
 
 
 def apply_settings(config: ModelConfig, settings: dict) -> None:
-    """Sets every setting by its config path ("preprocess.mean", "box_convention", ...), then
+    """Sets every setting by its config path ("preprocess.mean", "convention", ...), then
     checks the whole config once."""
     for key, value in settings.items():
         section, _, field = key.rpartition(".")

@@ -13,9 +13,10 @@ from . import __version__
 from . import stages as S
 from .errors import GnhubError
 from .files import sha256_file
+from .frameworks import info
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
-from .modeling.boxes import to_rois
+from .modeling.transform import ImageBatch
 from .report import Report
 from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
 
@@ -29,33 +30,18 @@ def export_stages(config) -> tuple[str, ...]:
 
 
 class DetectionGraph(nn.Module):
-    """What the ONNX graph computes, with the model's own modules and functions: one image's
-    normalised, padded input (1, 3, H, W), its resized size (h, w) and scale factor (w, h) ->
-    boxes, scores, labels, mask probabilities (a Mask R-CNN); proposals and mask logits for
-    verification (runtime.outputs_of). Boxes are in original pixels, except under detectron2's
-    convention: there gnhub.runtime scales, clips and filters them as detector_postprocess does.
-    Mask pasting stays outside (gnhub.runtime)."""
+    """What the ONNX graph computes: the model's own forward on one image's normalised, padded
+    input (1, 3, H, W), its resized size (h, w) and scale factor (w, h), stopped where
+    gnhub.runtime takes over (`finish=False`: the convention's postprocess and mask pasting,
+    in numpy) -> runtime.outputs_of's outputs, in order."""
 
     def __init__(self, model: GNMaskRCNN):
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor, image_size: Tensor, scale_factor: Tensor):
-        m = self.model
-        p = m.fpn(m.backbone(x))
-        objectness, deltas = m.rpn.head(p)
-        clip = image_size if m.config.rpn.clip_to == "image" else torch._shape_as_tensor(x)[2:]
-        proposals, proposal_scores = m.rpn.proposals(objectness, deltas, clip, 0)
-        cls_logits, box_deltas = m.roi_heads.box_head(m.roi_heads.box_pool(p[:4], to_rois([proposals])))
-        boxes, scores, labels = m.roi_heads.detect(cls_logits, box_deltas, proposals, image_size)
-        out = boxes if m.config.box_convention == "detectron2" else boxes / scale_factor.repeat(2)
-        if m.roi_heads.mask_head is None:
-            return out, scores, labels, proposals, proposal_scores
-        # one extra RoI so that the mask head never runs on none (onnxruntime cannot reshape an
-        # empty batch into GroupNorm's groups); GroupNorm is per RoI, so the others are unchanged
-        extra = to_rois([torch.cat([boxes, boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])])])
-        logits = m.roi_heads.mask_logits(p[:4], extra, torch.cat([labels, labels.new_zeros(1)]))[:-1]
-        return out, scores, labels, logits.sigmoid(), proposals, proposal_scores, logits
+        out = self.model(ImageBatch(x, [image_size], [None], [scale_factor]), finish=False)[0]
+        return tuple(out[k] for k in outputs_of(self.model.config))
 
 
 def tolerance(config) -> str:
@@ -93,9 +79,9 @@ def check_exportable(model) -> None:
     if model.task == "image-classification":
         raise GnhubError(f"{c.name}: ONNX export covers GN Mask R-CNN and Faster R-CNN models, not the ImageNet "
                          "classifier")
-    if c.box_convention == "detectron" or c.roi_heads.detect_in != "network" or c.roi_heads.paste != "mmdet":
-        raise GnhubError(f"{c.name}: has Detectron's conventions (box_convention, detect_in, paste); ONNX export "
-                         "covers mmdetection- and detectron2-convention models")
+    if not info(c.convention).EXPORTS:
+        raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
+                         "export covers mmdetection- and detectron2-convention models")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")

@@ -1,6 +1,6 @@
 """Images in, without torch: reading files as OpenCV reads them for mmdetection, the size limit,
-and the aspect-keeping resize of each preprocessing convention (shared by the PyTorch model and
-the ONNX runtime). OpenCV and Pillow are imported where they are used."""
+and the channel order, aspect-keeping resize (a convention's) and crop shared by the PyTorch model
+and the ONNX runtime. Pillow is imported where it is used."""
 from __future__ import annotations
 
 import warnings
@@ -78,50 +78,12 @@ def _to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _shortest_edge(h: int, w: int, short: int, long: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge.get_output_shape: the shorter side to `short` unless the
-    longer would pass `long`, rounded half up."""
-    size = short * 1.0
-    scale = size / min(h, w)
-    new_h, new_w = (size, scale * w) if h < w else (scale * h, size)
-    if max(new_h, new_w) > long:
-        scale = long * 1.0 / max(new_h, new_w)
-        new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def resize(rgb: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple[float, float]]:
-    """RGB uint8 -> the resized image in network order and the (w, h) scale factor.
-
-    "mmcv": scale and rounding of mmcv's `imrescale`, OpenCV bilinear on uint8 (normalised
-    later). "detectron": Detectron's `prep_im_for_blob`: the mean subtracted in float32, then
-    OpenCV bilinear with fx = fy = scale; the result is already normalised. "pil": detectron2's
-    ResizeShortestEdge: its output size, Pillow's bilinear on uint8 (normalised later). With
-    crop_size, the shorter side goes to min(max_size) and the centre square is kept.
-    """
-    import cv2
-
+def resize(rgb: np.ndarray, cfg: PreprocessConfig, rescale) -> tuple[np.ndarray, tuple[float, float]]:
+    """RGB uint8 -> the resized image in network order and the (w, h) scale factor: put in
+    `cfg.channel_order`, resized by `rescale` (a convention's: gnhub/frameworks/NAME/arrays.py)
+    and, with crop_size, cut to its centre square."""
     img = np.ascontiguousarray(rgb[:, :, ::-1] if cfg.channel_order == "BGR" else rgb)
-    h, w = img.shape[:2]
-    long_side, short_side = max(cfg.max_size), min(cfg.max_size)
-    if cfg.resize == "detectron":
-        scale = short_side / min(h, w)
-        if not cfg.crop_size and round(scale * max(h, w)) > long_side:
-            scale = long_side / max(h, w)
-        img = (img - np.asarray(cfg.mean)) / np.asarray(cfg.std)  # float64, like Detectron's `im -= means`
-        img = cv2.resize(img.astype(np.float32), None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        factors = (scale, scale)
-    elif cfg.resize == "pil":
-        from PIL import Image
-
-        new_h, new_w = _shortest_edge(h, w, short_side, long_side)
-        img = np.array(Image.fromarray(img).resize((new_w, new_h), Image.BILINEAR))  # writable, for torch
-        factors = (new_w / w, new_h / h)
-    else:
-        scale = short_side / min(h, w) if cfg.crop_size else min(long_side / max(h, w), short_side / min(h, w))
-        new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
-        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        factors = (new_w / w, new_h / h)
+    img, factors = rescale(img, cfg)
     if cfg.crop_size:
         c = cfg.crop_size
         if min(img.shape[:2]) < c:

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from .config import FORMAT_VERSION, ModelConfig
+from .config import READABLE_VERSIONS, ModelConfig
 from .errors import GnhubError
 from .files import atomic_dir, check_replaceable, checked_sha256
 from .report import Report
@@ -28,7 +28,8 @@ EXPORT_DIR_FILES = {CONFIG_FILE, ONNX_FILE, VERIFICATION_FILE, GOLDEN_FILE}
 # -- config.json ----------------------------------------------------------------------------------
 
 def read_config(path: str | Path) -> ModelConfig:
-    """config.json (a directory's, or the file itself), every field checked."""
+    """config.json (a directory's, or the file itself), every field checked; format_version 1
+    (six convention fields) is read as this version (one `convention`)."""
     path = Path(path)
     path = path / CONFIG_FILE if path.is_dir() else path
     try:
@@ -36,9 +37,9 @@ def read_config(path: str | Path) -> ModelConfig:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise GnhubError(f"{path}: not a readable config.json ({e})") from None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
-        raise GnhubError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}; convert the model again with "
-                         "this gnhub version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise GnhubError(f"{path}: format_version {version!r} is not one of {list(READABLE_VERSIONS)}; convert the "
+                         "model again with this gnhub version")
     try:
         return ModelConfig.from_dict(data)
     except GnhubError as e:
@@ -50,12 +51,13 @@ def write_config(directory: Path, config: ModelConfig) -> None:
 
 
 def is_current(directory: Path) -> bool:
-    """Whether a directory holds a config.json of this gnhub's format (read, not checked)."""
+    """Whether a directory holds a config.json of a format this gnhub reads (read, not checked)."""
     try:
         data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
-    return isinstance(data, dict) and data.get("format_version") == FORMAT_VERSION
+    version = data.get("format_version") if isinstance(data, dict) else None
+    return version in READABLE_VERSIONS and not isinstance(version, bool)
 
 
 # -- verification.json ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Exported models without torch: onnxruntime, numpy and OpenCV. The preprocessing of
-`GNMaskRCNN` (the same resize from gnhub.images, normalisation and padding in float32) and its
-mask pasting, written in numpy; `gnhub export` checks both against the PyTorch model.
+`GNMaskRCNN` (the same resize from gnhub.images, normalisation and padding in float32), and its
+convention's postprocess and mask pasting in numpy (gnhub/frameworks/NAME/arrays.py); `gnhub
+export` checks them against the PyTorch model.
 
     import gnhub.runtime
     model = gnhub.runtime.load("exported-dir")
@@ -16,6 +17,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import GnhubError
+from .frameworks import arrays, info
 from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
 
@@ -33,7 +35,7 @@ def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.
     """One RGB uint8 image -> the graph's inputs: (1, 3, H, W) float32 normalised and zero-padded
     to the size divisor, the resized (h, w) as int64, the (w, h) scale factor as float32."""
     cfg = config.preprocess
-    img, (sw, sh) = resize(rgb, cfg)
+    img, (sw, sh) = resize(rgb, cfg, arrays(config.convention).rescale)
     if img.dtype == np.uint8:
         img = (img.astype(np.float32) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     h, w = img.shape[:2]
@@ -41,56 +43,6 @@ def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.
     x = np.zeros((1, 3, math.ceil(h / div) * div, math.ceil(w / div) * div), np.float32)
     x[0, :, :h, :w] = img.transpose(2, 0, 1)
     return x, np.array([h, w], np.int64), np.array([sw, sh], np.float32)
-
-
-def to_original_detectron2(boxes: np.ndarray, size, original) -> tuple[np.ndarray, np.ndarray]:
-    """detectron2's detector_postprocess: boxes times original / resized size (float32, as torch
-    multiplies a float32 tensor by a Python float), clipped to the original image; which are not
-    empty."""
-    out = boxes.astype(np.float32).copy()
-    out[:, 0::2] *= np.float32(original[1] / size[1])
-    out[:, 1::2] *= np.float32(original[0] / size[0])
-    out[:, 0::2] = out[:, 0::2].clip(0, original[1])
-    out[:, 1::2] = out[:, 1::2].clip(0, original[0])
-    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)
-
-
-def paste_masks(probs: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float) -> np.ndarray:
-    """(D, M, M) probabilities into their (D, 4) boxes -> (D, height, width) bool masks, as
-    gnhub and mmdetection paste them: bilinear at pixel centres inside the box plus one pixel,
-    zeros outside the M x M grid (grid_sample, align_corners=False), >= threshold."""
-    out = np.zeros((len(probs), height, width), bool)
-    for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(probs.astype(np.float32), boxes.astype(np.float32).tolist())):
-        xa, ya = max(math.floor(x0) - 1, 0), max(math.floor(y0) - 1, 0)
-        xb, yb = min(math.ceil(x1) + 1, width), min(math.ceil(y1) + 1, height)
-        if xa < xb and ya < yb:
-            wx, ix = _weights(_grid(xa, xb, x0, x1), mask.shape[1])
-            wy, iy = _weights(_grid(ya, yb, y0, y1), mask.shape[0])
-            value = sum(wy[a][:, None] * wx[b][None, :] * mask[iy[a]][:, ix[b]] for a in (0, 1) for b in (0, 1))
-            out[i, ya:yb, xa:xb] = value >= threshold
-    return out
-
-
-def _grid(start: int, stop: int, lo: float, hi: float) -> np.ndarray:
-    """Pixel centres start..stop-1 in the box's [-1, 1] coordinates (0 for an empty box)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (np.arange(start, stop, dtype=np.float32) + np.float32(0.5) - np.float32(lo)) / (
-            np.float32(hi) - np.float32(lo)) * np.float32(2) - np.float32(1)
-    return np.where(np.isinf(t), np.float32(0), t)
-
-
-def _weights(coord: np.ndarray, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Bilinear weights and indices of the two neighbours along one axis; a neighbour outside
-    the grid weighs 0 (zero padding)."""
-    pos = ((coord + np.float32(1)) * np.float32(size) - np.float32(1)) / np.float32(2)
-    lo = np.floor(pos)
-    frac = pos - lo
-    weights, indices = [], []
-    for idx, w in ((lo, np.float32(1) - frac), (lo + 1, frac)):
-        inside = (idx >= 0) & (idx < size)
-        weights.append(np.where(inside, w, np.float32(0)).astype(np.float32))
-        indices.append(np.clip(idx, 0, size - 1).astype(np.int64))
-    return weights, indices
 
 
 class OnnxPredictor:
@@ -108,7 +60,11 @@ class OnnxPredictor:
             import onnxruntime as ort
         except ImportError:
             raise GnhubError("running ONNX models needs onnxruntime: pip install 'gnhub[onnx]'") from None
+        if not info(config.convention).EXPORTS:
+            raise GnhubError(f"{onnx_path}: config.json names convention {config.convention}, which does not export; "
+                             "export the model again")
         self.config = config
+        self.twins = arrays(config.convention)
         self.onnx_sha256 = onnx_sha256
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
@@ -142,14 +98,14 @@ class OnnxPredictor:
         feed = {"input": x, "image_size": size, "scale_factor": factor}
         outputs = self.session.run(list(self.outputs), {i.name: feed[i.name] for i in self.session.get_inputs()})
         stages = {"input": x, **dict(zip(self.outputs, outputs))}
-        if self.config.box_convention == "detectron2":  # detector_postprocess, in numpy
-            stages["boxes"], keep = to_original_detectron2(stages["boxes"], size.tolist(), rgb.shape[:2])
+        stages["boxes"], keep = self.twins.postprocess(stages["boxes"], size.tolist(), rgb.shape[:2])
+        if keep is not None:
             for k in ("scores", "labels", "mask_probs", "mask_logits"):
                 if k in stages:
                     stages[k] = stages[k][keep]
         if "mask_probs" in stages:
-            stages["masks"] = paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
-                                          self.config.roi_heads.mask_threshold)
+            stages["masks"] = self.twins.paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
+                                                     self.config.roi_heads.mask_threshold)
         return stages
 
     def predict(self, images, batch_size: int = 1):

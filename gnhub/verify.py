@@ -167,7 +167,8 @@ def float32_model(model: GNModel) -> GNModel:
 
 
 def box_offset(model: GNModel) -> float:
-    return 1.0 if model.config.box_convention == "detectron" else 0.0
+    """What the model's convention adds to x2 - x1 to measure a box's width."""
+    return model.convention.width_offset
 
 
 def run_model(model: GNModel, image: np.ndarray) -> dict[str, Tensor]:

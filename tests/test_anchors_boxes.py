@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from gnhub.modeling.anchors import base_anchors, grid_anchors
+from gnhub.frameworks.mmdet.convention import base_anchors
+from gnhub.modeling.anchors import grid_anchors
 from gnhub.modeling.boxes import batched_nms, decode_boxes, encode_boxes
 
 

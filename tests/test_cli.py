@@ -172,7 +172,8 @@ def test_wheel_ships_templates_images_and_converters(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("gnhub-*.whl"))).namelist()
     for member in ("gnhub/model_cards/model_card.md.j2", "gnhub/data/images/tiny.png",
-                   "gnhub/converters/mmdet.py", "gnhub/reference/mmdet.py", "gnhub/cli.py"):
+                   "gnhub/converters/mmdet.py", "gnhub/reference/mmdet.py", "gnhub/cli.py",
+                   "gnhub/frameworks/detectron2/convention.py", "gnhub/frameworks/detectron2/arrays.py"):
         assert member in names, member
 
 

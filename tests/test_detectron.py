@@ -16,9 +16,11 @@ from gnhub import GNMaskRCNN, GNResNetClassifier, load
 from gnhub.config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
+from gnhub.frameworks import convention
+from gnhub.frameworks.detectron.convention import base_anchors as detectron_base_anchors
+from gnhub.frameworks.detectron.convention import decode_boxes as decode_boxes_detectron
+from gnhub.frameworks.detectron.convention import nms as nms_detectron
 from gnhub.layout import VERIFICATION_FILE, read_config
-from gnhub.modeling.anchors import detectron_base_anchors
-from gnhub.modeling.boxes import decode_boxes_detectron, nms_detectron
 from gnhub.modeling.roi_heads import MultiLevelRoIAlign
 
 # -- the blob table ------------------------------------------------------------------------
@@ -96,7 +98,7 @@ def test_nms_uses_plus_one_areas_and_suppresses_at_equal_iou():
 def test_roi_align_is_unaligned_and_levels_use_plus_one_areas():
     config = ModelConfig()
     config.roi_heads.sampling_ratio, config.roi_heads.aligned = 2, False
-    pool = MultiLevelRoIAlign(2, (1, 2, 4, 8), config.roi_heads, "detectron")
+    pool = MultiLevelRoIAlign(2, (1, 2, 4, 8), config.roi_heads, convention("detectron"))
     ramp = torch.arange(16.0).repeat(16, 1)[None, None]  # value = x
     feats = [ramp, ramp[..., ::2, ::2], ramp[..., ::4, ::4], ramp[..., ::8, ::8]]
     rois = torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0]])
@@ -114,7 +116,7 @@ def test_detectron_yaml_settings_are_read_without_running_anything():
            "  PIXEL_MEANS: [[[1.0, 2.0, 3.0]]]\n  EVIL: !!python/object/apply:os.system [touch pwned]\n"
     settings = detectron.read_settings({"blobs": {"fpn_x": 0}, "cfg": text}).values
     assert settings["preprocess.max_size"] == (1000, 600) and settings["roi_heads.nms_iou"] == 0.6
-    assert settings["preprocess.mean"] == (1.0, 2.0, 3.0) and "box_convention" not in settings  # a default
+    assert settings["preprocess.mean"] == (1.0, 2.0, 3.0) and "convention" not in settings  # a default
     assert settings["roi_heads.box_stds"] == (0.05, 0.05, 0.1, 0.1)
     assert detectron.read_settings({"blobs": {"fpn_x": 0}, "cfg": "{not yaml"}).values == {}
 
@@ -133,10 +135,10 @@ def e2e_dir(detectron_e2e, session_dir):
 def test_e2e_converts_with_detectron_conventions_and_verifies(e2e_dir, detectron_e2e):
     config = read_config(e2e_dir / "config.json")
     assert config.name == "e2e_mask_rcnn_R-50-FPN_2x_gn"  # the zoo entry, found by file name
-    assert (config.box_convention, config.rpn.anchor_generator, config.rpn.clip_to) == ("detectron",) * 2 + ("padded",)
+    assert config.convention == "detectron"
     roi = config.roi_heads
-    assert (roi.aligned, roi.sampling_ratio, roi.detect_in, roi.paste) == (False, 2, "original", "detectron")
-    assert config.preprocess.resize == "detectron" and config.preprocess.max_size == (320, 192)  # from the cfg
+    assert (roi.aligned, roi.sampling_ratio) == (False, 2)
+    assert config.preprocess.max_size == (320, 192)  # from the cfg
     assert config.classes == COCO_CLASSES
     assert sorted(config.provenance["dropped_tensors"]) == [
         "cls_score_w_momentum", "conv1_w_momentum", "fc6_b_momentum", "pred_b", "pred_w", "res_conv1_bn_s"]

@@ -16,7 +16,7 @@ from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.export import DetectionGraph, export
 from gnhub.modeling.transform import load_image
-from gnhub.runtime import OnnxPredictor, paste_masks
+from gnhub.runtime import OnnxPredictor
 from gnhub.samples import sample_images
 from gnhub.verify import compare
 
@@ -62,19 +62,6 @@ def test_eval_scores_an_export_without_torch(exported, small_dir, tmp_path):
     got, want = (json.loads((tmp_path / f"{r}.json").read_text()) for r in ("onnx", "torch"))
     assert len(got) == len(want) and [g["category_id"] for g in got] == [w["category_id"] for w in want]
     assert np.allclose([g["bbox"] for g in got], [w["bbox"] for w in want], atol=0.05)
-
-
-def test_numpy_mask_pasting_is_gnhubs():
-    from gnhub.modeling.masks import paste_masks as torch_paste
-
-    g = torch.Generator().manual_seed(0)
-    probs = torch.rand(60, 28, 28, generator=g)
-    xy = torch.rand(60, 2, generator=g) * 300
-    boxes = torch.cat([xy, xy + torch.rand(60, 2, generator=g) * 150 + 0.2], 1)
-    boxes[:3, 2] = boxes[:3, 0]  # empty boxes
-    boxes[3] = torch.tensor([-20.0, -10.0, 5.0, 8.0])  # partly outside
-    assert np.array_equal(paste_masks(probs.numpy(), boxes.numpy(), 300, 400, 0.5),
-                          torch_paste(probs, boxes, 300, 400, 0.5).numpy())
 
 
 def test_published_beside_the_weights_and_run_by_name_without_torch(exported, small_dir, tmp_path):
@@ -153,7 +140,7 @@ def test_what_does_not_export_is_one_error(small_model, tmp_path):
     small_model.float()
     with pytest.raises(GnhubError, match="needs 16 or later"):
         export(small_model, tmp_path / "o", opset=13)
-    det = dataclasses.replace(small_model.config, box_convention="detectron")
+    det = dataclasses.replace(small_model.config, convention="detectron")
     with pytest.raises(GnhubError, match="Detectron's conventions"):
         export(gnhub.modeling.with_weights(det, small_model.state_dict(), "d"), tmp_path / "d")
     with pytest.raises(GnhubError, match="no model.onnx"):

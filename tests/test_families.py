@@ -57,7 +57,7 @@ def test_a_detectron2_pickle_is_recognised_by_name_or_given_one(d2_weights, tmp_
     assert sorted(summary["dropped"]) == ["pixel_mean", "proposal_generator.anchor_generator.cell_anchors.0"]
     config = load(tmp_path / "zoo").config
     assert config.preprocess.std == (57.375, 57.12, 58.395) and config.train.frozen_stages == 0
-    assert config.preprocess.resize == "pil" and config.box_convention == "detectron2"
+    assert config.convention == "detectron2"
     other = _d2_pickle(tmp_path / "my_finetune.pkl", d2_weights, protocol)
     messages = []
     summary = convert(other, tmp_path / "other", verify=False, log=messages.append)
@@ -102,7 +102,7 @@ def test_a_detectron2_model_trains_and_exports(small_d2, tmp_path):
     mask[40:120, 60:200] = True
     small_d2.config.train.rpn_pre_nms_top_n, small_d2.config.train.rpn_post_nms_top_n = 300, 100
     small_d2.config.train.box_batch_size_per_image = 64
-    losses = small_d2.loss([image], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3]),
+    losses = small_d2([image], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3]),
                                       "masks": mask[None]}], generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"} and all(map(torch.isfinite, losses.values()))
     small_d2.zero_grad()
@@ -194,7 +194,7 @@ def test_a_box_only_model_trains_with_the_scratch_recipe(faster_ws):
     from gnhub.train.loop import _param_groups
 
     model = load(faster_ws[1])
-    losses = model.loss([sample_images()[2]], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3])}],
+    losses = model([sample_images()[2]], [{"boxes": np.array([[60.0, 40, 200, 120]]), "labels": np.array([3])}],
                         generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"rpn_cls", "rpn_bbox", "cls", "bbox"}
     sum(losses.values()).backward()

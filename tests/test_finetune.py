@@ -1,4 +1,5 @@
 """`gnhub finetune`: COCO-format data as mmdetection reads it, the recipe, exact resume, DDP, the output."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from gnhub import GNMaskRCNN, load
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.files import sha256_file
+from gnhub.modeling import with_weights
 from gnhub.train import CocoInstances, Recipe, finetune
 from gnhub.train.data import epoch_batches, flips
 from gnhub.train.loop import Schedule
@@ -165,29 +167,29 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
     straight = finetune(base, ann, folder, tmp_path / "straight", Recipe(**recipe))
     assert straight["iterations"] == 4
 
-    real_loss, calls = GNMaskRCNN.loss, {"n": 0}
+    real_forward, calls = GNMaskRCNN.forward, {"n": 0}
 
     def failing(after, error):
         def loss(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] > after:
                 raise error
-            return real_loss(self, *args, **kwargs)
+            return real_forward(self, *args, **kwargs)
         return loss
 
     out = tmp_path / "resumed"
-    monkeypatch.setattr(GNMaskRCNN, "loss", failing(2, RuntimeError("power cut")))
+    monkeypatch.setattr(GNMaskRCNN, "forward", failing(2, RuntimeError("power cut")))
     with pytest.raises(RuntimeError):  # a crash during step 3: the periodic checkpoint holds step 2
         finetune(base, ann, folder, out, Recipe(**recipe))
     calls["n"] = 0
-    monkeypatch.setattr(GNMaskRCNN, "loss", failing(1, KeyboardInterrupt()))
+    monkeypatch.setattr(GNMaskRCNN, "forward", failing(1, KeyboardInterrupt()))
     with pytest.raises(GnhubError, match="interrupted at iteration 3 of 4.*holds iteration 3.*--resume"):
         finetune(base, ann, folder, out, Recipe(**recipe), resume=True)  # Ctrl-C in step 4: saved at step 3
     with pytest.raises(GnhubError, match="holds a checkpoint: continue with --resume"):
         finetune(base, ann, folder, out, Recipe(**recipe))
     with pytest.raises(GnhubError, match="another recipe"):
         finetune(base, ann, folder, out, Recipe(**{**recipe, "seed": 1}), resume=True)
-    monkeypatch.setattr(GNMaskRCNN, "loss", real_loss)
+    monkeypatch.setattr(GNMaskRCNN, "forward", real_forward)
     finetune(base, ann, folder, out, Recipe(**recipe), resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -213,6 +215,20 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
     with pytest.raises(GnhubError, match="holds files gnhub did not write"):
         finetune(base, ann, folder, tmp_path / "out3", recipe, work_dir=work, resume=True)
     assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, base_dir, tmp_path):
+    """finetune refused every detectron2 model ("this model has Detectron's"), which model.loss trains."""
+    ann, folder = shapes
+    base = load(base_dir)
+    recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
+    d2 = with_weights(dataclasses.replace(base.config, convention="detectron2"), base.state_dict(), "d2")
+    assert finetune(d2, ann, folder, tmp_path / "d2", recipe)["iterations"] == 1
+    assert load(tmp_path / "d2").config.convention == "detectron2"
+    detectron = with_weights(dataclasses.replace(base.config, convention="detectron"), base.state_dict(), "d")
+    with pytest.raises(GnhubError, match="this model has Detectron's .* convert an mmdetection or detectron2"):
+        finetune(detectron, ann, folder, tmp_path / "d", recipe)
+    assert not (tmp_path / "d").exists()
 
 
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):

@@ -103,7 +103,7 @@ def test_same_stages_on_the_frameworks_exact_input(case):
     assert list(batch.tensor.shape) == ref["input_shape"].tolist()
     assert batch.image_sizes[0] == tuple(ref["img_shape"])
     rec = {}
-    model.run(batch, rec)
+    model(batch, record=rec)
     check_stages(rec, ref)
 
 
@@ -127,7 +127,7 @@ def test_settings_read_from_the_checkpoint_or_the_zoo(case):
     b = model.config.backbone
     assert (b.weight_std, model.config.fpn.weight_std, model.config.roi_heads.box_weight_std) == (ws, ws, ws)
     assert (b.groups, b.base_width) == ((32, 4) if "x50" in name else (1, 64))
-    assert model.config.box_convention == ("detectron2" if name.startswith("d2") else "mmdet")
+    assert model.config.convention == ("detectron2" if name.startswith("d2") else "mmdet")
 
 
 def test_a_wrong_convention_still_fails(case):
@@ -143,7 +143,7 @@ def test_a_wrong_convention_still_fails(case):
     heads.cfg = dataclasses.replace(right, box_stds=right.box_stds[:3] + (right.box_stds[3] * 1.05,))
     try:
         rec = {}
-        model.run(batch, rec)
+        model(batch, record=rec)
     finally:
         heads.cfg = right
     with pytest.raises(AssertionError):

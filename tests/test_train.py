@@ -44,7 +44,7 @@ def test_losses_and_gradients_are_mmdetections(train_model, reference_threads):
     model.config.train.box_batch_size_per_image = 10**9
     ref = np.load(TRAIN_CASE / "train_outputs.npz", allow_pickle=False)
     record = {}
-    losses = model.loss(*_case_batch(), record=record)
+    losses = model(*_case_batch(), record=record)
     assert set(losses) == {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"}
     for ours, theirs in (("rpn_cls", "loss_rpn_cls"), ("rpn_bbox", "loss_rpn_bbox"), ("cls", "loss_cls"),
                          ("bbox", "loss_bbox"), ("mask", "loss_mask")):
@@ -100,7 +100,7 @@ def test_sgd_on_one_batch_halves_the_loss():
     flush = torch.set_flush_denormal(True)  # which applies to this thread (not to a running thread pool)
     try:
         while len(totals) < 6 and not (len(totals) > 1 and min(totals[1:]) < totals[0] / 2):
-            total = sum(model.loss([image], [target], generator=g).values())
+            total = sum(model([image], [target], generator=g).values())
             totals.append(float(total.detach()))
             opt.zero_grad()
             total.backward()
@@ -118,17 +118,17 @@ def test_train_settings_are_read_at_each_call_and_bad_targets_are_one_error():
     model = GNMaskRCNN(config)
     model.load_state_dict(deterministic_weights(model))
     image, target = _shapes_batch(1)
-    a = model.loss([image], [target], generator=torch.Generator().manual_seed(0))
+    a = model([image], [target], generator=torch.Generator().manual_seed(0))
     model.config.train.box_batch_size_per_image = 8
-    b = model.loss([image], [target], generator=torch.Generator().manual_seed(0))
+    b = model([image], [target], generator=torch.Generator().manual_seed(0))
     assert float(a["cls"]) != float(b["cls"])
     model.config.train.frozen_stages = 0
-    model.loss([image], [target])
+    model([image], [target])
     assert all(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(GnhubError, match="do not fit"):
-        model.loss([image], [{**target, "masks": target["masks"][:, :10]}])
+        model([image], [{**target, "masks": target["masks"][:, :10]}])
     with pytest.raises(GnhubError, match="labels must index"):
-        model.loss([image], [{**target, "labels": np.array([0, 5, 1])}])
+        model([image], [{**target, "labels": np.array([0, 5, 1])}])
 
 
 def test_new_classes_get_mmdetections_initialisation(small_model):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gnhub.config import ModelConfig
 from gnhub.convert import apply_settings, convert
 from gnhub.errors import GnhubError
+from gnhub.frameworks import convention
 from gnhub.layout import read_config
 from gnhub.modeling.transform import Preprocessor
 from gnhub.source import checked_settings
@@ -21,7 +22,8 @@ from gnhub.source import checked_settings
 
 def usable(config: ModelConfig) -> None:
     """What a config's values are used for first: building the preprocessing and resizing."""
-    img, _ = Preprocessor(config.preprocess).resize(np.zeros((30, 20, 3), np.uint8))
+    preprocessor = Preprocessor(config.preprocess, convention(config.convention).rescale)
+    img, _ = preprocessor.resize(np.zeros((30, 20, 3), np.uint8))
     assert img.size > 0
 
 
@@ -50,7 +52,7 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**40, 10**40), st.f
                     st.text(max_size=5), st.lists(st.integers(-5, 10**6), max_size=6),
                     st.lists(st.floats(-1e9, 1e9), max_size=6), st.dictionaries(st.text(max_size=3), st.integers()))
 _FIELDS = [f"{s}.{k}" for s, sub in ModelConfig().to_dict().items() if isinstance(sub, dict) and s != "provenance"
-           for k in sub] + ["name", "task", "classes", "box_convention", "weights_sha256", "provenance"]
+           for k in sub] + ["name", "task", "classes", "convention", "weights_sha256", "provenance"]
 
 
 @settings(max_examples=150, deadline=None)

@@ -21,7 +21,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class GNModel(nn.Module):
-    """A GN network with its preprocessing; subclasses name the `tasks` they build and implement `run`."""
+    """A GN network with its preprocessing and convention; subclasses name the `tasks` they build
+    and implement `forward(batch, record=None)` (an ImageBatch to a result per image)."""
 
     tasks: tuple[str, ...]
 
@@ -40,9 +41,6 @@ class GNModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.backbone.conv1.weight.dtype
-
-    def run(self, batch, record: dict | None = None):
-        raise NotImplementedError
 
     def predict(self, images, batch_size: int = 1):
         """Results for one image (a dict) or a list of images (a list of dicts); see the class.
@@ -72,7 +70,7 @@ class GNModel(nn.Module):
                     [resized[i][0] for i in chunk], [rgbs[i].shape[:2] for i in chunk],
                     [resized[i][1] for i in chunk], self.device, self.dtype,
                 )
-                for i, res in zip(chunk, self.run(batch)):
+                for i, res in zip(chunk, self(batch)):
                     results[i] = {k: v.cpu() for k, v in res.items()}
         return results[0] if single else results
 
@@ -80,7 +78,7 @@ class GNModel(nn.Module):
         """Every stage of one image, by name (see docs/layout.md, "Stage names")."""
         record: dict[str, Tensor] = {}
         keep_freed_memory(self.device)
-        self.run(self.preprocessor([load_image(image)], self.device, self.dtype), record)
+        self(self.preprocessor([load_image(image)], self.device, self.dtype), record=record)
         return record
 
     def fingerprint(self) -> str:

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import stages as S
 from ..config import ModelConfig
+from ..frameworks import convention as convention_of
 from .base import GNModel
 from .resnet import STAGE_CHANNELS, GNResNet
 from .transform import ImageBatch, Preprocessor
@@ -26,13 +27,16 @@ class GNResNetClassifier(GNModel):
         super().__init__()
         self.config = config
         self.top_k = top_k
-        self.preprocessor = Preprocessor(config.preprocess)
+        self.convention = convention_of(config.convention)  # only its resize matters here
+        self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fc = nn.Linear(STAGE_CHANNELS[-1], config.num_classes)
         self.eval()
 
     @torch.inference_mode()
-    def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
+    def forward(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
+        """The `top_k` labels and scores of each image of a preprocessed batch; `record` (if
+        given) receives image 0's stages."""
         c = self.backbone(batch.tensor)
         logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
         scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)

@@ -10,11 +10,12 @@ from torch import Tensor
 from .. import stages as S
 from ..config import ModelConfig
 from ..errors import GnhubError
+from ..frameworks import convention as convention_of
+from ..frameworks import info
 from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
-from .boxes import clip_boxes, to_rois
+from .boxes import to_rois
 from .fpn import FPN
-from .masks import paste_masks, paste_masks_detectron
 from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -23,11 +24,13 @@ from .transform import ImageBatch, Preprocessor, load_image
 
 class GNMaskRCNN(GNModel):
     """GN Mask R-CNN (ResNet/ResNeXt-FPN) with its preprocessing and mmdetection's training
-    losses; a GN Faster R-CNN (no mask head) where config.task is "object-detection".
+    losses; a GN Faster R-CNN (no mask head) where config.task is "object-detection". Its
+    convention (config.convention, gnhub/frameworks/) is given to every stage.
 
     `predict(images)` gives per image `boxes` (N, 4) xyxy in original pixels, `scores` (N,),
     `labels` (N,) indexing `config.classes`, and (Mask R-CNN) `masks` (N, H, W) bool, best
-    first; `inspect(image)` gives every intermediate stage of one image under stable names.
+    first; `inspect(image)` gives every intermediate stage of one image under stable names;
+    `model(images, targets)` the training losses (see `forward`).
     """
 
     tasks = ("instance-segmentation", "object-detection")
@@ -35,12 +38,13 @@ class GNMaskRCNN(GNModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.preprocessor = Preprocessor(config.preprocess)
+        self.convention = convention_of(config.convention)
+        self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fpn = FPN(STAGE_CHANNELS, config.fpn)
-        self.rpn = RPN(config.fpn.channels, config.rpn, config.box_convention)
+        self.rpn = RPN(config.fpn.channels, config.rpn, self.convention)
         self.roi_heads = RoIHeads(config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads,
-                                  config.box_convention, masks=config.task == "instance-segmentation")
+                                  self.convention, masks=config.task == "instance-segmentation")
         self.eval()
 
     def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
@@ -68,26 +72,50 @@ class GNMaskRCNN(GNModel):
             state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
         return with_weights(config, state, config.name)
 
+    def forward(self, images, targets: list[dict] | None = None, *, generator: torch.Generator | None = None,
+                record: dict | None = None, finish: bool = True):
+        """The detector, from images to detections or, given `targets`, to its training losses (as
+        torchvision's GeneralizedRCNN): one chain, backbone -> FPN -> RPN -> RoI heads, for
+        predict, training and export.
+
+        Detections: `images` is an ImageBatch (see `predict`, which batches images of one padded
+        size) or paths, PIL images or HxWx3 uint8 RGB arrays; per image a dict (see the class).
+        `record` (if given) receives image 0's stages. `finish=False` stops where the exported
+        graph does: `boxes` (original pixels, before the convention's postprocess), `scores`,
+        `labels`, `mask_probs` and `mask_logits` (28x28, not pasted), `proposals`,
+        `proposal_scores`.
+
+        Losses (mmdetection 3.3's TwoStageDetector.loss for one batch): {"rpn_cls", "rpn_bbox",
+        "cls", "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to
+        backpropagate. `images`: paths, PIL images or RGB arrays, prepared by the model's own
+        preprocessing (mmdetection's or detectron2's); `targets`: per image `boxes` (N, 4) xyxy in
+        original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W) bool. Settings
+        come from config.train at each call; the samplers draw from `generator`; `record` (if
+        given) receives the training proposals of each image ("proposals").
+        """
+        training = targets is not None
+        if training:
+            batch, gt = self._training_batch(images, targets)
+        else:
+            items = images if isinstance(images, (list, tuple, ImageBatch)) else [images]
+            batch = items if isinstance(items, ImageBatch) else self.preprocessor(
+                [load_image(im) for im in items], self.device, self.dtype)
+        with torch.inference_mode(not training and not torch.jit.is_tracing()):
+            c = self.backbone(batch.tensor)
+            p = self.fpn(c)
+            objectness, deltas = self.rpn.head(p)
+            if training:
+                return self._losses(batch, gt, p, objectness, deltas, generator, record)
+            return self._detections(batch, c, p, objectness, deltas, record, finish)
+
     # -- training ---------------------------------------------------------------------------
 
-    def loss(self, images, targets: list[dict], generator: torch.Generator | None = None,
-             record: dict | None = None) -> dict[str, Tensor]:
-        """mmdetection 3.3's TwoStageDetector.loss for one batch: {"rpn_cls", "rpn_bbox", "cls",
-        "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to backpropagate.
-        The model's own preprocessing (mmdetection's or detectron2's) prepares the images.
-
-        `images`: paths, PIL images or HxWx3 uint8 RGB arrays; `targets`: per image `boxes`
-        (N, 4) xyxy in original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W)
-        bool. Settings come from config.train at each call; the samplers draw from `generator`.
-        `record` (if given) receives the training proposals of each image ("proposals").
-        """
-        if self.config.box_convention == "detectron":
-            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
-                             "Detectron's (widths x2 - x1 + 1): convert an mmdetection or detectron2 checkpoint")
+    def _training_batch(self, images, targets: list[dict]):
+        """The images and targets as training sees them: (batch, (boxes, labels, masks) per image)."""
+        self.check_trainable()
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
-            raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
-        train = self.config.train
+            raise GnhubError(f"training needs one target per image ({len(items)} images, {len(targets)} targets)")
         keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
@@ -95,8 +123,11 @@ class GNMaskRCNN(GNModel):
         for lab in labels:
             if len(lab) and (lab.min() < 0 or lab.max() >= self.config.num_classes):
                 raise GnhubError(f"target labels must index config.classes (0..{self.config.num_classes - 1})")
-        p = self.fpn(self.backbone(batch.tensor))
-        objectness, deltas = self.rpn.head(p)
+        return batch, (boxes, labels, masks)
+
+    def _losses(self, batch, gt, p, objectness, deltas, generator, record) -> dict[str, Tensor]:
+        boxes, labels, masks = gt
+        train = self.config.train
         div = self.config.preprocess.size_divisor
         padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
         rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)
@@ -111,6 +142,14 @@ class GNMaskRCNN(GNModel):
             record["proposals"] = proposals
         return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
 
+    def check_trainable(self) -> None:
+        """One clear error where the model's convention does not train (gnhub's training is
+        mmdetection's: Detectron's widths x2 - x1 + 1 are not)."""
+        if not self.convention.trains:
+            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
+                             f"{info(self.config.convention).TITLE}'s (convention in config.json): convert an "
+                             "mmdetection or detectron2 checkpoint")
+
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""
         stages = self.config.train.frozen_stages
@@ -120,55 +159,53 @@ class GNMaskRCNN(GNModel):
 
     # -- inference --------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, Tensor]]:
-        """Detections for a preprocessed batch; `record` (if given) receives image 0's stages."""
-        cfg = self.config.roi_heads
-        c = self.backbone(batch.tensor)
-        p = self.fpn(c)
-        objectness, deltas = self.rpn.head(p)
+    def _detections(self, batch: ImageBatch, c, p, objectness, deltas, record, finish) -> list[dict[str, Tensor]]:
+        """Proposals, detections and masks of every image of the batch, as the convention makes them."""
+        cfg, conv = self.config.roi_heads, self.convention
         padded = tuple(batch.tensor.shape[-2:])
-        props = [
-            self.rpn.proposals(objectness, deltas, padded if self.config.rpn.clip_to == "padded" else size, b, sf[0])
-            for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))
-        ]
+        props = [self.rpn.proposals(objectness, deltas, conv.clip_size(size, padded), b, sf[0])
+                 for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
         cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], to_rois([b for b, _ in props])))
         counts = [len(boxes) for boxes, _ in props]
-        original = cfg.detect_in == "original"  # else in the network's (resized) pixels
         dets = []
         for logit, delta, (boxes, _), size, orig, sf in zip(
-            cls_logits.split(counts), box_deltas.split(counts), props, batch.image_sizes, batch.original_sizes,
-            batch.scale_factors,
+            *_per_image([cls_logits, box_deltas], counts), props, batch.image_sizes,
+            batch.original_sizes, batch.scale_factors,
         ):
-            if original:
-                boxes, size = boxes / _scale(boxes, sf), orig
-            dets.append(self.roi_heads.detect(logit, delta, boxes, size))
+            dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf)))
         masks = self.roi_heads.mask_head is not None
         if masks:
-            mask_boxes = [_to_network(b, sf) if original else b for (b, _, _), sf in zip(dets, batch.scale_factors)]
+            mask_boxes = [conv.mask_rois(b, sf) for (b, _, _), sf in zip(dets, batch.scale_factors)]
             labels = torch.cat([lab for _, _, lab in dets])
-            mask_logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels).split(
-                [len(d[0]) for d in dets])
-        paste = paste_masks_detectron if cfg.paste == "detectron" else paste_masks
+            if torch.jit.is_tracing():  # one extra RoI: onnxruntime cannot reshape an empty batch into
+                # GroupNorm's groups; GroupNorm is per RoI, so the others are unchanged
+                mask_boxes[-1] = torch.cat([mask_boxes[-1], mask_boxes[-1].new_tensor([[0.0, 0.0, 1.0, 1.0]])])
+                labels = torch.cat([labels, labels.new_zeros(1)])
+            logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels)
+            (mask_logits,) = _per_image([logits[:-1] if torch.jit.is_tracing() else logits], [len(d[0]) for d in dets])
         results = []
-        for i, ((boxes, scores, labels), sf, size, (h, w)) in enumerate(
+        for i, ((boxes, scores, labels), sf, size, orig) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
         ):
-            keep = None
-            if self.config.box_convention == "detectron2":
-                boxes, keep = _to_original_detectron2(boxes, size, (h, w))
+            boxes = conv.to_original(boxes, sf)
+            if not finish:  # the exported graph's outputs
+                results.append({"boxes": boxes, "scores": scores, "labels": labels, "proposals": props[i][0],
+                                "proposal_scores": props[i][1]})
+                if masks:
+                    results[-1].update(mask_probs=mask_logits[i].sigmoid(), mask_logits=mask_logits[i])
+                continue
+            boxes, keep = conv.postprocess(boxes, size, orig)
+            if keep is not None:
                 scores, labels = scores[keep], labels[keep]
-            elif not original:
-                boxes = boxes / _scale(boxes, sf)
             result = {"boxes": boxes.float(), "scores": scores.float(), "labels": labels}
             if masks:
                 logits = mask_logits[i] if keep is None else mask_logits[i][keep]
-                result["masks"] = paste(logits.sigmoid(), boxes, h, w, cfg.mask_threshold)
+                result["masks"] = conv.paste_masks(logits.sigmoid(), boxes, *orig, cfg.mask_threshold)
                 if i == 0:
                     first_logits = logits
             results.append(result)
 
-        if record is not None:
+        if record is not None and finish:
             record[S.INPUT] = batch.tensor[:1]
             record.update(S.levels(S.BACKBONE, [x[:1] for x in c]))
             record.update(S.levels(S.FPN, [x[:1] for x in p]))
@@ -183,21 +220,6 @@ class GNMaskRCNN(GNModel):
         return results
 
 
-def _scale(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
-    """(w, h) scale factors as a divisor for xyxy boxes, in the boxes' dtype."""
-    return boxes.new_tensor(factors).repeat(2)
-
-
-def _to_network(boxes: Tensor, factors: tuple[float, float]) -> Tensor:
-    """Original-pixel boxes into the network's pixels, in float64 as Detectron's _get_rois_blob."""
-    return (boxes.double() * boxes.new_tensor(factors, dtype=torch.float64).repeat(2)).to(boxes.dtype)
-
-
-def _to_original_detectron2(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """detectron2's detector_postprocess: boxes times original / resized size (Python floats, as
-    it computes them), clipped to the original image; which of them are not empty."""
-    out = boxes.float().clone()
-    out[:, 0::2] *= original[1] / size[1]
-    out[:, 1::2] *= original[0] / size[0]
-    out = clip_boxes(out, original)
-    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)
+def _per_image(tensors: list[Tensor], counts: list[int]) -> list[list[Tensor]]:
+    """Each tensor's rows split by image; one image's as they are (a traced graph keeps any count)."""
+    return [[t] if len(counts) == 1 else list(t.split(counts)) for t in tensors]

@@ -6,16 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RoIHeadsConfig
-from .boxes import (
-    batched_nms,
-    batched_nms_torchvision,
-    clip_boxes,
-    decode_boxes,
-    decode_boxes_detectron,
-    decode_boxes_detectron2,
-    encode_boxes,
-    nms_detectron,
-)
+from .boxes import encode_boxes
 from .fpn import ConvGN
 from .ops import roi_align
 from .targets import assign, ce_loss, l1_loss, sample
@@ -36,9 +27,9 @@ def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int) -> T
 
 
 class MultiLevelRoIAlign(nn.Module):
-    """RoIAlign of each RoI on one pyramid level, chosen by its size."""
+    """RoIAlign of each RoI on one pyramid level, chosen by its size as the convention maps it."""
 
-    def __init__(self, output_size: int, strides: tuple[int, ...], cfg: RoIHeadsConfig, convention: str = "mmdet"):
+    def __init__(self, output_size: int, strides: tuple[int, ...], cfg: RoIHeadsConfig, convention):
         super().__init__()
         self.convention = convention
         self.output_size = output_size
@@ -48,23 +39,8 @@ class MultiLevelRoIAlign(nn.Module):
         self.finest_scale = cfg.finest_scale
 
     def levels(self, rois: Tensor) -> Tensor:
-        """Level index of (K, 5) RoIs: floor(log2(sqrt(area) / finest_scale + 1e-6)), clamped.
-
-        Detectron: floor(4 + log2(sqrt(area) / (4 * finest_scale) + 1e-6)) - 2, areas with + 1
-        (a negative area, where Detectron would assert, counts as 0). detectron2: the same with
-        areas as mmdetection's and 1e-8, clamped to levels 2 to 5 before the 2 is taken off.
-        """
-        if self.convention == "detectron":
-            scale = torch.sqrt(((rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1)).clamp(min=0))
-            lvl = torch.floor(4 + torch.log2(scale / (4 * self.finest_scale) + 1e-6)) - 2
-        elif self.convention == "detectron2":
-            scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
-            lvl = torch.floor(4 + torch.log2(scale / (4 * self.finest_scale) + 1e-8))
-            return lvl.clamp(min=2, max=1 + len(self.strides)).long() - 2
-        else:
-            scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
-            lvl = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
-        return lvl.clamp(min=0, max=len(self.strides) - 1).long()
+        """Level index of (K, 5) RoIs, as the convention maps them."""
+        return self.convention.roi_levels(rois, self.finest_scale, len(self.strides))
 
     def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         size = self.output_size
@@ -120,73 +96,30 @@ class RoIHeads(nn.Module):
     """The box head, and the mask head unless `masks` is False (a Faster R-CNN)."""
 
     def __init__(self, channels: int, num_classes: int, strides: tuple[int, ...], cfg: RoIHeadsConfig,
-                 box_convention: str = "mmdet", masks: bool = True):
+                 convention, masks: bool = True):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.convention = box_convention
-        self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, box_convention)
+        self.convention = convention
+        self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, convention)
         self.box_head = BoxHead(channels, num_classes, cfg)
-        self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, box_convention) if masks else None
+        self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, convention) if masks else None
         self.mask_head = MaskHead(channels, num_classes, cfg) if masks else None
 
     def detect(
         self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-class decoding, score threshold, per-class NMS -> boxes, scores, labels (best first).
+        """Per-class decoding, score threshold, per-class NMS as the convention does them ->
+        boxes, scores, labels (best first).
 
-        `proposals` and `image_size` are in the coordinates detection happens in (config
-        roi_heads.detect_in); the result is in the same coordinates.
+        `proposals` and `image_size` are in the coordinates detection happens in (the
+        convention's detection_frame); the result is in the same coordinates.
         """
         cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
         scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
         labels = torch.arange(k, device=scores.device).repeat(n)
-        if self.convention == "detectron2":
-            boxes = decode_boxes_detectron2(proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4),
-                                            cfg.box_stds)
-            return self._detect_detectron2(boxes, scores, labels, n, image_size)
-        decode = decode_boxes_detectron if self.convention == "detectron" else decode_boxes
-        boxes = decode(
-            proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), cfg.box_stds, image_size
-        )
-        if self.convention == "detectron":
-            return self._detect_detectron(boxes, scores, labels)
-        idx = (scores > cfg.score_thresh).nonzero().squeeze(1)
-        boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
-        keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
-        return boxes[keep], scores[keep], labels[keep]
-
-    def _detect_detectron2(self, boxes: Tensor, scores: Tensor, labels: Tensor, n: int, image_size):
-        """detectron2's fast_rcnn_inference_single_image: RoIs with a non-finite box or score left
-        out, boxes clipped to the image, score > thresh, NMS per class (torchvision's batched
-        NMS), the best detections_per_image."""
-        cfg, k = self.cfg, self.num_classes
-        finite = (torch.isfinite(boxes).view(n, -1).all(dim=1) & torch.isfinite(scores).view(n, -1).all(dim=1))
-        boxes = clip_boxes(boxes, image_size)
-        ok = scores > cfg.score_thresh
-        if torch.jit.is_tracing() or not finite.all():
-            ok = ok & finite.repeat_interleave(k)
-        idx = ok.nonzero().squeeze(1)
-        boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
-        keep = batched_nms_torchvision(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
-        return boxes[keep], scores[keep], labels[keep]
-
-    def _detect_detectron(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Detectron's box_results_with_nms_and_limit: per class score > thresh and NMS, then all
-        detections scoring at least the detections_per_image-th best (ties may keep more)."""
-        cfg = self.cfg
-        idx = (scores > cfg.score_thresh).nonzero().squeeze(1)
-        boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
-        keep = [i[nms_detectron(boxes[i], scores[i], cfg.nms_iou)]
-                for i in (torch.nonzero(labels == c).squeeze(1) for c in torch.unique(labels))]
-        keep = torch.cat(keep) if keep else labels.new_zeros(0)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        limit = cfg.detections_per_image
-        if 0 < limit < len(scores):
-            ok = scores >= torch.sort(scores).values[-limit]
-            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
-        order = torch.sort(scores, descending=True, stable=True).indices
-        return boxes[order], scores[order], labels[order]
+        return self.convention.detect(proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), scores,
+                                      labels, n, k, image_size, cfg)
 
     def loss(self, feats: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor],
              gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -41,11 +41,14 @@ class ImageBatch:
 
 
 class Preprocessor:
-    def __init__(self, cfg: PreprocessConfig):
+    """A config's preprocessing with its convention's resize (`rescale`, see gnhub.images.resize)."""
+
+    def __init__(self, cfg: PreprocessConfig, rescale):
         self.cfg = cfg
+        self.rescale = rescale
 
     def resize(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-        return resize(rgb, self.cfg)
+        return resize(rgb, self.cfg, self.rescale)
 
     def batch(
         self,

@@ -4,9 +4,9 @@ against the blob names of a Detectron .pkl.
 It follows Detectron's test path (utils/blob.py, ops/generate_proposals.py, ops/collect_and_
 distribute_fpn_rpn_proposals.py, core/test.py, utils/boxes.py) in numpy, with torch and
 torchvision only for convolutions, GroupNorm and RoIAlign (Caffe2's RoIAlign is torchvision's
-with aligned=False); it shares no code with gnhub's model but the handle on torchvision's
-kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and class convention (background
-last), so `gnhub verify` can compare the two.
+with aligned=False); it shares no code with gnhub's model (tests/test_frameworks.py holds it to
+importing nothing of gnhub.modeling). Outputs use gnhub's stage names and class convention
+(background last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from ..modeling.ops import roi_align
 
 BBOX_XFORM_CLIP = float(np.log(1000.0 / 16.0))
 
@@ -199,6 +197,8 @@ class DetectronReference:
         return np.clip(np.floor(4 + np.log2(s / 224 + np.float32(1e-6))), 2, 5).astype(int)
 
     def roi_transform(self, p: list[Tensor], rois: np.ndarray, size: int) -> Tensor:
+        from torchvision.ops import roi_align  # torchvision's import (about 1.5 s) only when a reference runs
+
         lvls = self.levels(rois)
         out = torch.zeros(len(rois), p[0].shape[1], size, size)
         boxes = torch.from_numpy(np.hstack((np.zeros((len(rois), 1), np.float32), rois)).astype(np.float32))

@@ -4,8 +4,8 @@ with or without weight standardisation), written against the source's own names.
 It reads an mmdetection state_dict as it is (`backbone.`, `neck.`, `rpn_head.`, `roi_head.` or
 1.x top-level heads) and follows mmdetection 3.3's inference step by step with plain torch,
 torchvision and OpenCV calls (mmcv's ConvWS2d for the convs its config builds with
-conv_cfg=ConvWS); it shares no code with gnhub's model but the handle on torchvision's NMS and
-RoIAlign kernels (gnhub.modeling.ops). Outputs use gnhub's stage names and class convention
+conv_cfg=ConvWS); it shares no code with gnhub's model (tests/test_frameworks.py holds it to
+importing nothing of gnhub.modeling). Outputs use gnhub's stage names and class convention
 (background last), so `gnhub verify` can compare the two.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import stages as S
-from ..modeling.ops import nms, roi_align
 
 STRIDES = (4, 8, 16, 32, 64)
 
@@ -134,6 +133,8 @@ class MMDetReference:
     @staticmethod
     def group_nms(boxes: Tensor, scores: Tensor, ids: Tensor, iou: float) -> Tensor:
         """mmcv.ops.batched_nms: offset trick below 10000 boxes, else one NMS per id."""
+        from torchvision.ops import nms  # torchvision's import (about 1.5 s) only when a reference runs
+
         if not len(boxes):
             return torch.zeros(0, dtype=torch.long)
         shifted = boxes + (ids.float() * (boxes.max() + 1))[:, None]
@@ -170,6 +171,8 @@ class MMDetReference:
         return obj, reg, boxes[keep], scores[keep]
 
     def roi_features(self, feats: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+        from torchvision.ops import roi_align
+
         rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         level = torch.floor(torch.log2(torch.sqrt(area) / 56 + 1e-6)).clamp(0, 3).long()

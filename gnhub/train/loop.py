@@ -130,9 +130,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
         raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
     check_model_output(out, force)
     _check_apart(out, work)
-    if base.config.box_convention != "mmdet":
-        raise GnhubError(f"{base.config.name}: fine-tuning follows mmdetection's conventions; this model has "
-                         "Detectron's (convert an mmdetection checkpoint)")
+    base.check_trainable()
     dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation")
     if val is not None:
         _check_val(val, dataset)
@@ -167,7 +165,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
         if rank == 0:
             _clear(work)
     distributed.barrier()
-    module = _LossModule(model)
+    module = model  # its forward gives the losses, given targets
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -197,7 +195,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
                 generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + it * 64 + j)
                 sync = world > 1 and j < len(chunk) - 1
                 with module.no_sync() if sync else contextlib.nullcontext(), amp:
-                    losses = module(images, targets, generator)
+                    losses = module(images, targets, generator=generator)
                 total = sum(losses.values()) / len(chunk)
                 if not torch.isfinite(total):
                     raise GnhubError(f"the loss is {float(total)} at iteration {it} ({_terms(losses)}); "
@@ -250,17 +248,6 @@ def _param_groups(model: GNMaskRCNN, weight_decay: float) -> list[dict]:
     groups = [{"params": [p for p in params if id(p) not in norms]},
               {"params": [p for p in params if id(p) in norms], "weight_decay": weight_decay * mult}]
     return [g for g in groups if g["params"]]
-
-
-class _LossModule(torch.nn.Module):
-    """model.loss as a forward, so that DistributedDataParallel sees it."""
-
-    def __init__(self, model: GNMaskRCNN):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, targets, generator):
-        return self.model.loss(images, targets, generator=generator)
 
 
 def _check_apart(out: Path, work: Path) -> None:

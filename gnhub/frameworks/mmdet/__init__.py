@@ -1,0 +1,5 @@
+"""mmdetection 3.3 (and gnhub's defaults)."""
+TITLE = "mmdetection"
+RESIZE = "OpenCV bilinear"
+EXPORTS = True
+CARD = ""  # the model card's paragraph on the conventions: none, they are gnhub's defaults
