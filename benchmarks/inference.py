@@ -35,7 +35,7 @@ import torchvision
 from gnhub.converters import detectron
 
 from gnhub import GNMaskRCNN, ModelConfig, load
-from gnhub.convert import apply_settings, convert
+from gnhub.convert import convert
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.images import load_image
@@ -166,7 +166,7 @@ def gnhub_model(work: Path, conventions: str) -> GNMaskRCNN:
     gn = load(work / "r50")
     if conventions == "detectron":
         config = gn.config
-        apply_settings(config, detectron.SETTINGS["e2e"])
+        detectron.SETTINGS["e2e"].apply(config)
         gn = with_weights(config, gn.state_dict(), "detectron conventions")
     return gn
 

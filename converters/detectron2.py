@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gnhub.config import BGR_CAFFE, ConfigPatch
+
 from .file_settings import FileSettings
 
 NAME = "detectron2"
@@ -66,8 +68,7 @@ DROPPED = [r"pixel_mean", r"pixel_std", r"proposal_generator\.anchor_generator\.
 UNUSED: dict = {}
 
 # detectron2's test conventions for these models (defaults.py, Base-RCNN-FPN.yaml, Misc/*gn*.yaml).
-SETTINGS = {"d2": {
-    "preprocess.channel_order": "BGR", "preprocess.mean": (103.53, 116.28, 123.675), "preprocess.std": (1.0, 1.0, 1.0),
+SETTINGS = {"d2": BGR_CAFFE | ConfigPatch({
     "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32, "preprocess.resize": "pil",
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "rpn.anchor_generator": "detectron2", "rpn.clip_to": "image",
@@ -76,7 +77,7 @@ SETTINGS = {"d2": {
     "roi_heads.aligned": True, "roi_heads.finest_scale": 56.0, "roi_heads.detect_in": "network",
     "roi_heads.paste": "mmdet",
     "box_convention": "detectron2",
-}}
+})}
 DEFAULTS = "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
 
 

@@ -10,6 +10,8 @@ import ast
 
 import torch
 
+from gnhub.config import ConfigPatch
+
 from .background import move_background_last
 from .file_settings import FileSettings
 
@@ -80,7 +82,7 @@ def meta_version(obj) -> str | None:
     return str(version) if version else None
 
 
-SETTINGS: dict[str, dict] = {}  # ModelConfig's defaults are mmdetection's (with Detectron's BGR means)
+SETTINGS: dict[str, ConfigPatch] = {}  # ModelConfig's defaults are mmdetection's (with Detectron's BGR means)
 DEFAULTS = "gnhub default (Detectron BGR means, std 1)"
 
 MAX_CONFIG_CHARS = 1 << 20  # real configs are about 10 kB

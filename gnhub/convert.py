@@ -79,15 +79,6 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     return config
 
 
-def apply_settings(config: ModelConfig, settings: dict) -> None:
-    """Sets every setting by its config path ("preprocess.mean", "box_convention", ...), then
-    checks the whole config once."""
-    for key, value in settings.items():
-        section, _, field = key.rpartition(".")
-        setattr(getattr(config, section) if section else config, field, value)
-    config.check()
-
-
 def convert(
     src: str | Path,
     out: str | Path | None = None,
@@ -135,7 +126,7 @@ def convert(
             why = " (refused because of --strict)" if strict else (
                 "; such a checkpoint cannot verify: download it again, or convert it with --no-verify to keep them")
             raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}{why}")
-        apply_settings(config, source.settings)
+        source.settings.apply(config)
         classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
             config.classes = tuple(classes)

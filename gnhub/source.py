@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import zoo
 from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
-from .config import check_value
+from .config import ConfigPatch, check_value
 from .converters import FORMATS, Converter
 from .errors import GnhubError
 from .files import sha256_file
@@ -23,7 +23,7 @@ class Source:
     converter: Converter
     sha256: Future
     layout: str  # the converter's layout_version of the tensor names
-    settings: dict  # by config path, checked: the format's defaults < the zoo entry's < the file's
+    settings: ConfigPatch  # the format's defaults < the zoo entry's < the file's
     preprocess_from: str
     entry: zoo.ZooEntry | None
     check_hash: bool = True
@@ -64,7 +64,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     if entry is not None and entry.source_format != converter.NAME:
         entry = None  # a zoo name given to another format's file: its settings do not apply
     layout = converter.layout_version(converter.source_tensors(obj).keys())
-    defaults = converter.SETTINGS.get(layout, {})
+    defaults = converter.SETTINGS.get(layout, ConfigPatch())
     try:
         file = converter.read_settings(obj)
     except GnhubError as e:  # a converter's refusal of what the file says about itself
@@ -72,8 +72,8 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     values, notes = checked_settings(file.values, defaults)
     unused = [f"checkpoint config: could not read {what}" for what in file.ignored] + notes
     notes = [f"{note}; not used (the zoo's or the default value is)" for note in unused]
-    given = entry.settings if entry else {}
-    settings = {**defaults, **given, **values}
+    given = entry.settings if entry else ConfigPatch()
+    settings = defaults | given | values
     if file.origin:
         preprocess_from = file.origin
     elif any(k in values for k in _PREPROCESS):
@@ -91,7 +91,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
 _PREPROCESS = ("preprocess.mean", "preprocess.std", "preprocess.channel_order")  # taken together, or not at all
 
 
-def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
+def checked_settings(raw: dict, fallback: ConfigPatch) -> tuple[ConfigPatch, list[str]]:
     """What a file says of its settings (by config path), every value checked against the
     config's bounds: (valid settings, notes on what was left out). An invalid value is replaced
     by the format's own default (`fallback`) where it has one, else left out. The file is untrusted."""
@@ -106,7 +106,7 @@ def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
     if any(k not in out for k in _PREPROCESS if k in raw):
         for k in _PREPROCESS:
             out.pop(k, None)
-    return out, notes
+    return ConfigPatch(out), notes
 
 
 def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
