@@ -13,6 +13,8 @@ from gnhub.config import ConfigPatch
 from . import detectron, detectron2, mmdet
 from .file_settings import FileSettings
 
+__all__ = ["Converter", "FORMATS", "FileSettings", "RenameTable"]
+
 
 class Converter(Protocol):
     """What a source format's module declares. Everything is required; empty values mean none.

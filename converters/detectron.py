@@ -16,6 +16,10 @@ from gnhub.errors import GnhubError
 from .background import move_background_last
 from .file_settings import FileSettings
 
+__all__ = ["CLASSIFIER_SETTINGS", "DEFAULTS", "DESCRIPTION", "DETECTOR_SETTINGS", "DROPPED", "MAX_CFG_CHARS",
+    "MAX_CFG_NODES", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS", "UNUSED", "detect", "layout_version",
+    "meta_classes", "meta_version", "read_settings", "reorder_classes", "source_tensors"]
+
 NAME = "detectron"
 DESCRIPTION = "Detectron (Caffe2) pickle (.pkl: blobs of numpy arrays)"
 

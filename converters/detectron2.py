@@ -16,6 +16,9 @@ from gnhub.config import BGR_CAFFE, ConfigPatch
 
 from .file_settings import FileSettings
 
+__all__ = ["DEFAULTS", "DESCRIPTION", "DROPPED", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS", "UNUSED", "detect",
+    "layout_version", "meta_classes", "meta_version", "read_settings", "reorder_classes", "source_tensors"]
+
 NAME = "detectron2"
 DESCRIPTION = "detectron2 model-zoo pickle (.pkl: {\"model\": numpy arrays})"
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from gnhub.config import unknown_path_message
 
+__all__ = ["FileSettings"]
+
 
 @dataclass
 class FileSettings:

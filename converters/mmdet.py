@@ -15,6 +15,10 @@ from gnhub.config import ConfigPatch
 from .background import move_background_last
 from .file_settings import FileSettings
 
+__all__ = ["DEFAULTS", "DESCRIPTION", "DROPPED", "MAX_CONFIG_CHARS", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS",
+    "UNUSED", "detect", "layout_version", "meta_classes", "meta_version", "read_settings", "reorder_classes",
+    "source_tensors"]
+
 NAME = "mmdet"
 DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
 

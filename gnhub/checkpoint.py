@@ -21,6 +21,9 @@ from .config import ModelConfig
 from .errors import GnhubError
 from .layout import WEIGHTS_FILE, check_model_dir, new_model_dir, write_config
 
+__all__ = ["IMAGE_MAGIC", "MAX_OBJECTS", "check_bounded", "check_input_file", "read_model_dir", "read_pickle",
+    "read_torch_checkpoint", "save_safetensors", "write_model_dir", "write_model_files"]
+
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 1.26

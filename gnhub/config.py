@@ -11,6 +11,12 @@ from pathlib import Path
 
 from .errors import GnhubError
 
+__all__ = ["BGR_CAFFE", "BackboneConfig", "CHOICES", "COCO_CLASSES", "ConfigPatch", "DETECTRON_BGR_MEAN",
+    "DETECTRON_PIXEL_MEANS", "FORMAT_VERSION", "FPNConfig", "IMAGENET_BGR_STD", "IMAGENET_CLASSES",
+    "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD", "ModelConfig", "PreprocessConfig", "RGB_IMAGENET", "RPNConfig", "RULES",
+    "RoIHeadsConfig", "SETTING_PATHS", "TrainConfig", "UNIT_STD", "backbone_words", "check_value",
+    "unknown_path_message"]
+
 FORMAT_VERSION = 1
 
 COCO_CLASSES = (

@@ -19,6 +19,8 @@ from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, open_source
 
+__all__ = ["convert", "infer_config", "map_tensors"]
+
 
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
     """Renames every source tensor by the converter's table: (mapped, dropped names).
@@ -82,6 +84,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
 def convert(
     src: str | Path,
     out: str | Path | None = None,
+    *,
     fmt: str = "auto",
     name: str | None = None,
     dtype: str = "float32",
@@ -123,8 +126,8 @@ def convert(
         corrupt = f"{where}: corrupt: NaN or Inf values in"
         bad: list[str] = []
         if (strict or verify) and (bad := sorted(k for k, v in mapped.items() if not _finite(v))):  # refused
-            why = " (refused because of --strict)" if strict else (
-                "; such a checkpoint cannot verify: download it again, or convert it with --no-verify to keep them")
+            why = " (refused because of `strict=True`)" if strict else (
+                "; such a checkpoint cannot verify: download it again, or convert it with `verify=False` to keep them")
             raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}{why}")
         source.settings.apply(config)
         classes = converter.meta_classes(source.obj)

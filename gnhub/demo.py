@@ -19,6 +19,8 @@ from .converters import RenameTable, mmdet
 from .files import sha256_file
 from .modeling import GNMaskRCNN
 
+__all__ = ["DEMO_NAME", "deterministic_weights", "run_demo", "write_demo_checkpoint"]
+
 DEMO_NAME = "mask_rcnn_r50_fpn_gn-all_untrained_demo"
 _CONFIG_TEXT = f"""# gnhub demo: an UNTRAINED model with deterministic random weights
 model = dict(
@@ -92,7 +94,7 @@ def run_demo(out: str | Path = "gnhub-demo", log=print) -> dict:
     log(f"2. converted and verified: {s['output']} ({s['tensors']} tensors, {s['seconds']:.0f} s)")
     log(f"3. model card: {write_card(s['output'])}")
     hub = HubSettings(hub_dir=str(out / "hub"))
-    published = publish_model(s["output"], f"demo/{DEMO_NAME}", hub)
+    published = publish_model(s["output"], f"demo/{DEMO_NAME}", settings=hub)
     log(f"4. published to a directory hub: {published['url']}")
     model = load(f"demo/{DEMO_NAME}", hub_dir=hub.hub_dir)
     log(f"5. loaded by name: gnhub.load('demo/{DEMO_NAME}', hub_dir='{hub.hub_dir}')")

@@ -17,6 +17,8 @@ from pathlib import Path
 from .errors import GnhubError
 from .files import sha256_file
 
+__all__ = ["BACKOFF", "CHUNK", "RETRIES", "TIMEOUT", "download"]
+
 CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without a byte
 RETRIES = 3  # further tries after a failed connection or a cut-off transfer

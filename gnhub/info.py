@@ -9,6 +9,8 @@ from . import zoo
 from .errors import GnhubError
 from .settings import HubSettings
 
+__all__ = ["describe"]
+
 
 def describe(name: str, settings: HubSettings | None = None) -> dict:
     """A zoo entry's published facts, URLs and cache state; a model directory's config, tensor

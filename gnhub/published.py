@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from .config import IMAGENET_BGR_STD
 
+__all__ = ["CITATIONS", "DETECTRON", "DETECTRON2", "DETECTRON2_CITATION", "DETECTRON2_RESULTS", "DETECTRON2_URL",
+    "DETECTRON_CITATION", "DETECTRON_IMAGENET", "DETECTRON_RESULTS", "DETECTRON_RUN", "DETECTRON_URL", "GN", "MMDET",
+    "MMDET_GN", "MMDET_GN_RESULTS", "MMDET_GN_URL", "MMDET_GN_WS", "MMDET_GN_WS_RESULTS", "MMDET_GN_WS_URL",
+    "MMDET_SCRATCH", "MMDET_SCRATCH_RESULTS", "MMDET_SCRATCH_URL", "RETHINKING", "WS"]
+
 # -- mmdetection: configs/gn/README.md (v2.0 model zoo) ------------------------------------------
 # name, depth, pretrained backbone ("(d)" Detectron's, "(c)" contributed), schedule, epochs,
 # file stamp (date-sha256 prefix), box AP, mask AP, train memory (GB), inference fps ("-": None)

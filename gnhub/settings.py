@@ -8,7 +8,7 @@
     GNHUB_SOURCE_MIRROR     replaces the scheme and host of the zoo's upstream download URLs
     GNHUB_QUIET             no progress bars (default: quiet when stderr is not a terminal)
     GNHUB_MAX_IMAGE_PIXELS  larger images are refused before they are decoded (default 50 million)
-    GNHUB_MALLOC            "system" leaves glibc's malloc as it is (see gnhub/modeling/allocator.py)
+    GNHUB_MALLOC            "system" leaves glibc's malloc as it is (see gnhub/allocator.py)
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import GnhubError
+
+__all__ = ["DEFAULT_ORG", "HubSettings", "MAX_IMAGE_PIXELS", "cache_dir", "max_image_pixels", "system_malloc",
+    "zoo_file"]
 
 DEFAULT_ORG = "gnhub"
 MAX_IMAGE_PIXELS = 50_000_000  # masks are kept at full resolution

@@ -13,6 +13,8 @@ from .converters import FORMATS, Converter
 from .errors import GnhubError
 from .files import sha256_file
 
+__all__ = ["HASH_IN_NAME", "Source", "check_hash_in_name", "checked_settings", "open_source"]
+
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
 
@@ -83,7 +85,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     else:
         preprocess_from = converter.DEFAULTS
         if not values and entry is None:
-            notes.append(f"neither the file nor a zoo entry (by its name or --name) states its settings: "
+            notes.append(f"neither the file nor a zoo entry (by its name or `name`) states its settings: "
                          f"converted with the {converter.DEFAULTS}")
     return Source(path, obj, converter, sha, layout, settings, preprocess_from, entry, check_hash, notes)
 
@@ -114,7 +116,7 @@ def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
     if check and m and not sha.startswith(m.group(1)):
         raise GnhubError(
             f"{path}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
-            "is corrupt or renamed: download it again, or pass --no-check-hash"
+            "is corrupt or renamed: download it again, or pass `check_hash=False`"
         )
 
 

@@ -16,6 +16,9 @@ from .config import BGR_CAFFE, RGB_IMAGENET, ConfigPatch, backbone_words
 from .errors import GnhubError
 from .settings import DEFAULT_ORG, zoo_file
 
+__all__ = ["FORMAT_NAMES", "MODELS", "NAME_PATTERN", "WS_EVERYWHERE", "ZooEntry", "find_by_file", "get",
+    "is_file_name", "is_name", "list_models", "models", "register", "suggest"]
+
 WS_EVERYWHERE = ConfigPatch({"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
                              "roi_heads.mask_weight_std": True})
 FORMAT_NAMES = ("mmdet", "detectron", "detectron2")

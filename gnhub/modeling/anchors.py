@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+__all__ = ["base_anchors", "detectron2_base_anchors", "detectron_base_anchors", "grid_anchors"]
+
 
 def base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
     """mmdetection: (len(ratios) * len(scales), 4) anchors centred on (0, 0), unrounded,

@@ -10,7 +10,6 @@ from torch import Tensor
 from .. import stages as S
 from ..config import ModelConfig
 from ..errors import GnhubError
-from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
 from .boxes import clip_boxes, to_rois
 from .fpn import FPN
@@ -19,6 +18,8 @@ from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
 from .transform import ImageBatch, Preprocessor, load_image
+
+__all__ = ["GNMaskRCNN"]
 
 
 class GNMaskRCNN(GNModel):
@@ -88,7 +89,6 @@ class GNMaskRCNN(GNModel):
         if len(items) != len(targets) or not items:
             raise GnhubError(f"loss needs one target per image ({len(items)} images, {len(targets)} targets)")
         train = self.config.train
-        keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
             [load_image(im) for im in items], targets, self.device, self.dtype, self.roi_heads.mask_head is not None)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["paste_masks", "paste_masks_detectron"]
+
 
 def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float) -> Tensor:
     """(D, M, M) probabilities into their (D, 4) boxes -> (D, height, width) bool masks.

@@ -21,6 +21,8 @@ from .boxes import (
 )
 from .targets import assign, bce_loss, l1_loss, sample
 
+__all__ = ["ANCHOR_GENERATORS", "RPN"]
+
 ANCHOR_GENERATORS = {"mmdet": base_anchors, "detectron": detectron_base_anchors,
                      "detectron2": detectron2_base_anchors}
 

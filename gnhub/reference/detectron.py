@@ -18,6 +18,8 @@ from torch import Tensor
 
 from ..modeling.ops import roi_align
 
+__all__ = ["BBOX_XFORM_CLIP", "DetectronReference"]
+
 BBOX_XFORM_CLIP = float(np.log(1000.0 / 16.0))
 
 

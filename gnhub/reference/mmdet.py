@@ -22,6 +22,8 @@ from .. import stages as S
 from ..config import BGR_CAFFE
 from ..modeling.ops import nms, roi_align
 
+__all__ = ["MMDetReference", "STRIDES"]
+
 STRIDES = (4, 8, 16, 32, 64)
 
 
