@@ -41,11 +41,13 @@ def main() -> None:
     sys.path.insert(0, str(SHARED))
     import make_mmdet_checkpoint
 
-    from gnhub import evaluate, load
+    from gnhub import evaluate, load, tune_cpu
     from gnhub.convert import convert
     from gnhub.train import Recipe, finetune
     from gnhub.train.loop import Schedule
     from gnhub.train.shapes import CLASSES, write_shapes
+
+    tune_cpu()  # as `gnhub finetune` does
 
     h, w = (int(v) for v in args.size.split("x"))
     scratch = tempfile.TemporaryDirectory(prefix="gnhub-finetune-bench-")  # removed at exit
@@ -57,11 +59,13 @@ def main() -> None:
     base = load(work / "base", device=args.device)
     base.config.preprocess.max_size = (max(h, w), min(h, w))
     base.config.train.box_batch_size_per_image = args.box_batch
-    before = evaluate(base.with_classes(CLASSES, torch.Generator(base.device).manual_seed(0)), work / "val", val)
+    before = evaluate(base.with_classes(CLASSES, torch.Generator(base.device).manual_seed(0)), images=work / "val",
+                      annotations=val)
     recipe = Recipe(iterations=args.iterations, warmup_iters=min(50, args.iterations // 4), lr=args.lr,
                     checkpoint_every=10**6, amp=args.amp)
     start = time.perf_counter()
-    summary = finetune(base, train, work / "train", work / "out", recipe, val=(val, work / "val"), device=args.device)
+    summary = finetune(base, train_annotations=train, train_images=work / "train", out=work / "out", recipe=recipe,
+                       val=(val, work / "val"), device=args.device)
     seconds = time.perf_counter() - start
     rows = [json.loads(line) for line in (work / "out.train" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]

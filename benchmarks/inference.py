@@ -35,12 +35,12 @@ import torchvision
 from gnhub.converters import detectron
 
 from gnhub import GNMaskRCNN, ModelConfig, load
-from gnhub.convert import apply_settings, convert
+from gnhub.allocator import tune_cpu
+from gnhub.convert import convert
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.images import load_image
 from gnhub.modeling import with_weights
-from gnhub.modeling.allocator import keep_freed_memory
 from gnhub.samples import sample_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -164,7 +164,7 @@ def gnhub_model(work: Path, conventions: str) -> GNMaskRCNN:
     gn = load(work / "r50")
     if conventions == "detectron":
         config = gn.config
-        apply_settings(config, detectron.SETTINGS["e2e"])
+        detectron.SETTINGS["e2e"].apply(config)
         gn = with_weights(config, gn.state_dict(), "detectron conventions")
     return gn
 
@@ -173,13 +173,14 @@ def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
     """One process of the latency table: warm-up, then `runs` timed calls on street.png; prints JSON."""
     image = load_image(sample_images()[0])  # street.png, 427x640 -> 800x1199 as mmdetection resizes it
     if kind.startswith("gnhub"):
+        tune_cpu()  # as the gnhub command does (GNHUB_MALLOC=system: not)
         gn = gnhub_model(work, conventions)
         if kind == "gnhub bfloat16":
             gn = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
         fn, count = (lambda: gn.predict(image)), (lambda out: len(out["boxes"]))
     elif kind.startswith("mmdetection"):
         if kind == MM_TUNED:
-            keep_freed_memory(torch.device("cpu"))
+            tune_cpu()
         fn, count = partial(mmdetection(next(work.glob("*.pth")), ZOO_NAME), image), (lambda out: len(out.bboxes))
     else:
         tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,

@@ -35,6 +35,7 @@ else:
     import torch
     torch.set_num_threads(threads)
     import gnhub
+    gnhub.tune_cpu()  # as the gnhub command does
     model = gnhub.load(target)
 from gnhub.images import load_image
 rgb = load_image(image)

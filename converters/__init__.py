@@ -8,8 +8,12 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
+from gnhub.config import ConfigPatch
+
 from . import detectron, detectron2, mmdet
 from .file_settings import FileSettings
+
+__all__ = ["Converter", "FORMATS", "FileSettings", "RenameTable"]
 
 
 class Converter(Protocol):
@@ -29,7 +33,7 @@ class Converter(Protocol):
     PLACEHOLDERS: dict[str, tuple[str, str | None]]  # its own {name}: (pattern, value when writing a source name)
     DROPPED: list[str]  # regular expressions of source tensors that carry no weights (optimizer state)
     UNUSED: dict[str, list[str]]  # per layout version: tensors a file of that layout carries unused
-    SETTINGS: dict[str, dict]  # per layout version: the format's own defaults by config path
+    SETTINGS: dict[str, ConfigPatch]  # per layout version: the format's own defaults
     DEFAULTS: str  # where the preprocessing comes from when neither the file nor the zoo says, in words
 
     def detect(self, obj) -> bool: ...  # whether an unpickled file is of this format

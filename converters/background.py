@@ -1,6 +1,8 @@
 """The class-order rule shared by sources that put background first (Detectron, mmdetection 1.x)."""
 import torch
 
+__all__ = ["move_background_last"]
+
 
 def move_background_last(tensors: dict[str, torch.Tensor]) -> None:
     """Background first -> gnhub's order: the first class score moves last; the background's

@@ -9,11 +9,16 @@ from __future__ import annotations
 import torch
 import yaml
 
+from gnhub.config import DETECTRON_PIXEL_MEANS, UNIT_STD, ConfigPatch
 from gnhub.errors import GnhubError
 
 from .arrays import as_tensors
 from .background import move_background_last
 from .file_settings import FileSettings
+
+__all__ = ["CLASSIFIER_SETTINGS", "DEFAULTS", "DESCRIPTION", "DETECTOR_SETTINGS", "DROPPED", "MAX_CFG_CHARS",
+    "MAX_CFG_NODES", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS", "UNUSED", "detect", "layout_version",
+    "meta_classes", "meta_version", "read_settings", "reorder_classes", "source_tensors"]
 
 NAME = "detectron"
 DESCRIPTION = "Detectron (Caffe2) pickle (.pkl: blobs of numpy arrays)"
@@ -84,22 +89,20 @@ DROPPED = [r".*_momentum"]
 UNUSED = {"e2e": [r"pred_[wb]"]}
 
 # Detectron's test conventions (core/config.py defaults and the GN configs), by config path.
-DETECTOR_SETTINGS = {
-    "preprocess.channel_order": "BGR", "preprocess.mean": (102.9801, 115.9465, 122.7717),
-    "preprocess.std": (1.0, 1.0, 1.0), "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
+_PIXELS = {"preprocess.channel_order": "BGR", "preprocess.mean": DETECTRON_PIXEL_MEANS, "preprocess.std": UNIT_STD,
+           "convention": "detectron"}
+DETECTOR_SETTINGS = ConfigPatch({
+    **_PIXELS, "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
     "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 2,
     "roi_heads.aligned": False,
-    "convention": "detectron",
-}
+})
 # ImageNet classification with a Detectron backbone: the same BGR means, the centre 224 crop of
 # the image resized to a shorter side of 256.
-CLASSIFIER_SETTINGS = {
-    "preprocess.channel_order": "BGR", "preprocess.mean": (102.9801, 115.9465, 122.7717),
-    "preprocess.std": (1.0, 1.0, 1.0), "preprocess.max_size": (256, 256), "preprocess.crop_size": 224,
-    "preprocess.size_divisor": 1, "convention": "detectron",
-}
+CLASSIFIER_SETTINGS = ConfigPatch({
+    **_PIXELS, "preprocess.max_size": (256, 256), "preprocess.crop_size": 224, "preprocess.size_divisor": 1,
+})
 SETTINGS = {"e2e": DETECTOR_SETTINGS, "imagenet": CLASSIFIER_SETTINGS}
 DEFAULTS = "Detectron defaults"
 

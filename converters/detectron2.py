@@ -9,8 +9,13 @@ No I/O: the engine reads, checks and writes.
 """
 from __future__ import annotations
 
+from gnhub.config import BGR_CAFFE, ConfigPatch
+
 from .arrays import as_tensors
 from .file_settings import FileSettings
+
+__all__ = ["DEFAULTS", "DESCRIPTION", "DROPPED", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS", "UNUSED", "detect",
+    "layout_version", "meta_classes", "meta_version", "read_settings", "reorder_classes", "source_tensors"]
 
 NAME = "detectron2"
 DESCRIPTION = "detectron2 model-zoo pickle (.pkl: {\"model\": numpy arrays})"
@@ -64,15 +69,11 @@ DROPPED = [r"pixel_mean", r"pixel_std", r"proposal_generator\.anchor_generator\.
 UNUSED: dict = {}
 
 # detectron2's test conventions for these models (defaults.py, Base-RCNN-FPN.yaml, Misc/*gn*.yaml).
-SETTINGS = {"d2": {
-    "preprocess.channel_order": "BGR", "preprocess.mean": (103.53, 116.28, 123.675), "preprocess.std": (1.0, 1.0, 1.0),
+SETTINGS = {"d2": BGR_CAFFE | ConfigPatch({
     "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
     "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
-    "roi_heads.aligned": True, "roi_heads.finest_scale": 56.0,
-    "convention": "detectron2",
-}}
 DEFAULTS = "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
 
 

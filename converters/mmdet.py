@@ -10,8 +10,14 @@ import ast
 
 import torch
 
+from gnhub.config import ConfigPatch
+
 from .background import move_background_last
 from .file_settings import FileSettings
+
+__all__ = ["DEFAULTS", "DESCRIPTION", "DROPPED", "MAX_CONFIG_CHARS", "NAME", "PLACEHOLDERS", "RENAMES", "SETTINGS",
+    "UNUSED", "detect", "layout_version", "meta_classes", "meta_version", "read_settings", "reorder_classes",
+    "source_tensors"]
 
 NAME = "mmdet"
 DESCRIPTION = "mmdetection 1.x/2.x/3.x checkpoint (.pth: meta + state_dict)"
@@ -80,7 +86,7 @@ def meta_version(obj) -> str | None:
     return str(version) if version else None
 
 
-SETTINGS: dict[str, dict] = {}  # ModelConfig's defaults are mmdetection's (with Detectron's BGR means)
+SETTINGS: dict[str, ConfigPatch] = {}  # ModelConfig's defaults are mmdetection's (with Detectron's BGR means)
 DEFAULTS = "gnhub default (Detectron BGR means, std 1)"
 
 MAX_CONFIG_CHARS = 1 << 20  # real configs are about 10 kB

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": ".api", "ModelConfig": ".config", "evaluate": ".evaluate", "GNMaskRCNN": ".modeling",
-    "GNResNetClassifier": ".modeling", "list_models": ".zoo", "register": ".zoo",
+    "GNResNetClassifier": ".modeling", "list_models": ".zoo", "register": ".zoo", "tune_cpu": ".allocator",
 }
 __all__ = sorted([*_LAZY, "__version__"])
 

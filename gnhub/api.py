@@ -10,6 +10,8 @@ from .modeling import DTYPES, GNModel
 from .resolve import resolve
 from .settings import HubSettings
 
+__all__ = ["check_device", "load"]
+
 
 def load(
     name_or_path: str | Path,
@@ -58,11 +60,11 @@ def check_device(device) -> torch.device:
     except (RuntimeError, TypeError, ValueError):
         raise GnhubError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise GnhubError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
+        raise GnhubError(f"device {device!r}: no CUDA GPU is available here; use `device=cpu`")
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
         raise GnhubError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPUs are here")
     if d.type == "mps" and not torch.backends.mps.is_available():
-        raise GnhubError(f"device {device!r}: MPS is not available here; use --device cpu")
+        raise GnhubError(f"device {device!r}: MPS is not available here; use `device=cpu`")
     if d.type not in ("cpu", "cuda", "mps"):
         raise GnhubError(f"device {device!r}: gnhub runs on cpu, cuda or mps")
     return d

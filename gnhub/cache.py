@@ -24,6 +24,8 @@ from .files import sha256_file
 from .layout import is_current
 from .settings import cache_dir
 
+__all__ = ["cached", "entries", "fetch", "remove", "source_url"]
+
 
 def source_url(entry: zoo.ZooEntry, mirror: str | None = None) -> str:
     """The entry's upstream URL, its scheme and host replaced by `mirror`."""

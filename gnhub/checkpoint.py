@@ -21,6 +21,9 @@ from .errors import GnhubError
 from .layout import WEIGHTS_FILE, check_model_dir, new_model_dir, write_config
 from .unpickle import TORCH_GLOBALS, BoundedFile, RestrictedUnpickler, budget
 
+__all__ = ["IMAGE_MAGIC", "MAX_OBJECTS", "check_bounded", "check_input_file", "read_model_dir", "read_pickle",
+    "read_torch_checkpoint", "save_safetensors", "write_model_dir", "write_model_files"]
+
 MAX_OBJECTS = 1_000_000  # objects a checkpoint may hold, counting every reference (real ones: thousands)
 
 

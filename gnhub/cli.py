@@ -3,6 +3,7 @@ prints what it returns; main() maps errors to exit codes. No workflow lives here
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .allocator import tune_cpu
 from .errors import GnhubError
 from .settings import HubSettings
+
+__all__ = ["cli", "flags", "main"]
 
 _HUB_OPTIONS = [
     click.option("--hub-dir", help="Load from / publish to a directory hub (ORG/NAME/) [env GNHUB_HUB_DIR]."),
@@ -33,6 +37,29 @@ def _precision_options(dtype_help: str, runtime_help: str):
         return click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
                             show_default=True, help=dtype_help)(fn)
     return add
+
+
+# A library error names a parameter in backquotes; the command says its flag: `NAME` and `NAME=True`
+# become --NAME, `NAME=False` --no-NAME, `NAME=VALUE` --NAME VALUE (underscores as dashes), except
+# where a command's flag has another name.
+_FLAGS = {"verify=True": "without --no-verify", "warmup_iters": "--warmup"}
+_COMMAND_FLAGS = {"verify": {"images": "--image"},
+                  "finetune": {"train_annotations": "--train", "train_images": "--images"}}
+_running: dict = {}  # the subcommand of this invocation, for its flags
+
+
+def flags(message: str, command: str | None = None) -> str:
+    """`message` with the parameters it names in backquotes said as `command`'s flags."""
+    names = {**_FLAGS, **_COMMAND_FLAGS.get(command, {})}
+
+    def flag(m: re.Match) -> str:
+        name, _, value = m.group(1).partition("=")
+        if m.group(1) in names or name in names and value in ("", "True"):
+            return names.get(m.group(1), names.get(name))
+        dashed = name.replace("_", "-")
+        return {"": f"--{dashed}", "True": f"--{dashed}", "False": f"--no-{dashed}"}.get(value, f"--{dashed} {value}")
+
+    return re.sub(r"`([a-z][a-z0-9_]*(?:=[^`\s]+)?)`", flag, message)
 
 
 def _settings(ctx: click.Context, **values) -> HubSettings:
@@ -68,6 +95,7 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
     verified and cached once; see `gnhub fetch`).
     """
     ctx.obj = HubSettings(source_mirror=source_mirror, quiet=quiet, hub_dir=hub_dir, endpoint=endpoint)
+    _running["command"] = ctx.invoked_subcommand
 
 
 @cli.command()
@@ -96,7 +124,7 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
     """
     from .convert import convert
 
-    log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    log = (lambda msg: None) if as_json else (lambda msg: click.echo(flags(msg, "convert"), err=True))
     log(f"converting {src} ...")
     s = convert(src, out, fmt=fmt, name=name, dtype=dtype, check_hash=not no_check_hash, force=force,
                 verify=not no_verify, strict=strict, log=log)
@@ -141,8 +169,9 @@ def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_ou
     """
     from .verify import failure_message, verify_model
 
-    report, names = verify_model(model, source, images, tolerance, against, mmdet_config, json_out,
-                                 _settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
+    report, names = verify_model(model, source, images=images, tolerance=tolerance, against=against,
+                                 mmdet_config=mmdet_config, json_out=json_out,
+                                 settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
@@ -184,8 +213,9 @@ def predict(ctx, images, model_path, out, score_threshold, batch_size, device, d
         bar.update(n)
 
     with bar:
-        summary = predict(model_path, list(images), out, batch_size, device, dtype, runtime, score_threshold,
-                          _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), progress)
+        summary = predict(model_path, list(images), out=out, batch_size=batch_size, device=device, dtype=dtype,
+                          runtime=runtime, score_threshold=score_threshold,
+                          settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint), progress=progress)
     for reason in summary["skipped"]:
         click.echo(f"warning: skipped {reason}", err=True)
     n = summary["images"]
@@ -216,8 +246,9 @@ def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, r
     """
     from .evaluate import METRICS, evaluate_model
 
-    metrics = evaluate_model(model, images, annotations, results, batch_size, device, dtype, runtime,
-                             _settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
+    metrics = evaluate_model(model, images=images, annotations=annotations, results=results, batch_size=batch_size,
+                             device=device, dtype=dtype, runtime=runtime,
+                             settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     if not metrics:  # not rank 0
         return
     n = metrics["images"]
@@ -295,9 +326,10 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
         bar.update(it - bar.pos, f"loss {row['loss']:.3f} ({terms}) lr {row['lr']:.2e}")
 
     with bar:
-        summary = finetune_model(model, train_annotations, images, out, recipe, val, work_dir, resume, force, device,
-                                 name, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), progress,
-                                 lambda msg: click.echo(msg, err=True))
+        summary = finetune_model(model, train_annotations=train_annotations, train_images=images, out=out,
+                                 recipe=recipe, val=val, work_dir=work_dir, resume=resume, force=force, device=device,
+                                 name=name, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+                                 progress=progress, log=lambda msg: click.echo(msg, err=True))
     if not summary:  # not rank 0
         return
     click.echo(f"{summary['iterations']} iterations in {summary['seconds']:.0f} s -> {summary['output']} "
@@ -329,7 +361,8 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
     """
     from .export import export_model
 
-    summary = export_model(model, out, opset, not no_verify, force, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+    summary = export_model(model, out, opset=opset, verify=not no_verify, force=force,
+                           settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
                            log=lambda msg: click.echo(msg, err=True))
     state = "verified" if summary["verified"] else "NOT verified (--no-verify)"
     click.echo(f"{summary['output']}/model.onnx: opset {opset}, {summary['bytes'] / 2**20:.0f} MiB, {state}; "
@@ -451,8 +484,9 @@ def publish(ctx, model_dir, repo_id, private, revision, create_pr, dry_run, allo
     """
     from .publish import publish_model
 
-    result = publish_model(model_dir, repo_id, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint), private, revision,
-                           create_pr, allow_unverified, export_dir, dry_run=dry_run)
+    result = publish_model(model_dir, repo_id, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+                           private=private, revision=revision, create_pr=create_pr, allow_unverified=allow_unverified,
+                           export_dir=export_dir, dry_run=dry_run)
     if dry_run:
         click.echo(f"would publish to {repo_id}: {', '.join(result['files'])} (generated card, "
                    f"{result['card_characters']} characters); verification "
@@ -473,10 +507,10 @@ def publish_zoo(ctx, folder, org, work_dir, no_check_hash, hub_dir, endpoint):
     """Convert, verify, card and publish every zoo model whose source file is in FOLDER."""
     from .publish import publish_zoo
 
-    rows = publish_zoo(folder, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint, org=org), work_dir,
-                       not no_check_hash, log=lambda m: click.echo(m, err=True))
+    rows = publish_zoo(folder, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint, org=org), work_dir=work_dir,
+                       check_hash=not no_check_hash, log=lambda m: click.echo(m, err=True))
     for row in rows:
-        click.echo(f"{row[0]:42s} {row[1]:10s} {row[2]}")
+        click.echo(f"{row[0]:42s} {row[1]:10s} {flags(str(row[2]), 'publish-zoo')}")
     failed = sum(r[1] == "FAILED" for r in rows)
     if failed:
         raise GnhubError(f"{failed} of {len(rows)} models failed")
@@ -502,10 +536,11 @@ def _terminate(signum, frame):
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    tune_cpu()  # the command's processes keep freed memory for the next forward (gnhub/allocator.py)
     try:
         cli(standalone_mode=False)
     except GnhubError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {flags(str(e), _running.get('command'))}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

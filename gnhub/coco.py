@@ -11,6 +11,8 @@ from pathlib import Path, PurePosixPath
 
 from .errors import GnhubError
 
+__all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_rle", "pycoco", "read_instances"]
+
 BORDER = 1.0  # pixels a box may extend past its image (rounding in real annotations)
 MAX_SIDE = 100_000  # pixels: larger declared images are not real
 # Polygon points may lie this many image sizes outside the image (drawn past the edge); beyond,

@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GnhubError
 from .frameworks import NAMES as CONVENTIONS
+
+__all__ = ["BGR_CAFFE", "BackboneConfig", "CHOICES", "COCO_CLASSES", "ConfigPatch", "DETECTRON_BGR_MEAN",
+    "DETECTRON_PIXEL_MEANS", "FORMAT_VERSION", "FPNConfig", "IMAGENET_BGR_STD", "IMAGENET_CLASSES",
+    "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD", "ModelConfig", "PreprocessConfig", "RGB_IMAGENET", "RPNConfig", "RULES",
+    "RoIHeadsConfig", "SETTING_PATHS", "TrainConfig", "UNIT_STD", "backbone_words", "check_value",
+    "unknown_path_message"]
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1 named a framework's conventions in six fields (see LEGACY_CONVENTIONS)
@@ -31,10 +39,14 @@ IMAGENET_CLASSES = tuple(
     (Path(__file__).parent / "data" / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
 )
 
-# mmdetection's data preprocessors for the two GN families.
-DETECTRON_BGR_MEAN = (103.53, 116.28, 123.675)
+# The pixel statistics of the zoo's preprocessing, each written once (the ConfigPatches at the
+# end of this file combine them).
+DETECTRON_PIXEL_MEANS = (102.9801, 115.9465, 122.7717)  # Detectron's own PIXEL_MEANS (BGR)
+DETECTRON_BGR_MEAN = (103.53, 116.28, 123.675)  # mmdetection's "(d)" configs and detectron2 round them so
 IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
+IMAGENET_BGR_STD = IMAGENET_RGB_STD[::-1]  # detectron2's PIXEL_STD where it divides (the 9x scratch model)
+UNIT_STD = (1.0, 1.0, 1.0)  # no division
 
 
 CHOICES = {
@@ -93,7 +105,7 @@ class FPNConfig:
 class PreprocessConfig:
     channel_order: str = "BGR"  # order of the channels the network sees: "RGB" or "BGR"
     mean: tuple[float, ...] = DETECTRON_BGR_MEAN  # in network channel order
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    std: tuple[float, ...] = UNIT_STD
     max_size: tuple[int, int] = (1333, 800)  # (long side, short side) the resized image fits in
     size_divisor: int = 32  # the batch is zero-padded (after normalisation) to a multiple of this
     crop_size: int = 0  # > 0: shorter side resized to min(max_size), then this centre square
@@ -345,3 +357,82 @@ def _build(cls, data, where: str):
         default = getattr(cls(), name)
         kwargs[name] = _build(type(default), value, f"{where}.{name}") if dataclasses.is_dataclass(default) else value
     return cls(**kwargs)
+
+
+# -- settings: a typed patch of ModelConfig ---------------------------------------------------
+
+# Every field a setting may change, by dotted path ("rpn.nms_iou"): the leaves of the dataclass
+# tree, without what the writer records (provenance, weights_sha256, format_version).
+SETTING_PATHS = tuple(path for _, _, path, _ in _walk(ModelConfig())
+                      if path not in ("provenance", "weights_sha256", "format_version"))
+
+
+def unknown_path_message(path) -> str | None:
+    """Why `path` is not a setting's path (with the closest ones), or None where it is."""
+    if path in SETTING_PATHS:
+        return None
+    close = difflib.get_close_matches(str(path), SETTING_PATHS, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; a setting names a config.json field (rpn.nms_iou)"
+    return f"{_short(path)} is not a config field{hint}"
+
+
+class ConfigPatch(Mapping):
+    """Settings: values for ModelConfig's fields by dotted path ("preprocess.mean",
+    "rpn.nms_iou"), every path a field of the schema and every value checked by config.json's
+    rules when the patch is made. Immutable; `a | b` is `a` with `b`'s values over it;
+    `apply(config)` sets them."""
+
+    def __init__(self, values: Mapping | None = None, where: str | None = None):
+        """`where` names user data (a registry file, ...): an unknown path or a bad value is a
+        GnhubError naming it. Without `where` the values are a built-in table, and either is a
+        programming error (ValueError) when the table is defined."""
+        checked = {}
+        for path, value in (values or {}).items():
+            try:
+                problem = unknown_path_message(path)
+                if problem:
+                    raise GnhubError(f"config: {problem}")
+                checked[path] = check_value(path, value)
+            except GnhubError as e:
+                text = str(e).removeprefix("config: ")
+                if where is None:
+                    raise ValueError(f"a built-in settings table: {text}") from None
+                raise GnhubError(f"{where}: {text}") from None
+        self._values = checked
+
+    def __getitem__(self, path: str):
+        return self._values[path]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __or__(self, other: ConfigPatch) -> ConfigPatch:
+        if not isinstance(other, ConfigPatch):
+            return NotImplemented
+        merged = ConfigPatch()
+        merged._values = {**self._values, **other._values}
+        return merged
+
+    def __repr__(self) -> str:
+        return f"ConfigPatch({self._values!r})"
+
+    def apply(self, config: ModelConfig) -> None:
+        """Sets every value on `config`, then checks the whole config once."""
+        for path, value in self._values.items():
+            *sections, name = path.split(".")
+            obj = config
+            for section in sections:
+                obj = getattr(obj, section)
+            setattr(obj, name, value)
+        config.check()
+
+
+# mmdetection's preprocessing for backbones from Detectron ("(d)"; also detectron2's defaults)
+# and for every other ImageNet backbone.
+BGR_CAFFE = ConfigPatch({"preprocess.channel_order": "BGR", "preprocess.mean": DETECTRON_BGR_MEAN,
+                         "preprocess.std": UNIT_STD})
+RGB_IMAGENET = ConfigPatch({"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
+                            "preprocess.std": IMAGENET_RGB_STD})

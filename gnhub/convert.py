@@ -19,6 +19,8 @@ from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, open_source
 
+__all__ = ["convert", "infer_config", "map_tensors"]
+
 
 def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: str | None = None):
     """Renames every source tensor by the converter's table: (mapped, dropped names).
@@ -77,18 +79,10 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     return config
 
 
-def apply_settings(config: ModelConfig, settings: dict) -> None:
-    """Sets every setting by its config path ("preprocess.mean", "convention", ...), then
-    checks the whole config once."""
-    for key, value in settings.items():
-        section, _, field = key.rpartition(".")
-        setattr(getattr(config, section) if section else config, field, value)
-    config.check()
-
-
 def convert(
     src: str | Path,
     out: str | Path | None = None,
+    *,
     fmt: str = "auto",
     name: str | None = None,
     dtype: str = "float32",
@@ -130,10 +124,10 @@ def convert(
         corrupt = f"{where}: corrupt: NaN or Inf values in"
         bad: list[str] = []
         if (strict or verify) and (bad := sorted(k for k, v in mapped.items() if not _finite(v))):  # refused
-            why = " (refused because of --strict)" if strict else (
-                "; such a checkpoint cannot verify: download it again, or convert it with --no-verify to keep them")
+            why = " (refused because of `strict=True`)" if strict else (
+                "; such a checkpoint cannot verify: download it again, or convert it with `verify=False` to keep them")
             raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}{why}")
-        apply_settings(config, source.settings)
+        source.settings.apply(config)
         classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
             config.classes = tuple(classes)

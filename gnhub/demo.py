@@ -14,17 +14,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import COCO_CLASSES, ModelConfig
+from .config import COCO_CLASSES, DETECTRON_BGR_MEAN, UNIT_STD, ModelConfig
 from .converters import RenameTable, mmdet
 from .files import sha256_file
 from .modeling import GNMaskRCNN
 
+__all__ = ["DEMO_NAME", "deterministic_weights", "run_demo", "write_demo_checkpoint"]
+
 DEMO_NAME = "mask_rcnn_r50_fpn_gn-all_untrained_demo"
-_CONFIG_TEXT = """# gnhub demo: an UNTRAINED model with deterministic random weights
+_CONFIG_TEXT = f"""# gnhub demo: an UNTRAINED model with deterministic random weights
 model = dict(
     type='MaskRCNN',
-    data_preprocessor=dict(type='DetDataPreprocessor', mean=[103.53, 116.28, 123.675],
-                           std=[1.0, 1.0, 1.0], bgr_to_rgb=False, pad_size_divisor=32),
+    data_preprocessor=dict(type='DetDataPreprocessor', mean={list(DETECTRON_BGR_MEAN)},
+                           std={list(UNIT_STD)}, bgr_to_rgb=False, pad_size_divisor=32),
     # 300 proposals instead of the zoo's 1000, and half its (1333, 800) test scale below: a quick demo
     test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=300, nms=dict(type='nms', iou_threshold=0.7),
                            min_bbox_size=0)))
@@ -92,7 +94,7 @@ def run_demo(out: str | Path = "gnhub-demo", log=print) -> dict:
     log(f"2. converted and verified: {s['output']} ({s['tensors']} tensors, {s['seconds']:.0f} s)")
     log(f"3. model card: {write_card(s['output'])}")
     hub = HubSettings(hub_dir=str(out / "hub"))
-    published = publish_model(s["output"], f"demo/{DEMO_NAME}", hub)
+    published = publish_model(s["output"], f"demo/{DEMO_NAME}", settings=hub)
     log(f"4. published to a directory hub: {published['url']}")
     model = load(f"demo/{DEMO_NAME}", hub_dir=hub.hub_dir)
     log(f"5. loaded by name: gnhub.load('demo/{DEMO_NAME}', hub_dir='{hub.hub_dir}')")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+__all__ = ["barrier", "join", "rank_world"]
+
 
 def join(device: str | None) -> str:
     """The device of this process (default: cuda:LOCAL_RANK under torchrun where there is a GPU,

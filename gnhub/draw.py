@@ -7,6 +7,8 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+__all__ = ["overlay", "palette"]
+
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """n well-separated colours (golden-ratio hues)."""

@@ -22,6 +22,9 @@ from .errors import GnhubError
 from .files import check_output_file, sha256_file, write_atomic
 from .predict import detections_json
 
+__all__ = ["METRICS", "RUN_FILE", "category_ids", "check_results", "default_results", "evaluate", "evaluate_model",
+    "score"]
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RUN_FILE = "run.json"  # in <results>.parts/: which run the parts belong to
 
@@ -62,7 +65,7 @@ def default_results(model) -> Path:
     return Path(re.sub(r"[^\w.\-]", "_", model.config.name) + "_coco_results.json")
 
 
-def evaluate_model(model: str | Path, images: str | Path, annotations: str | Path, results: str | Path | None = None,
+def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | Path, results: str | Path | None = None,
                    batch_size: int = 1, device: str | None = None, dtype: str = "float32", runtime: str = "torch",
                    settings=None, progress=None) -> dict:
     """`gnhub eval`: the results path and the annotations are checked before `model` (anything
@@ -75,10 +78,11 @@ def evaluate_model(model: str | Path, images: str | Path, annotations: str | Pat
         check_results(results)
     instances = read_instances(annotations, masks=False)  # masks are required once the model is known
     predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
-    return evaluate(predictor, images, instances, results or default_results(predictor), batch_size, progress)
+    return evaluate(predictor, images=images, annotations=instances, results=results or default_results(predictor),
+                    batch_size=batch_size, progress=progress)
 
 
-def evaluate(model, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,
+def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,
              batch_size: int = 1, progress=None) -> dict:
     """Runs `model` (a GNModel or a gnhub.runtime.OnnxPredictor) on every annotated image and
     returns {"box": {...}, "mask": {...}, ...}.

@@ -20,6 +20,10 @@ from .modeling.transform import ImageBatch
 from .report import Report
 from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
 
+__all__ = ["DETECTOR_STAGES", "DetectionGraph", "MIN_OPSET", "check_exportable", "export", "export_model",
+    "export_onnx", "export_stages", "onnx_stages", "standardized_copy", "tolerance", "verify_export",
+    "verify_export_golden"]
+
 MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode=half_pixel (mmdetection's aligned=True)
 DETECTOR_STAGES = (S.INPUT_SAMPLE, S.PROPOSALS, S.PROPOSAL_SCORES, S.BOXES, S.SCORES, S.LABELS)
 
@@ -97,7 +101,7 @@ def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
     from .samples import sample_images
 
     if opset < MIN_OPSET:
-        raise GnhubError(f"--opset {opset}: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
+        raise GnhubError(f"`opset={opset}`: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
                          "mmdetection's aligned RoIAlign)")
     x, size, factor = (torch.from_numpy(a) for a in network_input(load_image(sample_images()[0]), model.config))
     outputs = outputs_of(model.config)
@@ -140,7 +144,7 @@ def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
     return with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
 
 
-def export_model(model: str | Path, out: str | Path | None = None, opset: int = 17, verify: bool = True,
+def export_model(model: str | Path, out: str | Path | None = None, *, opset: int = 17, verify: bool = True,
                  force: bool = False, settings=None, log=lambda msg: None) -> dict:
     """`gnhub export`: onnx and onnxruntime checked first, `model` (anything gnhub.load takes)
     loaded, then `export` to `out` (default ./NAME-onnx)."""
@@ -152,10 +156,10 @@ def export_model(model: str | Path, out: str | Path | None = None, opset: int = 
     if missing:
         raise GnhubError(f"ONNX export needs {' and '.join(missing)}: pip install 'gnhub[onnx]'")
     m = load(model, settings=settings)
-    return export(m, out or Path(f"{m.config.name}-onnx"), opset, verify, force, log)
+    return export(m, out or Path(f"{m.config.name}-onnx"), opset=opset, verify=verify, force=force, log=log)
 
 
-def export(model: GNMaskRCNN, out: str | Path, opset: int = 17, verify: bool = True, force: bool = False,
+def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool = True, force: bool = False,
            log=lambda msg: None) -> dict:
     """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
     (verification.json) and golden.safetensors; a failed verification writes nothing."""

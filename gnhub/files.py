@@ -16,6 +16,9 @@ from pathlib import Path
 from .errors import GnhubError
 from .settings import cache_dir
 
+__all__ = ["HASHES_FILE", "atomic_dir", "check_output_file", "check_replaceable", "checked_sha256", "sha256_file",
+    "sweep", "write_atomic"]
+
 
 def sha256_file(path: str | Path) -> str:
     """In 16 MiB chunks: hashing releases the GIL, so few chunks let it run beside other work."""

@@ -21,6 +21,9 @@ from .layout import (
 )
 from .settings import HubSettings
 
+__all__ = ["EXPORT_EXTRA_FILES", "EXPORT_FILES", "EXTRA_FILES", "MODEL_FILES", "NotPublished", "check_repo_id",
+    "fetch_repo", "httpx_errors", "is_repo_id", "upload"]
+
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 EXTRA_FILES = (VERIFICATION_FILE, GOLDEN_FILE, CARD_FILE)
 EXPORT_FILES = tuple(f"{EXPORT_SUBDIR}/{f}" for f in (ONNX_FILE, CONFIG_FILE, VERIFICATION_FILE))

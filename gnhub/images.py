@@ -12,6 +12,8 @@ from .config import PreprocessConfig
 from .errors import GnhubError
 from .settings import max_image_pixels
 
+__all__ = ["load_image", "resize"]
+
 
 def _check_size(width: int, height: int, where: str) -> None:
     limit = max_image_pixels()

@@ -9,6 +9,8 @@ from . import zoo
 from .errors import GnhubError
 from .settings import HubSettings
 
+__all__ = ["describe"]
+
 
 def describe(name: str, settings: HubSettings | None = None) -> dict:
     """A zoo entry's published facts, URLs and cache state; a model directory's config, tensor
@@ -19,8 +21,8 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
     entry = zoo.get(name)
     if entry is not None:
         path = cached(entry)
-        return {**dataclasses.asdict(entry), "task": entry.task, "depth": entry.depth,
-                "architecture": entry.architecture, "settings": entry.settings,
+        return {**dataclasses.asdict(entry), "conventions": dict(entry.conventions), "task": entry.task,
+                "depth": entry.depth, "architecture": entry.architecture, "settings": dict(entry.settings),
                 "download_url": source_url(entry, s.source_mirror),
                 "sha256_prefix": entry.sha256_prefix, "hub_repo": entry.hub_repo(s.org),
                 "cached": str(path) if path else None}
@@ -41,7 +43,7 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
         with ThreadPoolExecutor(1) as pool:
             src = open_source(path, "auto", check_hash=False, pool=pool)
             return {"format": src.converter.DESCRIPTION, "tensors": len(src.tensors), "sha256": src.sha256.result(),
-                    "version": src.converter.meta_version(src.obj), "settings": src.settings,
+                    "version": src.converter.meta_version(src.obj), "settings": dict(src.settings),
                     "preprocess_from": src.preprocess_from}
     from .resolve import unknown
 

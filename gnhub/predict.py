@@ -17,6 +17,9 @@ from .errors import GnhubError
 from .files import write_atomic
 from .images import load_image
 
+__all__ = ["IMAGE_SUFFIXES", "MARKER", "RESULTS_FILE", "SCORE_THRESHOLD", "above", "detections_json", "expand_inputs",
+    "load_predictor", "predict", "predict_files", "prepare_out_dir"]
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -104,24 +107,26 @@ def load_predictor(model: str | Path, device: str = "cpu", dtype: str = "float32
     no half-precision CPU kernels it ran 12x slower than float32 here."""
     if runtime == "onnx":
         if device not in (None, "cpu") or dtype != "float32":
-            raise GnhubError("--runtime onnx runs float32 on onnxruntime's CPU provider; drop --device and --dtype")
+            raise GnhubError("`runtime=onnx` runs float32 on onnxruntime's CPU provider; drop `device` and `dtype`")
         from .runtime import load
 
         return load(model, settings=settings)
     from .api import check_device, load
 
     if dtype == "float16" and check_device(device or "cpu").type == "cpu":
-        raise GnhubError("--dtype float16 on the CPU runs about 12x slower than float32 (no half-precision CPU "
+        raise GnhubError("`dtype=float16` on the CPU runs about 12x slower than float32 (no half-precision CPU "
                          "kernels); use float32 there, or bfloat16 on CPUs with AVX512-BF16 or AMX")
     return load(model, device=device or "cpu", settings=settings, dtype=dtype)
 
 
-def predict(model: str | Path, inputs: list[str], out: str | Path = "predictions", batch_size: int = 1,
+def predict(model: str | Path, inputs: list[str], *, out: str | Path = "predictions", batch_size: int = 1,
             device: str = "cpu", dtype: str = "float32", runtime: str = "torch",
             score_threshold: float = SCORE_THRESHOLD, settings=None, progress=None) -> dict:
     """`gnhub predict`: the images of `inputs` (files, folders, glob patterns) through `model`
     (anything gnhub.load takes, or an export with runtime "onnx"), written to `out` (see
     predict_files). Inputs and `out` are checked before the model loads."""
+    if not 0 <= score_threshold <= 1:
+        raise GnhubError(f"`score_threshold={score_threshold}`: expected a score from 0 to 1")
     paths = expand_inputs(inputs)
     prepare_out_dir(Path(out))
     predictor = load_predictor(model, device, dtype, runtime, settings)

@@ -21,6 +21,8 @@ from .layout import (
 from .report import Report
 from .settings import HubSettings
 
+__all__ = ["publish_files", "publish_model", "publish_zoo", "publishable", "publishable_export"]
+
 
 def publishable(model_dir: Path, allow_unverified: bool) -> Report | None:
     """Checks a model directory before publishing (config valid, weights matching their sha256,
@@ -30,9 +32,9 @@ def publishable(model_dir: Path, allow_unverified: bool) -> Report | None:
     if not allow_unverified and "finetune" not in config.provenance:  # a fine-tuned model has no source
         if report is None:
             raise GnhubError(f"{model_dir}: no {VERIFICATION_FILE}; run `gnhub convert` with verification, "
-                             "or pass --allow-unverified")
+                             "or pass `allow_unverified=True`")
         if not report.passed:
-            raise GnhubError(f"{model_dir}: verification failed; fix the conversion or pass --allow-unverified")
+            raise GnhubError(f"{model_dir}: verification failed; fix the conversion or pass `allow_unverified=True`")
     return report
 
 
@@ -45,8 +47,8 @@ def publishable_export(export_dir: Path, model_dir: Path, allow_unverified: bool
     if config.weights_sha256 != check_model_dir(model_dir, check_hash=False).weights_sha256:
         raise GnhubError(f"{export_dir}: was exported from other weights than {model_dir}'s; export {model_dir}")
     if report is None or not (report.passed or allow_unverified):
-        raise GnhubError(f"{export_dir}: the export was not verified; export again without --no-verify, or pass "
-                         "--allow-unverified")
+        raise GnhubError(f"{export_dir}: the export was not verified; export it again verified (`verify=True`), "
+                         "or pass `allow_unverified=True`")
     return report
 
 
@@ -58,7 +60,7 @@ def publish_files(model_dir: Path, export_dir: Path | None = None) -> dict[str, 
     return files
 
 
-def publish_model(model_dir: str | Path, repo_id: str, settings: HubSettings | None = None, private: bool = False,
+def publish_model(model_dir: str | Path, repo_id: str, *, settings: HubSettings | None = None, private: bool = False,
                   revision: str | None = None, create_pr: bool = False, allow_unverified: bool = False,
                   export_dir: str | Path | None = None, name: str | None = None, dry_run: bool = False) -> dict:
     """Checks, cards and uploads a model directory (with its ONNX export in onnx/) in one commit.
@@ -77,7 +79,7 @@ def publish_model(model_dir: str | Path, repo_id: str, settings: HubSettings | N
                   f"gnhub: publish {model_dir.name}")
 
 
-def publish_zoo(folder: str | Path, settings: HubSettings | None = None, work_dir: str | Path = "gnhub-zoo",
+def publish_zoo(folder: str | Path, *, settings: HubSettings | None = None, work_dir: str | Path = "gnhub-zoo",
                 check_hash: bool = True, log=lambda msg: None) -> list[tuple[str, str, str]]:
     """Converts, verifies, cards and publishes every zoo model whose upstream file is in `folder`,
     each as ORG/NAME; (name, "published" | "unchanged" | "FAILED", seconds or the error) per model.

@@ -8,6 +8,13 @@ reads side by side with the upstream table it copies, and a test pins each one.
 """
 from __future__ import annotations
 
+from .config import IMAGENET_BGR_STD
+
+__all__ = ["CITATIONS", "DETECTRON", "DETECTRON2", "DETECTRON2_CITATION", "DETECTRON2_RESULTS", "DETECTRON2_URL",
+    "DETECTRON_CITATION", "DETECTRON_IMAGENET", "DETECTRON_RESULTS", "DETECTRON_RUN", "DETECTRON_URL", "GN", "MMDET",
+    "MMDET_GN", "MMDET_GN_RESULTS", "MMDET_GN_URL", "MMDET_GN_WS", "MMDET_GN_WS_RESULTS", "MMDET_GN_WS_URL",
+    "MMDET_SCRATCH", "MMDET_SCRATCH_RESULTS", "MMDET_SCRATCH_URL", "RETHINKING", "WS"]
+
 # -- mmdetection: configs/gn/README.md (v2.0 model zoo) ------------------------------------------
 # name, depth, pretrained backbone ("(d)" Detectron's, "(c)" contributed), schedule, epochs,
 # file stamp (date-sha256 prefix), box AP, mask AP, train memory (GB), inference fps ("-": None)
@@ -89,7 +96,7 @@ DETECTRON2 = [
     ("scratch_mask_rcnn_R_50_FPN_3x_gn", "3x", 0.338, 0.061, 7.2, 39.9, 36.6, "138602908", "model_final_01ca85.pkl",
      {"train.frozen_stages": 0}),
     ("scratch_mask_rcnn_R_50_FPN_9x_gn", "9x", None, 0.061, 7.2, 43.7, 39.6, "183808979", "model_final_da7b4c.pkl",
-     {"preprocess.std": (57.375, 57.12, 58.395), "train.frozen_stages": 0}),
+     {"preprocess.std": IMAGENET_BGR_STD, "train.frozen_stages": 0}),
 ]
 
 # -- citations -----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from . import __version__
 from .errors import GnhubError
 from .samples import sample_images
 
+__all__ = ["REQUIRED_CHECKS", "Report", "StageCheck", "TOLERANCES"]
+
 # Dense stages: max |a - b| / max |b| must stay below `dense`. Detections are matched by box IoU.
 TOLERANCES = {
     "float32": {"dense": 1e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},

@@ -12,6 +12,8 @@ from .hub import EXPORT_EXTRA_FILES, EXPORT_FILES, NotPublished, check_repo_id, 
 from .layout import CONFIG_FILE
 from .settings import HubSettings
 
+__all__ = ["fetch", "resolve", "resolve_export", "unknown"]
+
 
 def resolve(name: str | Path, settings: HubSettings | None = None) -> Path:
     """A local model directory for a directory, `hf-hub:owner/repo[@rev]`, a zoo name, or

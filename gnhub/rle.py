@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["decode", "encode"]
+
 
 def encode(mask: np.ndarray) -> dict:
     """(H, W) bool -> {"size": [H, W], "counts": str}, runs taken in column-major order."""

@@ -21,6 +21,9 @@ from .frameworks import arrays, info
 from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
 
+__all__ = ["DETECTOR_OUTPUTS", "INPUTS", "OUTPUTS", "OnnxPredictor", "load", "network_input", "outputs_of",
+    "paste_masks", "to_original_detectron2"]
+
 INPUTS = ("input", "image_size", "scale_factor")  # the network input (1, 3, H, W), (h, w), (w, h)
 # The graph's outputs, in order: detections, then what verification compares.
 OUTPUTS = ("boxes", "scores", "labels", "mask_probs", "proposals", "proposal_scores", "mask_logits")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["IMAGE_DIR", "sample_images"]
+
 IMAGE_DIR = Path(__file__).parent / "data" / "images"
 
 

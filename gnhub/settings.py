@@ -13,8 +13,8 @@ An empty variable means unset; a value that is not one of those listed is an err
     GNHUB_MAX_DOWNLOAD_BYTES        an upstream download larger than this is refused (default 4 GiB)
     GNHUB_DOWNLOAD_STALL_SECONDS    a download receiving under 64 KiB in this long is stalled (default 30)
     GNHUB_DOWNLOAD_TOTAL_SECONDS    a download not done in this long stops, resumable (default 3600)
-    GNHUB_MALLOC            "system" leaves glibc's malloc as it is, "gnhub" (default) tunes it (see
-                            gnhub/modeling/allocator.py)
+    GNHUB_MALLOC            "system" leaves glibc's malloc as it is where gnhub.tune_cpu() (the
+                            gnhub command) would tune it (see gnhub/allocator.py)
 
 Paths may start with ~ (expanded); a relative path is taken from the working directory and
 made absolute when read.
@@ -29,6 +29,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import GnhubError
+
+__all__ = ["DEFAULT_ORG", "HubSettings", "MAX_IMAGE_PIXELS", "cache_dir", "max_image_pixels", "system_malloc",
+    "zoo_file"]
 
 DEFAULT_ORG = "gnhub"
 MAX_IMAGE_PIXELS = 50_000_000  # masks are kept at full resolution

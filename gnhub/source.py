@@ -11,10 +11,12 @@ import torch
 
 from . import zoo
 from .checkpoint import check_input_file, read_pickle, read_torch_checkpoint
-from .config import check_value
+from .config import ConfigPatch, check_value
 from .converters import FORMATS, Converter, RenameTable
 from .errors import GnhubError
 from .files import sha256_file
+
+__all__ = ["HASH_IN_NAME", "Source", "check_hash_in_name", "checked_settings", "open_source"]
 
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
@@ -26,7 +28,7 @@ class Source:
     converter: Converter
     sha256: Future
     layout: str  # the converter's layout_version of the tensor names
-    settings: dict  # by config path, checked: the format's defaults < the zoo entry's < the file's
+    settings: ConfigPatch  # the format's defaults < the zoo entry's < the file's
     preprocess_from: str
     entry: zoo.ZooEntry | None
     check_hash: bool = True
@@ -69,7 +71,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     tensors = converter.source_tensors(obj)
     layout = converter.layout_version(tensors.keys())
     check_weights(tensors, converter, layout, str(path))
-    defaults = converter.SETTINGS.get(layout, {})
+    defaults = converter.SETTINGS.get(layout, ConfigPatch())
     try:
         file = converter.read_settings(obj)
     except GnhubError as e:  # a converter's refusal of what the file says about itself
@@ -77,8 +79,8 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     values, notes = checked_settings(file.values, defaults)
     unused = [f"checkpoint config: could not read {what}" for what in file.ignored] + notes
     notes = [f"{note}; not used (the zoo's or the default value is)" for note in unused]
-    given = entry.settings if entry else {}
-    settings = {**defaults, **given, **values}
+    given = entry.settings if entry else ConfigPatch()
+    settings = defaults | given | values
     if file.origin:
         preprocess_from = file.origin
     elif any(k in values for k in _PREPROCESS):
@@ -88,7 +90,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
     else:
         preprocess_from = converter.DEFAULTS
         if not values and entry is None:
-            notes.append(f"neither the file nor a zoo entry (by its name or --name) states its settings: "
+            notes.append(f"neither the file nor a zoo entry (by its name or `name`) states its settings: "
                          f"converted with the {converter.DEFAULTS}")
     return Source(path, obj, converter, sha, layout, settings, preprocess_from, entry, check_hash, notes)
 
@@ -113,7 +115,7 @@ def check_weights(tensors: dict, converter: Converter, layout: str, where: str) 
 _PREPROCESS = ("preprocess.mean", "preprocess.std", "preprocess.channel_order")  # taken together, or not at all
 
 
-def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
+def checked_settings(raw: dict, fallback: ConfigPatch) -> tuple[ConfigPatch, list[str]]:
     """What a file says of its settings (by config path), every value checked against the
     config's bounds: (valid settings, notes on what was left out). An invalid value is replaced
     by the format's own default (`fallback`) where it has one, else left out. The file is untrusted."""
@@ -128,7 +130,7 @@ def checked_settings(raw: dict, fallback: dict) -> tuple[dict, list[str]]:
     if any(k not in out for k in _PREPROCESS if k in raw):
         for k in _PREPROCESS:
             out.pop(k, None)
-    return out, notes
+    return ConfigPatch(out), notes
 
 
 def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
@@ -136,7 +138,7 @@ def check_hash_in_name(path: Path, sha: str, check: bool) -> None:
     if check and m and not sha.startswith(m.group(1)):
         raise GnhubError(
             f"{path}: sha256 {sha[:8]}... does not match the {m.group(1)} in its name; the download "
-            "is corrupt or renamed: download it again, or pass --no-check-hash"
+            "is corrupt or renamed: download it again, or pass `check_hash=False`"
         )
 
 

@@ -2,6 +2,10 @@
 what verification compares and keeps as golden outputs. No torch here."""
 from __future__ import annotations
 
+__all__ = ["BACKBONE", "BOXES", "DENSE", "DETECTIONS", "FPN", "INPUT", "INPUT_SAMPLE", "LABELS", "LOGITS", "MASKS",
+    "MASK_LOGITS", "PROPOSALS", "PROPOSAL_SCORES", "ROI_BOX_DELTAS", "ROI_CLS_LOGITS", "RPN_DELTAS", "RPN_OBJECTNESS",
+    "SCORES", "levels"]
+
 INPUT = "input"  # the network input, normalised and padded
 INPUT_SAMPLE = "input.sample"  # every 8th pixel of it, kept as a golden output
 BACKBONE = "backbone.c"  # + 2..5

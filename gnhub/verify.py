@@ -26,6 +26,10 @@ from .report import TOLERANCES, Report, StageCheck
 from .samples import sample_images
 from .source import open_source
 
+__all__ = ["DENSE_STAGES", "GOLDEN_STAGES", "INPUT_SAMPLE", "NONFINITE", "box_offset", "compare", "dtype_name",
+    "failure_message", "float32_model", "golden_of", "hint", "images_for", "reference_for", "run_model", "run_verify",
+    "source_names", "verify_against", "verify_golden", "verify_model", "with_input_sample", "write_results"]
+
 DENSE_STAGES = S.DENSE
 # What to look at when a stage differs: gnhub tensor prefixes (or a config section).
 _HINTS = {
@@ -231,7 +235,7 @@ def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> 
     built-in image must be there, and is compared."""
     path = Path(model_dir) / GOLDEN_FILE
     if not path.is_file():
-        raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass --source with the original checkpoint")
+        raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass `source` with the original checkpoint")
     try:
         stored = load_file(path)
     except (SafetensorError, OSError) as e:
@@ -305,7 +309,7 @@ def run_verify(
     model = GNModel.from_pretrained(model_dir)
     if source_path is None:
         if extra_images or against != "gnhub":
-            raise GnhubError("--image and --against need --source: golden outputs exist only for the built-in images")
+            raise GnhubError("`images` and `against` need `source`: golden outputs exist only for the built-in images")
         return verify_golden(model, Path(model_dir), tolerance), None
     framework = label = None
     if against == "mmdet":
@@ -316,7 +320,7 @@ def run_verify(
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
     if against == "mmdet":
         if source.converter.NAME != "mmdet":
-            raise GnhubError(f"{source.path}: --against mmdet needs an mmdetection checkpoint, "
+            raise GnhubError(f"{source.path}: `against=mmdet` needs an mmdetection checkpoint, "
                              f"not a {source.converter.NAME} one")
         config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
         framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
@@ -326,7 +330,7 @@ def run_verify(
     return report, source_names(source)
 
 
-def verify_model(model: str | Path, source=None, images=(), tolerance: str | None = None, against: str = "gnhub",
+def verify_model(model: str | Path, source=None, *, images=(), tolerance: str | None = None, against: str = "gnhub",
                  mmdet_config: Path | None = None, json_out: Path | None = None, settings=None):
     """`gnhub verify`: an export directory against its golden outputs on onnxruntime; anything
     else gnhub.load takes with `run_verify`. With `json_out`, the full report is written there
@@ -339,8 +343,8 @@ def verify_model(model: str | Path, source=None, images=(), tolerance: str | Non
         check_output_file(json_out, "--json")
     if is_export_dir(Path(model)):
         if source or images or against != "gnhub":
-            raise GnhubError(f"{model}: an ONNX export is checked against its golden outputs only; drop --source, "
-                             "--image and --against")
+            raise GnhubError(f"{model}: an ONNX export is checked against its golden outputs only; drop `source`, "
+                             "`images` and `against`")
         from .export import verify_export_golden
 
         report, names = verify_export_golden(Path(model)), None

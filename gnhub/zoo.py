@@ -12,20 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import published as P
-from .config import DETECTRON_BGR_MEAN, IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, backbone_words
+from .config import BGR_CAFFE, RGB_IMAGENET, ConfigPatch, backbone_words
 from .errors import GnhubError
 from .settings import DEFAULT_ORG, zoo_file
 
-# mmdetection's preprocessing (its packaged configs) for backbones from Detectron ("(d)") and for
-# every other ImageNet backbone, by config path.
-BGR_CAFFE = {"preprocess.channel_order": "BGR", "preprocess.mean": DETECTRON_BGR_MEAN,
-             "preprocess.std": (1.0, 1.0, 1.0)}
-RGB_IMAGENET = {"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
-                "preprocess.std": IMAGENET_RGB_STD}
-D2_PREPROCESS = {"preprocess.channel_order": "BGR", "preprocess.mean": (103.53, 116.28, 123.675),
-                 "preprocess.std": (1.0, 1.0, 1.0)}  # detectron2's PIXEL_MEAN / PIXEL_STD defaults
-WS_EVERYWHERE = {"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
-                 "roi_heads.mask_weight_std": True}
+__all__ = ["FORMAT_NAMES", "MODELS", "NAME_PATTERN", "WS_EVERYWHERE", "ZooEntry", "find_by_file", "get",
+    "is_file_name", "is_name", "list_models", "models", "register", "suggest"]
+
+WS_EVERYWHERE = ConfigPatch({"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
+                             "roi_heads.mask_weight_std": True})
 FORMAT_NAMES = ("mmdet", "detectron", "detectron2")
 
 
@@ -56,7 +51,7 @@ class ZooEntry:
     top1_error: float | None = None  # ImageNet classifiers, centre crop, as published
     sha256: str | None = None  # the source file's full sha256, where pinned (registered entries)
     citations: tuple[str, ...] = ("gn",)  # keys of published.CITATIONS, the family's framework added by cards
-    conventions: dict = field(default_factory=dict)  # by config path, where the upstream config says more
+    conventions: ConfigPatch = field(default_factory=ConfigPatch)  # where the upstream config says more
 
     @property
     def depth(self) -> int | None:
@@ -83,14 +78,14 @@ class ZooEntry:
         return m.group(1) if m else None
 
     @property
-    def settings(self) -> dict:
-        """The conventions the entry's upstream config states, by config path: a file's own
-        config, where it has one, overrides them."""
+    def settings(self) -> ConfigPatch:
+        """The conventions the entry's upstream config states: a file's own config, where it has
+        one, overrides them."""
         if self.source_format == "mmdet":
-            return {**(BGR_CAFFE if self.pretrain == "(d)" else RGB_IMAGENET), **self.conventions}
+            return (BGR_CAFFE if self.pretrain == "(d)" else RGB_IMAGENET) | self.conventions
         if self.source_format == "detectron2":
-            return {**D2_PREPROCESS, **self.conventions}
-        return dict(self.conventions)
+            return BGR_CAFFE | self.conventions  # detectron2's PIXEL_MEAN / PIXEL_STD defaults
+        return self.conventions
 
     @property
     def pretrain_text(self) -> str:
@@ -140,7 +135,7 @@ def _mmdet_scratch() -> list[ZooEntry]:
                      "6x", epochs, file, P.MMDET_SCRATCH_URL.format(name=name, file=file), box, mask,
                      hardware="8x NVIDIA V100 (mmdetection metafile; no memory or speed published)",
                      results_source=P.MMDET_SCRATCH_RESULTS, citations=("gn", "rethinking"),
-                     conventions={"train.frozen_stages": 0, "train.norm_decay_mult": 0.0})
+                     conventions=ConfigPatch({"train.frozen_stages": 0, "train.norm_decay_mult": 0.0}))
             for name, epochs, file, box, mask in P.MMDET_SCRATCH]
 
 
@@ -170,7 +165,7 @@ def _detectron2() -> list[ZooEntry]:
                      hardware="8 NVIDIA V100 GPUs with NVLink (Big Basin servers, detectron2 MODEL_ZOO.md)",
                      results_source=P.DETECTRON2_RESULTS,
                      citations=("gn", "rethinking") if name.startswith("scratch") else ("gn",),
-                     conventions=changes)
+                     conventions=ConfigPatch(changes))
             for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2]
 
 
@@ -192,7 +187,8 @@ def register(name: str, url: str, sha256: str, format: str | None = None, **publ
     """Adds a checkpoint of your own to the registry under `name`: `gnhub.load(name)`, `list`,
     `info` and `fetch` then treat it like a built-in entry. `sha256` is the file's full sha256;
     `format` is "mmdet", "detectron" or "detectron2" (default: mmdet for .pth, detectron for
-    .pkl); `published` takes the facts cards show (box_ap, mask_ap, backbone, schedule, ...)."""
+    .pkl); `published` takes the facts cards show (box_ap, mask_ap, backbone, schedule, ...) and
+    `settings`, config fields by path ({"preprocess.std": ...}) its conversion uses."""
     entry = _entry({"name": name, "url": url, "sha256": sha256, "format": format, **published}, "register()")
     _REGISTERED[name] = entry
     return entry
@@ -222,9 +218,13 @@ def _entry(data, where: str) -> ZooEntry:
     if "depth" in data and "backbone" not in data:  # the older way to say it
         data = {**{k: v for k, v in data.items() if k != "depth"},
                 "backbone": f"R-{data['depth']}" if isinstance(data["depth"], int) else data["depth"]}
-    unknown = sorted(set(data) - {"name", "url", "sha256", "format", *_OPTIONAL})
+    unknown = sorted(set(data) - {"name", "url", "sha256", "format", "settings", *_OPTIONAL})
     if unknown:
-        raise GnhubError(f"{label}: unknown fields {unknown}; known: name, url, sha256, format, {', '.join(_OPTIONAL)}")
+        raise GnhubError(f"{label}: unknown fields {unknown}; known: name, url, sha256, format, settings, "
+                         f"{', '.join(_OPTIONAL)}")
+    settings = data.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise GnhubError(f'{label}: settings must be an object of config fields, e.g. {{"rpn.nms_iou": 0.7}}')
     extra = {}
     for key, kind in _OPTIONAL.items():
         value = data.get(key)
@@ -241,7 +241,8 @@ def _entry(data, where: str) -> ZooEntry:
             raise GnhubError(f"{label}: {key} must be one of {', '.join(choices)}")
     defaults = dict(family="gn", detector="mask-rcnn", backbone="?", pretrain="unknown", schedule="custom",
                     epochs=None, file=file, box_ap=None, mask_ap=None, license="other", dataset="not stated")
-    return ZooEntry(name=name, source_format=fmt, url=url, sha256=sha.lower(), **{**defaults, **extra})
+    return ZooEntry(name=name, source_format=fmt, url=url, sha256=sha.lower(),
+                    conventions=ConfigPatch(settings, f"{label}: settings"), **{**defaults, **extra})
 
 
 NAME_PATTERN = r"[A-Za-z0-9][\w.\-]{0,95}"  # a zoo name: also a folder name in the cache

@@ -191,6 +191,23 @@ def test_bad_names_and_devices_are_one_line(small_dir, args, fragment):
     assert_one_line_error(run(*args), fragment)
 
 
+def test_library_errors_name_parameters_and_the_command_says_its_flags(small_dir, tmp_path):
+    from gnhub.cli import flags
+    from gnhub.errors import GnhubError
+    from gnhub.predict import predict
+    from gnhub.verify import verify_model
+
+    with pytest.raises(GnhubError, match=r"^`score_threshold=5`: expected a score from 0 to 1"):
+        predict(small_dir, [str(sample_images()[3])], out=tmp_path / "p", score_threshold=5)
+    with pytest.raises(GnhubError, match=r"^`images` and `against` need `source`"):
+        verify_model(small_dir, images=[sample_images()[3]])
+    assert_one_line_error(run("verify", small_dir, "--image", sample_images()[3]),
+                          "--image and --against need --source: golden outputs exist only")
+    assert flags("pass `check_hash=False`, `amp=bf16`, `allow_unverified=True` or `warmup_iters`; `gnhub list`") == \
+        "pass --no-check-hash, --amp bf16, --allow-unverified or --warmup; `gnhub list`"
+    assert flags("`train_images` of `out`", "finetune") == "--images of --out"
+
+
 def test_load_of_an_empty_name_is_not_the_current_directory():
     import gnhub
     from gnhub.errors import GnhubError

@@ -123,7 +123,7 @@ def test_dropped_tensors_are_reported(source, tmp_path):
 def test_hash_prefix_in_the_name_is_checked(reference_checkpoint, tmp_path):
     wrong = tmp_path / "model_20200101-deadbeef.pth"
     os.symlink(reference_checkpoint, wrong)
-    with pytest.raises(GnhubError, match="does not match the deadbeef.*--no-check-hash"):
+    with pytest.raises(GnhubError, match="does not match the deadbeef.*`check_hash=False`"):
         convert(wrong, tmp_path / "out", verify=False)
     convert(wrong, tmp_path / "out", check_hash=False, verify=False)
     assert (tmp_path / "out" / "model.safetensors").exists()

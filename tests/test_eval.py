@@ -159,30 +159,31 @@ def test_a_resume_must_be_the_same_run_and_users_results_are_never_replaced(tiny
     images, annotations = tiny_coco / "images", tiny_coco / "instances.json"
     a = load(small_dir)
     results = tmp_path / "r.json"
-    first = evaluate(a, images, annotations, results)
+    first = evaluate(a, images=images, annotations=annotations, results=results)
     assert first["images"] == 3 and results.is_file()
-    again = evaluate(a, images, annotations, results)  # the same run, finished: nothing is computed again
+    # the same run, finished: nothing is computed again
+    again = evaluate(a, images=images, annotations=annotations, results=results)
     assert again["box"] == first["box"] and again["images_per_second"] is None
     b = load(small_dir)
     b.config.roi_heads.score_thresh = 0.3  # another model: its own AP, never A's
     with pytest.raises(GnhubError, match=r"r.json: holds the results of another evaluation \(other model\)"):
-        evaluate(b, images, annotations, results)
+        evaluate(b, images=images, annotations=annotations, results=results)
     other = _edit(tiny_coco, tmp_path, lambda d: d["annotations"].pop())
     with pytest.raises(GnhubError, match="other annotations"):
-        evaluate(a, images, other, results)
+        evaluate(a, images=images, annotations=other, results=results)
     mine = tmp_path / "mine.json"  # a user's own COCO results list
     mine.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
     before = mine.read_text()
     with pytest.raises(GnhubError, match="mine.json: exists, and gnhub did not write it"):
-        evaluate(a, images, annotations, mine)
+        evaluate(a, images=images, annotations=annotations, results=mine)
     assert mine.read_text() == before
     results.write_text(results.read_text().replace("]", ", {}]", 1))  # changed since gnhub wrote it
     with pytest.raises(GnhubError, match="gnhub did not write it \\(or it changed since\\)"):
-        evaluate(a, images, annotations, results)
+        evaluate(a, images=images, annotations=annotations, results=results)
     part = tmp_path / "p.json.parts"
     part.mkdir()
     (part / "run.json").write_text(json.dumps({"gnhub_eval": 1, **{k: v for k, v in json.loads(
         (tmp_path / "r.json.parts" / "run.json").read_text()).items() if k != "results_sha256"}}))
     (part / "rank0.jsonl").write_text(json.dumps({"image_id": 99, "detections": []}) + "\n")
     with pytest.raises(GnhubError, match="holds image 99, which .* does not declare"):
-        evaluate(a, images, annotations, tmp_path / "p.json")
+        evaluate(a, images=images, annotations=annotations, results=tmp_path / "p.json")

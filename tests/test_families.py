@@ -14,6 +14,7 @@ from test_cli import run
 
 import gnhub.runtime
 from gnhub import GNMaskRCNN, load
+from gnhub.config import ConfigPatch
 from gnhub.convert import convert
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
@@ -86,11 +87,12 @@ def test_the_detectron2_reference_verifies_the_conversion(small_d2, d2_weights, 
     src = _d2_pickle(tmp_path / "model_final_dc5d9e.pkl", d2_weights)
     with ThreadPoolExecutor(1) as pool:
         source = open_source(src, "auto", True, pool)
-    source.settings.update({"preprocess.max_size": (320, 192), "rpn.pre_nms_top_n": 300, "rpn.post_nms_top_n": 200})
+    source.settings |= ConfigPatch({"preprocess.max_size": (320, 192), "rpn.pre_nms_top_n": 300,
+                                    "rpn.post_nms_top_n": 200})
     report, _ = verify_against(source, small_d2, images_for(None))
     assert report.passed and {c.stage for c in report.checks} >= {"proposals", "detections", "masks", "fpn.p6"}
     assert max(c.max_abs or 0 for c in report.checks) == 0  # the same arithmetic, to the last bit
-    source.settings["roi_heads.box_stds"] = (0.1, 0.1, 0.1, 0.1)  # a convention gnhub got wrong: found
+    source.settings |= ConfigPatch({"roi_heads.box_stds": (0.1, 0.1, 0.1, 0.1)})  # a convention gnhub got wrong: found
     report, _ = verify_against(source, small_d2, images_for(None), first_failure=True)
     assert not report.passed and report.first_failure().stage == "detections"
 

@@ -171,6 +171,12 @@ def test_no_network_names_the_url_the_mirror_and_the_manual_path(env, tmp_path, 
     ([{"name": "ok", "url": "ftp://h/x.pth", "sha256": "a" * 64}], "url must be"),
     ([{"name": "mask_rcnn_r50_fpn_gn-all_2x_coco", "url": "https://h/x.pth", "sha256": "a" * 64}], "built-in"),
     ([{"name": "ok", "url": "https://h/x.pth", "sha256": "a" * 64, "box_AP": 1}], "unknown fields"),
+    ([{"name": "ok", "url": "https://h/x.pth", "sha256": "a" * 64, "settings": {"rpn.nms_iuo": 0.6}}],
+     "entry 'ok': settings: 'rpn.nms_iuo' is not a config field; did you mean rpn.nms_iou"),
+    ([{"name": "ok", "url": "https://h/x.pth", "sha256": "a" * 64, "settings": {"rpn.nms_iou": 7}}],
+     "entry 'ok': settings: rpn.nms_iou is 7; expected a number from 0 to 1"),
+    ([{"name": "ok", "url": "https://h/x.pth", "sha256": "a" * 64, "settings": [0.6]}],
+     "entry 'ok': settings must be an object of config fields"),
 ])
 def test_a_malformed_registry_file_is_one_clear_error(tmp_path, monkeypatch, entries, fragment):
     path = tmp_path / "zoo.json"

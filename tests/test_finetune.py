@@ -129,13 +129,16 @@ def test_every_input_and_output_is_checked_before_training(shapes, base_dir, tmp
     base = load(base_dir)
     raw = json.loads(ann.read_text())
     with pytest.raises(GnhubError, match="one holds the other"):
-        finetune(base, ann, folder, tmp_path / "w", Recipe(iterations=1), work_dir=tmp_path / "w" / "train")
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=tmp_path / "w", recipe=Recipe(iterations=1), work_dir=tmp_path / "w" / "train")
     with pytest.raises(GnhubError, match="no such image folder \\(--val-images\\)"):
-        finetune(base, ann, folder, tmp_path / "o", Recipe(iterations=1), val=(ann, tmp_path / "nowhere"))
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=tmp_path / "o", recipe=Recipe(iterations=1), val=(ann, tmp_path / "nowhere"))
     renamed = _write(tmp_path / "val.json", {**raw, "categories": [{**c, "name": c["name"] + "s"}
                                                                     for c in raw["categories"]]})
     with pytest.raises(GnhubError, match="has no category 'square'"):
-        finetune(base, ann, folder, tmp_path / "o", Recipe(iterations=1), val=(renamed, folder))
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=tmp_path / "o", recipe=Recipe(iterations=1), val=(renamed, folder))
     assert not any(tmp_path.glob("o*")) and not (tmp_path / "w").exists()
 
 
@@ -164,7 +167,8 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
     ann, folder = shapes
     base = load(base_dir)
     recipe = dict(iterations=4, warmup_iters=2, checkpoint_every=2, batch_size=1)
-    straight = finetune(base, ann, folder, tmp_path / "straight", Recipe(**recipe))
+    straight = finetune(base, train_annotations=ann, train_images=folder,
+                        out=tmp_path / "straight", recipe=Recipe(**recipe))
     assert straight["iterations"] == 4
 
     real_forward, calls = GNMaskRCNN.forward, {"n": 0}
@@ -180,17 +184,19 @@ def test_resume_after_a_crash_and_a_ctrl_c_is_exact(shapes, base_dir, tmp_path, 
     out = tmp_path / "resumed"
     monkeypatch.setattr(GNMaskRCNN, "forward", failing(2, RuntimeError("power cut")))
     with pytest.raises(RuntimeError):  # a crash during step 3: the periodic checkpoint holds step 2
-        finetune(base, ann, folder, out, Recipe(**recipe))
+        finetune(base, train_annotations=ann, train_images=folder, out=out, recipe=Recipe(**recipe))
     calls["n"] = 0
     monkeypatch.setattr(GNMaskRCNN, "forward", failing(1, KeyboardInterrupt()))
     with pytest.raises(GnhubError, match="interrupted at iteration 3 of 4.*holds iteration 3.*--resume"):
-        finetune(base, ann, folder, out, Recipe(**recipe), resume=True)  # Ctrl-C in step 4: saved at step 3
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=out, recipe=Recipe(**recipe), resume=True)  # Ctrl-C in step 4: saved at step 3
     with pytest.raises(GnhubError, match="holds a checkpoint: continue with --resume"):
-        finetune(base, ann, folder, out, Recipe(**recipe))
+        finetune(base, train_annotations=ann, train_images=folder, out=out, recipe=Recipe(**recipe))
     with pytest.raises(GnhubError, match="another recipe"):
-        finetune(base, ann, folder, out, Recipe(**{**recipe, "seed": 1}), resume=True)
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=out, recipe=Recipe(**{**recipe, "seed": 1}), resume=True)
     monkeypatch.setattr(GNMaskRCNN, "forward", real_forward)
-    finetune(base, ann, folder, out, Recipe(**recipe), resume=True)
+    finetune(base, train_annotations=ann, train_images=folder, out=out, recipe=Recipe(**recipe), resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = (tmp_path / "resumed.train" / "log.jsonl").read_text()
@@ -204,16 +210,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
     work.mkdir()
     (work / "log.jsonl").write_text('{"iteration": 1, "loss": 9}\n{"iter')  # what a SIGKILL in step 2 leaves
     recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
-    finetune(base, ann, folder, tmp_path / "out", recipe, resume=True)  # no checkpoint yet: from the start
+    finetune(base, train_annotations=ann, train_images=folder,
+             out=tmp_path / "out", recipe=recipe, resume=True)  # no checkpoint yet: from the start
     rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1] and rows[0]["loss"] != 9
     changed = load(base_dir)
     changed.config.train.rpn_batch_size_per_image = 128  # the same weights, other settings
     with pytest.raises(GnhubError, match="another base model \\(settings\\)"):
-        finetune(changed, ann, folder, tmp_path / "out2", recipe, work_dir=work, resume=True)
+        finetune(changed, train_annotations=ann, train_images=folder,
+                 out=tmp_path / "out2", recipe=recipe, work_dir=work, resume=True)
     (work / "notes.txt").write_text("mine")
     with pytest.raises(GnhubError, match="holds files gnhub did not write"):
-        finetune(base, ann, folder, tmp_path / "out3", recipe, work_dir=work, resume=True)
+        finetune(base, train_annotations=ann, train_images=folder,
+                 out=tmp_path / "out3", recipe=recipe, work_dir=work, resume=True)
     assert (work / "notes.txt").read_text() == "mine"
 
 

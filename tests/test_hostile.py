@@ -310,7 +310,7 @@ def test_nan_weights_warn_by_default_and_are_refused_with_strict(small_source, t
     messages = []
     summary = convert(path, tmp_path / "out", verify=False, log=messages.append)
     assert summary["nonfinite"] == ["rpn.conv.bias"] and "NaN or Inf" in messages[0]
-    with pytest.raises(GnhubError, match="--strict"):
+    with pytest.raises(GnhubError, match="refused because of `strict=True`"):
         convert(path, tmp_path / "out2", verify=False, strict=True)
     assert not (tmp_path / "out2").exists()
 

@@ -244,9 +244,10 @@ def test_roi_align_split_among_threads_is_bit_identical(reference_threads):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is tuned on Linux only")
-def test_cpu_predict_keeps_freed_memory_for_the_next_forward(small_model, tmp_path):
-    """After a CPU predict, glibc serves a 64 MB block from its heap instead of mapping fresh pages;
-    GNHUB_MALLOC=system leaves malloc as it is. The outputs are the same bits either way."""
+def test_tune_cpu_keeps_freed_memory_for_the_next_forward(small_model, tmp_path):
+    """After gnhub.tune_cpu() (the gnhub command calls it), glibc serves a 64 MB block from its heap
+    instead of mapping fresh pages; GNHUB_MALLOC=system leaves malloc as it is.
+    The outputs are the same bits either way."""
     small_model.save_pretrained(tmp_path / "m")
     code = f"""
 import ctypes, hashlib, torch
@@ -260,6 +261,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 torch.set_num_threads(1)
+gnhub.tune_cpu()  # the gnhub command's opt-in
 out = gnhub.load({str(tmp_path / "m")!r}).predict(sample_images()[1])
 mapped = libc.mallinfo2().hblkhd
 block = torch.empty(64 << 20, dtype=torch.uint8)

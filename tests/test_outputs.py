@@ -40,13 +40,13 @@ def test_publish_with_a_bad_repo_id_touches_nothing(small_dir, tmp_path):
     before = tree(tmp_path)
     for repo_id in ("../escape", ".", "org/theirs/x", str(outside)):
         with pytest.raises(GnhubError, match="not a hub repository id"):
-            publish_model(small_dir, repo_id, HubSettings(hub_dir=str(hub)))
+            publish_model(small_dir, repo_id, settings=HubSettings(hub_dir=str(hub)))
     for extra in ([], ["--dry-run"]):
         assert_one_line_error(run("publish", small_dir, "--hub-dir", hub, "--repo-id", "../escape", *extra),
                               "not a hub repository id")
     # a directory in the hub that gnhub did not publish is not replaced either
     with pytest.raises(GnhubError, match="not a model published to the directory hub"):
-        publish_model(small_dir, "org/theirs", HubSettings(hub_dir=str(hub)))
+        publish_model(small_dir, "org/theirs", settings=HubSettings(hub_dir=str(hub)))
     assert tree(tmp_path) == before and (hub / "org" / "theirs" / "keep.txt").read_text() == "mine"
 
 

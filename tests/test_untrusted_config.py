@@ -11,8 +11,8 @@ from gnhub.converters import mmdet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnhub.config import ModelConfig
-from gnhub.convert import apply_settings, convert
+from gnhub.config import ConfigPatch, ModelConfig
+from gnhub.convert import convert
 from gnhub.errors import GnhubError
 from gnhub.frameworks import convention
 from gnhub.layout import read_config
@@ -102,10 +102,10 @@ SAID = {"huge text", "mean=5", "mean='abc'", "pad_size_divisor=None", "pad_size_
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
 def test_hostile_embedded_configs_end_in_a_value(name):
     file = mmdet.read_settings({"meta": {"config": HOSTILE_CONFIGS[name]}})
-    settings_, notes = checked_settings(file.values, {})
+    settings_, notes = checked_settings(file.values, ConfigPatch())
     notes += file.ignored
     config = ModelConfig()
-    apply_settings(config, settings_)
+    settings_.apply(config)
     usable(config)
     if name in SAID:
         assert notes, name  # what was read but not used is said
@@ -116,9 +116,9 @@ def test_hostile_embedded_configs_end_in_a_value(name):
                     max_size=200))
 def test_fuzzed_embedded_config_text(text):
     settings_, _ = checked_settings(mmdet.read_settings({"meta": {"config": SMALL_MMDET_CONFIG + "\n" + text}}).values,
-                                    {})
+                                    ConfigPatch())
     config = ModelConfig()
-    apply_settings(config, settings_)
+    settings_.apply(config)
     usable(config)
 
 

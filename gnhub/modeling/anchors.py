@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["base_anchors", "detectron2_base_anchors", "detectron_base_anchors", "grid_anchors"]
+
 
 def grid_anchors(base: Tensor, stride: int, height: int, width: int) -> Tensor:
     """(height * width * A, 4) anchors ordered (y, x, anchor), matching a head's (A, H, W) maps."""

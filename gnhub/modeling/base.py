@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from ..checkpoint import read_model_dir, write_model_dir
 from ..config import ModelConfig
 from ..errors import GnhubError
-from .allocator import keep_freed_memory
 from .transform import load_image
+
+__all__ = ["DTYPES", "GNModel", "MODELS", "with_weights"]
 
 MODELS: dict[str, type[GNModel]] = {}  # config.task -> model class
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -55,7 +56,6 @@ class GNModel(nn.Module):
             raise GnhubError("predict got an empty list of images")
         if batch_size < 1:
             raise GnhubError(f"batch size must be at least 1, got {batch_size}")
-        keep_freed_memory(self.device)
         rgbs = [load_image(im) for im in items]
         resized = [self.preprocessor.resize(im) for im in rgbs]
         groups = defaultdict(list)
@@ -77,7 +77,6 @@ class GNModel(nn.Module):
     def inspect(self, image) -> dict[str, Tensor]:
         """Every stage of one image, by name (see docs/layout.md, "Stage names")."""
         record: dict[str, Tensor] = {}
-        keep_freed_memory(self.device)
         self(self.preprocessor([load_image(image)], self.device, self.dtype), record=record)
         return record
 

@@ -12,6 +12,8 @@ from .base import GNModel
 from .resnet import STAGE_CHANNELS, GNResNet
 from .transform import ImageBatch, Preprocessor
 
+__all__ = ["GNResNetClassifier"]
+
 
 class GNResNetClassifier(GNModel):
     """GN ResNet -> global average pool -> fc (`fc`, Detectron's `pred`); inference only.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+__all__ = ["WSConv2d", "WS_EPS", "conv2d", "standardized"]
+
 WS_EPS = 1e-5  # mmcv's conv_ws_2d default
 
 

@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from ..config import FPNConfig
 from .conv import conv2d
 
+__all__ = ["ConvGN", "FPN"]
+
 
 class ConvGN(nn.Module):
     """conv (no bias; optionally weight-standardised) -> GroupNorm -> optional ReLU."""

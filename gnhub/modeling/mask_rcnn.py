@@ -12,7 +12,6 @@ from ..config import ModelConfig
 from ..errors import GnhubError
 from ..frameworks import convention as convention_of
 from ..frameworks import info
-from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
 from .boxes import to_rois
 from .fpn import FPN
@@ -20,6 +19,8 @@ from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
 from .transform import ImageBatch, Preprocessor, load_image
+
+__all__ = ["GNMaskRCNN"]
 
 
 class GNMaskRCNN(GNModel):
@@ -116,7 +117,6 @@ class GNMaskRCNN(GNModel):
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
             raise GnhubError(f"training needs one target per image ({len(items)} images, {len(targets)} targets)")
-        keep_freed_memory(self.device)
         self.freeze_stages()
         batch, boxes, labels, masks = self.preprocessor.training_batch(
             [load_image(im) for im in items], targets, self.device, self.dtype, self.roi_heads.mask_head is not None)

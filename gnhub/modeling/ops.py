@@ -16,6 +16,8 @@ from torch import Tensor
 
 from ..errors import GnhubError
 
+__all__ = ["nms", "roi_align"]
+
 
 @functools.cache
 def _load_kernels() -> None:

@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from ..config import BackboneConfig
 from .conv import conv2d
 
+__all__ = ["Bottleneck", "GNResNet", "STAGE_BLOCKS", "STAGE_CHANNELS", "bottleneck_width"]
+
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 

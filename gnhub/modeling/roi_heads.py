@@ -11,6 +11,8 @@ from .fpn import ConvGN
 from .ops import roi_align
 from .targets import assign, ce_loss, l1_loss, sample
 
+__all__ = ["BoxHead", "MaskHead", "MultiLevelRoIAlign", "RoIHeads", "mask_targets_of"]
+
 
 def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int) -> Tensor:
     """(P, size, size) targets: ground-truth mask `which[i]` RoIAligned (aligned, adaptive

@@ -12,6 +12,8 @@ from .anchors import grid_anchors
 from .boxes import encode_boxes
 from .targets import assign, bce_loss, l1_loss, sample
 
+__all__ = ["RPN"]
+
 
 def _valid(padded: tuple[int, int], stride: int, height: int, width: int, anchors: int, device) -> Tensor:
     """Which anchors of a (height, width) level lie in an image's own padded size (mmdetection's

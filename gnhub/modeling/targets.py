@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "l1_loss", "sample"]
+
 EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
 
 

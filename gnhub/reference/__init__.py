@@ -3,4 +3,6 @@ from .detectron import DetectronReference
 from .detectron2 import Detectron2Reference
 from .mmdet import MMDetReference
 
+__all__ = ["REFERENCES"]
+
 REFERENCES = {"mmdet": MMDetReference, "detectron": DetectronReference, "detectron2": Detectron2Reference}

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from .. import stages as S
 
+__all__ = ["Detectron2Reference", "SCALE_CLAMP"]
+
 SCALE_CLAMP = math.log(1000.0 / 16)
 
 

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import stages as S
+from ..config import BGR_CAFFE
+
+__all__ = ["MMDetReference", "STRIDES"]
 
 STRIDES = (4, 8, 16, 32, 64)
 
@@ -31,8 +34,7 @@ class MMDetReference:
         self.old = any(k.startswith("bbox_head.") for k in state_dict)  # 1.x: background first
         self.head = "" if self.old else "roi_head."
         self.s = {
-            "preprocess.mean": (103.53, 116.28, 123.675), "preprocess.std": (1.0, 1.0, 1.0),
-            "preprocess.channel_order": "BGR", "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
+            **BGR_CAFFE, "preprocess.max_size": (1333, 800), "preprocess.size_divisor": 32,
             "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
             "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
             "roi_heads.mask_threshold": 0.5, **settings,

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from ..errors import GnhubError
 
+__all__ = ["MMDetFramework", "PACKAGED", "SETUP", "mmdet_version", "packaged_config"]
+
 SETUP = ("--against mmdet needs mmdetection 3.x with mmcv's compiled ops (mmcv 2.0/2.1): "
          "pip install -U openmim && mim install 'mmcv>=2.0.0,<2.2.0' mmdet==3.3.0")
 
@@ -59,12 +61,12 @@ def packaged_config(zoo_name: str | None) -> Path:
     import mmdet
 
     if zoo_name not in PACKAGED:
-        raise GnhubError(f"--against mmdet: {zoo_name or 'this checkpoint'} is not a zoo model; pass --mmdet-config "
+        raise GnhubError(f"`against=mmdet`: {zoo_name or 'this checkpoint'} is not a zoo model; pass `mmdet_config` "
                          "with the mmdetection config it was trained with (the config inside the checkpoint is "
                          "never executed)")
     path = Path(mmdet.__file__).parent / ".mim" / "configs" / PACKAGED[zoo_name]
     if not path.is_file():
-        raise GnhubError(f"{path}: missing from the installed mmdetection; pass --mmdet-config")
+        raise GnhubError(f"{path}: missing from the installed mmdetection; pass `mmdet_config`")
     return path
 
 

@@ -14,6 +14,8 @@ from ..coco import read_instances
 from ..errors import GnhubError
 from ..images import load_image
 
+__all__ = ["CocoInstances", "MIN_SIZE", "Sample", "epoch_batches", "flips"]
+
 MIN_SIZE = 32  # mmdetection's filter_cfg min_size: images with a shorter side are skipped
 
 

@@ -23,6 +23,8 @@ from ..layout import check_model_output
 from ..modeling import GNMaskRCNN
 from .data import CocoInstances, epoch_batches, flips
 
+__all__ = ["CHECKPOINT", "LOG", "Recipe", "Schedule", "finetune", "finetune_model"]
+
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
 
@@ -54,13 +56,13 @@ class Recipe:
                 "val_every": 0}
         for name, low in ints.items():
             if getattr(self, name) < low:
-                raise GnhubError(f"--{name.replace('_', '-')} must be at least {low}")
+                raise GnhubError(f"`{name}` must be at least {low}")
         if self.iterations is not None and self.iterations < 1:
-            raise GnhubError("--iterations must be at least 1")
+            raise GnhubError("`iterations` must be at least 1")
         if (self.lr is not None and not 0 < self.lr < 10) or not 0 <= self.flip <= 1:
-            raise GnhubError("--lr must be in (0, 10) and --flip in [0, 1]")
+            raise GnhubError("`lr` must be in (0, 10) and `flip` in [0, 1]")
         if self.amp not in (None, "bf16", "fp16"):
-            raise GnhubError(f"--amp {self.amp}: choose bf16 or fp16")
+            raise GnhubError(f"`amp={self.amp}`: choose bf16 or fp16")
 
 
 class Schedule:
@@ -83,7 +85,7 @@ class Schedule:
         return self.base * warm * self.gamma ** sum(it >= s for s in self.steps)
 
 
-def finetune_model(model: str | Path, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
+def finetune_model(model: str | Path, *, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
                    val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
                    device: str | None = None, name: str | None = None, settings=None, progress=None,
                    log=lambda msg: None) -> dict:
@@ -94,11 +96,12 @@ def finetune_model(model: str | Path, train_annotations, train_images, out: Path
     (recipe or Recipe()).check()
     device = distributed.join(device)
     base = load(model, device=device, settings=settings)
-    return finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device, name,
-                    str(model), progress, log)
+    return finetune(base, train_annotations=train_annotations, train_images=train_images, out=out, recipe=recipe,
+                    val=val, work_dir=work_dir, resume=resume, force=force, device=device, name=name,
+                    base_name=str(model), progress=progress, log=log)
 
 
-def finetune(base: GNMaskRCNN, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
+def finetune(base: GNMaskRCNN, *, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
              val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
              device: str = "cpu", name: str | None = None, base_name: str | None = None, progress=None,
              log=lambda msg: None) -> dict:
@@ -127,7 +130,7 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".train")
     rank, world = distributed.rank_world()
     if recipe.amp == "fp16" and torch.device(device).type != "cuda":
-        raise GnhubError("--amp fp16 needs a GPU; on a CPU use --amp bf16")
+        raise GnhubError("`amp=fp16` needs a GPU; on a CPU use `amp=bf16`")
     check_model_output(out, force)
     _check_apart(out, work)
     base.check_trainable()
@@ -386,7 +389,7 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> 
     results = work / f"val_{it}.json"
     model.eval()
     try:
-        metrics = evaluate(model, val[1], val[0], results)
+        metrics = evaluate(model, images=val[1], annotations=val[0], results=results)
     finally:
         model.train()
     if rank == 0:
