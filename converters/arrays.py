@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+__all__ = ["as_tensors"]
+
 
 def as_tensors(items) -> dict:
     """(name, value) pairs as name -> tensor sharing each numpy array's memory. A value that is not

@@ -74,6 +74,8 @@ SETTINGS = {"d2": BGR_CAFFE | ConfigPatch({
     "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
     "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
     "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
+    "roi_heads.aligned": True, "roi_heads.finest_scale": 56.0, "convention": "detectron2",
+})}
 DEFAULTS = "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
 
 

@@ -14,7 +14,7 @@ from .frameworks import info
 from .layout import CARD_FILE, read_config, read_report
 from .report import Report
 
-__all__ = ["FRAMEWORKS", "PIPELINES", "PROVENANCE_FIELDS", "RESIZERS", "TAGS", "render_card", "summary", "write_card"]
+__all__ = ["PIPELINES", "PROVENANCE_FIELDS", "render_card", "summary", "TAGS", "write_card"]
 
 PROVENANCE_FIELDS = ("source_file", "source_sha256", "source_format", "source_version", "source_layout",
                      "converter", "torch", "date", "preprocess_from")

@@ -24,7 +24,7 @@ from .errors import GnhubError
 from .files import sha256_file
 from .settings import download_stall_seconds, download_total_seconds, max_download_bytes
 
-__all__ = ["BACKOFF", "CHUNK", "RETRIES", "TIMEOUT", "download"]
+__all__ = ["BACKOFF", "CHUNK", "download", "RETRIES"]
 
 CHUNK = 1 << 20
 STALL_BYTES = 64 << 10  # a transfer that receives less than this in the stall deadline is stalled

@@ -21,8 +21,7 @@ from .frameworks import arrays, info
 from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
 
-__all__ = ["DETECTOR_OUTPUTS", "INPUTS", "OUTPUTS", "OnnxPredictor", "load", "network_input", "outputs_of",
-    "paste_masks", "to_original_detectron2"]
+__all__ = ["DETECTOR_OUTPUTS", "INPUTS", "load", "network_input", "OnnxPredictor", "OUTPUTS", "outputs_of"]
 
 INPUTS = ("input", "image_size", "scale_factor")  # the network input (1, 3, H, W), (h, w), (w, h)
 # The graph's outputs, in order: detections, then what verification compares.

@@ -20,6 +20,8 @@ import numpy as np
 
 from .errors import GnhubError
 
+__all__ = ["BoundedFile", "budget", "NUMPY_GLOBALS", "PickledArray", "RestrictedUnpickler", "TORCH_GLOBALS"]
+
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 1.26

@@ -2,6 +2,8 @@
 what most frameworks do; a convention overrides where its framework differs."""
 from __future__ import annotations
 
+__all__ = ["Convention"]
+
 
 class Convention:
     """A framework's rules for one detector, given to the stages as torchvision gives a BoxCoder.

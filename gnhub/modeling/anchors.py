@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["base_anchors", "detectron2_base_anchors", "detectron_base_anchors", "grid_anchors"]
+__all__ = ["grid_anchors"]
 
 
 def grid_anchors(base: Tensor, stride: int, height: int, width: int) -> Tensor:

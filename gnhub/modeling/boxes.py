@@ -10,8 +10,7 @@ from torch import Tensor
 
 from .ops import nms
 
-__all__ = ["MAX_LOG_SCALE", "batched_nms", "batched_nms_torchvision", "clip_boxes", "decode_boxes",
-    "decode_boxes_detectron", "decode_boxes_detectron2", "encode_boxes", "nms_detectron", "to_rois"]
+__all__ = ["batched_nms", "clip_boxes", "decode_boxes", "encode_boxes", "MAX_LOG_SCALE", "to_rois"]
 
 # Largest |log| of the width/height change a delta may ask for (mmdetection's 16 / 1000).
 MAX_LOG_SCALE = abs(math.log(16 / 1000))

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 __all__ = ["BBOX_XFORM_CLIP", "DetectronReference"]
 
 BBOX_XFORM_CLIP = float(np.log(1000.0 / 16.0))

@@ -1,4 +1,7 @@
 """Detectron (Caffe2)."""
+
+__all__ = ["CARD", "EXPORTS", "RESIZE", "TITLE"]
+
 TITLE = "Detectron"
 RESIZE = "OpenCV bilinear, after subtracting the mean, as Detectron does"
 EXPORTS = False  # its per-level proposal NMS, original-pixel detection and cv2 mask paste are not in the graph

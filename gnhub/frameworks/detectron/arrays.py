@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["rescale"]
+
 
 def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     """Detectron's `prep_im_for_blob`: the mean subtracted in float32, then OpenCV bilinear with

@@ -12,6 +12,8 @@ from ...modeling.boxes import apply_weighted_deltas
 from ..base import Convention
 from . import arrays
 
+__all__ = ["base_anchors", "CONVENTION", "decode_boxes", "DetectronConvention", "nms", "paste_masks"]
+
 
 def base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
     """Detectron: the (0, 0, stride - 1, stride - 1) cell reshaped per ratio with rounded sides,

@@ -1,4 +1,7 @@
 """detectron2."""
+
+__all__ = ["CARD", "EXPORTS", "RESIZE", "TITLE"]
+
 TITLE = "detectron2"
 RESIZE = "Pillow bilinear, as detectron2's ResizeShortestEdge does"
 EXPORTS = True

@@ -15,6 +15,8 @@ from ..base import Convention
 from ..mmdet.convention import paste_masks
 from . import arrays
 
+__all__ = ["base_anchors", "batched_nms", "CONVENTION", "decode_boxes", "Detectron2Convention"]
+
 
 def base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
     """DefaultAnchorGenerator: side `scale * stride` (its SIZES), for each ratio w = sqrt(side^2 / ratio),

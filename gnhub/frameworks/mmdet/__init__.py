@@ -1,4 +1,7 @@
 """mmdetection 3.3 (and gnhub's defaults)."""
+
+__all__ = ["CARD", "EXPORTS", "RESIZE", "TITLE"]
+
 TITLE = "mmdetection"
 RESIZE = "OpenCV bilinear"
 EXPORTS = True

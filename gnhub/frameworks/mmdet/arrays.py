@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+__all__ = ["paste_masks", "postprocess", "rescale"]
+
 
 def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     """mmcv's `imrescale`: its scale and rounding, OpenCV bilinear on uint8 (normalised later);

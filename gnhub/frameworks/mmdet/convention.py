@@ -13,6 +13,8 @@ from ...modeling.boxes import batched_nms, decode_boxes
 from ..base import Convention
 from . import arrays
 
+__all__ = ["base_anchors", "CONVENTION", "MMDetConvention", "paste_masks"]
+
 
 def base_anchors(stride: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
     """mmdetection: (len(ratios) * len(scales), 4) anchors centred on (0, 0), unrounded,
