@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import FIXTURES, mmdet_checkpoint
+from conftest import REAL_RUNS, mmdet_checkpoint
 from test_cli import assert_one_line_error, run
 
 from gnhub import load
@@ -71,7 +71,7 @@ def test_verify_cli_against_source_with_extra_image(small_dir, small_source, tmp
 def test_mmdet_1x_and_r101_conversions_verify(reference_state_dict, detweights, tmp_path):
     v1 = mmdet_checkpoint(tmp_path / "v1.pth", to_mmdet_1x(reference_state_dict), legacy=True)
     assert convert(v1, tmp_path / "v1")["verified"]
-    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    entries = detweights.read_key_list(str(REAL_RUNS / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
     r101 = mmdet_checkpoint(tmp_path / "r101.pth", detweights.make_state_dict(entries, 5))
     summary = convert(r101, tmp_path / "r101")
     assert summary["verified"] and summary["depth"] == 101
