@@ -10,7 +10,7 @@
   `predict` call): verification needs two such forwards, the model's and the source's
   (target <= 2.1x).
 
-The checkpoint is a real-size R-50 built from ../shared/fixtures' key list with deterministic
+The checkpoint is a real-size R-50 built from the tests' key list (tests/data/real_runs) with deterministic
 weights. The kinds alternate, one fresh process each, median of --runs; peak memory is each
 process's VmHWM.
 """
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
 
 _PEAK = """
 def peak_mb():
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--legacy", action="store_true", help="pre-1.6 serialization, as the 2020 zoo files")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    sys.path.insert(0, str(SHARED))
+    sys.path.insert(0, str(TESTS))
     import detweights
     import torch
 
@@ -90,7 +90,7 @@ def main() -> None:
     rows: dict[str, list] = {k: [] for k in ("minimum", "convert", "verify", "predict")}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        entries = detweights.read_key_list(str(SHARED / "keys" / "mmdet_mask-rcnn_r50_fpn_gn-all.txt"))
+        entries = detweights.read_key_list(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0" / "keys.txt")
         src = tmp / "r50.pth"
         torch.save({"meta": {}, "state_dict": detweights.make_state_dict(entries, 0)}, src,
                    _use_new_zipfile_serialization=not args.legacy)

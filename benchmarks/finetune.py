@@ -4,8 +4,8 @@ the seconds per step, and the loss of the first and last steps:
 
     python benchmarks/finetune.py [--images 48] [--iterations 300] [--size 96x128] [--box-batch 128]
 
-The base is the team's reference R-50 GN checkpoint (../shared, deterministic random weights:
-there are no pretrained weights offline), images resized to fit the --size box, so the numbers
+The base is the R-50 GN checkpoint of the tests' real runs (tests/data/real_runs, deterministic random
+weights: there are no pretrained weights offline), images resized to fit the --size box, so the numbers
 show that the pipeline learns, not what a pretrained model reaches. The defaults take about 16
 minutes on 2 cores (measured: box AP 0.000 -> 0.253, mask AP 0.000 -> 0.307; the recipe's lr for
 2 images, 0.0025; at 0.02 the loss diverged). With a GPU (`--device cuda`), add `--size 800x1333
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
 
     torch.set_flush_denormal(True)  # before the thread pool starts
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(SHARED))
-    import make_mmdet_checkpoint
+    sys.path.insert(0, str(TESTS))
+    import detweights
 
     from gnhub import evaluate, load, tune_cpu
     from gnhub.convert import convert
@@ -54,7 +54,7 @@ def main() -> None:
     work = Path(scratch.name)
     train = write_shapes(work / "train", args.images, seed=0, size=(h, w))
     val = write_shapes(work / "val", max(8, args.images // 4), seed=1, size=(h, w))
-    src = make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work))
+    src = detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work)
     convert(src, work / "base", verify=False)
     base = load(work / "base", device=args.device)
     base.config.preprocess.max_size = (max(h, w), min(h, w))

@@ -4,7 +4,7 @@ and torchvision's Mask R-CNN R-50, on the same image in one run:
 
     python benchmarks/inference.py [--rounds 3] [--runs 2] [--threads N] [--batch] [--conventions detectron]
 
-The weights are the team's reference R-50 checkpoint (../shared), the image the built-in
+The weights are the reference R-50 checkpoint of the tests' real runs (tests/data/real_runs), the image the built-in
 street.png. Every model keeps up to 100 detections (torchvision's score threshold is lowered to
 0 so its mask head runs on as many boxes as gnhub's). Each predictor runs in its own processes,
 as a user runs it (--rounds processes per row, the rows alternating; --runs timed calls each after
@@ -43,7 +43,7 @@ from gnhub.images import load_image
 from gnhub.modeling import with_weights
 from gnhub.samples import sample_images
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
 ZOO_NAME = "mask_rcnn_r50_fpn_gn-all_2x_coco"
 
 
@@ -255,12 +255,12 @@ def main() -> None:
         batch_mode(gn.to(args.device), tv.to(args.device), args.runs, args.device)
         return
 
-    sys.path.insert(0, str(SHARED))
-    import make_mmdet_checkpoint
+    sys.path.insert(0, str(TESTS))
+    import detweights
 
     scratch = tempfile.TemporaryDirectory(prefix="gnhub-inference-bench-")  # removed at exit
     work = Path(scratch.name)
-    src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
+    src = Path(detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work))
     convert(src, work / "r50", verify=False)
     mm = mmdetection(src, ZOO_NAME) if args.conventions == "mmdet" else None
     latency_table(work, args, mm and mm.version)

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
 
 _CHILD = r"""
 import sys, time
@@ -43,15 +43,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    sys.path.insert(0, str(SHARED))
-    import make_mmdet_checkpoint
+    sys.path.insert(0, str(TESTS))
+    import detweights
 
     from gnhub.convert import convert
     from gnhub.files import sha256_file
 
     scratch = tempfile.TemporaryDirectory()  # removed at exit
     work = Path(scratch.name)
-    src = Path(make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work)))
+    src = Path(detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work))
     model_dir = work / "r50"
     convert(src, model_dir, verify=False)
     sha = sha256_file(src)

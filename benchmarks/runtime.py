@@ -4,7 +4,7 @@ alternate) and each predictor process's peak memory:
 
     python benchmarks/runtime.py [--runs 3] [--repeats 3] [--threads 2]
 
-The model is the team's reference R-50 GN checkpoint (../shared); the image is the built-in
+The model is the reference R-50 GN checkpoint of the tests' real runs (tests/data/real_runs); the image is the built-in
 street.png (427x640, resized to 800x1199 as mmdetection does).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
 
 _CHILD = r"""
 import json, sys, time
@@ -56,8 +56,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    sys.path.insert(0, str(SHARED))
-    import make_mmdet_checkpoint
+    sys.path.insert(0, str(TESTS))
+    import detweights
 
     from gnhub import load
     from gnhub.convert import convert
@@ -66,7 +66,7 @@ def main() -> None:
 
     scratch = tempfile.TemporaryDirectory(prefix="gnhub-onnx-bench-")  # removed at exit
     work = Path(scratch.name)
-    src = make_mmdet_checkpoint.build(str(SHARED / "mmdet_r50_gn_2x_seed0"), out_dir=str(work))
+    src = detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work)
     convert(src, work / "r50", verify=False)
     start = time.perf_counter()
     summary = export(load(work / "r50"), work / "r50-onnx")

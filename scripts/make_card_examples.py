@@ -3,12 +3,11 @@ gnhub from a real conversion (with verification) of a checkpoint in that format 
 deterministic weights, not the published model, saved under the zoo's file name so that the card
 shows the zoo's published results. Each card opens with a note that says so.
 
-Needs the team's ../shared/fixtures and the test extras: python scripts/make_card_examples.py
+Needs the test extras: python scripts/make_card_examples.py
 (about 8 minutes on 2 cores).
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from collections import OrderedDict
@@ -17,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import FIXTURES, Py2Pickler, detectron_blobs, detectron_pickle  # noqa: E402
+import detweights as w  # noqa: E402
+from conftest import REAL_RUNS, Py2Pickler, detectron_blobs, detectron_pickle  # noqa: E402
 from gnhub.converters import RenameTable, mmdet  # noqa: E402
 
 from gnhub import GNMaskRCNN, ModelConfig  # noqa: E402
@@ -30,14 +30,6 @@ NOTE = ("\n> **An example, not a published model.** gnhub wrote this card for a 
         "deterministic weights in the real format, converted under the zoo's name by "
         "`scripts/make_card_examples.py`. The file name and sha256 below are that file's, not the upstream "
         "file's; the published results are the zoo's.\n")
-
-
-def _shared(name: str):
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _faster_ws(folder: Path) -> Path:
@@ -54,22 +46,21 @@ def _faster_ws(folder: Path) -> Path:
 
 def sources(folder: Path) -> list[tuple[str, str, Path, str]]:
     """(example file, zoo name, checkpoint, what it is)."""
-    make_mmdet, make_d2, w = _shared("make_mmdet_checkpoint"), _shared("make_d2_checkpoint"), _shared("detweights")
     e2e = w.make_arrays(detectron_blobs(50, True), seed=1)
     backbone = folder / "R-50-GN.pkl"
     with open(backbone, "wb") as f:
         Py2Pickler(f, protocol=2).dump(w.make_arrays(detectron_blobs(50, False), seed=2))
     return [
         ("mmdetection_mask_rcnn_r50_fpn_gn-all_2x_coco.md", "mask_rcnn_r50_fpn_gn-all_2x_coco",
-         Path(make_mmdet.build(str(FIXTURES / "mmdet_r50_gn_2x_seed0"), out_dir=str(folder))),
+         w.build_checkpoint(REAL_RUNS / "mmdet_r50_gn_2x_seed0", folder),
          "the team's mmdetection 3.3 reference checkpoint (../shared/fixtures/mmdet_r50_gn_2x_seed0)"),
         ("mmdetection_mask_rcnn_x50_32x4d_fpn_gn_ws-all_2x_coco.md", "mask_rcnn_x50_32x4d_fpn_gn_ws-all_2x_coco",
-         Path(make_mmdet.build(str(FIXTURES / "mmdet_x50_gn_ws_2x_seed30"), out_dir=str(folder))),
+         w.build_checkpoint(REAL_RUNS / "mmdet_x50_gn_ws_2x_seed30", folder),
          "the team's mmdetection 3.3 GN+WS ResNeXt-50 checkpoint (../shared/fixtures/mmdet_x50_gn_ws_2x_seed30)"),
         ("mmdetection_faster_rcnn_r50_fpn_gn_ws-all_1x_coco.md", "faster_rcnn_r50_fpn_gn_ws-all_1x_coco",
          _faster_ws(folder), "an mmdetection 2.x GN+WS Faster R-CNN checkpoint built by this script"),
         ("detectron2_mask_rcnn_R_50_FPN_3x_gn.md", "mask_rcnn_R_50_FPN_3x_gn",
-         Path(make_d2.build(str(FIXTURES / "d2_mask_rcnn_R_50_FPN_3x_gn_seed20"), out_dir=str(folder))),
+         w.build_checkpoint(REAL_RUNS / "d2_mask_rcnn_R_50_FPN_3x_gn_seed20", folder),
          "the team's detectron2 model-zoo pickle (../shared/fixtures/d2_mask_rcnn_R_50_FPN_3x_gn_seed20)"),
         ("detectron_e2e_mask_rcnn_R-50-FPN_2x_gn.md", "e2e_mask_rcnn_R-50-FPN_2x_gn",
          detectron_pickle(folder / "e2e_mask_rcnn_R-50-FPN_2x_gn.pkl", e2e, test=None),

@@ -1,11 +1,9 @@
-"""Shared fixtures: the team's ../shared/ material, checkpoints built once per session."""
+"""Shared fixtures: the real runs' checkpoints (tests/data/real_runs), built once per session."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +15,8 @@ from gnhub import GNMaskRCNN, ModelConfig
 from gnhub.demo import deterministic_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
-REFERENCE_CASE = FIXTURES / "mmdet_r50_gn_2x_seed0"
+REAL_RUNS = ROOT / "tests" / "data" / "real_runs"
+REFERENCE_CASE = REAL_RUNS / "mmdet_r50_gn_2x_seed0"
 
 # Under pytest-xdist (-n 2) each worker gets one core. Results are bit-identical only at the same
 # thread count: tests that compare with runs made at 2 threads use the `reference_threads` fixture.
@@ -70,27 +67,26 @@ def gnhub_cache(tmp_path_factory) -> Path:
     return path
 
 
-def shared_module(name: str):
-    if not (FIXTURES / f"{name}.py").exists():
-        pytest.skip("../shared/fixtures is absent: the team's reference material is needed")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+def case_checkpoint(case: Path, out_dir: Path) -> Path:
+    """A real run's checkpoint, rebuilt as its framework publishes it, with the run's own weights."""
+    import detweights
+
+    with np.load(case / "reference.npz") as ref:
+        return detweights.build_checkpoint(case, out_dir, str(ref["weights_sha256"]))
 
 
 @pytest.fixture(scope="session")
 def detweights():
-    return shared_module("detweights")
+    """The generator of the real runs' weights and images (tests/detweights.py)."""
+    import detweights
+
+    return detweights
 
 
 @pytest.fixture(scope="session")
 def reference_checkpoint(session_dir) -> Path:
     """The reference case's checkpoint, rebuilt exactly as mmdetection publishes it (~180 MB)."""
-    make = shared_module("make_mmdet_checkpoint")
-    return Path(make.build(str(REFERENCE_CASE), out_dir=str(session_dir("reference"))))
+    return case_checkpoint(REFERENCE_CASE, session_dir("reference"))
 
 
 @pytest.fixture(scope="session")

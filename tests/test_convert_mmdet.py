@@ -3,7 +3,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import REAL_RUNS
 from safetensors.torch import load_file
 
 from gnhub.convert import convert
@@ -72,7 +72,7 @@ def test_mmdet_1x_layout_converts_to_the_same_model(reference_model_dir, source,
 
 
 def test_r101_key_list_converts(detweights, tmp_path):
-    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    entries = detweights.read_key_list(str(REAL_RUNS / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
     sd = OrderedDict(detweights.make_state_dict(entries, seed=3))
     summary = convert(_save({"meta": {}, "state_dict": sd}, tmp_path / "r101.pth"), tmp_path / "out",
                       verify=False)

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, Py2Pickler, detectron_blobs, detectron_pickle
+from conftest import Py2Pickler, detectron_blobs, detectron_pickle
 from gnhub.converters import RenameTable, detectron
 from test_cli import assert_one_line_error, run
 from torchvision.ops import roi_align
@@ -163,10 +163,9 @@ def test_class_order_is_converted(e2e_dir, detectron_e2e):
     assert np.array_equal(state["roi_heads.mask_head.logits.bias"].numpy(), blobs["mask_fcn_logits_b"][1:])
 
 
-def test_detector_is_deterministic_and_detects(e2e_dir):
+def test_detector_is_deterministic_and_detects(e2e_dir, detweights):
     model = load(e2e_dir)
-    image = FIXTURES / "mmdet_r50_gn_2x_seed0" / "outputs.npz"
-    rgb = np.load(image)["image_rgb"]
+    rgb = detweights.make_image(427, 640, 0)
     a, b = model.predict(rgb), model.predict(rgb)
     assert len(a["boxes"]) > 0 and all(torch.equal(a[k], b[k]) for k in a)
     assert (a["scores"][:-1] >= a["scores"][1:]).all()  # best first

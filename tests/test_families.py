@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, mmdet_checkpoint, shared_module, small_config
+from conftest import REAL_RUNS, mmdet_checkpoint, small_config
 from gnhub.converters import RenameTable, detectron2, mmdet
 from test_cli import run
 
@@ -20,14 +20,13 @@ from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.samples import sample_images
 
-D2_CASE = FIXTURES / "d2_mask_rcnn_R_50_FPN_3x_gn_seed20"
+D2_CASE = REAL_RUNS / "d2_mask_rcnn_R_50_FPN_3x_gn_seed20"
 
 
 @pytest.fixture(scope="module")
-def d2_weights():
-    """The shared detectron2 case's parameters, by detectron2's names (numpy, float32)."""
-    keys = shared_module("detweights").read_key_list(str(D2_CASE / "keys.txt"))
-    return shared_module("detweights").make_arrays(keys, json.loads((D2_CASE / "meta.json").read_text())["seed"])
+def d2_weights(detweights):
+    """The real detectron2 run's parameters, by detectron2's names (numpy, float32)."""
+    return detweights.case_weights(D2_CASE)[0]
 
 
 def _d2_pickle(path, arrays, protocol=2, **extra):

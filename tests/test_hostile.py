@@ -316,9 +316,9 @@ def test_nan_weights_warn_by_default_and_are_refused_with_strict(small_source, t
 
 
 def test_r101_weights_under_an_r50_zoo_name(detweights, tmp_path):
-    from conftest import FIXTURES
+    from conftest import REAL_RUNS
 
-    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    entries = detweights.read_key_list(str(REAL_RUNS / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
     path = tmp_path / "mask_rcnn_r50_fpn_gn-all_2x_coco_20200206-8eee02a6.pth"
     torch.save({"meta": {}, "state_dict": detweights.make_state_dict(entries, 1)}, path)
     with pytest.raises(GnhubError, match="named like zoo model mask_rcnn_r50_fpn_gn-all_2x_coco .* ResNet-101"):

@@ -1,11 +1,11 @@
-"""gnhub against real runs of the same checkpoints (../shared/fixtures): mmdetection 3.3 on a GN R-50
+"""gnhub against real runs of the same checkpoints (tests/data/real_runs): mmdetection 3.3 on a GN R-50
 and on a GN+WS ResNeXt-50 32x4d, detectron2's DefaultPredictor on its GN R-50 zoo config."""
-from pathlib import Path
-
 import numpy as np
 import pytest
+import references
 import torch
-from conftest import FIXTURES, REFERENCE_CASE, shared_module
+from conftest import REAL_RUNS, REFERENCE_CASE, case_checkpoint
+from references import assert_close
 from torchvision.ops import box_iou
 
 from gnhub import load
@@ -18,35 +18,32 @@ ATOL = {"fpn": 1e-4, "proposals": 1e-3, "scores": 1e-5, "logits": 1e-4, "boxes":
 # Detections whose scores differ by less than this are a tie: oneDNN's float32 kernels differ in the
 # last bits between CPU generations (AVX512 vs AMX), which may order tied detections either way.
 SCORE_TIE = 1e-4
-CASES = {  # case -> (its rebuilder, what its preprocessing came from)
-    "mmdet_r50_gn_2x_seed0": ("make_mmdet_checkpoint", "checkpoint config"),
-    "mmdet_x50_gn_ws_2x_seed30": ("make_mmdet_checkpoint", "checkpoint config"),
-    "d2_mask_rcnn_R_50_FPN_3x_gn_seed20": ("make_d2_checkpoint", "gnhub zoo (mask_rcnn_R_50_FPN_3x_gn)"),
+CASES = {  # case -> what its preprocessing came from
+    "mmdet_r50_gn_2x_seed0": "checkpoint config",
+    "mmdet_x50_gn_ws_2x_seed30": "checkpoint config",
+    "d2_mask_rcnn_R_50_FPN_3x_gn_seed20": "gnhub zoo (mask_rcnn_R_50_FPN_3x_gn)",
 }
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, session_dir):
-    """(name, the run's outputs, the converted model): the R-50 case reuses the session's conversion."""
+    """(name, the run's reference, its image, the converted model): the R-50 case reuses the
+    session's conversion."""
     name = request.param
-    if FIXTURES / name == REFERENCE_CASE:
+    if REAL_RUNS / name == REFERENCE_CASE:
         model_dir = request.getfixturevalue("reference_model_dir")
     else:
         folder = session_dir(name)
-        source = Path(shared_module(CASES[name][0]).build(str(FIXTURES / name), out_dir=str(folder)))
+        source = case_checkpoint(REAL_RUNS / name, folder)
         model_dir = folder / "converted"
         convert(source, model_dir, verify=False)
         source.unlink()  # 180 MB: the converted model is what the tests use
-    return name, dict(np.load(FIXTURES / name / "outputs.npz")), load(model_dir)
+    ref = references.load(name)
+    return name, ref, references.image(ref), load(model_dir)
 
 
 def _masks(ref):
     return np.unpackbits(ref["masks_packed"], axis=-1, count=int(ref["masks_shape"][2])).astype(bool)
-
-
-def _close(name, got, want, atol):
-    want = torch.from_numpy(np.asarray(want))
-    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 def matched_detections(rec, ref) -> tuple[list[int], list[int]]:
@@ -76,30 +73,38 @@ def matched_detections(rec, ref) -> tuple[list[int], list[int]]:
 
 
 def check_stages(rec, ref):
-    _close("fpn.p2", rec["fpn.p2"][:, :32], ref["fpn_p2_first32"], ATOL["fpn"])
-    _close("fpn.p3", rec["fpn.p3"][:, :32], ref["fpn_p3_first32"], ATOL["fpn"])
+    """Every stage the run recorded, at the tolerances of ATOL (large ones from their compact form)."""
+    assert_close("fpn_p2_first32", rec["fpn.p2"][:, :32], ref, ATOL["fpn"])
+    assert_close("fpn_p3_first32", rec["fpn.p3"][:, :32], ref, ATOL["fpn"])
     for lvl in (4, 5, 6):
-        _close(f"fpn.p{lvl}", rec[f"fpn.p{lvl}"], ref[f"fpn_p{lvl}"], ATOL["fpn"])
-    _close("proposals", rec["proposals"], ref["proposals"], ATOL["proposals"])
-    _close("proposal_scores", rec["proposal_scores"], ref["proposal_scores"], ATOL["scores"])
-    _close("roi.cls_logits", rec["roi.cls_logits"], ref["roi_cls_score"], ATOL["logits"])
-    _close("roi.box_deltas", rec["roi.box_deltas"], ref["roi_bbox_pred"], ATOL["logits"])
+        assert_close(f"fpn_p{lvl}", rec[f"fpn.p{lvl}"], ref, ATOL["fpn"])
+    assert_close("proposals", rec["proposals"], ref, ATOL["proposals"])
+    assert_close("proposal_scores", rec["proposal_scores"], ref, ATOL["scores"])
+    assert_close("roi_cls_score", rec["roi.cls_logits"], ref, ATOL["logits"])
+    assert_close("roi_bbox_pred", rec["roi.box_deltas"], ref, ATOL["logits"])
     g, w = matched_detections(rec, ref)
-    _close("boxes", rec["boxes"][g], ref["boxes"][w], ATOL["boxes"])
-    _close("scores", rec["scores"][g], ref["scores"][w], ATOL["scores"])
-    if "mask_logits_of_label" in ref:
-        _close("mask_logits", rec["mask_logits"][g], ref["mask_logits_of_label"][w], ATOL["logits"])
+    assert_close("boxes", rec["boxes"][g], ref, ATOL["boxes"], rows=w)
+    assert_close("scores", rec["scores"][g], ref, ATOL["scores"], rows=w)
+    if references.names(ref, "mask_logits_of_label"):
+        assert_close("mask_logits_of_label", rec["mask_logits"][g], ref, ATOL["logits"], rows=w)
     masks, want = rec["masks"].numpy()[g], _masks(ref)[w]
     assert masks.shape == want.shape
     assert (masks != want).sum() <= 0.001 * want.sum()
     return g, w
 
 
+def _frameworks_resize(model, rgb, ref):
+    """gnhub's resize of the run's image, which must be the framework's byte for byte (OpenCV, or
+    Pillow for detectron2), and gnhub's scale factor."""
+    resized, scale = model.preprocessor.resize(rgb)
+    assert resized.shape == tuple(ref["resized_shape"]) and references.sha256(resized) == str(ref["resized_sha256"])
+    return resized, scale
+
+
 def test_same_stages_on_the_frameworks_exact_input(case):
-    name, ref, model = case
-    batch = model.preprocessor.batch(
-        [ref["resized_network_order"]], [ref["image_rgb"].shape[:2]], [tuple(ref["scale_factor"])]
-    )
+    name, ref, rgb, model = case
+    resized, _ = _frameworks_resize(model, rgb, ref)
+    batch = model.preprocessor.batch([resized], [rgb.shape[:2]], [tuple(ref["scale_factor"])])
     assert list(batch.tensor.shape) == ref["input_shape"].tolist()
     assert batch.image_sizes[0] == tuple(ref["img_shape"])
     rec = {}
@@ -108,21 +113,20 @@ def test_same_stages_on_the_frameworks_exact_input(case):
 
 
 def test_same_detections_end_to_end_from_rgb(case):
-    name, ref, model = case
-    resized, scale = model.preprocessor.resize(ref["image_rgb"])
-    assert np.array_equal(resized, ref["resized_network_order"])  # the same resize (OpenCV, or Pillow for d2)
+    name, ref, rgb, model = case
+    _, scale = _frameworks_resize(model, rgb, ref)
     assert np.allclose(scale, ref["scale_factor"])
-    rec = model.inspect(ref["image_rgb"])
+    rec = model.inspect(rgb)
     g, w = check_stages(rec, ref)  # every detection matched by label, IoU and score (ties in any order)
     assert len(g) >= len(ref["scores"]) - 2
 
 
 def test_settings_read_from_the_checkpoint_or_the_zoo(case):
-    name, ref, model = case
+    name, ref, _, model = case
     p = model.config.preprocess
     assert p.channel_order == ("RGB" if ref["bgr_to_rgb"] else "BGR")
     assert p.mean == tuple(ref["mean"].tolist()) and p.std == tuple(ref["std"].tolist())
-    assert model.config.provenance["preprocess_from"] == CASES[name][1]
+    assert model.config.provenance["preprocess_from"] == CASES[name]
     ws = "_ws_" in name
     b = model.config.backbone
     assert (b.weight_std, model.config.fpn.weight_std, model.config.roi_heads.box_weight_std) == (ws, ws, ws)
@@ -134,10 +138,9 @@ def test_a_wrong_convention_still_fails(case):
     """The tie-tolerant matching stays strict: a box std off by 5% in one coordinate is caught."""
     import dataclasses
 
-    name, ref, model = case
-    batch = model.preprocessor.batch(
-        [ref["resized_network_order"]], [ref["image_rgb"].shape[:2]], [tuple(ref["scale_factor"])]
-    )
+    name, ref, rgb, model = case
+    batch = model.preprocessor.batch([_frameworks_resize(model, rgb, ref)[0]], [rgb.shape[:2]],
+                                     [tuple(ref["scale_factor"])])
     heads = model.roi_heads
     right = heads.cfg
     heads.cfg = dataclasses.replace(right, box_stds=right.box_stds[:3] + (right.box_stds[3] * 1.05,))
@@ -148,3 +151,31 @@ def test_a_wrong_convention_still_fails(case):
         heads.cfg = right
     with pytest.raises(AssertionError):
         check_stages(rec, ref)
+
+
+def test_a_compact_reference_fails_what_the_full_comparison_fails():
+    """Where a reference ships compact, a result within tolerance everywhere passes; one off by
+    twice the tolerance in a channel, an image column or a detection fails: at the sampled places,
+    and by the slice statistics where it is off everywhere but there."""
+    a = np.random.default_rng(0).standard_normal((1, 64, 40, 60)).astype(np.float32)
+    ref = references.compact("p", a)
+    assert "p" not in ref and ref["p:sample"].size == references.SAMPLES
+    assert_close("p", torch.from_numpy(a) + 0.9e-4, ref, 1e-4)
+    unsampled = np.ones(a.shape, bool)
+    unsampled.flat[ref["p:index"]] = False
+    for where in ((0, 5), (0, slice(None), slice(None), 7)):
+        for only, match in ((np.ones(a.shape, bool), "sampled places"), (unsampled, "along axis")):
+            off = a.copy()
+            off[where] += np.where(only, 2e-4, 0).astype(np.float32)[where]
+            with pytest.raises(AssertionError, match=match):
+                assert_close("p", torch.from_numpy(off), ref, 1e-4)
+    logits = np.random.default_rng(1).standard_normal((100, 28, 28)).astype(np.float32)
+    ref = references.compact("m", logits)
+    rows = [3, 1, 2] + list(range(4, 100))  # detection 0 unmatched, 1..3 in another order
+    assert_close("m", torch.from_numpy(logits[rows]), ref, 1e-4, rows=rows)
+    unsampled = np.ones(logits.shape, bool)
+    unsampled.flat[ref["m:index"]] = False
+    off = logits.copy()
+    off[1] += np.where(unsampled[1], 2e-4, 0).astype(np.float32)
+    with pytest.raises(AssertionError, match="slice 1 along axis 0"):
+        assert_close("m", torch.from_numpy(off[rows]), ref, 1e-4, rows=rows)

@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import FIXTURES, mmdet_checkpoint
+from conftest import REAL_RUNS, mmdet_checkpoint
 from test_cli import assert_one_line_error, run
 
 from gnhub import load
@@ -71,7 +71,7 @@ def test_verify_cli_against_source_with_extra_image(small_dir, small_source, tmp
 def test_mmdet_1x_and_r101_conversions_verify(reference_state_dict, detweights, tmp_path):
     v1 = mmdet_checkpoint(tmp_path / "v1.pth", to_mmdet_1x(reference_state_dict), legacy=True)
     assert convert(v1, tmp_path / "v1")["verified"]
-    entries = detweights.read_key_list(str(FIXTURES / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
+    entries = detweights.read_key_list(str(REAL_RUNS / "keys" / "mmdet_mask-rcnn_r101_fpn_gn-all.txt"))
     r101 = mmdet_checkpoint(tmp_path / "r101.pth", detweights.make_state_dict(entries, 5))
     summary = convert(r101, tmp_path / "r101")
     assert summary["verified"] and summary["depth"] == 101
@@ -237,3 +237,21 @@ def test_nan_weights_are_named_as_corruption(small_source, small_dir, tmp_path):
         convert(path, tmp_path / "out")
     report, names = verify_source(small_dir, path)  # verifying a good model against a corrupt source
     assert "the source is corrupt" in failure_message(report, names)
+
+
+def test_sub_pixel_detections_match_themselves_and_a_moved_one_fails():
+    """Boxes under 1e-6 px² (tiny.png is upscaled 33x; random weights make boxes 1e-4 px wide) match
+    their identical selves. The matcher's IoU had mmdetection's 1e-6 px² floor under the union: such
+    a box had IoU 0.01 with itself, and a bit-identical detectron2 conversion failed its verification."""
+    from gnhub.verify import compare
+
+    boxes = torch.tensor([[29.151649, 8.009498, 29.151762, 8.009589], [3.0, 3.0, 3.0, 7.0],  # 1e-8 px², 0 px²
+                          [10.0, 5.0, 30.0, 20.0], [1.0, 2.0, 5.0, 9.0]])
+    ref = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([44, 2, 1, 1])}
+    (check,) = compare("tiny.png", dict(ref), ref, "float32")
+    assert check.stage == "detections" and check.passed, check
+    for i in (0, 1):  # each moved by its own width (or by 1e-4 px): no longer the same detection
+        moved = boxes.clone()
+        moved[i, 0::2] += max(float(boxes[i, 2] - boxes[i, 0]), 1e-4)
+        (check,) = compare("tiny.png", {**ref, "boxes": moved}, ref, "float32")
+        assert not check.passed and "50.0% of the better half matched" in check.detail, check

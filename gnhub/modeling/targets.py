@@ -11,15 +11,15 @@ __all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "l1_loss", "sample
 EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
 
 
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """(N, M) IoUs of xyxy boxes, with mmdetection's bbox_overlaps arithmetic (union >= 1e-6)."""
+def box_iou(a: Tensor, b: Tensor, floor: float = 1e-6) -> Tensor:
+    """(N, M) IoUs of xyxy boxes, with mmdetection's bbox_overlaps arithmetic (union >= `floor`)."""
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     lt = torch.max(a[:, None, :2], b[None, :, :2])
     rb = torch.min(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
-    union = torch.max(area_a[:, None] + area_b[None, :] - overlap, a.new_tensor([1e-6]))
+    union = torch.max(area_a[:, None] + area_b[None, :] - overlap, a.new_tensor([floor]))
     return overlap / union
 
 
