@@ -14,6 +14,7 @@ from ..checkpoint import read_model_dir, write_model_dir
 from ..config import ModelConfig
 from ..errors import GnhubError
 from .allocator import keep_freed_memory
+from .bfloat16 import memory_format
 from .transform import load_image
 
 MODELS: dict[str, type[GNModel]] = {}  # config.task -> model class
@@ -57,7 +58,7 @@ class GNModel(nn.Module):
             raise GnhubError("predict got an empty list of images")
         if batch_size < 1:
             raise GnhubError(f"batch size must be at least 1, got {batch_size}")
-        keep_freed_memory(self.device)
+        self.prepare()
         rgbs = [load_image(im) for im in items]
         resized = [self.preprocessor.resize(im) for im in rgbs]
         groups = defaultdict(list)
@@ -79,9 +80,18 @@ class GNModel(nn.Module):
     def inspect(self, image) -> dict[str, Tensor]:
         """Every stage of one image, by name (see docs/layout.md, "Stage names")."""
         record: dict[str, Tensor] = {}
-        keep_freed_memory(self.device)
+        self.prepare()
         self.run(self.preprocessor([load_image(image)], self.device, self.dtype), record)
         return record
+
+    def prepare(self) -> None:
+        """Before a forward: malloc tuned for the CPU (allocator.py), and the convolution weights
+        in the memory format of this dtype and device (ops.memory_format), converted once."""
+        keep_freed_memory(self.device)
+        fmt = memory_format(self.dtype, self.device)
+        if not self.backbone.conv1.weight.is_contiguous(memory_format=fmt):
+            with torch.inference_mode(False), torch.no_grad():  # still parameters for training afterwards
+                self.to(memory_format=fmt)
 
     def fingerprint(self) -> str:
         """sha256 of what decides the outputs: the config (without name and provenance) and every

@@ -8,6 +8,7 @@ from torch import nn
 from .. import stages as S
 from ..config import ModelConfig
 from .base import GNModel
+from .bfloat16 import network_layout
 from .resnet import STAGE_CHANNELS, GNResNet
 from .transform import ImageBatch, Preprocessor
 
@@ -33,7 +34,7 @@ class GNResNetClassifier(GNModel):
 
     @torch.inference_mode()
     def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
-        c = self.backbone(batch.tensor)
+        c = self.backbone(network_layout(batch.tensor))
         logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
         scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)
         if record is not None:

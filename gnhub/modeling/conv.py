@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .bfloat16 import packable, packed_conv
+
 WS_EPS = 1e-5  # mmcv's conv_ws_2d default
 
 
@@ -17,13 +19,27 @@ def standardized(weight: Tensor, eps: float = WS_EPS) -> Tensor:
     return (weight - mean) / (std + eps)
 
 
-class WSConv2d(nn.Conv2d):
-    """nn.Conv2d whose filters are standardised before each use (mmcv's ConvWS2d)."""
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d. In bfloat16 on the CPU, without autograd, its filters go to oneDNN reordered
+    once and kept (bfloat16.packed_conv)."""
+
+    def filters(self) -> Tensor:
+        return self.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, standardized(self.weight), self.bias)
+        if packable(x, self.weight):
+            return packed_conv(self, x)
+        return self._conv_forward(x, self.filters(), self.bias)
+
+
+class WSConv2d(Conv2d):
+    """A Conv2d whose filters are standardised before each use (mmcv's ConvWS2d); packed, they are
+    standardised once."""
+
+    def filters(self) -> Tensor:
+        return standardized(self.weight)
 
 
 def conv2d(in_ch: int, out_ch: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1, bias: bool = True,
            weight_std: bool = False) -> nn.Conv2d:
-    return (WSConv2d if weight_std else nn.Conv2d)(in_ch, out_ch, k, stride, padding, groups=groups, bias=bias)
+    return (WSConv2d if weight_std else Conv2d)(in_ch, out_ch, k, stride, padding, groups=groups, bias=bias)

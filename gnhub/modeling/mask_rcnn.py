@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from ..errors import GnhubError
 from .allocator import keep_freed_memory
 from .base import GNModel, with_weights
+from .bfloat16 import network_layout
 from .boxes import clip_boxes, to_rois
 from .fpn import FPN
 from .masks import paste_masks, paste_masks_detectron
@@ -124,7 +125,7 @@ class GNMaskRCNN(GNModel):
     def run(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, Tensor]]:
         """Detections for a preprocessed batch; `record` (if given) receives image 0's stages."""
         cfg = self.config.roi_heads
-        c = self.backbone(batch.tensor)
+        c = self.backbone(network_layout(batch.tensor))
         p = self.fpn(c)
         objectness, deltas = self.rpn.head(p)
         padded = tuple(batch.tensor.shape[-2:])

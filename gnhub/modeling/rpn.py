@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RPNConfig
 from .anchors import base_anchors, detectron2_base_anchors, detectron_base_anchors, grid_anchors
+from .bfloat16 import relu_
 from .boxes import (
     batched_nms,
     batched_nms_torchvision,
@@ -19,6 +19,7 @@ from .boxes import (
     encode_boxes,
     nms_detectron,
 )
+from .conv import conv2d
 from .targets import assign, bce_loss, l1_loss, sample
 
 ANCHOR_GENERATORS = {"mmdet": base_anchors, "detectron": detectron_base_anchors,
@@ -42,9 +43,9 @@ class RPN(nn.Module):
         self.detectron = box_convention == "detectron"
         self.detectron2 = box_convention == "detectron2"
         num_anchors = len(cfg.ratios) * len(cfg.scales)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.objectness = nn.Conv2d(channels, num_anchors, 1)
-        self.deltas = nn.Conv2d(channels, num_anchors * 4, 1)
+        self.conv = conv2d(channels, channels, 3, padding=1)
+        self.objectness = conv2d(channels, num_anchors, 1)
+        self.deltas = conv2d(channels, num_anchors * 4, 1)
         make = ANCHOR_GENERATORS[cfg.anchor_generator]
         self.base = [make(s, cfg.ratios, cfg.scales) for s in cfg.strides]
 
@@ -52,7 +53,7 @@ class RPN(nn.Module):
         """Per level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
         objectness, deltas = [], []
         for f in feats:
-            x = F.relu(self.conv(f))
+            x = relu_(self.conv(f))
             objectness.append(self.objectness(x))
             deltas.append(self.deltas(x))
         return objectness, deltas
