@@ -40,7 +40,8 @@ class GNModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.conv1.weight.dtype
+        """What the model computes in: its norms' dtype (weight-standardised filters stay float32)."""
+        return self.backbone.gn1.weight.dtype
 
     def run(self, batch, record: dict | None = None):
         raise NotImplementedError

@@ -54,11 +54,10 @@ def _onednn_bfloat16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def packable(x: Tensor, weight: Tensor) -> bool:
+def packable(x: Tensor) -> bool:
     """Whether a convolution of x runs on prepacked filters: bfloat16 on the CPU, no autograd,
     oneDNN with bfloat16 kernels."""
-    return (x.dtype == weight.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and _onednn_bfloat16())
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled() and _onednn_bfloat16()
 
 
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv -> (weight data, version, filters)
@@ -79,8 +78,9 @@ def packed_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
     w = conv.weight
     held = _PACKED.get(conv)
     if held is None or held[0].data_ptr() != w.data_ptr() or held[1] != _version(w):
-        filters = torch.ops.mkldnn._reorder_convolution_weight(
-            conv.filters(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
+        filters = torch.ops.mkldnn._reorder_convolution_weight(conv.filters().to(x.dtype), list(conv.padding),
+                                                                 list(conv.stride), list(conv.dilation), conv.groups,
+                                                                 list(x.shape))
         held = _PACKED[conv] = (w.detach(), _version(w), filters)
     return torch.ops.mkldnn._convolution_pointwise(x, held[2], conv.bias, list(conv.padding), list(conv.stride),
                                                    list(conv.dilation), conv.groups, "none", [], "")
