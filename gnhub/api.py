@@ -7,6 +7,7 @@ import torch
 
 from .errors import GnhubError
 from .modeling import DTYPES, GNModel
+from .precision import auto_dtype
 from .resolve import resolve
 from .settings import HubSettings
 
@@ -38,11 +39,14 @@ def load(
     its host), hash-checked, converted, verified and cached. `quiet` turns off progress output;
     `settings` (gnhub.settings.HubSettings) holds all of these at once, the keywords override it.
     `classes` gives the model new class-dependent layers for fine-tuning (`with_classes`);
-    `dtype` (float32, float16 or bfloat16) casts the weights; by default they stay as stored.
+    `dtype` (float32, float16 or bfloat16) casts the weights; by default they stay as stored;
+    "auto" is bfloat16 where the device has bfloat16 matrix units (gnhub.precision), else float32.
     """
     target = check_device(device)
+    if dtype == "auto":
+        dtype = auto_dtype(str(target))
     if dtype is not None and dtype not in DTYPES:
-        raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise GnhubError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto")
     hub = (settings or HubSettings()).merged(endpoint=endpoint, org=org, hub_dir=hub_dir, token=token,
                                              source_mirror=source_mirror, quiet=quiet)
     model = GNModel.from_pretrained(resolve(name_or_path, hub))

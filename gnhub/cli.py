@@ -34,8 +34,10 @@ def _precision_options(dtype_help: str, runtime_help: str):
     def add(fn):
         fn = click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                           help=runtime_help)(fn)
-        return click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-                            show_default=True, help=dtype_help)(fn)
+        return click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "auto"]),
+                            default="float32", show_default=True,
+                            help=dtype_help + " auto: bfloat16 on a CPU with AMX-BF16 or a GPU with native bfloat16, "
+                            "else float32 (`gnhub info` says which here).")(fn)
     return add
 
 
@@ -220,8 +222,8 @@ def predict(ctx, images, model_path, out, score_threshold, batch_size, device, d
         click.echo(f"warning: skipped {reason}", err=True)
     n = summary["images"]
     what = "top classes" if summary.get("task") == "image-classification" else "detections"
-    click.echo(f"{n} image{'s' * (n != 1)} ({summary['images_per_second']} images/s), {summary['detections']} "
-               f"{what}, {len(summary['skipped'])} skipped -> {summary['out']}/")
+    click.echo(f"{n} image{'s' * (n != 1)} ({summary['images_per_second']} images/s, {summary['dtype']}), "
+               f"{summary['detections']} {what}, {len(summary['skipped'])} skipped -> {summary['out']}/")
 
 
 @cli.command("eval")
@@ -252,7 +254,8 @@ def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, r
     if not metrics:  # not rank 0
         return
     n = metrics["images"]
-    click.echo(f"{n} image{'s' * (n != 1)}, {metrics['images_per_second']} images/s; results: {metrics['results']}")
+    click.echo(f"{n} image{'s' * (n != 1)}, {metrics['images_per_second']} images/s ({metrics['dtype']}); "
+               f"results: {metrics['results']}")
     click.echo(f"{'':5s} " + " ".join(f"{k:>6s}" for k in METRICS) + "  published AP")
     for key in ("box", "mask"):
         if key in metrics:
@@ -397,12 +400,15 @@ def list_(pattern, family, detector, backbone, fmt):
 
 @cli.command()
 @click.argument("name")
+@_hub_options
 @click.pass_context
-def info(ctx, name):
-    """Show everything gnhub knows about zoo model NAME, or a model directory, or a raw checkpoint."""
+def info(ctx, name, hub_dir, endpoint):
+    """Show everything gnhub knows about zoo model NAME, a model directory, a raw checkpoint, or a
+    published model (hf-hub:ORG/NAME, or ORG/NAME in a directory hub; fetched as `predict` would),
+    and the dtype `--dtype auto` runs models in on this machine."""
     from .info import describe
 
-    click.echo(json.dumps(describe(name, ctx.obj), indent=2, default=str))
+    click.echo(json.dumps(describe(name, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint)), indent=2, default=str))
 
 
 @cli.command()

@@ -72,14 +72,15 @@ def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | 
     gnhub.load takes, or an export with runtime "onnx") loads, in `dtype` on `device` (under
     torchrun, each rank's), then `evaluate`; results default to `default_results(model)`."""
     from .distributed import join
-    from .predict import load_predictor
+    from .predict import dtype_of, load_predictor
 
     if results:
         check_results(results)
     instances = read_instances(annotations, masks=False)  # masks are required once the model is known
     predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
-    return evaluate(predictor, images=images, annotations=instances, results=results or default_results(predictor),
+    metrics = evaluate(predictor, images=images, annotations=instances, results=results or default_results(predictor),
                     batch_size=batch_size, progress=progress)
+    return metrics and {**metrics, "dtype": dtype_of(predictor)}
 
 
 def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,

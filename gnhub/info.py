@@ -7,34 +7,44 @@ from pathlib import Path
 
 from . import zoo
 from .errors import GnhubError
+from .precision import describe_auto
 from .settings import HubSettings
 
 __all__ = ["describe"]
 
 
 def describe(name: str, settings: HubSettings | None = None) -> dict:
-    """A zoo entry's published facts, URLs and cache state; a model directory's config, tensor
-    count and parameters; a checkpoint's format, tensors, sha256 and settings."""
+    """A zoo entry's published facts, URLs (its hub repository where the settings put it) and
+    cache state; a model directory's config, tensor count and parameters (a published model,
+    hf-hub:ORG/NAME or ORG/NAME in a directory hub, fetched first); a checkpoint's format, tensors,
+    sha256 and settings. Models also get the dtype `--dtype auto` runs them in here."""
     from .cache import cached, source_url
+    from .hub import is_repo_id
 
     s = (settings or HubSettings()).resolved()
     entry = zoo.get(name)
     if entry is not None:
         path = cached(entry)
+        repo = entry.hub_repo(s.org)
         return {**dataclasses.asdict(entry), "conventions": dict(entry.conventions), "task": entry.task,
                 "depth": entry.depth, "architecture": entry.architecture, "settings": dict(entry.settings),
                 "download_url": source_url(entry, s.source_mirror),
-                "sha256_prefix": entry.sha256_prefix, "hub_repo": entry.hub_repo(s.org),
-                "cached": str(path) if path else None}
+                "sha256_prefix": entry.sha256_prefix, "hub_repo": repo,
+                "hub": str(Path(s.hub_dir) / repo) if s.hub_dir else f"{s.endpoint or 'https://huggingface.co'}/{repo}",
+                "cached": str(path) if path else None, "dtype_auto": describe_auto()}
     path = Path(name)
-    if path.is_dir():
+    published = name.startswith("hf-hub:") or (s.hub_dir and not path.exists() and is_repo_id(name))
+    if path.is_dir() or published:
         from .layout import check_model_dir, tensor_shapes
+        from .resolve import resolve
 
+        path = resolve(name, s) if published else path
         config = check_model_dir(path)
         shapes = tensor_shapes(path)
-        data = {**config.to_dict(), "tensors": len(shapes), "parameters": sum(math.prod(s) for s in shapes.values())}
+        data = {**config.to_dict(), "tensors": len(shapes), "parameters": sum(math.prod(s) for s in shapes.values()),
+                "dtype_auto": describe_auto()}
         data.pop("classes")
-        return data
+        return {**data, "path": str(path)} if published else data
     if path.is_file():
         from concurrent.futures import ThreadPoolExecutor
 

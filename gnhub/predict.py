@@ -103,10 +103,11 @@ SCORE_THRESHOLD = 0.3  # what predict draws and writes by default: mmdetection's
 def load_predictor(model: str | Path, device: str = "cpu", dtype: str = "float32", runtime: str = "torch",
                    settings=None):
     """What `predict` and `evaluate` run: a GNModel in `dtype` on `device`, or (`runtime="onnx"`)
-    an exported model on onnxruntime, which imports no torch. float16 on a CPU is refused: with
-    no half-precision CPU kernels it ran 12x slower than float32 here."""
+    an exported model on onnxruntime, which imports no torch (float32; "auto" is float32 there).
+    float16 on a CPU is refused: with no half-precision CPU kernels it ran 12x slower than float32
+    here. "auto": see gnhub.precision."""
     if runtime == "onnx":
-        if device not in (None, "cpu") or dtype != "float32":
+        if device not in (None, "cpu") or dtype not in ("float32", "auto"):
             raise GnhubError("`runtime=onnx` runs float32 on onnxruntime's CPU provider; drop `device` and `dtype`")
         from .runtime import load
 
@@ -130,7 +131,14 @@ def predict(model: str | Path, inputs: list[str], *, out: str | Path = "predicti
     paths = expand_inputs(inputs)
     prepare_out_dir(Path(out))
     predictor = load_predictor(model, device, dtype, runtime, settings)
-    return predict_files(predictor, paths, Path(out), batch_size, progress, score_threshold)
+    summary = predict_files(predictor, paths, Path(out), batch_size, progress, score_threshold)
+    return {**summary, "dtype": dtype_of(predictor)}
+
+
+def dtype_of(predictor) -> str:
+    """The dtype a predictor computes in: a GNModel's, float32 for an ONNX export."""
+    dtype = getattr(predictor, "dtype", None)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def predict_files(

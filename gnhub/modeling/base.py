@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..checkpoint import read_model_dir, write_model_dir
 from ..config import ModelConfig
 from ..errors import GnhubError
+from .bfloat16 import memory_format
 from .transform import load_image
 
 __all__ = ["DTYPES", "GNModel", "MODELS", "with_weights"]
@@ -41,7 +42,8 @@ class GNModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.conv1.weight.dtype
+        """What the model computes in: its norms' dtype (weight-standardised filters stay float32)."""
+        return self.backbone.gn1.weight.dtype
 
     def predict(self, images, batch_size: int = 1):
         """Results for one image (a dict) or a list of images (a list of dicts); see the class.
@@ -56,6 +58,7 @@ class GNModel(nn.Module):
             raise GnhubError("predict got an empty list of images")
         if batch_size < 1:
             raise GnhubError(f"batch size must be at least 1, got {batch_size}")
+        self.prepare()
         rgbs = [load_image(im) for im in items]
         resized = [self.preprocessor.resize(im) for im in rgbs]
         groups = defaultdict(list)
@@ -77,8 +80,17 @@ class GNModel(nn.Module):
     def inspect(self, image) -> dict[str, Tensor]:
         """Every stage of one image, by name (see docs/layout.md, "Stage names")."""
         record: dict[str, Tensor] = {}
+        self.prepare()
         self(self.preprocessor([load_image(image)], self.device, self.dtype), record=record)
         return record
+
+    def prepare(self) -> None:
+        """Before a forward: the convolution weights in the memory format of this dtype and device
+        (bfloat16.memory_format), converted once."""
+        fmt = memory_format(self.dtype, self.device)
+        if not self.backbone.conv1.weight.is_contiguous(memory_format=fmt):
+            with torch.inference_mode(False), torch.no_grad():  # still parameters for training afterwards
+                self.to(memory_format=fmt)
 
     def fingerprint(self) -> str:
         """sha256 of what decides the outputs: the config (without name and provenance) and every

@@ -9,6 +9,7 @@ from .. import stages as S
 from ..config import ModelConfig
 from ..frameworks import convention as convention_of
 from .base import GNModel
+from .bfloat16 import network_layout
 from .resnet import STAGE_CHANNELS, GNResNet
 from .transform import ImageBatch, Preprocessor
 
@@ -39,7 +40,7 @@ class GNResNetClassifier(GNModel):
     def forward(self, batch: ImageBatch, record: dict | None = None) -> list[dict[str, torch.Tensor]]:
         """The `top_k` labels and scores of each image of a preprocessed batch; `record` (if
         given) receives image 0's stages."""
-        c = self.backbone(batch.tensor)
+        c = self.backbone(network_layout(batch.tensor))
         logits = self.fc(F.adaptive_avg_pool2d(c[-1], 1).flatten(1))
         scores, labels = logits.float().softmax(dim=1).topk(min(self.top_k, logits.shape[1]), dim=1)
         if record is not None:

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import FPNConfig
+from .bfloat16 import GroupNorm, relu_
 from .conv import conv2d
 
 __all__ = ["ConvGN", "FPN"]
@@ -16,12 +17,12 @@ class ConvGN(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, k: int, groups: int, eps: float, relu: bool, weight_std: bool = False):
         super().__init__()
         self.conv = conv2d(in_ch, out_ch, k, padding=k // 2, bias=False, weight_std=weight_std)
-        self.norm = nn.GroupNorm(groups, out_ch, eps)
+        self.norm = GroupNorm(groups, out_ch, eps)
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.conv(x))
-        return F.relu(x, inplace=True) if self.relu else x
+        return relu_(x) if self.relu else x
 
 
 class FPN(nn.Module):

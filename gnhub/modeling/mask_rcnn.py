@@ -13,6 +13,7 @@ from ..errors import GnhubError
 from ..frameworks import convention as convention_of
 from ..frameworks import info
 from .base import GNModel, with_weights
+from .bfloat16 import network_layout
 from .boxes import to_rois
 from .fpn import FPN
 from .resnet import STAGE_CHANNELS, GNResNet
@@ -102,7 +103,7 @@ class GNMaskRCNN(GNModel):
             batch = items if isinstance(items, ImageBatch) else self.preprocessor(
                 [load_image(im) for im in items], self.device, self.dtype)
         with torch.inference_mode(not training and not torch.jit.is_tracing()):
-            c = self.backbone(batch.tensor)
+            c = self.backbone(network_layout(batch.tensor))
             p = self.fpn(c)
             objectness, deltas = self.rpn.head(p)
             if training:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import BackboneConfig
+from .bfloat16 import relu_
 from .conv import conv2d
 
 __all__ = ["Bottleneck", "GNResNet", "STAGE_BLOCKS", "STAGE_CHANNELS", "bottleneck_width"]
@@ -31,7 +32,6 @@ class Bottleneck(nn.Module):
         self.gn2 = nn.GroupNorm(g, width, eps)
         self.conv3 = conv2d(width, out_ch, 1, bias=False, weight_std=ws)
         self.gn3 = nn.GroupNorm(g, out_ch, eps)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(conv2d(in_ch, out_ch, 1, stride, bias=False, weight_std=ws),
@@ -39,10 +39,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.gn1(self.conv1(x)))
-        out = self.relu(self.gn2(self.conv2(out)))
+        out = relu_(self.gn1(self.conv1(x)))
+        out = relu_(self.gn2(self.conv2(out)))
         out = self.gn3(self.conv3(out))
-        return self.relu(out + identity)
+        return relu_(out + identity)
 
 
 class GNResNet(nn.Module):
@@ -54,7 +54,6 @@ class GNResNet(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {cfg.depth}")
         self.conv1 = conv2d(3, 64, 7, 2, 3, bias=False, weight_std=cfg.weight_std)
         self.gn1 = nn.GroupNorm(cfg.num_groups, 64, cfg.norm_eps)
-        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_ch = 64
         for i, (blocks, out_ch) in enumerate(zip(STAGE_BLOCKS[cfg.depth], STAGE_CHANNELS)):
@@ -65,7 +64,7 @@ class GNResNet(nn.Module):
             in_ch = out_ch
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.gn1(self.conv1(x))))
+        x = self.maxpool(relu_(self.gn1(self.conv1(x))))
         outs = []
         for i in range(1, 5):
             x = getattr(self, f"layer{i}")(x)

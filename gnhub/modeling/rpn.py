@@ -4,12 +4,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RPNConfig
 from .anchors import grid_anchors
+from .bfloat16 import relu_
 from .boxes import encode_boxes
+from .conv import conv2d
 from .targets import assign, bce_loss, l1_loss, sample
 
 __all__ = ["RPN"]
@@ -33,16 +34,16 @@ class RPN(nn.Module):
         self.cfg = cfg
         self.convention = convention
         num_anchors = len(cfg.ratios) * len(cfg.scales)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.objectness = nn.Conv2d(channels, num_anchors, 1)
-        self.deltas = nn.Conv2d(channels, num_anchors * 4, 1)
+        self.conv = conv2d(channels, channels, 3, padding=1)
+        self.objectness = conv2d(channels, num_anchors, 1)
+        self.deltas = conv2d(channels, num_anchors * 4, 1)
         self.base = [convention.base_anchors(s, cfg.ratios, cfg.scales) for s in cfg.strides]
 
     def head(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
         objectness, deltas = [], []
         for f in feats:
-            x = F.relu(self.conv(f))
+            x = relu_(self.conv(f))
             objectness.append(self.objectness(x))
             deltas.append(self.deltas(x))
         return objectness, deltas
