@@ -11,7 +11,7 @@ def test_a_part_that_is_not_utf8_is_refused_naming_it(small_dir, tmp_path):
     coco = _tiny_coco(tmp_path / "coco")
     results = tmp_path / "r.json"
     args = (str(small_dir), "--images", coco / "images", "--annotations", coco / "instances.json")
-    evaluate(load(small_dir), coco / "images", coco / "instances.json", results)
+    evaluate(load(small_dir), images=coco / "images", annotations=coco / "instances.json", results=results)
     part = tmp_path / "r.json.parts" / "rank0.jsonl"
     lines = part.read_bytes().splitlines(keepends=True)
     part.write_bytes(lines[0] + b'{"image_id": 2, "detections": [], "note": "\xff"}\n')

@@ -227,16 +227,17 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
 
 
 def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, base_dir, tmp_path):
-    """finetune refused every detectron2 model ("this model has Detectron's"), which model.loss trains."""
+    """finetune refused every detectron2 model ("this model has Detectron's"), which the model trains."""
     ann, folder = shapes
     base = load(base_dir)
     recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
     d2 = with_weights(dataclasses.replace(base.config, convention="detectron2"), base.state_dict(), "d2")
-    assert finetune(d2, ann, folder, tmp_path / "d2", recipe)["iterations"] == 1
+    done = finetune(d2, train_annotations=ann, train_images=folder, out=tmp_path / "d2", recipe=recipe)
+    assert done["iterations"] == 1
     assert load(tmp_path / "d2").config.convention == "detectron2"
     detectron = with_weights(dataclasses.replace(base.config, convention="detectron"), base.state_dict(), "d")
     with pytest.raises(GnhubError, match="this model has Detectron's .* convert an mmdetection or detectron2"):
-        finetune(detectron, ann, folder, tmp_path / "d", recipe)
+        finetune(detectron, train_annotations=ann, train_images=folder, out=tmp_path / "d", recipe=recipe)
     assert not (tmp_path / "d").exists()
 
 

@@ -143,3 +143,31 @@ def test_a_format_version_1_model_directory_loads_and_predicts_the_same(small_mo
     got, want = old.predict(image), small_model.predict(image)
     assert old.config.convention == "mmdet" and len(want["boxes"])
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_mmdet_box_only_detections_reach_nms_in_original_pixels(monkeypatch):
+    """mmdetection's StandardRoIHead rescales a detector's boxes before NMS when it has no mask head
+    (BBoxHead: times float32(1 / scale factor)); with a mask head NMS runs in the network's pixels."""
+    from gnhub.config import RoIHeadsConfig
+    from gnhub.frameworks.mmdet import convention as mmdet
+
+    seen = []
+    real = mmdet.batched_nms
+    monkeypatch.setattr(mmdet, "batched_nms", lambda boxes, *a: seen.append(boxes.clone()) or real(boxes, *a))
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(64, 2, generator=g) * torch.tensor([900.0, 700.0])
+    proposals = torch.cat([corners, corners + 5 + torch.rand(64, 2, generator=g) * 90], 1)
+    n, k = len(proposals), 3
+    scores = torch.rand(n * k, generator=g)
+    labels = torch.arange(k).repeat(n)
+    factors, size = (1000 / 333, 800 / 267), (800, 1000)  # (w, h) resized / original; the network's (h, w)
+    args = (proposals.repeat_interleave(k, 0), torch.zeros(n * k, 4), scores, labels, n, k, size,
+            RoIHeadsConfig(detections_per_image=1000, nms_iou=1.0))
+    boxes, _, _ = mmdet.CONVENTION.detect(*args, factors=factors)
+    network = mmdet.decode_boxes(args[0], args[1], (0.1, 0.1, 0.2, 0.2), size)
+    scaled = network * torch.tensor([1 / factors[0], 1 / factors[1]]).repeat(2)
+    assert torch.equal(seen[0], scaled[scores > 0.05]) and float(seen[0].max()) <= 333.0
+    assert not torch.equal(scaled, network / torch.tensor(factors).repeat(2))  # times the reciprocal, not divided
+    assert boxes.shape[0] == (scores > 0.05).sum()
+    mmdet.CONVENTION.detect(*args)
+    assert torch.equal(seen[1], network[scores > 0.05])

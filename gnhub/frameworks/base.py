@@ -38,9 +38,13 @@ class Convention:
         """The proposals and image size in the pixels detection happens in (default: the network's)."""
         return proposals, image_size
 
-    def detect(self, proposals, deltas, scores, labels, n: int, k: int, image_size, cfg):
+    rescales_box_only = False  # a detector without a mask head scales its boxes to original pixels before NMS
+
+    def detect(self, proposals, deltas, scores, labels, n: int, k: int, image_size, cfg, factors=None):
         """Boxes, scores and labels, best first, from n proposals each repeated for the k classes
-        (n * k rows: proposals, float32 deltas, scores, labels)."""
+        (n * k rows: proposals, float32 deltas, scores, labels). `factors` (w, h): given where
+        rescales_box_only and the detector has no mask head; the boxes then come back in original
+        pixels."""
         raise NotImplementedError
 
     def mask_rois(self, boxes, factors):

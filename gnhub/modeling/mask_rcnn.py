@@ -168,13 +168,15 @@ class GNMaskRCNN(GNModel):
                  for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
         cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], to_rois([b for b, _ in props])))
         counts = [len(boxes) for boxes, _ in props]
+        masks = self.roi_heads.mask_head is not None
+        rescaled = not masks and conv.rescales_box_only  # boxes in original pixels from detect on
         dets = []
         for logit, delta, (boxes, _), size, orig, sf in zip(
             *_per_image([cls_logits, box_deltas], counts), props, batch.image_sizes,
             batch.original_sizes, batch.scale_factors,
         ):
-            dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf)))
-        masks = self.roi_heads.mask_head is not None
+            dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf),
+                                              factors=sf if rescaled else None))
         if masks:
             mask_boxes = [conv.mask_rois(b, sf) for (b, _, _), sf in zip(dets, batch.scale_factors)]
             labels = torch.cat([lab for _, _, lab in dets])
@@ -188,7 +190,7 @@ class GNMaskRCNN(GNModel):
         for i, ((boxes, scores, labels), sf, size, orig) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
         ):
-            boxes = conv.to_original(boxes, sf)
+            boxes = boxes if rescaled else conv.to_original(boxes, sf)
             if not finish:  # the exported graph's outputs
                 results.append({"boxes": boxes, "scores": scores, "labels": labels, "proposals": props[i][0],
                                 "proposal_scores": props[i][1]})

@@ -111,19 +111,20 @@ class RoIHeads(nn.Module):
         self.mask_head = MaskHead(channels, num_classes, cfg) if masks else None
 
     def detect(
-        self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int]
+        self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int], factors=None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-class decoding, score threshold, per-class NMS as the convention does them ->
         boxes, scores, labels (best first).
 
         `proposals` and `image_size` are in the coordinates detection happens in (the
-        convention's detection_frame); the result is in the same coordinates.
+        convention's detection_frame); the result is in the same coordinates, or in original
+        pixels where `factors` are given (Convention.detect).
         """
         cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
         scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
         labels = torch.arange(k, device=scores.device).repeat(n)
         return self.convention.detect(proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), scores,
-                                      labels, n, k, image_size, cfg)
+                                      labels, n, k, image_size, cfg, factors)
 
     def loss(self, feats: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor],
              gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:

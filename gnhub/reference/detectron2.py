@@ -29,7 +29,8 @@ SCALE_CLAMP = math.log(1000.0 / 16)
 class Detectron2Reference:
     def __init__(self, state_dict: dict[str, Tensor], settings: dict):
         """`settings` by config path: preprocess.*, rpn.*, roi_heads.* (converters.detectron2 and the zoo)."""
-        self.sd = {k: v.float() for k, v in state_dict.items() if isinstance(v, Tensor)}
+        # contiguous, as detectron2's checkpointer copies the arrays into its parameters
+        self.sd = {k: v.float().contiguous() for k, v in state_dict.items() if isinstance(v, Tensor)}
         self.s = settings
         self.blocks = [len({k.split(".")[3] for k in self.sd if k.startswith(f"backbone.bottom_up.res{n}.")})
                        for n in range(2, 6)]

@@ -30,7 +30,8 @@ class MMDetReference:
     def __init__(self, state_dict: dict[str, Tensor], settings: dict):
         """`settings` by config path: preprocess.*, rpn.*, roi_heads.* and which stages standardise
         their weights (*weight_std), as the source's converter and zoo entry state them."""
-        self.sd = {k: v.float() for k, v in state_dict.items()}
+        # contiguous, as load_state_dict copies a checkpoint's tensors into mmdetection's parameters
+        self.sd = {k: v.float().contiguous() for k, v in state_dict.items()}
         self.old = any(k.startswith("bbox_head.") for k in state_dict)  # 1.x: background first
         self.head = "" if self.old else "roi_head."
         self.s = {
@@ -208,11 +209,16 @@ class MMDetReference:
         logits = self.conv(x, h + ".conv_logits")
         return logits[:, 1:] if self.old else logits
 
-    def detect(self, cls: Tensor, reg: Tensor, proposals: Tensor, shape):
+    def detect(self, cls: Tensor, reg: Tensor, proposals: Tensor, shape, factors):
+        """Without a mask head (StandardRoIHead's bbox_rescale) boxes are scaled to the original
+        image before NMS, by scale_boxes: times float32(1 / factor)."""
         k = cls.shape[1] - 1
         probs = cls.softmax(1)[:, :k]
         boxes = self.decode(proposals[:, None].expand(-1, k, 4).reshape(-1, 4), reg.reshape(-1, 4),
                             (0.1, 0.1, 0.2, 0.2), shape)
+        if not self.masks:
+            sw, sh = factors
+            boxes = boxes * torch.tensor([1 / sw, 1 / sh], dtype=torch.float32).repeat((1, 2))
         labels = torch.arange(k).repeat(len(proposals))
         probs = probs.reshape(-1)
         ok = probs > self.s["roi_heads.score_thresh"]
@@ -237,12 +243,13 @@ class MMDetReference:
         p = self.neck(c)
         obj, reg, proposals, scores = self.rpn(p, shape)
         cls, deltas = self.bbox_head(self.roi_features(p, proposals, 7))
-        boxes, det_scores, labels = self.detect(cls, deltas, proposals, shape)
+        boxes, det_scores, labels = self.detect(cls, deltas, proposals, shape, (sw, sh))
         out = {S.INPUT: x, S.PROPOSALS: proposals, S.PROPOSAL_SCORES: scores, S.ROI_CLS_LOGITS: cls,
                S.ROI_BOX_DELTAS: deltas, S.SCORES: det_scores, S.LABELS: labels}
         if self.masks:
             out[S.MASK_LOGITS] = self.mask_head(self.roi_features(p, boxes, 14))[torch.arange(len(boxes)), labels]
-        boxes = boxes / torch.tensor([sw, sh, sw, sh], dtype=torch.float32)
+        if self.masks:  # FCNMaskHead divides by the scale factor
+            boxes = boxes / torch.tensor([sw, sh, sw, sh], dtype=torch.float32)
         out[S.BOXES] = boxes
         if self.masks:
             h, w = rgb.shape[:2]

@@ -150,7 +150,7 @@ class DetectronConvention(Convention):
         """Original pixels: the proposals divided by the image scale."""
         return proposals / _scale(proposals, factors), original_size
 
-    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg):
+    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg, factors=None):
         """box_results_with_nms_and_limit: per class score > thresh and NMS, then all detections
         scoring at least the detections_per_image-th best (ties may keep more)."""
         boxes = decode_boxes(proposals, deltas, cfg.box_stds, image_size)

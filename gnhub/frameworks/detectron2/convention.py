@@ -102,7 +102,7 @@ class Detectron2Convention(Convention):
         lvl = torch.floor(4 + torch.log2(scale / (4 * finest_scale) + 1e-8))
         return lvl.clamp(min=2, max=1 + num_levels).long() - 2
 
-    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg):
+    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg, factors=None):
         """fast_rcnn_inference_single_image: RoIs with a non-finite box or score left out, boxes
         clipped to the image, score > thresh, NMS per class (torchvision's batched NMS), the best
         detections_per_image."""

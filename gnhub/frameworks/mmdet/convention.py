@@ -57,6 +57,14 @@ def _grid(start: int, stop: int, lo: Tensor, hi: Tensor) -> Tensor:
     return torch.where(torch.isinf(t), torch.zeros_like(t), t)
 
 
+def _reciprocal(factors, like: Tensor) -> Tensor:
+    """(1 / w, 1 / h, 1 / w, 1 / h) as mmdetection makes it: Python floats' reciprocals in float32
+    (the exported graph's float32 factors: their reciprocals)."""
+    if isinstance(factors, Tensor):
+        return (1 / factors.to(like)).repeat(2)
+    return torch.tensor([1 / factors[0], 1 / factors[1]], dtype=like.dtype, device=like.device).repeat(2)
+
+
 class MMDetConvention(Convention):
     name = "mmdet"
     rescale = staticmethod(arrays.rescale)
@@ -98,10 +106,15 @@ class MMDetConvention(Convention):
         lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
         return lvl.clamp(min=0, max=num_levels - 1).long()
 
-    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg):
-        """Decoded and clipped, score > score_thresh, NMS per class (mmcv's batched NMS), the
+    rescales_box_only = True  # StandardRoIHead: bbox_rescale = rescale if not self.with_mask else False
+
+    def detect(self, proposals, deltas, scores, labels, n, k, image_size, cfg, factors=None):
+        """Decoded and clipped, (with `factors`) times 1 / factor into original pixels as
+        BBoxHead's scale_boxes does, score > score_thresh, NMS per class (mmcv's batched NMS), the
         best detections_per_image."""
         boxes = decode_boxes(proposals, deltas, cfg.box_stds, image_size)
+        if factors is not None:
+            boxes = boxes * _reciprocal(factors, boxes)
         idx = (scores > cfg.score_thresh).nonzero().squeeze(1)
         boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
