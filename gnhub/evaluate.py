@@ -19,7 +19,7 @@ from pathlib import Path
 from . import distributed, zoo
 from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
-from .files import check_output_file, sha256_file, write_atomic
+from .files import TMP_PREFIX, append_line, check_output_file, sha256_file, write_file
 from .predict import detections_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -116,8 +116,7 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
                     dets.append(d)
             done[image_id] = dets
             if parts:
-                with open(parts / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"image_id": image_id, "detections": dets}) + "\n")
+                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, "detections": dets}) + "\n")
         n += len(chunk)
         if progress:
             progress(len(chunk))
@@ -149,14 +148,22 @@ def check_results(results: str | Path) -> Path:
     parts = _parts_of(path)
     run = None
     if parts.exists():
-        if not parts.is_dir() or not all(p.is_file() and (p.name == RUN_FILE or p.match("rank*.jsonl"))
-                                         for p in parts.iterdir()):
+        if not is_parts_dir(parts):
             raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
         run = _read_run(parts)
     if path.exists() and (run is None or run.get("results_sha256") != sha256_file(path)):
         raise GnhubError(f"{path}: exists, and gnhub did not write it (or it changed since); choose another "
                          "--results")
     return path
+
+
+def is_parts_dir(parts: Path) -> bool:
+    """A resume folder gnhub made: a real folder of run.json and rank*.jsonl files (and gnhub's
+    temporaries), nothing else."""
+    return not parts.is_symlink() and parts.is_dir() and all(
+        p.name.startswith(TMP_PREFIX) or (p.is_file() and not p.is_symlink()
+                                          and (p.name == RUN_FILE or p.match("rank*.jsonl")))
+        for p in parts.iterdir())
 
 
 def _parts_of(path: Path) -> Path:
@@ -189,7 +196,7 @@ def _start(path: Path, identity: dict, rank: int) -> Path:
         if not parts.exists():
             parts.mkdir()
             text = json.dumps({"gnhub_eval": 1, **identity, "results_sha256": None}, indent=1)
-            write_atomic(parts / RUN_FILE, lambda t: t.write_text(text, encoding="utf-8"), "--results")
+            write_file(parts / RUN_FILE, text.encode("utf-8"), "--results", replace_any=True)
     distributed.barrier()
     run = _read_run(parts)
     changed = [k for k in identity if run.get(k) != identity[k]]
@@ -206,7 +213,7 @@ def _resume(parts: Path, rank: int, instances: Instances) -> dict:
     own = _read_parts(parts, instances, f"rank{rank}.jsonl")
     if own:
         text = "".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in own.items())
-        write_atomic(parts / f"rank{rank}.jsonl", lambda t: t.write_text(text, encoding="utf-8"), "--results")
+        write_file(parts / f"rank{rank}.jsonl", text.encode("utf-8"), "--results", replace_any=True)
     distributed.barrier()  # no rank reads a file while its rank rewrites it
     return done
 
@@ -232,5 +239,5 @@ def _finish(path: Path, parts: Path, all_results: list[dict]) -> None:
     text = json.dumps(all_results)
     run = _read_run(parts)
     run["results_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    write_atomic(parts / RUN_FILE, lambda t: t.write_text(json.dumps(run, indent=1), encoding="utf-8"), "--results")
-    write_atomic(path, lambda t: t.write_text(text, encoding="utf-8"), "--results")
+    write_file(parts / RUN_FILE, json.dumps(run, indent=1).encode("utf-8"), "--results", replace_any=True)
+    write_file(path, text.encode("utf-8"), "--results")
