@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import zoo
 from .errors import GnhubError
-from .files import remove_inside, sha256_file
+from .files import remove_if_empty, remove_inside, sha256_file
 from .layout import is_current
 from .settings import cache_dir
 
@@ -102,16 +102,8 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
                                 "`gnhub convert FILE -o DIR` and pass DIR as the model")
         return _convert(entry, src, sha, keep_source, log)
     finally:
-        _remove_empty(src.parent)
+        remove_if_empty(src.parent)  # a download folder left empty (a failed or finished fetch) is no entry
         lock.release()
-
-
-def _remove_empty(folder: Path) -> None:
-    """A download folder left empty (a failed or finished fetch) is not an entry."""
-    try:
-        folder.rmdir()
-    except OSError:  # absent, or not empty
-        pass
 
 
 def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -> Path:

@@ -2,12 +2,15 @@
 
 Standard library only (no torch, no third-party HTTP client). A download goes to `DEST.part`,
 is resumed from there with an HTTP Range request after an interruption, and is renamed to DEST
-only once its sha256 matches; a mismatch deletes it.
+only once its sha256 matches; a mismatch deletes it (a resumed one is fetched once more from the
+start first). The part is gnhub's own by place (its cache's download folder, under the fetch's
+lock); files.py opens it (never through a link), renames and removes it.
 """
 from __future__ import annotations
 
 import http.client
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -15,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import GnhubError
-from .files import sha256_file
+from .files import open_partial, remove_inside, rename_new, sha256_file
 
 CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without a byte
@@ -34,22 +37,42 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
     except OSError as e:
         raise GnhubError(f"{dest.parent}: cannot write there ({e.strerror}); set GNHUB_CACHE to another "
                          "folder") from None
+    if os.path.lexists(dest):
+        raise GnhubError(f"{dest}: already exists; a download never replaces a file: remove it first")
+    expected = sha256 or sha256_prefix
+    if not _is_real_file(part):  # a link or a folder by that name is no part of a download
+        remove_inside(part, part.parent)
+    resumed = _is_real_file(part)
+    while True:
+        _fetch(url, part, quiet, hint)
+        digest = sha256_file(part)
+        if not expected or digest.startswith(expected.lower()):
+            break
+        remove_inside(part, part.parent)
+        if not resumed:
+            raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was "
+                             "deleted (a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
+        resumed = False  # a part kept from an earlier run, of another file: once more from the start
+    rename_new(part, dest, "GNHUB_CACHE")
+    return digest
+
+
+def _fetch(url: str, part: Path, quiet: bool, hint: str) -> None:
     for attempt in range(RETRIES + 1):
         try:
             _transfer(url, part, quiet)
-            break
+            return
         except _Retry as e:
             if attempt == RETRIES:
                 raise GnhubError(f"{url}: download failed after {RETRIES + 1} tries ({e}){hint}") from None
             time.sleep(BACKOFF * 2**attempt)
-    digest = sha256_file(part)
-    expected = sha256 or sha256_prefix
-    if expected and not digest.startswith(expected.lower()):
-        part.unlink(missing_ok=True)
-        raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was deleted "
-                         "(a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
-    os.replace(part, dest)
-    return digest
+
+
+def _is_real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Retry(Exception):
@@ -57,7 +80,7 @@ class _Retry(Exception):
 
 
 def _transfer(url: str, part: Path, quiet: bool) -> None:
-    have = part.stat().st_size if part.exists() else 0
+    have = os.lstat(part).st_size if _is_real_file(part) else 0
     headers = {"User-Agent": "gnhub", **({"Range": f"bytes={have}-"} if have else {})}
     request = urllib.request.Request(url, headers=headers)
     try:
@@ -79,7 +102,7 @@ def _transfer(url: str, part: Path, quiet: bool) -> None:
         total = have + int(length) if length and length.isdigit() else None
         bar = _Progress(url, total, have, quiet)
         try:
-            with open(part, "ab" if resumed else "wb") as f:
+            with open_partial(part, resumed) as f:
                 while True:
                     chunk = response.read(CHUNK)
                     if not chunk:

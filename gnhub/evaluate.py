@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import distributed, zoo
 from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
-from .files import TMP_PREFIX, append_line, check_output_file, sha256_file, write_file
+from .files import append_line, check_output_file, is_owned_tree, new_dir, sha256_file, write_file
 from .predict import detections_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -116,7 +117,8 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
                     dets.append(d)
             done[image_id] = dets
             if parts:
-                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, "detections": dets}) + "\n")
+                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, "detections": dets}) + "\n",
+                            "--results")
         n += len(chunk)
         if progress:
             progress(len(chunk))
@@ -143,27 +145,18 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
 def check_results(results: str | Path) -> Path:
     """The results path, checked before any work: writable, and where it or its `.parts/` folder
     exist, gnhub's own (the results file exactly as `run.json` recorded it; run.json and
-    rank*.jsonl files); a user's file is never replaced."""
+    rank*.jsonl files, as its ledger records them); a user's file is never replaced."""
     path = check_output_file(results, "--results")
     parts = _parts_of(path)
     run = None
     if parts.exists():
-        if not is_parts_dir(parts):
+        if not is_owned_tree(parts):
             raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
         run = _read_run(parts)
     if path.exists() and (run is None or run.get("results_sha256") != sha256_file(path)):
         raise GnhubError(f"{path}: exists, and gnhub did not write it (or it changed since); choose another "
                          "--results")
     return path
-
-
-def is_parts_dir(parts: Path) -> bool:
-    """A resume folder gnhub made: a real folder of run.json and rank*.jsonl files (and gnhub's
-    temporaries), nothing else."""
-    return not parts.is_symlink() and parts.is_dir() and all(
-        p.name.startswith(TMP_PREFIX) or (p.is_file() and not p.is_symlink()
-                                          and (p.name == RUN_FILE or p.match("rank*.jsonl")))
-        for p in parts.iterdir())
 
 
 def _parts_of(path: Path) -> Path:
@@ -193,10 +186,10 @@ def _start(path: Path, identity: dict, rank: int) -> Path:
     parts = _parts_of(path)
     if rank == 0:
         check_results(path)
-        if not parts.exists():
-            parts.mkdir()
-            text = json.dumps({"gnhub_eval": 1, **identity, "results_sha256": None}, indent=1)
-            write_file(parts / RUN_FILE, text.encode("utf-8"), "--results", replace_any=True)
+        if not os.path.lexists(parts):
+            with new_dir(parts, False, "a resume folder") as tmp:  # appears with its run.json, or not at all
+                run = {"gnhub_eval": 1, **identity, "results_sha256": None}
+                (tmp / RUN_FILE).write_text(json.dumps(run, indent=1), encoding="utf-8")
     distributed.barrier()
     run = _read_run(parts)
     changed = [k for k in identity if run.get(k) != identity[k]]
@@ -213,7 +206,7 @@ def _resume(parts: Path, rank: int, instances: Instances) -> dict:
     own = _read_parts(parts, instances, f"rank{rank}.jsonl")
     if own:
         text = "".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in own.items())
-        write_file(parts / f"rank{rank}.jsonl", text.encode("utf-8"), "--results", replace_any=True)
+        write_file(parts / f"rank{rank}.jsonl", text.encode("utf-8"), "--results", log=True)
     distributed.barrier()  # no rank reads a file while its rank rewrites it
     return done
 
@@ -239,5 +232,5 @@ def _finish(path: Path, parts: Path, all_results: list[dict]) -> None:
     text = json.dumps(all_results)
     run = _read_run(parts)
     run["results_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    write_file(parts / RUN_FILE, json.dumps(run, indent=1).encode("utf-8"), "--results", replace_any=True)
+    write_file(parts / RUN_FILE, json.dumps(run, indent=1).encode("utf-8"), "--results")
     write_file(path, text.encode("utf-8"), "--results")

@@ -134,7 +134,8 @@ def predict_files(
     `score_threshold`. For a classifier, <stem>.json and results.json hold the top classes and
     their scores. `image_id` is the file name, made unique like the output files (a second x.png
     is x_2.png). Files gnhub did not write in `out_dir`, and the input images, are never
-    replaced: their names are skipped as a second x.png is.
+    replaced: their names are skipped as a second x.png is, and so are gnhub's own (an image
+    results.png is written as results_2.png). One predict at a time writes into a folder.
 
     Unreadable images are skipped and listed; `progress(images done, images/s, images in all)` is
     called after each batch; returns a summary.
@@ -154,11 +155,12 @@ def _predict_into(folder: Folder, model, paths, batch_size, progress, score_thre
 
     def taken(stem: str) -> bool:  # a name gnhub may not write: not its own, an input, or one of its own names
         outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json")]
-        return (stem.startswith(TMP_PREFIX) or f"{stem}.json" == RESULTS_FILE
-                or any(p.resolve() in inputs or not folder.owns(p.name) for p in outputs))
+        return (f"{stem}.json" == RESULTS_FILE or any(p.name == LEDGER or p.resolve() in inputs
+                                                      or not folder.owns(p.name) for p in outputs))
 
     used: set[str] = set()
-    stems = [_unique(p.stem, used, taken) for p in paths]  # every output name decided before any is written
+    # every output name decided before any is written; a name like gnhub's temporaries gets a "_" first
+    stems = [_unique("_" + p.stem if p.stem.startswith(TMP_PREFIX) else p.stem, used, taken) for p in paths]
     classes = model.config.classes
     results, skipped, written = [], [], []
     start = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__, distributed
 from ..errors import GnhubError
-from ..files import LEDGER, TMP_PREFIX, Folder, foreign, sha256_file
+from ..files import LEDGER, TMP_PREFIX, Folder, append_line, foreign, sha256_file
 from ..layout import check_model_output
 from ..modeling import GNMaskRCNN
 from .data import CocoInstances, epoch_batches, flips
@@ -162,6 +162,8 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
                 "classes": list(dataset.classes), "world": world}
     # rank 0 holds the work directory for the run: a second run there is one error
     folder = held.enter_context(Folder(work, "--work-dir", hold=True)) if rank == 0 else None
+    if rank == 0:
+        _check_work_dir(work, resume)  # again, now that no other gnhub run can write there
     if resume and (work / CHECKPOINT).is_file():
         start = _restore(work, folder, model, optimizer, scaler, identity)
     else:
@@ -305,7 +307,7 @@ def _check_work_dir(work: Path, resume: bool) -> None:
         raise GnhubError(f"{work}: is not a folder; choose another --work-dir")
     if not work.is_dir():
         return
-    others = foreign(work, _is_val_parts)
+    others = foreign(work)
     others += [n for n in os.listdir(work) if n not in others and not _is_training_file(n)
                and n != LEDGER and not n.startswith(TMP_PREFIX)]
     if others:
@@ -318,18 +320,11 @@ def _check_work_dir(work: Path, resume: bool) -> None:
 def _clear(folder: Folder) -> None:
     """Removes an earlier run's log and validation results (gnhub's own files, see _check_work_dir)."""
     for name in folder.names() - {CHECKPOINT}:
-        folder.remove(name, _is_val_parts)
+        folder.remove(name)
 
 
 def _is_training_file(name: str) -> bool:
     return name in (CHECKPOINT, LOG) or re.fullmatch(r"val_\d+\.json(\.parts)?", name) is not None
-
-
-def _is_val_parts(path: Path) -> bool:
-    """A validation's resume folder (evaluate's `.parts`), which gnhub owns as a whole."""
-    from ..evaluate import is_parts_dir
-
-    return re.fullmatch(r"val_\d+\.json\.parts", path.name) is not None and is_parts_dir(path)
 
 
 def _terms(losses: dict) -> str:
@@ -337,10 +332,8 @@ def _terms(losses: dict) -> str:
 
 
 def _append(folder: Folder, row: dict) -> None:
-    """One line more in the log (the whole file written anew, so that its ledger entry stays true)."""
-    path = folder.path / LOG
-    text = path.read_text(encoding="utf-8") if path.is_file() and not path.is_symlink() else ""
-    folder.write(LOG, (text + json.dumps(row) + "\n").encode("utf-8"))
+    """One line more in the log (an append-only log: gnhub's while it begins as gnhub wrote it)."""
+    append_line(folder.path / LOG, json.dumps(row) + "\n", "--work-dir")
 
 
 def _save(folder: Folder, model, optimizer, scaler, identity: dict, it: int) -> None:
@@ -403,7 +396,7 @@ def _restore(work: Path, folder: Folder, model, optimizer, scaler, identity: dic
             with contextlib.suppress(json.JSONDecodeError):
                 if json.loads(line)["iteration"] <= it:
                     rows.append(line + "\n")
-        folder.write(LOG, "".join(rows).encode("utf-8"))
+        folder.write(LOG, "".join(rows).encode("utf-8"), log=True)
     return it
 
 
