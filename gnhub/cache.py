@@ -145,7 +145,8 @@ def entries() -> list[dict]:
         for d in sorted((root / kind).iterdir()) if (root / kind).is_dir() else []:
             if d.name.startswith("."):
                 continue
-            files = [f for f in d.rglob("*") if f.is_file()]
+            files = [f for f in d.rglob("*") if f.is_file()  # hidden names (temporaries) are no entries
+                     and not any(part.startswith(".") for part in f.relative_to(d).parts)]
             if files:
                 rows.append({"name": d.name, "kind": kind[:-1], "path": str(d), "bytes": sum(f.stat().st_size
                                                                                               for f in files)})

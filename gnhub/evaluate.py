@@ -144,18 +144,14 @@ def evaluate(model, images: str | Path, annotations: str | Path | Instances, res
 
 def check_results(results: str | Path) -> Path:
     """The results path, checked before any work: writable, and where it or its `.parts/` folder
-    exist, gnhub's own (the results file exactly as `run.json` recorded it; run.json and
-    rank*.jsonl files, as its ledger records them); a user's file is never replaced."""
+    exist, gnhub's own, as the ledgers record them (files.py: the results file, run.json and
+    rank*.jsonl files, by content); a user's file is never replaced."""
     path = check_output_file(results, "--results")
     parts = _parts_of(path)
-    run = None
-    if parts.exists():
+    if os.path.lexists(parts):
         if not is_owned_tree(parts):
             raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
-        run = _read_run(parts)
-    if path.exists() and (run is None or run.get("results_sha256") != sha256_file(path)):
-        raise GnhubError(f"{path}: exists, and gnhub did not write it (or it changed since); choose another "
-                         "--results")
+        _read_run(parts)
     return path
 
 
