@@ -397,9 +397,10 @@ class Folder:
             return is_owned_tree(p) if tree else _owned_file(p, {p.name: self.known.get(name, set())})
 
         if not ours(path):
-            raise GnhubError(f"{path}: is not gnhub's (or changed since gnhub wrote it); nothing was removed")
+            raise GnhubError(f"{path}: is not gnhub's (or changed since gnhub wrote it); nothing was removed: move it "
+                             f"away or choose another {self.flag}")
         try:
-            _move_aside(path, ours)
+            _move_aside(path, ours, self.flag)
         except OSError as e:
             raise _failed(path, e, self.flag) from None
 
@@ -449,7 +450,12 @@ def append_line(path: Path, text: str, flag: str = "output") -> None:
                          f"{flag}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise GnhubError(f"{path}: is not a regular file; gnhub appends only to its own logs")
+            raise GnhubError(f"{path}: is not a regular file; gnhub appends only to its own logs: choose another "
+                             f"{flag}")
+        held = _locked.get(_inode(path.parent / LEDGER))  # a folder this process holds: its ledger in memory
+        if not _owned_file(path, held[2] if held else _ledger(path.parent)):
+            raise GnhubError(f"{path}: is not a log gnhub wrote (or it changed since); nothing was appended: move it "
+                             f"away or choose another {flag}")
         os.write(fd, text.encode("utf-8"))
     finally:
         os.close(fd)
@@ -549,7 +555,7 @@ def sweep(folder: Path) -> None:
                 os.close(fd)
 
 
-def _move_aside(path: Path, still_ours: Callable[[Path], bool]) -> None:
+def _move_aside(path: Path, still_ours: Callable[[Path], bool], flag: str = "output") -> None:
     """Removes gnhub's `path`: renamed into a temporary first and checked there (nothing can
     change it unseen any more); put back if it is not gnhub's after all."""
     with Folder(path.parent) as _:
@@ -559,7 +565,8 @@ def _move_aside(path: Path, still_ours: Callable[[Path], bool]) -> None:
             os.rename(path, aside)
             if not still_ours(aside):
                 _rename_noreplace(aside, path)
-                raise GnhubError(f"{path}: changed while gnhub was replacing it; nothing was removed")
+                raise GnhubError(f"{path}: changed while gnhub was removing it; nothing was removed: choose another "
+                                 f"{flag}")
         finally:
             _remove_temp(hold)
 

@@ -592,6 +592,9 @@ def test_finetune_refuses_a_work_dir_with_a_users_own_log(tmp_path):
     (work / "log.jsonl").write_text('{"it": 0}\n')
     with pytest.raises(GnhubError, match="holds files gnhub did not write"):
         loop._check_work_dir(work, False)
+    with pytest.raises(GnhubError, match="is not a log gnhub wrote"):
+        files.append_line(work / "log.jsonl", '{"it": 3}\n', "--work-dir")
+    assert (work / "log.jsonl").read_text() == '{"it": 0}\n'
 
 
 def test_debris_under_a_cache_entry_is_never_served_or_listed(tmp_path, monkeypatch):
