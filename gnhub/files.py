@@ -658,8 +658,8 @@ def _swap_in(tmp: Path, dest: Path, force: bool, what: str, owned) -> None:
     hold = _temp_dir(dest.parent)
     try:
         os.rename(dest, hold / "old")
-        try:
-            if not replaceable(hold / "old"):
+        try:  # gnhub's by content: checked again where nothing changes it unseen (by place: checked above)
+            if owned is None and not is_owned_tree(hold / "old"):
                 raise GnhubError(f"{dest}: changed while gnhub was replacing it; nothing was replaced: choose "
                                  "another output")
             _rename_noreplace(tmp, dest)

@@ -215,6 +215,15 @@ def test_an_interrupt_at_any_step_of_a_replace_then_the_next_run(root, monkeypat
         assert all(locked(p) for p in temporaries(root)), temporaries(root)  # only this live process's
 
 
+@pytest.mark.parametrize("command", list(DRIVERS))
+def test_every_replace_works_without_renameat2(root, monkeypatch, command):
+    """The portable path (no RENAME_NOREPLACE/RENAME_EXCHANGE): checked and renamed under the lock."""
+    monkeypatch.setattr(files, "_renameat2", None)
+    for v in (1, 2, 3):
+        assert DRIVERS[command](root, v) == v
+    assert not temporaries(root)
+
+
 # -- links planted at every name gnhub writes ------------------------------------------------------
 
 @pytest.fixture()
@@ -541,7 +550,10 @@ def test_a_users_folder_made_during_convert_is_never_replaced(small_source, tmp_
     assert sorted(os.listdir(tmp_path)) == ["results"]
 
 
-def test_a_users_folder_made_during_force_convert_over_gnhubs_is_never_replaced(tmp_path):
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_a_users_folder_made_during_force_convert_over_gnhubs_is_never_replaced(tmp_path, monkeypatch, renameat2):
+    if not renameat2:
+        monkeypatch.setattr(files, "_renameat2", None)
     dest = tmp_path / "model"
     with new_model_dir(dest) as tmp:
         _model_like(tmp, 1)
