@@ -13,14 +13,14 @@ sha256 is what the registry expects; anything else is converted again.
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
 import sys
 import urllib.parse
 from pathlib import Path
 
 from . import zoo
 from .errors import GnhubError
-from .files import sha256_file
+from .files import remove_if_empty, remove_inside, sha256_file
 from .layout import is_current
 from .settings import cache_dir
 
@@ -42,8 +42,8 @@ def cached(entry: zoo.ZooEntry) -> Path | None:
     if not folder.is_dir():
         return None
     expected = entry.expected_sha256
-    return next((d for d in sorted(folder.iterdir())
-                 if (not expected or d.name.startswith(expected)) and is_current(d)), None)
+    return next((d for d in sorted(folder.iterdir()) if not d.name.startswith(".")  # temporaries are no entries
+                 and (not expected or d.name.startswith(expected)) and is_current(d)), None)
 
 
 def _lock(name: str):
@@ -94,7 +94,7 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
             return done
         sha = sha256_file(src) if src.is_file() else None
         if sha and entry.expected_sha256 and not sha.startswith(entry.expected_sha256):
-            src.unlink()  # a kept source that is not the registered file
+            remove_inside(src, root)  # a kept source that is not the registered file
             sha = None
         if sha is None:
             log(f"{entry.name}: downloading {url}")
@@ -104,16 +104,8 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
                                 "`gnhub convert FILE -o DIR` and pass DIR as the model")
         return _convert(entry, src, sha, keep_source, log)
     finally:
-        _remove_empty(src.parent)
+        remove_if_empty(src.parent)  # a download folder left empty (a failed or finished fetch) is no entry
         lock.release()
-
-
-def _remove_empty(folder: Path) -> None:
-    """A download folder left empty (a failed or finished fetch) is not an entry."""
-    try:
-        folder.rmdir()
-    except OSError:  # absent, or not empty
-        pass
 
 
 def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -> Path:
@@ -125,14 +117,19 @@ def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -
         convert(src, dest, name=entry.name, force=True, log=log, source_sha256=sha, owned=_entry_dir(entry))
     except BaseException:  # a failed or interrupted conversion leaves nothing in the cache
         if not keep_source:
-            shutil.rmtree(src.parent, ignore_errors=True)
+            _discard(src.parent)
         raise
     for old in dest.parent.iterdir():  # entries of other sources or older gnhub layouts
-        if old != dest and _entry_dir(entry)(old):
-            shutil.rmtree(old, ignore_errors=True)
+        if old != dest and not old.name.startswith(".") and _entry_dir(entry)(old):
+            _discard(old)
     if not keep_source:
-        shutil.rmtree(src.parent, ignore_errors=True)
+        _discard(src.parent)
     return dest
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_inside(path, cache_dir())
 
 
 def _entry_dir(entry: zoo.ZooEntry):
@@ -147,8 +144,11 @@ def entries() -> list[dict]:
     root = cache_dir()
     rows = []
     for kind in ("models", "downloads"):
-        for d in sorted((root / kind).glob("*")) if (root / kind).is_dir() else []:
-            files = [f for f in d.rglob("*") if f.is_file()]
+        for d in sorted((root / kind).iterdir()) if (root / kind).is_dir() else []:
+            if d.name.startswith("."):
+                continue
+            files = [f for f in d.rglob("*") if f.is_file()  # hidden names (temporaries) are no entries
+                     and not any(part.startswith(".") for part in f.relative_to(d).parts)]
             if files:
                 rows.append({"name": d.name, "kind": kind[:-1], "path": str(d), "bytes": sum(f.stat().st_size
                                                                                               for f in files)})
@@ -176,8 +176,7 @@ def remove(name: str) -> list[str]:
         gone = []
         for kind in ("models", "downloads"):
             d = _inside(root, kind, name)
-            if d.is_dir() and not d.is_symlink():
-                shutil.rmtree(d)
+            if remove_inside(d, root):
                 gone.append(str(d))
         return gone
     finally:

@@ -8,7 +8,7 @@ import jinja2
 
 from . import published, zoo
 from .config import ModelConfig
-from .files import write_atomic
+from .files import write_file
 from .frameworks import NAMES as FRAMEWORK_NAMES
 from .frameworks import info
 from .layout import CARD_FILE, read_config, read_report
@@ -124,5 +124,5 @@ def _license(entry: zoo.ZooEntry | None, untrained: bool) -> str:
 def write_card(model_dir: str | Path, load_name: str | None = None) -> Path:
     path = Path(model_dir) / CARD_FILE
     text = render_card(model_dir, load_name)
-    write_atomic(path, lambda t: t.write_text(text, encoding="utf-8"))
+    write_file(path, text.encode("utf-8"))
     return path

@@ -1,6 +1,7 @@
 """Reading checkpoints safely and writing model directories atomically."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -11,6 +12,7 @@ import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -207,8 +209,10 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], each=None) -> str:
-    """Writes a safetensors file and returns its sha256, hashing each tensor while it is written;
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path | BinaryIO, metadata: dict[str, str],
+                     each=None) -> str:
+    """Writes a safetensors file (a path, or a file open for writing) and returns its sha256,
+    hashing each tensor while it is written;
     `each(name)` (if given) runs after tensor `name` is written, while its hash is computed."""
     if sys.byteorder != "little":
         raise GnhubError("writing safetensors needs a little-endian machine")
@@ -225,7 +229,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     text += b" " * (-len(text) % 8)
     prefix = struct.pack("<Q", len(text)) + text
     digest = hashlib.sha256(prefix)
-    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
+    opened = open(path, "wb") if isinstance(path, (str, Path)) else contextlib.nullcontext(path)
+    with opened as f, ThreadPoolExecutor(1) as pool:
         f.write(prefix)
         for name, buf in zip(tensors, items):
             hashed = pool.submit(digest.update, buf)  # hashlib and write both release the GIL

@@ -14,7 +14,7 @@ from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig, backbone_words
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import is_model_dir, new_model_dir
+from .layout import new_model_dir
 from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, open_source
@@ -146,7 +146,7 @@ def convert(
         }
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
         dest = Path(out) if out else Path(config.name)
-        with new_model_dir(dest, force, owned or is_model_dir) as tmp:  # checks the output first
+        with new_model_dir(dest, force, owned) as tmp:  # checks the output first
             if verify:  # a long step: first make sure the file is the one its name promises
                 from .verify import failure_message, images_for, source_names, verify_against, write_results
 

@@ -5,8 +5,9 @@ meaningless), scaled so that a few classes clear the score threshold and every s
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
-import os
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 
 from .config import COCO_CLASSES, DETECTRON_BGR_MEAN, UNIT_STD, ModelConfig
 from .converters import RenameTable, mmdet
-from .files import sha256_file
+from .files import write_file
 from .modeling import GNMaskRCNN
 
 __all__ = ["DEMO_NAME", "deterministic_weights", "run_demo", "write_demo_checkpoint"]
@@ -65,14 +66,10 @@ def write_demo_checkpoint(dest_dir: str | Path) -> Path:
         "config": _CONFIG_TEXT,
         "note": "UNTRAINED gnhub demo weights: deterministic random numbers",
     }
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir / f".{DEMO_NAME}.tmp"
-    torch.save({"meta": meta, "state_dict": state_dict}, tmp)
-    digest = sha256_file(tmp)
-    path = dest_dir / f"{DEMO_NAME}-{digest[:8]}.pth"
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save({"meta": meta, "state_dict": state_dict}, buf)
+    data = buf.getbuffer()
+    return write_file(Path(dest_dir) / f"{DEMO_NAME}-{hashlib.sha256(data).hexdigest()[:8]}.pth", data)
 
 
 def run_demo(out: str | Path = "gnhub-demo", log=print) -> dict:

@@ -3,7 +3,9 @@ reads it.
 
 Standard library only (no torch, no third-party HTTP client). A download goes to `DEST.part`,
 is resumed from there with an HTTP Range request after an interruption, and is renamed to DEST
-only once its sha256 matches; a mismatch deletes it. Bounds (gnhub/settings.py): a size ceiling
+only once its sha256 matches; a mismatch deletes it (a resumed one is fetched once more from the
+start first). The part is gnhub's own by place (its cache's download folder, under the fetch's
+lock); files.py opens it (never through a link), renames and removes it. Bounds (gnhub/settings.py): a size ceiling
 (the server's Content-Length where it names one, checked against GNHUB_MAX_DOWNLOAD_BYTES, else
 counted as the body arrives; a file that passes it is deleted), a stall deadline (under
 STALL_BYTES in GNHUB_DOWNLOAD_STALL_SECONDS: retried, resuming) and a total deadline
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -21,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import GnhubError
-from .files import sha256_file
+from .files import open_partial, remove_inside, rename_new, sha256_file
 from .settings import download_stall_seconds, download_total_seconds, max_download_bytes
 
 __all__ = ["BACKOFF", "CHUNK", "download", "RETRIES"]
@@ -43,11 +46,33 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
     except OSError as e:
         raise GnhubError(f"{dest.parent}: cannot write there ({e.strerror}); set GNHUB_CACHE to another "
                          "folder") from None
+    if os.path.lexists(dest):
+        raise GnhubError(f"{dest}: already exists; a download never replaces a file: remove it first")
+    expected = sha256 or sha256_prefix
+    if not _is_real_file(part):  # a link or a folder by that name is no part of a download
+        remove_inside(part, part.parent)
+    resumed = _is_real_file(part)
     bounds = _Bounds(max_download_bytes(), download_stall_seconds(), download_total_seconds())
+    while True:
+        _fetch(url, part, quiet, hint, bounds)
+        digest = sha256_file(part)
+        if not expected or digest.startswith(expected.lower()):
+            break
+        _discard(part)
+        if not resumed:
+            raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was "
+                             "deleted (a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
+        resumed = False  # a part kept from an earlier run, of another file: once more from the start
+    rename_new(part, dest, "GNHUB_CACHE")
+    return digest
+
+
+def _fetch(url: str, part: Path, quiet: bool, hint: str, bounds: _Bounds) -> None:
+    """The transfer, retried and resumed within the bounds."""
     for attempt in range(RETRIES + 1):
         try:
             _transfer(url, part, quiet, bounds)
-            break
+            return
         except _TooLarge as e:
             _discard(part)
             raise GnhubError(f"{url}: {e}; nothing was kept. Check the URL or GNHUB_SOURCE_MIRROR (a wrong server), "
@@ -63,14 +88,13 @@ def download(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str
                 raise GnhubError(f"{url}: not downloaded within {bounds.total:g} s{kept}; run again to resume, "
                                  f"or raise GNHUB_DOWNLOAD_TOTAL_SECONDS for a slow link{hint}") from None
             raise GnhubError(f"{url}: download failed after {RETRIES + 1} tries ({e}){kept}{hint}") from None
-    digest = sha256_file(part)
-    expected = sha256 or sha256_prefix
-    if expected and not digest.startswith(expected.lower()):
-        _discard(part)
-        raise GnhubError(f"{url}: sha256 {digest} does not match the expected {expected}; the download was deleted "
-                         "(a corrupt mirror or a changed file): try again, or check GNHUB_SOURCE_MIRROR")
-    os.replace(part, dest)
-    return digest
+
+
+def _is_real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Retry(Exception):
@@ -97,14 +121,11 @@ class _Bounds:
 
 
 def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    return os.lstat(path).st_size if _is_real_file(path) else 0
 
 
 def _discard(part: Path) -> None:
-    part.unlink(missing_ok=True)
+    remove_inside(part, part.parent)
 
 
 def _transfer(url: str, part: Path, quiet: bool, bounds: _Bounds) -> None:
@@ -137,7 +158,7 @@ def _transfer(url: str, part: Path, quiet: bool, bounds: _Bounds) -> None:
         bar = _Progress(url, total, have, quiet)
         mark, since = have, time.monotonic()  # the stall deadline: STALL_BYTES more by since + stall
         try:
-            with open(part, "ab" if resumed else "wb") as f:
+            with open_partial(part, resumed) as f:
                 while True:
                     chunk = response.read1(min(CHUNK, bounds.max_bytes + 1 - have))
                     if not chunk:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import distributed, zoo
 from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
-from .files import check_output_file, sha256_file, write_atomic
+from .files import append_line, check_output_file, is_owned_tree, new_dir, sha256_file, write_file
 from .predict import detections_json
 
 __all__ = ["METRICS", "RUN_FILE", "category_ids", "check_results", "default_results", "evaluate", "evaluate_model",
@@ -121,8 +122,8 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
                     dets.append(d)
             done[image_id] = dets
             if parts:
-                with open(parts / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"image_id": image_id, "detections": dets}) + "\n")
+                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, "detections": dets}) + "\n",
+                            "--results")
         n += len(chunk)
         if progress:
             progress(len(chunk))
@@ -148,19 +149,14 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
 
 def check_results(results: str | Path) -> Path:
     """The results path, checked before any work: writable, and where it or its `.parts/` folder
-    exist, gnhub's own (the results file exactly as `run.json` recorded it; run.json and
-    rank*.jsonl files); a user's file is never replaced."""
+    exist, gnhub's own, as the ledgers record them (files.py: the results file, run.json and
+    rank*.jsonl files, by content); a user's file is never replaced."""
     path = check_output_file(results, "--results")
     parts = _parts_of(path)
-    run = None
-    if parts.exists():
-        if not parts.is_dir() or not all(p.is_file() and (p.name == RUN_FILE or p.match("rank*.jsonl"))
-                                         for p in parts.iterdir()):
+    if os.path.lexists(parts):
+        if not is_owned_tree(parts):
             raise GnhubError(f"{parts}: exists and is not gnhub's resume folder; choose another --results")
-        run = _read_run(parts)
-    if path.exists() and (run is None or run.get("results_sha256") != sha256_file(path)):
-        raise GnhubError(f"{path}: exists, and gnhub did not write it (or it changed since); choose another "
-                         "--results")
+        _read_run(parts)
     return path
 
 
@@ -191,10 +187,10 @@ def _start(path: Path, identity: dict, rank: int) -> Path:
     parts = _parts_of(path)
     if rank == 0:
         check_results(path)
-        if not parts.exists():
-            parts.mkdir()
-            text = json.dumps({"gnhub_eval": 1, **identity, "results_sha256": None}, indent=1)
-            write_atomic(parts / RUN_FILE, lambda t: t.write_text(text, encoding="utf-8"), "--results")
+        if not os.path.lexists(parts):
+            with new_dir(parts, False, "a resume folder") as tmp:  # appears with its run.json, or not at all
+                run = {"gnhub_eval": 1, **identity, "results_sha256": None}
+                (tmp / RUN_FILE).write_text(json.dumps(run, indent=1), encoding="utf-8")
     distributed.barrier()
     run = _read_run(parts)
     changed = [k for k in identity if run.get(k) != identity[k]]
@@ -211,7 +207,7 @@ def _resume(parts: Path, rank: int, instances: Instances) -> dict:
     own = _read_parts(parts, instances, f"rank{rank}.jsonl")
     if own:
         text = "".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in own.items())
-        write_atomic(parts / f"rank{rank}.jsonl", lambda t: t.write_text(text, encoding="utf-8"), "--results")
+        write_file(parts / f"rank{rank}.jsonl", text.encode("utf-8"), "--results", log=True)
     distributed.barrier()  # no rank reads a file while its rank rewrites it
     return done
 
@@ -242,5 +238,5 @@ def _finish(path: Path, parts: Path, all_results: list[dict]) -> None:
     text = json.dumps(all_results)
     run = _read_run(parts)
     run["results_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    write_atomic(parts / RUN_FILE, lambda t: t.write_text(json.dumps(run, indent=1), encoding="utf-8"), "--results")
-    write_atomic(path, lambda t: t.write_text(text, encoding="utf-8"), "--results")
+    write_file(parts / RUN_FILE, json.dumps(run, indent=1).encode("utf-8"), "--results")
+    write_file(path, text.encode("utf-8"), "--results")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from .errors import GnhubError
-from .files import atomic_dir, sha256_file
+from .files import new_dir, sha256_file
 from .layout import (
     CARD_FILE,
     CONFIG_FILE,
@@ -17,7 +17,6 @@ from .layout import (
     ONNX_FILE,
     VERIFICATION_FILE,
     WEIGHTS_FILE,
-    is_published_dir,
 )
 from .settings import HubSettings
 
@@ -188,7 +187,7 @@ def _upload_to_dir(dest: Path, files: dict[str, Path], card: str) -> dict:
     same = dest.is_dir() and (dest / CARD_FILE).is_file() and (dest / CARD_FILE).read_text() == card and all(
         (dest / n).is_file() and sha256_file(dest / n) == sha256_file(p) for n, p in files.items())
     if not same:
-        with atomic_dir(dest, True, "a model published to the directory hub", is_published_dir) as tmp:
+        with new_dir(dest, True, "a model published to the directory hub") as tmp:
             for name, path in files.items():
                 (tmp / name).parent.mkdir(exist_ok=True)
                 shutil.copyfile(path, tmp / name)

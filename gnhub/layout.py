@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import READABLE_VERSIONS, ModelConfig
 from .errors import GnhubError
-from .files import atomic_dir, check_replaceable, checked_sha256
+from .files import LEDGER, TMP_PREFIX, check_replaceable, checked_sha256, new_dir
 from .report import Report
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "EXPORT_DIR_FILES", "EXPORT_SUBDIR", "GOLDEN_FILE", "MODEL_DIR",
@@ -130,15 +130,16 @@ def is_model_dir(path: Path) -> bool:
 MODEL_DIR = "a gnhub model directory"
 
 
-def new_model_dir(dest: str | Path, force: bool = False, owned=is_model_dir):
+def new_model_dir(dest: str | Path, force: bool = False, owned=None):
     """A temporary directory that becomes the model directory `dest` when its block ends well;
-    with `force`, an existing `dest` is replaced only where `owned(dest)` (see files.atomic_dir)."""
-    return atomic_dir(dest, force, MODEL_DIR, owned)
+    with `force`, an existing `dest` is replaced only where gnhub wrote every file in it (or
+    `owned(dest)`, for folders gnhub owns by place: see files.new_dir)."""
+    return new_dir(dest, force, MODEL_DIR, owned)
 
 
 def check_model_output(dest: Path, force: bool) -> None:
     """Before any work: `dest` may become a model directory (see files.check_replaceable)."""
-    check_replaceable(Path(dest), force, MODEL_DIR, is_model_dir)
+    check_replaceable(Path(dest), force, MODEL_DIR)
 
 
 # -- the export directory ------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def is_export_dir(path: Path) -> bool:
 
 def new_export_dir(dest: str | Path, force: bool = False):
     """A temporary directory that becomes the export directory `dest` (see new_model_dir)."""
-    return atomic_dir(dest, force, "a gnhub ONNX export", is_export_dir)
+    return new_dir(dest, force, "a gnhub ONNX export")
 
 
 def read_export(path: Path) -> tuple[ModelConfig, Report]:
@@ -169,18 +170,11 @@ def read_export(path: Path) -> tuple[ModelConfig, Report]:
     return config, report
 
 
-def is_published_dir(path: Path) -> bool:
-    """A model in a directory hub: a model directory, its ONNX export (if any) in onnx/."""
-    return _written_by_gnhub(path, MODEL_DIR_FILES | {EXPORT_SUBDIR})
-
-
 def _written_by_gnhub(path: Path, files: set[str]) -> bool:
     try:
-        names = {p.name for p in path.iterdir()}
+        names = {p.name for p in path.iterdir() if p.name != LEDGER and not p.name.startswith(TMP_PREFIX)}
         data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     ours = {n for n in files if (path / n).is_file()}
-    if EXPORT_SUBDIR in files and is_export_dir(path / EXPORT_SUBDIR):
-        ours.add(EXPORT_SUBDIR)
     return isinstance(data, dict) and "format_version" in data and "weights_sha256" in data and names <= ours

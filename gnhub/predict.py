@@ -14,7 +14,7 @@ import numpy as np
 from . import rle
 from .draw import overlay
 from .errors import GnhubError
-from .files import write_atomic
+from .files import LEDGER, TMP_PREFIX, Folder
 from .images import load_image
 
 __all__ = ["IMAGE_SUFFIXES", "MARKER", "RESULTS_FILE", "SCORE_THRESHOLD", "above", "detections_json", "expand_inputs",
@@ -42,36 +42,29 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 RESULTS_FILE = "results.json"
-MARKER = ".gnhub-predict.json"  # what a predict output holds, written by gnhub: the files it may replace
 
 
-def prepare_out_dir(out_dir: Path) -> set[str]:
+def check_out_dir(out_dir: Path) -> None:
     """Checks `--out` before any work, creating nothing: a new folder (its parent writable), an
-    empty one, or an earlier `gnhub predict` output (marked as such). Returns the names of the
-    files gnhub wrote there, which it may replace; nothing else in it is ever replaced."""
+    empty one, or an earlier `gnhub predict` output (a folder with gnhub's ledger of what it wrote;
+    files.py). Nothing gnhub did not write there is ever replaced."""
     out_dir = Path(out_dir)
-    if not out_dir.exists():
+    if not os.path.lexists(out_dir):
         parent = next((p for p in out_dir.absolute().parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise GnhubError(f"{out_dir}: cannot be created (its folder is missing or not writable); choose another "
                              "--out")
-        return set()
-    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None
-    if names is None or (names and MARKER not in names):
-        raise GnhubError(f"{out_dir}: exists and is not an empty folder or an earlier gnhub predict output; "
-                         "choose another --out")
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise GnhubError(f"{out_dir}: exists and is not a folder; choose another --out")
     try:
         tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise GnhubError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out") from None
-    if not names:
-        return set()
-    try:
-        owned = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))["files"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise GnhubError(f"{out_dir / MARKER}: unreadable, so gnhub cannot tell its files from yours; choose another "
-                         "--out") from None
-    return {n for n in owned if isinstance(n, str)} & names
+    names = {n for n in os.listdir(out_dir) if not n.startswith(TMP_PREFIX)}
+    if names and LEDGER not in names:
+        raise GnhubError(f"{out_dir}: exists and is not an empty folder or an earlier gnhub predict output; "
+                         "choose another --out")
 
 
 def above(result: dict, threshold: float) -> dict:
@@ -129,7 +122,7 @@ def predict(model: str | Path, inputs: list[str], *, out: str | Path = "predicti
     if not 0 <= score_threshold <= 1:
         raise GnhubError(f"`score_threshold={score_threshold}`: expected a score from 0 to 1")
     paths = expand_inputs(inputs)
-    prepare_out_dir(Path(out))
+    check_out_dir(Path(out))
     predictor = load_predictor(model, device, dtype, runtime, settings)
     summary = predict_files(predictor, paths, Path(out), batch_size, progress, score_threshold)
     return {**summary, "dtype": dtype_of(predictor)}
@@ -154,27 +147,33 @@ def predict_files(
     `score_threshold`. For a classifier, <stem>.json and results.json hold the top classes and
     their scores. `image_id` is the file name, made unique like the output files (a second x.png
     is x_2.png). Files gnhub did not write in `out_dir`, and the input images, are never
-    replaced: their names are skipped as a second x.png is.
+    replaced: their names are skipped as a second x.png is, and so are gnhub's own (an image
+    results.png is written as results_2.png). One predict at a time writes into a folder.
 
     Unreadable images are skipped and listed; `progress(images done, images/s, images in all)` is
     called after each batch; returns a summary.
     """
     out_dir = Path(out_dir)
-    owned = prepare_out_dir(out_dir)
+    check_out_dir(out_dir)
+    with Folder(out_dir, "--out", hold=True) as folder:  # one predict at a time in a folder
+        return _predict_into(folder, model, paths, batch_size, progress, score_threshold)
+
+
+def _predict_into(folder: Folder, model, paths, batch_size, progress, score_threshold) -> dict:
+    out_dir = folder.path
+    if not folder.owns(RESULTS_FILE):
+        raise GnhubError(f"{out_dir / RESULTS_FILE}: not gnhub's (or changed since gnhub wrote it); choose another "
+                         "--out")
     inputs = {p.resolve() for p in paths}
-    taken = {n for n in os.listdir(out_dir) if n not in owned} if out_dir.is_dir() else set()
-    if RESULTS_FILE in taken:
-        raise GnhubError(f"{out_dir / RESULTS_FILE}: not gnhub's; choose another --out")
+
+    def taken(stem: str) -> bool:  # a name gnhub may not write: not its own, an input, or one of its own names
+        outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json")]
+        return (f"{stem}.json" == RESULTS_FILE or any(p.name == LEDGER or p.resolve() in inputs
+                                                      or not folder.owns(p.name) for p in outputs))
+
     used: set[str] = set()
-    stems = []
-    for p in paths:  # every output name decided before any is written, and recorded as gnhub's
-        stem = _unique(p.stem, used, lambda n: {f"{n}.png", f"{n}.json"} & taken or any(
-            (out_dir / f"{n}{ext}").resolve() in inputs for ext in (".png", ".json")))
-        stems.append(stem)
-    files = sorted(owned | {RESULTS_FILE} | {f"{n}{ext}" for n in stems for ext in (".png", ".json")})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / MARKER, lambda t: t.write_text(json.dumps({"gnhub": "predict", "files": files}),
-                                                         encoding="utf-8"), "--out")
+    # every output name decided before any is written; a name like gnhub's temporaries gets a "_" first
+    stems = [_unique("_" + p.stem if p.stem.startswith(TMP_PREFIX) else p.stem, used, taken) for p in paths]
     classes = model.config.classes
     results, skipped, written = [], [], []
     start = time.perf_counter()
@@ -196,16 +195,16 @@ def predict_files(
                 pred = above(pred, score_threshold)
                 dets = detections_json(pred, classes, image_id)
                 picture = overlay(rgb, pred, classes)
-                write_atomic(out_dir / f"{stem}.png", lambda t, picture=picture: picture.save(t, format="PNG"), "--out")
+                folder.write(f"{stem}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
             text = json.dumps({"image": str(p), "image_id": image_id, "detections": dets}, indent=1)
-            write_atomic(out_dir / f"{stem}.json", lambda t, text=text: t.write_text(text, encoding="utf-8"), "--out")
+            folder.write(f"{stem}.json", text.encode("utf-8"))
             results += dets
             written.append(stem)
         if progress:
             progress(len(paths[i : i + batch_size]), len(written) / (time.perf_counter() - start), len(paths))
     if not written:
         raise GnhubError(f"nothing was predicted: all {len(paths)} images were skipped ({skipped[0]})")
-    write_atomic(out_dir / RESULTS_FILE, lambda t: t.write_text(json.dumps(results), encoding="utf-8"), "--out")
+    folder.write(RESULTS_FILE, json.dumps(results).encode("utf-8"))
     seconds = time.perf_counter() - start
     return {
         "task": model.task,

@@ -56,7 +56,8 @@ def publish_files(model_dir: Path, export_dir: Path | None = None) -> dict[str, 
     """Repository name -> local file of everything a publication uploads beside the card."""
     files = {f: model_dir / f for f in sorted(MODEL_DIR_FILES - {CARD_FILE}) if (model_dir / f).is_file()}
     if export_dir is not None:
-        files.update({f"{EXPORT_SUBDIR}/{p.name}": p for p in sorted(export_dir.iterdir()) if p.is_file()})
+        files.update({f"{EXPORT_SUBDIR}/{p.name}": p for p in sorted(export_dir.iterdir())
+                      if p.is_file() and not p.name.startswith(".")})
     return files
 
 

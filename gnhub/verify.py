@@ -343,7 +343,7 @@ def verify_model(model: str | Path, source=None, *, images=(), tolerance: str | 
     """`gnhub verify`: an export directory against its golden outputs on onnxruntime; anything
     else gnhub.load takes with `run_verify`. With `json_out`, the full report is written there
     (its folder checked first). Returns (report, gnhub -> source tensor names or None)."""
-    from .files import check_output_file, write_atomic
+    from .files import check_output_file, write_file
     from .layout import is_export_dir
     from .resolve import resolve
 
@@ -361,5 +361,5 @@ def verify_model(model: str | Path, source=None, *, images=(), tolerance: str | 
                                    mmdet_config)
     if json_out:
         text = json.dumps(report.to_dict(), indent=1) + "\n"
-        write_atomic(Path(json_out), lambda t: t.write_text(text, encoding="utf-8"), "--json")
+        write_file(Path(json_out), text.encode("utf-8"), "--json")
     return report, names

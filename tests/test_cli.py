@@ -131,7 +131,7 @@ def test_convert_then_predict(small_source, tmp_path):
     assert re.search(r"2 images .* 1 skipped", proc.stdout)
     out = tmp_path / "pred"
     assert sorted(p.name for p in out.iterdir()) == [
-        ".gnhub-predict.json", "results.json", "square.json", "square.png", "tiny.json", "tiny.png"
+        ".gnhub-files.jsonl", "results.json", "square.json", "square.png", "tiny.json", "tiny.png"
     ]
     results = json.loads((out / "results.json").read_text())
     per_image = json.loads((out / "square.json").read_text())["detections"]

@@ -180,10 +180,16 @@ def test_a_resume_must_be_the_same_run_and_users_results_are_never_replaced(tiny
     results.write_text(results.read_text().replace("]", ", {}]", 1))  # changed since gnhub wrote it
     with pytest.raises(GnhubError, match="gnhub did not write it \\(or it changed since\\)"):
         evaluate(a, images=images, annotations=annotations, results=results)
-    part = tmp_path / "p.json.parts"
+    part = tmp_path / "p.json.parts"  # a resume folder made by hand, even a copy of gnhub's run.json: not gnhub's
     part.mkdir()
-    (part / "run.json").write_text(json.dumps({"gnhub_eval": 1, **{k: v for k, v in json.loads(
-        (tmp_path / "r.json.parts" / "run.json").read_text()).items() if k != "results_sha256"}}))
-    (part / "rank0.jsonl").write_text(json.dumps({"image_id": 99, "detections": []}) + "\n")
+    (part / "run.json").write_text((tmp_path / "r.json.parts" / "run.json").read_text())
+    with pytest.raises(GnhubError, match="p.json.parts: exists and is not gnhub's resume folder"):
+        evaluate(a, images, annotations, tmp_path / "p.json")
+    (part / "run.json").unlink()
+    part.rmdir()
+    evaluate(a, images, annotations, tmp_path / "p.json")
+    (tmp_path / "p.json").unlink()  # gnhub's own resume folder, with a line appended that is not this run's
+    with open(part / "rank0.jsonl", "a") as f:
+        f.write(json.dumps({"image_id": 99, "detections": []}) + "\n")
     with pytest.raises(GnhubError, match="holds image 99, which .* does not declare"):
         evaluate(a, images=images, annotations=annotations, results=tmp_path / "p.json")

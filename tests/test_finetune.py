@@ -12,7 +12,7 @@ from conftest import small_config
 from safetensors.torch import load_file
 from test_cli import run
 
-from gnhub import GNMaskRCNN, load
+from gnhub import GNMaskRCNN, files, load
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.files import sha256_file
@@ -208,7 +208,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
     base = load(base_dir)
     work = tmp_path / "out.train"
     work.mkdir()
-    (work / "log.jsonl").write_text('{"iteration": 1, "loss": 9}\n{"iter')  # what a SIGKILL in step 2 leaves
+    files.append_line(work / "log.jsonl", '{"iteration": 1, "loss": 9}\n', "--work-dir")  # gnhub's log (ledger)
+    with open(work / "log.jsonl", "a") as f:
+        f.write('{"iter')  # what a SIGKILL in step 2 leaves
     recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
     finetune(base, train_annotations=ann, train_images=folder,
              out=tmp_path / "out", recipe=recipe, resume=True)  # no checkpoint yet: from the start

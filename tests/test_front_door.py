@@ -61,19 +61,20 @@ def test_export_without_onnx_says_how_to_install_it_at_once(small_dir, tmp_path,
 
 def test_a_killed_export_leaves_nothing_after_the_next_write_there(small_dir, small_source, tmp_path):
     from gnhub.convert import convert
+    from gnhub.files import TMP_PREFIX
 
     proc = subprocess.Popen(GNHUB + ["export", str(small_dir), "-o", str(tmp_path / "onnx")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not any(p.suffix == ".tmp" for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+    while not any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1)  # tracing
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     debris = [p.name for p in tmp_path.iterdir()]
-    assert debris and all(name.startswith(".onnx.") and name.endswith(".tmp") for name in debris), debris
+    assert debris and all(name.startswith(TMP_PREFIX) for name in debris), debris
     convert(small_source, tmp_path / "other", verify=False)  # any gnhub write in that folder
-    assert [p.name for p in tmp_path.iterdir()] == ["other"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
 
 
 def test_eval_scores_a_lower_precision(small_dir, tmp_path):
@@ -90,17 +91,18 @@ def test_eval_scores_a_lower_precision(small_dir, tmp_path):
     assert results["float32"] != results["bfloat16"]  # its own detections, scored
 
 
-def test_an_output_moved_aside_by_a_killed_run_goes_back(tmp_path):
-    from gnhub.files import _HOST, atomic_dir
+def test_a_killed_runs_moved_aside_output_is_removed_never_put_back(tmp_path):
+    from gnhub.files import TMP_PREFIX, new_dir
 
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # a pid whose process has exited
-    aside = tmp_path / f".model.{_HOST}-{dead.pid}.abc.old.tmp"
-    (aside / "x").mkdir(parents=True)
-    (aside / "x" / "config.json").write_text("{}")  # the previous output, mid-replace when killed
-    (tmp_path / f".other.{_HOST}-{dead.pid}.tmp").write_text("half")
-    (tmp_path / f".trap.{_HOST}-{dead.pid}.old.tmp").symlink_to(aside)  # a link is removed, never followed
-    with atomic_dir(tmp_path / "new", force=False, what="output", owned=lambda p: False) as tmp:
+    aside = tmp_path / f"{TMP_PREFIX}abc"  # a killed run's temporary holding the previous output: its lock is free
+    (aside / "old" / "x").mkdir(parents=True)
+    (aside / "old" / "x" / "config.json").write_text("{}")
+    (tmp_path / f"{TMP_PREFIX}half").write_text("half")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    (tmp_path / f"{TMP_PREFIX}trap").symlink_to(outside)  # a link is removed, never followed
+    with new_dir(tmp_path / "new", force=False, what="output") as tmp:
         (tmp / "f").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new"]
-    assert (tmp_path / "model" / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "outside"]
+    assert (outside / "keep").read_text() == "mine"

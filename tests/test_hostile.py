@@ -330,8 +330,9 @@ def test_r101_weights_under_an_r50_zoo_name(detweights, tmp_path):
 def _writing(folder: Path) -> bool:
     """A temporary output directory beside the destination has its first file: the write has begun."""
     try:
-        return any(p.name.endswith(".tmp") and any(p.iterdir()) for p in folder.iterdir())
-    except FileNotFoundError:
+        return any(p.name.startswith(".gnhub-tmp.") and p.is_dir() and len(list(p.iterdir())) > 1
+                   for p in folder.iterdir())
+    except OSError:  # removed meanwhile
         return False
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_cli import assert_one_line_error, run
 
+from gnhub import files
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
 from gnhub.hub import check_repo_id
@@ -72,16 +73,13 @@ def test_force_replaces_only_a_gnhub_model_directory(small_source, tmp_path, mon
         convert(small_source, model, force=True, verify=False)
     (model / "extra.txt").unlink()
 
-    def fail(src, dst):  # the final rename fails: the old model comes back, nothing stray is left
-        if str(src).endswith(".tmp"):
-            raise OSError(28, "No space left on device")
-        return real(src, dst)
+    def fail(src, dst, flag):  # the final swap fails: the old model stays, nothing stray is left
+        raise OSError(28, "No space left on device")
 
-    real = os.replace
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(GnhubError, match="writing failed"):
+    monkeypatch.setattr(files, "_rename2", fail)
+    with pytest.raises(GnhubError, match="writing failed.*nothing was written"):
         convert(small_source, model, force=True, verify=False)
-    monkeypatch.setattr(os, "replace", real)
+    monkeypatch.undo()
     assert (model / "config.json").read_text() == config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model", "notes.txt"]
     convert(small_source, model, force=True, verify=False)  # a gnhub model directory is replaced

@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 
 from .. import __version__, distributed
 from ..errors import GnhubError
-from ..files import sha256_file, write_atomic
+from ..files import LEDGER, TMP_PREFIX, Folder, append_line, foreign, sha256_file
 from ..layout import check_model_output
 from ..modeling import GNMaskRCNN
 from .data import CocoInstances, epoch_batches, flips
@@ -115,15 +116,16 @@ def finetune(base: GNMaskRCNN, *, train_annotations, train_images, out: Path, re
     cpu = torch.device(device).type == "cpu"
     flush = cpu and torch.set_flush_denormal(True)  # first, before any thread pool: denormals make CPU training crawl
     try:
-        return _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device,
-                         name, base_name, progress, log)
+        with contextlib.ExitStack() as held:
+            return _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device,
+                             name, base_name, progress, log, held)
     finally:
         if flush:
             torch.set_flush_denormal(False)
 
 
 def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device, name,
-              base_name, progress, log) -> dict:
+              base_name, progress, log, held: contextlib.ExitStack) -> dict:
     recipe = recipe or Recipe()
     recipe.check()
     out = Path(out)
@@ -159,22 +161,24 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": origin["dataset_sha256"],
                 "base_sha256": origin["base_sha256"], "base_config_sha256": _config_digest(base.config),
                 "classes": list(dataset.classes), "world": world}
+    # rank 0 holds the work directory for the run: a second run there is one error
+    folder = held.enter_context(Folder(work, "--work-dir", hold=True)) if rank == 0 else None
+    if rank == 0:
+        _check_work_dir(work, resume)  # again, now that no other gnhub run can write there
     if resume and (work / CHECKPOINT).is_file():
-        start = _restore(work, model, optimizer, scaler, identity)
+        start = _restore(work, folder, model, optimizer, scaler, identity)
     else:
         if resume:
             log(f"{work}: no checkpoint yet (the run stopped before its first): starting from the beginning")
         start = 0
         if rank == 0:
-            _clear(work)
+            _clear(folder)
     distributed.barrier()
     module = model  # its forward gives the losses, given targets
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
     log(f"{len(dataset)} images, {len(dataset.classes)} classes; {schedule.total} iterations of "
         f"{schedule.total_batch} images, lr {schedule.base:g}" + (f", resuming at iteration {start}" if start else ""))
     amp = (torch.autocast(device.type, dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
@@ -219,22 +223,22 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
             if device.type == "cuda":
                 row["memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             if rank == 0:
-                _append(work / LOG, row)
+                _append(folder, row)
                 if it % recipe.checkpoint_every == 0 or it == schedule.total:
-                    _save(work / CHECKPOINT, model, optimizer, scaler, identity, it)
+                    _save(folder, model, optimizer, scaler, identity, it)
             if progress:
                 progress(it, schedule.total, row)
             end_of_epoch = it % per_epoch == 0
             if val and recipe.val_every and end_of_epoch and (it // per_epoch) % recipe.val_every == 0 \
                     and it < schedule.total:
-                metrics = _validate(model, val, work, it, rank)
+                metrics = _validate(model, val, work, folder, it)
     except KeyboardInterrupt:
         if rank == 0 and not stepping and it > start:
-            _save(work / CHECKPOINT, model, optimizer, scaler, identity, it)
+            _save(folder, model, optimizer, scaler, identity, it)
         raise GnhubError(f"interrupted at iteration {it} of {schedule.total}; the checkpoint in {work}/ holds "
                          f"iteration {_saved_iteration(work / CHECKPOINT)}: continue with --resume") from None
     if val:
-        metrics = _validate(model, val, work, it, rank)
+        metrics = _validate(model, val, work, folder, it)
     if rank != 0:
         return {}
     summary = _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics)
@@ -286,24 +290,27 @@ def _config_digest(config) -> str:
 
 
 def _check_work_dir(work: Path, resume: bool) -> None:
-    """A work directory holding only gnhub's training files is gnhub's to reuse: without a
-    checkpoint (a run killed before its first), it starts over; with one, only --resume goes on."""
-    if work.exists() and not work.is_dir():
-        raise GnhubError(f"{work}: is a file; choose another --work-dir")
-    names = {p.name for p in work.iterdir()} if work.is_dir() else set()
-    if any(not _is_training_file(n) for n in names):
-        raise GnhubError(f"{work}: holds files gnhub did not write; choose another --work-dir")
+    """A work directory holding only training files gnhub wrote (its ledger says so, by content:
+    files.py) is gnhub's to reuse: without a checkpoint (a run killed before its first), it starts
+    over; with one, only --resume goes on."""
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise GnhubError(f"{work}: is not a folder; choose another --work-dir")
+    if not work.is_dir():
+        return
+    others = foreign(work)
+    others += [n for n in os.listdir(work) if n not in others and not _is_training_file(n)
+               and n != LEDGER and not n.startswith(TMP_PREFIX)]
+    if others:
+        raise GnhubError(f"{work}: holds files gnhub did not write ({', '.join(sorted(others)[:3])}); choose another "
+                         "--work-dir")
     if (work / CHECKPOINT).is_file() and not resume:
         raise GnhubError(f"{work}: holds a checkpoint: continue with --resume, or remove it")
 
 
-def _clear(work: Path) -> None:
+def _clear(folder: Folder) -> None:
     """Removes an earlier run's log and validation results (gnhub's own files, see _check_work_dir)."""
-    import shutil
-
-    for p in work.iterdir() if work.is_dir() else []:
-        if _is_training_file(p.name) and p.name != CHECKPOINT:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for name in folder.names() - {CHECKPOINT}:
+        folder.remove(name)
 
 
 def _is_training_file(name: str) -> bool:
@@ -314,12 +321,12 @@ def _terms(losses: dict) -> str:
     return ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
 
 
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+def _append(folder: Folder, row: dict) -> None:
+    """One line more in the log (an append-only log: gnhub's while it begins as gnhub wrote it)."""
+    append_line(folder.path / LOG, json.dumps(row) + "\n", "--work-dir")
 
 
-def _save(path: Path, model, optimizer, scaler, identity: dict, it: int) -> None:
+def _save(folder: Folder, model, optimizer, scaler, identity: dict, it: int) -> None:
     """Weights, momentum buffers and the iteration in one safetensors file, written atomically
     (the data order and every random choice follow from the recipe's seed and the iteration)."""
     from ..checkpoint import save_safetensors
@@ -332,7 +339,7 @@ def _save(path: Path, model, optimizer, scaler, identity: dict, it: int) -> None
             if buf is not None:
                 tensors[f"momentum/{names[id(p)]}"] = buf
     state = {**identity, "iteration": it, "scaler": scaler.state_dict() if scaler else None}
-    write_atomic(path, lambda t: save_safetensors(tensors, t, {"gnhub_train": json.dumps(state)}), "--work-dir")
+    folder.write(CHECKPOINT, lambda f: save_safetensors(tensors, f, {"gnhub_train": json.dumps(state)}))
 
 
 def _load_checkpoint(path: Path, tensors: bool = True) -> tuple[dict, dict]:
@@ -357,7 +364,7 @@ _IDENTITY = {"dataset_sha256": "dataset", "base_sha256": "base model (weights)",
              "base_config_sha256": "base model (settings)", "world": "number of processes"}
 
 
-def _restore(work: Path, model, optimizer, scaler, identity: dict) -> int:
+def _restore(work: Path, folder: Folder, model, optimizer, scaler, identity: dict) -> int:
     """The checkpoint's state into model, optimizer and scaler; the log cut back to it."""
     path = work / CHECKPOINT
     state, tensors = _load_checkpoint(path)
@@ -379,11 +386,12 @@ def _restore(work: Path, model, optimizer, scaler, identity: dict) -> int:
             with contextlib.suppress(json.JSONDecodeError):
                 if json.loads(line)["iteration"] <= it:
                     rows.append(line + "\n")
-        write_atomic(work / LOG, lambda t: t.write_text("".join(rows), encoding="utf-8"), "--work-dir")
+        folder.write(LOG, "".join(rows).encode("utf-8"), log=True)
     return it
 
 
-def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> dict:
+def _validate(model: GNMaskRCNN, val: tuple, work: Path, folder: Folder | None, it: int) -> dict:
+    """Box and mask AP on `val`; rank 0 (holding `folder`) logs them."""
     from ..evaluate import evaluate
 
     results = work / f"val_{it}.json"
@@ -392,8 +400,8 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> 
         metrics = evaluate(model, images=val[1], annotations=val[0], results=results)
     finally:
         model.train()
-    if rank == 0:
-        _append(work / LOG, {"iteration": it, "val": {k: metrics[k] for k in ("box", "mask") if k in metrics}})
+    if folder is not None:
+        _append(folder, {"iteration": it, "val": {k: metrics[k] for k in ("box", "mask") if k in metrics}})
     return metrics
 
 

@@ -15,11 +15,17 @@ CLASSES = ("square", "disc", "triangle")
 
 
 def write_shapes(folder: str | Path, images: int, seed: int = 0, size: tuple[int, int] = (160, 224)) -> Path:
-    """Writes `images` PNGs of about `size` (h, w; some portrait) and FOLDER/annotations.json."""
+    """Writes `images` PNGs of about `size` (h, w; some portrait) and FOLDER/annotations.json
+    (files.py: never over a file gnhub did not write)."""
     from pycocotools import mask as coco_mask
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from ..files import Folder
+
+    with Folder(folder, "folder") as out:
+        return _write_shapes(out, images, seed, size, coco_mask)
+
+
+def _write_shapes(out, images: int, seed: int, size: tuple[int, int], coco_mask) -> Path:
     rng = np.random.default_rng(seed)
     records, anns = [], []
     for k in range(images):
@@ -50,8 +56,7 @@ def write_shapes(folder: str | Path, images: int, seed: int = 0, size: tuple[int
         if k % 7 == 3:  # a crowd region, as COCO marks groups: not trained on
             anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": 1, "bbox": [0.0, 0.0, 8.0, 8.0],
                          "area": 64.0, "segmentation": [[0, 0, 8, 0, 8, 8, 0, 8]], "iscrowd": 1})
-        cv2.imwrite(str(folder / name), image[:, :, ::-1])
+        out.write(name, cv2.imencode(".png", image[:, :, ::-1])[1].tobytes())
     cats = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]
-    path = folder / "annotations.json"
-    path.write_text(json.dumps({"images": records, "annotations": anns, "categories": cats}), encoding="utf-8")
-    return path
+    return out.write("annotations.json", json.dumps({"images": records, "annotations": anns,
+                                                     "categories": cats}).encode("utf-8"))
