@@ -32,11 +32,9 @@ from typing import BinaryIO
 
 from .errors import GnhubError
 
-__all__ = [
-    "LEDGER", "TMP_PREFIX", "Folder", "append_line", "check_output_file", "check_replaceable", "checked_sha256",
-    "foreign", "is_owned_tree", "new_dir", "open_partial", "remove_if_empty", "remove_inside", "rename_new",
-    "sha256_file", "sweep", "write_file",
-]
+__all__ = ["append_line", "check_output_file", "check_replaceable", "checked_sha256", "Folder", "foreign",
+    "is_owned_tree", "LEDGER", "new_dir", "open_partial", "remove_if_empty", "remove_inside", "rename_new",
+    "sha256_file", "sweep", "TMP_PREFIX", "write_file"]
 
 TMP_PREFIX = ".gnhub-tmp."  # temporaries: gnhub's own by name, removed once their process is gone
 LEDGER = ".gnhub-files.jsonl"  # per folder: {"name", "sha256"[, "size"]} of every file gnhub wrote there

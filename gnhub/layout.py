@@ -12,10 +12,10 @@ from .errors import GnhubError
 from .files import LEDGER, TMP_PREFIX, check_replaceable, checked_sha256, new_dir
 from .report import Report
 
-__all__ = ["CARD_FILE", "CONFIG_FILE", "EXPORT_DIR_FILES", "EXPORT_SUBDIR", "GOLDEN_FILE", "MODEL_DIR",
-    "MODEL_DIR_FILES", "ONNX_FILE", "VERIFICATION_FILE", "WEIGHTS_FILE", "check_model_dir", "check_model_output",
-    "is_current", "is_export_dir", "is_model_dir", "is_published_dir", "new_export_dir", "new_model_dir",
-    "read_config", "read_export", "read_report", "tensor_shapes", "write_config", "write_report"]
+__all__ = ["CARD_FILE", "check_model_dir", "check_model_output", "CONFIG_FILE", "EXPORT_DIR_FILES", "EXPORT_SUBDIR",
+    "GOLDEN_FILE", "is_current", "is_export_dir", "is_model_dir", "MODEL_DIR", "MODEL_DIR_FILES",
+    "new_export_dir", "new_model_dir", "ONNX_FILE", "read_config", "read_export", "read_report", "tensor_shapes",
+    "VERIFICATION_FILE", "WEIGHTS_FILE", "write_config", "write_report"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -17,8 +17,8 @@ from .errors import GnhubError
 from .files import LEDGER, TMP_PREFIX, Folder
 from .images import load_image
 
-__all__ = ["IMAGE_SUFFIXES", "MARKER", "RESULTS_FILE", "SCORE_THRESHOLD", "above", "detections_json", "expand_inputs",
-    "load_predictor", "predict", "predict_files", "prepare_out_dir"]
+__all__ = ["above", "detections_json", "expand_inputs", "IMAGE_SUFFIXES", "load_predictor", "predict", "predict_files",
+    "RESULTS_FILE", "SCORE_THRESHOLD"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
