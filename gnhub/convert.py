@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from . import __version__, zoo
-from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig, backbone_words
 from .converters import RenameTable
 from .errors import GnhubError
@@ -18,6 +17,7 @@ from .layout import is_model_dir, new_model_dir
 from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, open_source
+from .weights import write_model_files, write_results
 
 __all__ = ["convert", "infer_config", "map_tensors"]
 
@@ -148,7 +148,7 @@ def convert(
         dest = Path(out) if out else Path(config.name)
         with new_model_dir(dest, force, owned or is_model_dir) as tmp:  # checks the output first
             if verify:  # a long step: first make sure the file is the one its name promises
-                from .verify import failure_message, images_for, source_names, verify_against, write_results
+                from .verify import failure_message, images_for, source_names, verify_against
 
                 source.checked_sha256()
                 log("verifying against the source on the built-in images ...")

@@ -19,6 +19,7 @@ from .modeling import GNMaskRCNN
 from .modeling.transform import ImageBatch
 from .report import Report
 from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
+from .weights import read_golden, write_golden
 
 __all__ = ["DETECTOR_STAGES", "DetectionGraph", "MIN_OPSET", "check_exportable", "export", "export_model",
     "export_onnx", "export_stages", "onnx_stages", "standardized_copy", "tolerance", "verify_export",
@@ -163,8 +164,6 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
            log=lambda msg: None) -> dict:
     """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
     (verification.json) and golden.safetensors; a failed verification writes nothing."""
-    from safetensors.torch import save_file
-
     from .verify import failure_message
 
     check_exportable(model)
@@ -182,7 +181,7 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
             if not report.passed:
                 raise GnhubError(f"{model.config.name}: the ONNX export does not verify, nothing written: "
                                  f"{failure_message(report)}")
-            save_file(golden, tmp / GOLDEN_FILE)
+            write_golden(tmp, golden)
         report.extra = {"onnx_sha256": sha256_file(tmp / ONNX_FILE), "opset": opset,
                         "exporter": f"gnhub {__version__}, torch {torch.__version__}"}
         write_report(tmp, report)
@@ -194,19 +193,12 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
 def verify_export_golden(directory: Path) -> Report:
     """`gnhub verify DIR` of an export: the graph on this machine's onnxruntime against the
     PyTorch model's outputs stored at export (every stage of every built-in image)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .runtime import load
     from .verify import compare, images_for
 
     predictor = load(directory)
     path = directory / GOLDEN_FILE
-    try:
-        stored = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise GnhubError(f"{path}: missing or unreadable ({str(e).strip()[:100]}); export again with "
-                         "verification") from None
+    stored = read_golden(path, "missing or unreadable", "export again with verification")
     checks = []
     stages = export_stages(predictor.config)
     for name, rgb in images_for(None):

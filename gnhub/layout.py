@@ -1,6 +1,7 @@
 """The model directory and the export directory on disk, and nothing else: their file names,
 which folders are gnhub's own, and the only readers and writers of config.json and
-verification.json (both untrusted input when read). See docs/layout.md. No torch here."""
+verification.json (both untrusted input when read); its tensor files (model.safetensors,
+golden.safetensors) are gnhub/weights.py's, the torch half of this module. See docs/layout.md. No torch here."""
 from __future__ import annotations
 
 import json

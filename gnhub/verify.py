@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from . import stages as S
 from .converters import RenameTable
 from .errors import GnhubError
-from .layout import GOLDEN_FILE, check_model_dir, write_report
+from .layout import GOLDEN_FILE, check_model_dir
 from .modeling import GNModel, with_weights
 from .modeling.targets import box_iou
 from .modeling.transform import load_image
@@ -25,10 +23,11 @@ from .reference import REFERENCES
 from .report import TOLERANCES, Report, StageCheck
 from .samples import sample_images
 from .source import open_source
+from .weights import read_golden
 
 __all__ = ["DENSE_STAGES", "GOLDEN_STAGES", "INPUT_SAMPLE", "NONFINITE", "box_offset", "compare", "dtype_name",
     "failure_message", "float32_model", "golden_of", "hint", "images_for", "reference_for", "run_model", "run_verify",
-    "source_names", "verify_against", "verify_golden", "verify_model", "with_input_sample", "write_results"]
+    "source_names", "verify_against", "verify_golden", "verify_model", "with_input_sample"]
 
 DENSE_STAGES = S.DENSE
 # What to look at when a stage differs: gnhub tensor prefixes (or a config section).
@@ -244,11 +243,7 @@ def verify_golden(model: GNModel, model_dir: Path, dtype: str | None = None) -> 
     path = Path(model_dir) / GOLDEN_FILE
     if not path.is_file():
         raise GnhubError(f"{model_dir}: no {GOLDEN_FILE}; pass `source` with the original checkpoint")
-    try:
-        stored = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise GnhubError(f"{path}: not a readable safetensors file ({str(e).strip()[:100]}); "
-                         "download or convert the model again") from None
+    stored = read_golden(path, "not a readable safetensors file", "download or convert the model again")
     by_name = dict(images_for(None))
     stages = GOLDEN_STAGES[model.task]
     missing = [f"{n}/{s}" for n in by_name for s in stages if f"{n}/{s}" not in stored]
@@ -272,11 +267,6 @@ def golden_of(model: GNModel) -> dict[str, Tensor]:
     stages = GOLDEN_STAGES[model.task]
     return {f"{name}/{k}": v.contiguous() for name, rgb in images_for(None)
             for k, v in run_model(model, rgb).items() if k in stages}
-
-
-def write_results(directory: Path, report: Report, golden: dict[str, Tensor]) -> None:
-    write_report(directory, report)
-    save_file(golden, directory / GOLDEN_FILE)
 
 
 def reference_for(source, dtype: torch.dtype = torch.float32, framework=None):

@@ -8,11 +8,11 @@ from conftest import REAL_RUNS, mmdet_checkpoint
 from test_cli import assert_one_line_error, run
 
 from gnhub import load
-from gnhub.checkpoint import read_model_dir, write_model_dir
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
 from gnhub.layout import GOLDEN_FILE, VERIFICATION_FILE
 from gnhub.verify import failure_message, run_verify
+from gnhub.weights import read_model_dir, write_model_dir
 
 
 def to_mmdet_1x(state_dict):

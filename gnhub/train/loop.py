@@ -322,7 +322,7 @@ def _append(path: Path, row: dict) -> None:
 def _save(path: Path, model, optimizer, scaler, identity: dict, it: int) -> None:
     """Weights, momentum buffers and the iteration in one safetensors file, written atomically
     (the data order and every random choice follow from the recipe's seed and the iteration)."""
-    from ..checkpoint import save_safetensors
+    from ..weights import save_safetensors
 
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -399,9 +399,9 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, it: int, rank: int) -> 
 
 def _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics) -> dict:
     from ..cards import write_card
-    from ..checkpoint import write_model_files
     from ..layout import GOLDEN_FILE, new_model_dir
     from ..verify import golden_of
+    from ..weights import write_model_files
 
     model.eval()
     cpu = model.to("cpu")
