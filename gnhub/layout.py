@@ -113,6 +113,7 @@ def check_model_dir(path: str | Path, check_hash: bool = True, full_hash: bool =
 def tensor_shapes(model_dir: Path) -> dict[str, list[int]]:
     """Name -> shape of every tensor in a model directory's weights, read off the safetensors
     header alone."""
+    # safetensors only where shapes are asked for (`gnhub info`)
     from safetensors import SafetensorError, safe_open
 
     path = model_dir / WEIGHTS_FILE

@@ -16,6 +16,7 @@ CLASSES = ("square", "disc", "triangle")
 
 def write_shapes(folder: str | Path, images: int, seed: int = 0, size: tuple[int, int] = (160, 224)) -> Path:
     """Writes `images` PNGs of about `size` (h, w; some portrait) and FOLDER/annotations.json."""
+    # pycocotools is optional: only polygon masks need it
     from pycocotools import mask as coco_mask
 
     folder = Path(folder)
