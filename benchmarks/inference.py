@@ -141,9 +141,10 @@ def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
     """gnhub verify's report for a half-precision copy: the precision.* stages and the detections."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from gnhub.compare import images_for
     from gnhub.modeling import DTYPES, with_weights
     from gnhub.source import open_source
-    from gnhub.verify import images_for, verify_against
+    from gnhub.verify import verify_against
 
     half = with_weights(model.config, {k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items()}, dtype)
     with ThreadPoolExecutor(1) as pool:

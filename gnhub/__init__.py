@@ -14,6 +14,7 @@ __all__ = sorted([*_LAZY, "__version__"])
 
 def __getattr__(name: str):
     if name in _LAZY:
+        # PEP 562: `import gnhub` loads nothing until a name is used
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -4,6 +4,7 @@ import sys
 
 def run() -> None:
     try:
+        # inside the try: Ctrl-C while the CLI loads exits cleanly
         from .cli import main
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ import urllib.parse
 from pathlib import Path
 
 from . import zoo
+from .download import download
 from .errors import GnhubError
 from .files import remove_if_empty, remove_inside, sha256_file
 from .layout import is_current
@@ -48,6 +49,7 @@ def cached(entry: zoo.ZooEntry) -> Path | None:
 
 def _lock(name: str):
     """The file lock held while NAME is fetched, converted or removed."""
+    # filelock only where the cache changes; `gnhub list` reads it without
     from filelock import FileLock
 
     root = cache_dir()
@@ -71,9 +73,8 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
     """The cached model of `entry`: downloaded from upstream, hash-checked, converted with
     verification and written into the cache first where needed. One process at a time per name
     (a file lock); the others wait, then load the result."""
+    # filelock only where the cache changes; `gnhub list` reads it without
     from filelock import Timeout
-
-    from .download import download
 
     log = log or (lambda msg: None if quiet else print(msg, file=sys.stderr))
     url = source_url(entry, mirror)
@@ -109,6 +110,7 @@ def fetch(entry: zoo.ZooEntry, quiet: bool = True, keep_source: bool = False, mi
 
 
 def _convert(entry: zoo.ZooEntry, src: Path, sha: str, keep_source: bool, log) -> Path:
+    # torch: listing and removing cached models loads none
     from .convert import convert
 
     dest = _inside(cache_dir(), "models", entry.name, sha)
@@ -159,6 +161,7 @@ def remove(name: str) -> list[str]:
     """Removes NAME's converted models and downloads from the cache (a zoo name, or an entry
     `entries()` lists; nothing else); returns what was removed. Waits for no fetch: one that is
     running is an error."""
+    # filelock only where the cache changes; `gnhub list` reads it without
     from filelock import Timeout
 
     if not zoo.is_name(name) or (zoo.get(name) is None and name not in {r["name"] for r in entries()}):

@@ -28,6 +28,7 @@ PIPELINES = {"instance-segmentation": "image-segmentation", "object-detection": 
 def render_card(model_dir: str | Path, load_name: str | None = None, export: Report | None = None) -> str:
     """The model card of a model directory, with Hugging Face metadata front matter; `export`
     (the report of its ONNX export, published beside it) adds how to run it with ONNX Runtime."""
+    # huggingface_hub (slow to import) only when a card is written
     from huggingface_hub import ModelCardData
 
     model_dir = Path(model_dir)
@@ -92,6 +93,7 @@ def summary(config: ModelConfig) -> str:
 
 def _results(entry: zoo.ZooEntry, config: ModelConfig, framework: str) -> list:
     """The published figures as Hugging Face eval results."""
+    # huggingface_hub (slow to import) only when a card is written
     from huggingface_hub import EvalResult
 
     if config.task == "image-classification":

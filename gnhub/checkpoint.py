@@ -1,30 +1,22 @@
-"""Reading checkpoints safely and writing model directories atomically."""
+"""Reading source checkpoints safely: torch.load restricted to tensors and plain data (with
+gnhub/unpickle.py's numpy globals), Detectron's pickles through gnhub/unpickle.py's unpickler,
+both bounded by the file's size. Model directories are read and written by gnhub/layout.py and
+gnhub/weights.py."""
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import pickle
 import re
 import struct
-import sys
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from .config import ModelConfig
-from .errors import GnhubError
-from .layout import WEIGHTS_FILE, check_model_dir, new_model_dir, write_config
+from .errors import GnhubError, first_line
 from .unpickle import TORCH_GLOBALS, BoundedFile, RestrictedUnpickler, budget
 
-__all__ = ["IMAGE_MAGIC", "MAX_OBJECTS", "check_bounded", "check_input_file", "read_model_dir", "read_pickle",
-    "read_torch_checkpoint", "save_safetensors", "write_model_dir", "write_model_files"]
+__all__ = ["IMAGE_MAGIC", "MAX_OBJECTS", "check_bounded", "check_input_file", "read_pickle", "read_torch_checkpoint"]
 
 MAX_OBJECTS = 1_000_000  # objects a checkpoint may hold, counting every reference (real ones: thousands)
 
@@ -139,11 +131,11 @@ def read_torch_checkpoint(path: str | Path) -> object:
         if "resize storage" in str(e):  # a tensor larger than the bytes stored for it
             raise GnhubError(f"{path}: corrupt: a tensor needs more bytes than its storage in the file holds; "
                              "download it again") from None
-        raise GnhubError(f"{path}: not a readable PyTorch checkpoint (RuntimeError: {_first_line(e)})") from None
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint (RuntimeError: {first_line(e)})") from None
     except (EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError,
             TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
             AssertionError) as e:  # torch's readers check formats with assert
-        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
     check_bounded(obj, str(path))
     short = next((name for name, t in _tensors(obj) if not _storage_holds(t)), None)
     if short is not None:
@@ -174,11 +166,6 @@ def _storage_holds(t: torch.Tensor) -> bool:
     return (last + 1) * t.element_size() <= t.untyped_storage().nbytes()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def read_pickle(path: str | Path) -> object:
     """A (Python 2 or 3) pickle of numpy arrays in plain containers, as Detectron writes them.
 
@@ -197,76 +184,6 @@ def read_pickle(path: str | Path) -> object:
         raise GnhubError(f"{path}: not a readable pickle ({e})") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
             UnicodeError, OverflowError, RecursionError, struct.error, AssertionError, LookupError) as e:
-        raise GnhubError(f"{path}: not a readable pickle ({type(e).__name__}: {_first_line(e)})") from None
+        raise GnhubError(f"{path}: not a readable pickle ({type(e).__name__}: {first_line(e)})") from None
     check_bounded(obj, str(path))
     return obj
-
-
-_SAFETENSORS_DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path | BinaryIO, metadata: dict[str, str],
-                     each=None) -> str:
-    """Writes a safetensors file (a path, or a file open for writing) and returns its sha256,
-    hashing each tensor while it is written;
-    `each(name)` (if given) runs after tensor `name` is written, while its hash is computed."""
-    if sys.byteorder != "little":
-        raise GnhubError("writing safetensors needs a little-endian machine")
-    header: dict = {"__metadata__": metadata}
-    items, offset = [], 0
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        size = t.numel() * t.element_size()
-        dtype = _SAFETENSORS_DTYPES[t.dtype]
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        items.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    prefix = struct.pack("<Q", len(text)) + text
-    digest = hashlib.sha256(prefix)
-    opened = open(path, "wb") if isinstance(path, (str, Path)) else contextlib.nullcontext(path)
-    with opened as f, ThreadPoolExecutor(1) as pool:
-        f.write(prefix)
-        for name, buf in zip(tensors, items):
-            hashed = pool.submit(digest.update, buf)  # hashlib and write both release the GIL
-            f.write(buf)
-            if each is not None:
-                each(name)
-            hashed.result()
-    return digest.hexdigest()
-
-
-def write_model_files(
-    directory: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], before_config=None, each=None
-) -> None:
-    """model.safetensors, then config.json carrying its sha256 (`before_config()` runs between;
-    `each`: see save_safetensors)."""
-    config.weights_sha256 = save_safetensors(state_dict, directory / WEIGHTS_FILE, {"format": "pt"}, each)
-    if before_config is not None:
-        before_config()
-    write_config(directory, config)
-
-
-def write_model_dir(
-    dest: str | Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], force: bool = False
-) -> Path:
-    """Writes config.json + model.safetensors into `dest`, atomically."""
-    with new_model_dir(dest, force) as tmp:
-        write_model_files(tmp, config, state_dict)
-    return Path(dest)
-
-
-def read_model_dir(path: str | Path, check_hash: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """config.json + model.safetensors of a gnhub model directory, the weights' sha256 checked."""
-    config = check_model_dir(path, check_hash)
-    weights = Path(path) / WEIGHTS_FILE
-    try:
-        state_dict = load_file(weights)
-    except (SafetensorError, OSError) as e:
-        raise GnhubError(f"{weights}: not a readable safetensors file ({_first_line(e)})") from None
-    return config, state_dict

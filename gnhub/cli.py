@@ -124,6 +124,7 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
     cores); verification.json and golden.safetensors are written beside the weights. A failed
     verification writes nothing.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .convert import convert
 
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(flags(msg, "convert"), err=True))
@@ -169,7 +170,9 @@ def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_ou
     at conversion. The weights are always hashed in full. Exits 0 only if every stage is within
     tolerance; images after the first one with a failing stage are not checked.
     """
-    from .verify import failure_message, verify_model
+    # per command: `gnhub --help`, list and info stay torch-free
+    from .checks import verify_model
+    from .compare import failure_message
 
     report, names = verify_model(model, source, images=images, tolerance=tolerance, against=against,
                                  mmdet_config=mmdet_config, json_out=json_out,
@@ -204,6 +207,7 @@ def predict(ctx, images, model_path, out, score_threshold, batch_size, device, d
     --score-threshold. With an ImageNet classifier (a converted R-50-GN.pkl), NAME.json and
     results.json list the top 5 classes. Nothing but gnhub's own earlier output is replaced.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .predict import predict
 
     rate = {"value": 0.0}
@@ -246,6 +250,7 @@ def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, r
     an export or a half-precision model keeps on your data. Under torchrun each process takes a
     shard of the images and rank 0 merges and scores them.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .evaluate import METRICS, evaluate_model
 
     metrics = evaluate_model(model, images=images, annotations=annotations, results=results, batch_size=batch_size,
@@ -309,6 +314,7 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
     OUT is a model directory (weights, config.json with the classes and provenance, golden
     outputs, card) for gnhub predict/eval/verify/publish. Needs pycocotools (gnhub[coco]).
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .train import Recipe, finetune_model
 
     if (val_annotations is None) != (val_images is None):
@@ -362,6 +368,7 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
     float32, mmdetection- and detectron2-convention models (not Detectron's); needs
     `pip install 'gnhub[onnx]'`.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .export import export_model
 
     summary = export_model(model, out, opset=opset, verify=not no_verify, force=force,
@@ -382,6 +389,7 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
 @click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2"]), help="The source's format.")
 def list_(pattern, family, detector, backbone, fmt):
     """List the zoo models (PATTERN: fnmatch wildcards, any case, e.g. '*r101*')."""
+    # per command: `gnhub --help`, list and info stay torch-free
     from .cache import cached
     from .zoo import list_models, models
 
@@ -406,6 +414,7 @@ def info(ctx, name, hub_dir, endpoint):
     """Show everything gnhub knows about zoo model NAME, a model directory, a raw checkpoint, or a
     published model (hf-hub:ORG/NAME, or ORG/NAME in a directory hub; fetched as `predict` would),
     and the dtype `--dtype auto` runs models in on this machine."""
+    # per command: `gnhub --help`, list and info stay torch-free
     from .info import describe
 
     click.echo(json.dumps(describe(name, _settings(ctx, hub_dir=hub_dir, endpoint=endpoint)), indent=2, default=str))
@@ -416,6 +425,7 @@ def info(ctx, name, hub_dir, endpoint):
 @click.option("--name", help="The name users load it by [default: the zoo name, else the directory].")
 def card(model_dir, name):
     """Render MODEL_DIR/README.md, the model card, from config.json, the zoo and verification.json."""
+    # per command: `gnhub --help`, list and info stay torch-free
     from .cards import write_card
 
     click.echo(write_card(model_dir, name))
@@ -434,6 +444,7 @@ def fetch(ctx, names, all_, keep_source, hub_dir, endpoint):
     Each comes from the hub where published, else from its upstream file: downloaded (resumable),
     hash-checked, converted and verified. The cache is GNHUB_CACHE (default ~/.cache/gnhub).
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .resolve import fetch
     from .zoo import get, list_models
 
@@ -451,6 +462,7 @@ def fetch(ctx, names, all_, keep_source, hub_dir, endpoint):
 def cache_(action, names):
     """List what gnhub's cache holds (sizes), or remove NAMES from it (`gnhub cache rm NAME`: zoo
     names or the entries listed; nothing outside the cache)."""
+    # per command: `gnhub --help`, list and info stay torch-free
     from .cache import cache_dir, entries, remove
 
     if action == "rm":
@@ -488,6 +500,7 @@ def publish(ctx, model_dir, repo_id, private, revision, create_pr, dry_run, allo
     unchanged directory makes no new commit. The token comes from HF_TOKEN or `hf auth login`
     and is never printed.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .publish import publish_model
 
     result = publish_model(model_dir, repo_id, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
@@ -511,6 +524,7 @@ def publish(ctx, model_dir, repo_id, private, revision, create_pr, dry_run, allo
 @click.pass_context
 def publish_zoo(ctx, folder, org, work_dir, no_check_hash, hub_dir, endpoint):
     """Convert, verify, card and publish every zoo model whose source file is in FOLDER."""
+    # per command: `gnhub --help`, list and info stay torch-free
     from .publish import publish_zoo
 
     rows = publish_zoo(folder, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint, org=org), work_dir=work_dir,
@@ -531,6 +545,7 @@ def demo(out):
     verifies it, renders its card, publishes it to a directory hub, loads it back by name and
     predicts on the sample images. Nothing is downloaded; the detections are meaningless.
     """
+    # per command: `gnhub --help`, list and info stay torch-free
     from .demo import run_demo
 
     run_demo(out, log=click.echo)

@@ -4,6 +4,8 @@ are not finite, boxes and polygons outside their image, an RLE that does not cov
 exactly: one error naming the file and the record. No torch, no pycocotools."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -221,10 +223,8 @@ def _decode_counts(text: str, where: str) -> list[int]:
 
 def pycoco(instances: Instances):
     """A pycocotools COCO object of checked annotations (nothing is read from disk again)."""
-    import contextlib
-    import io
-
     try:
+        # pycocotools is optional: only evaluation needs it
         from pycocotools.coco import COCO
     except ImportError:
         raise GnhubError("COCO masks and AP need pycocotools: pip install 'gnhub[coco]'") from None

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from . import __version__, zoo
-from .checkpoint import write_model_files
 from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig, backbone_words
 from .converters import RenameTable
 from .errors import GnhubError
@@ -18,6 +17,8 @@ from .layout import new_model_dir
 from .modeling import DTYPES, with_weights
 from .modeling.resnet import STAGE_BLOCKS
 from .source import HASH_IN_NAME, open_source
+from .verify import verify_conversion
+from .weights import write_model_files, write_results
 
 __all__ = ["convert", "infer_config", "map_tensors"]
 
@@ -114,6 +115,8 @@ def convert(
         version = source.layout
         mapped, dropped = map_tensors(source.tensors, converter, where, version)
         converter.reorder_classes(mapped, version)
+        classes = converter.meta_classes(source.obj)
+        source_version = converter.meta_version(source.obj) or version
         config = infer_config(mapped, where)
         entry = source.entry
         if entry and (entry.backbone not in ("?", config.backbone.name)  # "?": a registered entry may not say
@@ -128,7 +131,6 @@ def convert(
                 "; such a checkpoint cannot verify: download it again, or convert it with `verify=False` to keep them")
             raise GnhubError(f"{corrupt} {len(bad)} tensors: {bad[:5]}{why}")
         source.settings.apply(config)
-        classes = converter.meta_classes(source.obj)
         if classes and len(classes) == config.num_classes:
             config.classes = tuple(classes)
         config.name = name or (entry.name if entry else HASH_IN_NAME.sub("", source.path.name).rsplit(".", 1)[0])
@@ -136,7 +138,7 @@ def convert(
             "source_file": source.path.name,
             "source_sha256": None,
             "source_format": converter.NAME,
-            "source_version": converter.meta_version(source.obj) or version,
+            "source_version": source_version,
             "source_layout": version,
             "preprocess_from": source.preprocess_from,
             "dropped_tensors": dropped,
@@ -147,20 +149,12 @@ def convert(
         model = with_weights(config, {k: v.to(DTYPES[dtype]) for k, v in mapped.items()}, where)
         dest = Path(out) if out else Path(config.name)
         with new_model_dir(dest, force, owned) as tmp:  # checks the output first
-            if verify:  # a long step: first make sure the file is the one its name promises
-                from .verify import failure_message, images_for, source_names, verify_against, write_results
-
-                source.checked_sha256()
-                log("verifying against the source on the built-in images ...")
-                report, golden = verify_against(source, model, images_for(None), first_failure=True)
-                if not report.passed:
-                    raise GnhubError(f"{where}: conversion does not verify, nothing written: "
-                                     f"{failure_message(report, source_names(source))}")
+            if verify:
+                report, golden = verify_conversion(source, model, log)
+                write_results(tmp, report, golden)
             scan = None if verify or strict else lambda k: _finite(mapped[k]) or bad.append(k)  # while hashing
             write_model_files(tmp, config, model.state_dict(), each=scan,
                               before_config=lambda: config.provenance.update(source_sha256=source.checked_sha256()))
-            if verify:
-                write_results(tmp, report, golden)
         if bad:
             bad.sort()
             log(f"warning: {corrupt} {len(bad)} tensors: {bad[:5]}")

@@ -76,6 +76,7 @@ def run_demo(out: str | Path = "gnhub-demo", log=print) -> dict:
     """The whole pipeline on the embedded untrained model, nothing downloaded: checkpoint ->
     convert and verify -> card -> publish to a directory hub under `out` -> load by name ->
     predict on the sample images. Reports each step through `log`; returns where each went."""
+    # torch: `gnhub demo --help` loads none of the demo's steps
     from .api import load
     from .cards import write_card
     from .convert import convert

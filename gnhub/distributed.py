@@ -14,6 +14,7 @@ def join(device: str | None) -> str:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return device or "cpu"
+    # torch only for several processes; the CLI imports this module without it
     import torch
     import torch.distributed as dist
 

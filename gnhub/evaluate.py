@@ -44,6 +44,7 @@ def category_ids(classes: tuple[str, ...], coco) -> list[int | None]:
 def score(coco, results: list[dict], masks: bool = True) -> dict:
     """Box AP (and, with `masks`, mask AP): AP, AP50, AP75 and small/medium/large of COCO-format
     results."""
+    # pycocotools is optional: only scoring needs it
     from pycocotools.cocoeval import COCOeval
 
     metrics = {}
@@ -72,6 +73,7 @@ def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | 
     """`gnhub eval`: the results path and the annotations are checked before `model` (anything
     gnhub.load takes, or an export with runtime "onnx") loads, in `dtype` on `device` (under
     torchrun, each rank's), then `evaluate`; results default to `default_results(model)`."""
+    # torch (the predictor, the process group) only when a model runs
     from .distributed import join
     from .predict import dtype_of, load_predictor
 

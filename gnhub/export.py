@@ -3,7 +3,10 @@ their 28x28 mask probabilities, verified against the PyTorch model on the built-
 way a conversion is verified against its source. Runs with gnhub.runtime, without torch."""
 from __future__ import annotations
 
+import copy
+import importlib.util
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,14 +14,21 @@ from torch import Tensor, nn
 
 from . import __version__
 from . import stages as S
+from .api import load
+from .compare import compare, failure_message, images_for, run_model, with_input_sample
 from .errors import GnhubError
 from .files import sha256_file
 from .frameworks import info
+from .images import load_image
 from .layout import GOLDEN_FILE, ONNX_FILE, new_export_dir, write_config, write_report
 from .modeling import GNMaskRCNN
+from .modeling.conv import WSConv2d, standardized
 from .modeling.transform import ImageBatch
 from .report import Report
 from .runtime import INPUTS, OnnxPredictor, network_input, outputs_of
+from .runtime import load as load_export
+from .samples import sample_images
+from .weights import read_golden, write_golden
 
 __all__ = ["DETECTOR_STAGES", "DetectionGraph", "MIN_OPSET", "check_exportable", "export", "export_model",
     "export_onnx", "export_stages", "onnx_stages", "standardized_copy", "tolerance", "verify_export",
@@ -59,10 +69,6 @@ def standardized_copy(model: GNMaskRCNN) -> GNMaskRCNN:
     """The model for tracing: every weight-standardised conv replaced by a plain one holding the
     standardised filters torch computes (onnxruntime's reductions would round them otherwise).
     The model itself keeps its weights, and its standardisation."""
-    import copy
-
-    from .modeling.conv import WSConv2d, standardized
-
     if not any(isinstance(m, WSConv2d) for m in model.modules()):
         return model
     traced = copy.deepcopy(model)
@@ -93,12 +99,7 @@ def check_exportable(model) -> None:
 
 def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
     """Traces the graph on the first built-in image and writes it with dynamic height and width."""
-    import warnings
-
     import torchvision.ops  # noqa: F401 - registers the ONNX forms of torchvision::nms and ::roi_align
-
-    from .images import load_image
-    from .samples import sample_images
 
     if opset < MIN_OPSET:
         raise GnhubError(f"`opset={opset}`: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
@@ -123,8 +124,6 @@ def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str,
     """The ONNX graph through gnhub.runtime against the PyTorch model on the built-in images:
     input, proposals, detections (IoU, label, score), mask logits and pasted masks. Returns the
     report and the PyTorch model's stages as golden outputs."""
-    from .verify import compare, images_for, run_model
-
     predictor = OnnxPredictor(onnx_path, model.config)
     checks, golden = [], {}
     for name, rgb in images_for(None):
@@ -138,9 +137,7 @@ def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str,
 
 
 def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
-    """The runtime's stages of one image as tensors, with `input.sample`, for `verify.compare`."""
-    from .verify import with_input_sample
-
+    """The runtime's stages of one image as tensors, with `input.sample`, for `compare.compare`."""
     return with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
 
 
@@ -148,10 +145,6 @@ def export_model(model: str | Path, out: str | Path | None = None, *, opset: int
                  force: bool = False, settings=None, log=lambda msg: None) -> dict:
     """`gnhub export`: onnx and onnxruntime checked first, `model` (anything gnhub.load takes)
     loaded, then `export` to `out` (default ./NAME-onnx)."""
-    import importlib.util
-
-    from .api import load
-
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
         raise GnhubError(f"ONNX export needs {' and '.join(missing)}: pip install 'gnhub[onnx]'")
@@ -163,10 +156,6 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
            log=lambda msg: None) -> dict:
     """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
     (verification.json) and golden.safetensors; a failed verification writes nothing."""
-    from safetensors.torch import save_file
-
-    from .verify import failure_message
-
     check_exportable(model)
     start = time.perf_counter()
     out = Path(out)
@@ -182,7 +171,7 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
             if not report.passed:
                 raise GnhubError(f"{model.config.name}: the ONNX export does not verify, nothing written: "
                                  f"{failure_message(report)}")
-            save_file(golden, tmp / GOLDEN_FILE)
+            write_golden(tmp, golden)
         report.extra = {"onnx_sha256": sha256_file(tmp / ONNX_FILE), "opset": opset,
                         "exporter": f"gnhub {__version__}, torch {torch.__version__}"}
         write_report(tmp, report)
@@ -194,19 +183,9 @@ def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool 
 def verify_export_golden(directory: Path) -> Report:
     """`gnhub verify DIR` of an export: the graph on this machine's onnxruntime against the
     PyTorch model's outputs stored at export (every stage of every built-in image)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .runtime import load
-    from .verify import compare, images_for
-
-    predictor = load(directory)
+    predictor = load_export(directory)
     path = directory / GOLDEN_FILE
-    try:
-        stored = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise GnhubError(f"{path}: missing or unreadable ({str(e).strip()[:100]}); export again with "
-                         "verification") from None
+    stored = read_golden(path, "missing or unreadable", "export again with verification")
     checks = []
     stages = export_stages(predictor.config)
     for name, rgb in images_for(None):

@@ -43,6 +43,7 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def is_repo_id(repo_id: str) -> bool:
+    # huggingface_hub (slow to import) only where a hub is used
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -60,6 +61,7 @@ def fetch_repo(repo_id: str, revision: str | None, s: HubSettings, required=MODE
         if not path.is_file():
             raise NotPublished(f"{repo_id}: not in the directory hub {s.hub_dir} (expected {path})")
         return path.parent
+    # huggingface_hub (slow to import) only where a hub is used
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -118,10 +120,12 @@ def fetch_repo(repo_id: str, revision: str | None, s: HubSettings, required=MODE
 def _reachable(repo_id: str, revision: str | None, s: HubSettings) -> bool:
     """Whether the hub answers at all (one HEAD request, no retries): False only for a transport
     error, so that a model in the cache still loads and an absent one fails at once."""
+    # huggingface_hub (slow to import) only where a hub is used
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
 
     if constants.HF_HUB_OFFLINE:
         return True  # huggingface_hub serves the cache itself
+    # huggingface_hub (slow to import) only where a hub is used
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
@@ -163,6 +167,7 @@ def upload(files: dict[str, Path], card: str, repo_id: str, settings: HubSetting
     s = (settings or HubSettings()).resolved()
     if s.hub_dir:
         return _upload_to_dir(Path(s.hub_dir) / repo_id, files, card)
+    # huggingface_hub (slow to import) only where a hub is used
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 

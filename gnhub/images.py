@@ -35,6 +35,7 @@ def load_image(image) -> np.ndarray:
     above GNHUB_MAX_IMAGE_PIXELS are refused before they are decoded; Pillow's own bound
     (PIL.Image.MAX_IMAGE_PIXELS) is raised to it where it is lower.
     """
+    # Pillow (slow to import) only when an image file is read
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, (str, Path)):

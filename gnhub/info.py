@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import zoo
+from .cache import cached, source_url
 from .errors import GnhubError
+from .hub import is_repo_id
+from .layout import check_model_dir, tensor_shapes
 from .precision import describe_auto
+from .resolve import resolve, unknown
 from .settings import HubSettings
 
 __all__ = ["describe"]
@@ -18,9 +23,6 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
     cache state; a model directory's config, tensor count and parameters (a published model,
     hf-hub:ORG/NAME or ORG/NAME in a directory hub, fetched first); a checkpoint's format, tensors,
     sha256 and settings. Models also get the dtype `--dtype auto` runs them in here."""
-    from .cache import cached, source_url
-    from .hub import is_repo_id
-
     s = (settings or HubSettings()).resolved()
     entry = zoo.get(name)
     if entry is not None:
@@ -35,9 +37,6 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
     path = Path(name)
     published = name.startswith("hf-hub:") or (s.hub_dir and not path.exists() and is_repo_id(name))
     if path.is_dir() or published:
-        from .layout import check_model_dir, tensor_shapes
-        from .resolve import resolve
-
         path = resolve(name, s) if published else path
         config = check_model_dir(path)
         shapes = tensor_shapes(path)
@@ -46,8 +45,7 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
         data.pop("classes")
         return {**data, "path": str(path)} if published else data
     if path.is_file():
-        from concurrent.futures import ThreadPoolExecutor
-
+        # torch: only a checkpoint file is read with it; names and directories need none
         from .source import open_source
 
         with ThreadPoolExecutor(1) as pool:
@@ -55,6 +53,4 @@ def describe(name: str, settings: HubSettings | None = None) -> dict:
             return {"format": src.converter.DESCRIPTION, "tensors": len(src.tensors), "sha256": src.sha256.result(),
                     "version": src.converter.meta_version(src.obj), "settings": dict(src.settings),
                     "preprocess_from": src.preprocess_from}
-    from .resolve import unknown
-
     raise GnhubError(f"{name}: {unknown(name, 'zoo model, model directory or checkpoint file', 'file or directory')}")

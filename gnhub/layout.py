@@ -1,6 +1,7 @@
 """The model directory and the export directory on disk, and nothing else: their file names,
 which folders are gnhub's own, and the only readers and writers of config.json and
-verification.json (both untrusted input when read). See docs/layout.md. No torch here."""
+verification.json (both untrusted input when read); its tensor files (model.safetensors,
+golden.safetensors) are gnhub/weights.py's, the torch half of this module. See docs/layout.md. No torch here."""
 from __future__ import annotations
 
 import json
@@ -112,6 +113,7 @@ def check_model_dir(path: str | Path, check_hash: bool = True, full_hash: bool =
 def tensor_shapes(model_dir: Path) -> dict[str, list[int]]:
     """Name -> shape of every tensor in a model directory's weights, read off the safetensors
     header alone."""
+    # safetensors only where shapes are asked for (`gnhub info`)
     from safetensors import SafetensorError, safe_open
 
     path = model_dir / WEIGHTS_FILE

@@ -38,6 +38,7 @@ def auto_dtype(device: str = "cpu", flags: set[str] | None = None) -> str:
     if kind == "cpu":
         return "bfloat16" if "amx_bf16" in cpu_bfloat16_units(flags) else "float32"
     if kind == "cuda":
+        # torch only for a CUDA device: the CPU's answer (`gnhub info`) needs none
         import torch
 
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(False) else "float32"

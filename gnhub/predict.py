@@ -102,9 +102,11 @@ def load_predictor(model: str | Path, device: str = "cpu", dtype: str = "float32
     if runtime == "onnx":
         if device not in (None, "cpu") or dtype not in ("float32", "auto"):
             raise GnhubError("`runtime=onnx` runs float32 on onnxruntime's CPU provider; drop `device` and `dtype`")
+        # onnxruntime, no torch: `runtime="onnx"` runs without it
         from .runtime import load
 
         return load(model, settings=settings)
+    # torch only for the PyTorch runtime
     from .api import check_device, load
 
     if dtype == "float16" and check_device(device or "cpu").type == "cpu":

@@ -85,6 +85,7 @@ def publish_zoo(folder: str | Path, *, settings: HubSettings | None = None, work
     """Converts, verifies, cards and publishes every zoo model whose upstream file is in `folder`,
     each as ORG/NAME; (name, "published" | "unchanged" | "FAILED", seconds or the error) per model.
     A failing model does not stop the others."""
+    # torch (convert) only for the zoo; publishing one model directory loads none
     from .convert import convert
     from .zoo import models
 

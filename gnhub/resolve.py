@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import zoo
+from . import cache, zoo
 from .errors import GnhubError
 from .hub import EXPORT_EXTRA_FILES, EXPORT_FILES, NotPublished, check_repo_id, fetch_repo, is_repo_id
 from .layout import CONFIG_FILE
@@ -70,9 +70,8 @@ def resolve_export(name: str | Path, settings: HubSettings | None = None) -> Pat
 def _resolve_zoo(entry: zoo.ZooEntry, s: HubSettings) -> Path:
     """A zoo name: the local cache (no network), else the hub repository ORG/NAME, else the
     entry's upstream file, downloaded, converted, verified and cached."""
+    # huggingface_hub (slow to import) only for a zoo name
     from huggingface_hub import constants
-
-    from . import cache
 
     path = cache.cached(entry)
     if path is not None:

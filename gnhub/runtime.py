@@ -9,6 +9,7 @@ export` checks them against the PyTorch model.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,8 @@ from .errors import GnhubError
 from .frameworks import arrays, info
 from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
+from .resolve import resolve_export
+from .settings import HubSettings
 
 __all__ = ["DETECTOR_OUTPUTS", "INPUTS", "load", "network_input", "OnnxPredictor", "OUTPUTS", "outputs_of"]
 
@@ -59,6 +62,7 @@ class OnnxPredictor:
     def __init__(self, onnx_path: str | Path, config: ModelConfig, providers: list[str] | None = None,
                  threads: int | None = None, onnx_sha256: str | None = None):
         try:
+            # onnxruntime is optional (gnhub[onnx]): a clear error where it is missing
             import onnxruntime as ort
         except ImportError:
             raise GnhubError("running ONNX models needs onnxruntime: pip install 'gnhub[onnx]'") from None
@@ -88,8 +92,6 @@ class OnnxPredictor:
 
     def fingerprint(self) -> str:
         """sha256 of what decides the outputs: the graph and the config (without name and provenance)."""
-        import hashlib
-
         config = {k: v for k, v in self.config.to_dict().items() if k not in ("name", "provenance", "weights_sha256")}
         return hashlib.sha256(f"onnx {self.onnx_sha256} {json.dumps(config, sort_keys=True)}".encode()).hexdigest()
 
@@ -125,9 +127,6 @@ def load(model: str | Path, providers: list[str] | None = None, threads: int | N
     a model (a zoo name, hf-hub:ORG/NAME, ORG/NAME in a directory hub; downloaded and cached by
     huggingface_hub). model.onnx's sha256 is checked against the export report. `settings` (a
     gnhub.settings.HubSettings) is overridden by `hub_dir` and `endpoint`."""
-    from .resolve import resolve_export
-    from .settings import HubSettings
-
     path = resolve_export(model, (settings or HubSettings()).merged(hub_dir=hub_dir, endpoint=endpoint))
     config, report = read_export(path)
     return OnnxPredictor(path / ONNX_FILE, config, providers, threads, report.extra["onnx_sha256"])

@@ -13,11 +13,11 @@ from conftest import small_config
 from test_cli import run
 
 from gnhub import GNMaskRCNN, load
+from gnhub.compare import compare
 from gnhub.demo import deterministic_weights
 from gnhub.modeling import bfloat16, with_weights
 from gnhub.precision import auto_dtype, cpu_bfloat16_units, cpu_flags
 from gnhub.samples import sample_images
-from gnhub.verify import compare
 
 CL = torch.channels_last
 IMAGE = sample_images()[3]  # tiny.png: fast

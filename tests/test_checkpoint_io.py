@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from gnhub.checkpoint import save_safetensors
+from gnhub.weights import save_safetensors
 
 
 def test_safetensors_writer_matches_the_official_reader(tmp_path):

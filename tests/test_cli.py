@@ -192,10 +192,10 @@ def test_bad_names_and_devices_are_one_line(small_dir, args, fragment):
 
 
 def test_library_errors_name_parameters_and_the_command_says_its_flags(small_dir, tmp_path):
+    from gnhub.checks import verify_model
     from gnhub.cli import flags
     from gnhub.errors import GnhubError
     from gnhub.predict import predict
-    from gnhub.verify import verify_model
 
     with pytest.raises(GnhubError, match=r"^`score_threshold=5`: expected a score from 0 to 1"):
         predict(small_dir, [str(sample_images()[3])], out=tmp_path / "p", score_threshold=5)

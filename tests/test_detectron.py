@@ -153,7 +153,8 @@ def test_e2e_converts_with_detectron_conventions_and_verifies(e2e_dir, detectron
 
 
 def test_class_order_is_converted(e2e_dir, detectron_e2e):
-    from gnhub.checkpoint import read_model_dir, read_pickle
+    from gnhub.checkpoint import read_pickle
+    from gnhub.weights import read_model_dir
 
     blobs = read_pickle(detectron_e2e)["blobs"]
     _, state = read_model_dir(e2e_dir)

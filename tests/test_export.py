@@ -12,13 +12,13 @@ from test_cli import run
 
 import gnhub.export
 from gnhub import GNMaskRCNN, load
+from gnhub.compare import compare
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.export import DetectionGraph, export
 from gnhub.modeling.transform import load_image
 from gnhub.runtime import OnnxPredictor
 from gnhub.samples import sample_images
-from gnhub.verify import compare
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,9 @@ def test_detectron2_tensors_are_carried_over_or_refused_by_name(d2_weights, tmp_
 def test_the_detectron2_reference_verifies_the_conversion(small_d2, d2_weights, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
+    from gnhub.compare import images_for
     from gnhub.source import open_source
-    from gnhub.verify import images_for, verify_against
+    from gnhub.verify import verify_against
 
     src = _d2_pickle(tmp_path / "model_final_dc5d9e.pkl", d2_weights)
     with ThreadPoolExecutor(1) as pool:
@@ -222,9 +223,10 @@ def test_ws_weights_stored_channels_last_run_and_verify(faster_ws, tmp_path):
     (a checkpoint saved so, or a model moved to channels_last)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from gnhub.compare import images_for
     from gnhub.modeling.conv import standardized
     from gnhub.source import open_source
-    from gnhub.verify import images_for, verify_against
+    from gnhub.verify import verify_against
 
     src, out, state = faster_ws
     w = state["backbone.layer1.0.conv2.weight"]

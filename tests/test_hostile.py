@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import assert_one_line_error, run
 
-from gnhub.checkpoint import read_model_dir, read_pickle, read_torch_checkpoint, write_model_dir
+from gnhub.checkpoint import read_pickle, read_torch_checkpoint
 from gnhub.config import ModelConfig
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
 from gnhub.layout import write_config
+from gnhub.weights import read_model_dir, write_model_dir
 
 
 class Payload:
@@ -372,7 +373,7 @@ def test_full_disk_gives_one_error_and_no_partial_output(reference_checkpoint, t
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_safetensors_never_escape_as_other_errors(session_dir, data):
-    from gnhub.checkpoint import save_safetensors
+    from gnhub.weights import save_safetensors
 
     d = session_dir("st")
     path = d / "model.safetensors"

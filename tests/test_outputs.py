@@ -17,7 +17,7 @@ from gnhub.publish import publish_model
 from gnhub.report import Report, StageCheck
 from gnhub.samples import sample_images
 from gnhub.settings import HubSettings
-from gnhub.verify import write_results
+from gnhub.weights import write_results
 
 
 def tree(path):

@@ -35,7 +35,7 @@ def test_the_packages_modules_are_all_checked():
 WORKFLOWS = [("gnhub.convert", "convert", 2), ("gnhub.predict", "predict", 2), ("gnhub.evaluate", "evaluate_model", 1),
              ("gnhub.evaluate", "evaluate", 1), ("gnhub.export", "export_model", 2), ("gnhub.export", "export", 2),
              ("gnhub.publish", "publish_model", 2), ("gnhub.publish", "publish_zoo", 1),
-             ("gnhub.verify", "verify_model", 2), ("gnhub.train.loop", "finetune_model", 1),
+             ("gnhub.checks", "verify_model", 2), ("gnhub.train.loop", "finetune_model", 1),
              ("gnhub.train.loop", "finetune", 1), ("gnhub.api", "load", 2)]
 
 

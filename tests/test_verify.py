@@ -8,11 +8,12 @@ from conftest import REAL_RUNS, mmdet_checkpoint
 from test_cli import assert_one_line_error, run
 
 from gnhub import load
-from gnhub.checkpoint import read_model_dir, write_model_dir
+from gnhub.compare import failure_message
 from gnhub.convert import convert
 from gnhub.errors import GnhubError
 from gnhub.layout import GOLDEN_FILE, VERIFICATION_FILE
-from gnhub.verify import failure_message, run_verify
+from gnhub.verify import run_verify
+from gnhub.weights import read_model_dir, write_model_dir
 
 
 def to_mmdet_1x(state_dict):
@@ -243,7 +244,7 @@ def test_sub_pixel_detections_match_themselves_and_a_moved_one_fails():
     """Boxes under 1e-6 px² (tiny.png is upscaled 33x; random weights make boxes 1e-4 px wide) match
     their identical selves. The matcher's IoU had mmdetection's 1e-6 px² floor under the union: such
     a box had IoU 0.01 with itself, and a bit-identical detectron2 conversion failed its verification."""
-    from gnhub.verify import compare
+    from gnhub.compare import compare
 
     boxes = torch.tensor([[29.151649, 8.009498, 29.151762, 8.009589], [3.0, 3.0, 3.0, 7.0],  # 1e-8 px², 0 px²
                           [10.0, 5.0, 30.0, 20.0], [1.0, 2.0, 5.0, 9.0]])

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import read_model_dir, write_model_dir
 from ..config import ModelConfig
 from ..errors import GnhubError
+from ..weights import read_model_dir, write_model_dir
 from .bfloat16 import memory_format
 from .transform import load_image
 

@@ -37,6 +37,7 @@ def _load_kernels() -> None:
                 return
             except OSError:  # e.g. it needs the package's DLL directories (Windows)
                 break
+    # the fallback: torchvision's Python package registers its ops
     import torchvision  # noqa: F401
 
 

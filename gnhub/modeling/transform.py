@@ -79,6 +79,7 @@ class Preprocessor:
         scaled and clipped to the resized image, masks rescaled (nearest) and zero-padded with
         the images to the batch shape. Returns (batch, boxes, labels, masks) per image (masks
         None without `masks`)."""
+        # OpenCV (slow to import) only for training's resize
         import cv2
 
         resized = [self.resize(im) for im in rgbs]

@@ -124,6 +124,7 @@ class Detectron2Reference:
                             boxes[:, 2].clamp(min=0, max=w), boxes[:, 3].clamp(min=0, max=h)), dim=-1)
 
     def rpn(self, p: list[Tensor], image_size):
+        # torchvision (slow to import) only when the reference runs
         from torchvision.ops import batched_nms
 
         logits, deltas, scores, proposals, level_ids = [], [], [], [], []
@@ -160,6 +161,7 @@ class Detectron2Reference:
 
     # -- RoI heads ---------------------------------------------------------------------------
     def pool(self, p: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+        # torchvision (slow to import) only when the reference runs
         from torchvision.ops import roi_align
 
         rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
@@ -192,6 +194,7 @@ class Detectron2Reference:
 
     def inference(self, cls: Tensor, deltas: Tensor, proposals: Tensor, image_size):
         """fast_rcnn_inference_single_image."""
+        # torchvision (slow to import) only when the reference runs
         from torchvision.ops import batched_nms
 
         weights = tuple(1.0 / s for s in self.s["roi_heads.box_stds"])

@@ -174,6 +174,7 @@ class MMDetReference:
         return obj, reg, boxes[keep], scores[keep]
 
     def roi_features(self, feats: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+        # torchvision (slow to import) only when the reference runs
         from torchvision.ops import roi_align
 
         rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)

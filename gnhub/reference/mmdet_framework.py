@@ -49,6 +49,7 @@ PACKAGED = {
 
 def mmdet_version() -> str:
     try:
+        # mmdetection is optional: imported only for `--against mmdet`
         import mmdet
         from mmdet.apis import init_detector  # noqa: F401 - needs mmcv's compiled ops
     except Exception as e:  # ImportError, or mmcv's own errors when its ops are missing
@@ -58,6 +59,7 @@ def mmdet_version() -> str:
 
 def packaged_config(zoo_name: str | None) -> Path:
     """mmdetection's own config for a zoo model, from the installed package."""
+    # mmdetection is optional: imported only for `--against mmdet`
     import mmdet
 
     if zoo_name not in PACKAGED:
@@ -74,6 +76,7 @@ class MMDetFramework:
     """Runs mmdetection on an RGB image and returns gnhub's stage names (as MMDetReference)."""
 
     def __init__(self, state_dict: dict[str, Tensor], settings: dict, config: Path):
+        # mmdetection is optional: imported only for `--against mmdet`
         from mmcv.transforms import Compose
         from mmdet.apis import init_detector
         from mmdet.utils import get_test_pipeline_cfg
@@ -118,6 +121,7 @@ class MMDetFramework:
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray) -> dict[str, Tensor]:
+        # mmdetection is optional: imported only for `--against mmdet`
         from mmdet.apis import inference_detector
 
         self.record = {}

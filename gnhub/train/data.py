@@ -5,6 +5,8 @@ sees the data a straight run would."""
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +90,6 @@ class CocoInstances:
     def _check_images(self) -> None:
         """Decodes every image once (in threads: decoders release the GIL): a truncated or
         unreadable file, or one of another size than declared, stops here, not mid-training."""
-        import os
-        from concurrent.futures import ThreadPoolExecutor
 
         def check(s: Sample) -> None:
             h, w = load_image(s.path).shape[:2]
@@ -121,6 +121,7 @@ class CocoInstances:
 
 def _decode(segmentations: list, h: int, w: int) -> np.ndarray:
     """(N, h, w) bool masks, as mmdetection's LoadAnnotations(poly2mask=True) rasterises them."""
+    # pycocotools is optional: only polygon masks need it
     from pycocotools import mask as coco_mask
 
     out = np.zeros((len(segmentations), h, w), bool)
@@ -146,6 +147,7 @@ def epoch_batches(landscape: list[bool], batch_size: int, seed: int, epoch: int,
     padded to a multiple of the world size, every world-th index) grouped by mmdetection's
     AspectRatioBatchSampler (portrait and landscape images in separate batches, the rest mixed
     at the end). Every rank gets the same number of batches (the fewest any rank has)."""
+    # torch only for the sampler: checking a data set needs none
     import torch
 
     n = len(landscape)

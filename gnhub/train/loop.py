@@ -16,12 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__, distributed
+from ..api import load
+from ..cards import write_card
+from ..coco import read_instances
+from ..compare import golden_of
 from ..errors import GnhubError
+from ..evaluate import evaluate
 from ..files import LEDGER, TMP_PREFIX, Folder, append_line, foreign, sha256_file
-from ..layout import check_model_output
+from ..layout import GOLDEN_FILE, check_model_output, new_model_dir
 from ..modeling import GNMaskRCNN
+from ..weights import save_safetensors, write_model_files
 from .data import CocoInstances, epoch_batches, flips
 
 __all__ = ["CHECKPOINT", "LOG", "Recipe", "Schedule", "finetune", "finetune_model"]
@@ -92,8 +101,6 @@ def finetune_model(model: str | Path, *, train_annotations, train_images, out: P
                    log=lambda msg: None) -> dict:
     """`gnhub finetune`: the recipe checked, the process group joined under torchrun, `model`
     (anything gnhub.load takes) loaded on this rank's device, then `finetune`."""
-    from ..api import load
-
     (recipe or Recipe()).check()
     device = distributed.join(device)
     base = load(model, device=device, settings=settings)
@@ -176,8 +183,6 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     distributed.barrier()
     module = model  # its forward gives the losses, given targets
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     log(f"{len(dataset)} images, {len(dataset.classes)} classes; {schedule.total} iterations of "
         f"{schedule.total_batch} images, lr {schedule.base:g}" + (f", resuming at iteration {start}" if start else ""))
@@ -266,8 +271,6 @@ def _check_apart(out: Path, work: Path) -> None:
 
 def _check_val(val: tuple, dataset: CocoInstances) -> None:
     """The validation set, before training: readable, its images there, its classes the training set's."""
-    from ..coco import read_instances
-
     instances = read_instances(val[0])
     folder = Path(val[1])
     if not folder.is_dir():
@@ -329,8 +332,6 @@ def _append(folder: Folder, row: dict) -> None:
 def _save(folder: Folder, model, optimizer, scaler, identity: dict, it: int) -> None:
     """Weights, momentum buffers and the iteration in one safetensors file, written atomically
     (the data order and every random choice follow from the recipe's seed and the iteration)."""
-    from ..checkpoint import save_safetensors
-
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
@@ -344,8 +345,6 @@ def _save(folder: Folder, model, optimizer, scaler, identity: dict, it: int) -> 
 
 def _load_checkpoint(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     """The checkpoint's state (from its metadata) and, if asked, its tensors."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(path, framework="pt") as f:
             state = json.loads((f.metadata() or {})["gnhub_train"])
@@ -392,8 +391,6 @@ def _restore(work: Path, folder: Folder, model, optimizer, scaler, identity: dic
 
 def _validate(model: GNMaskRCNN, val: tuple, work: Path, folder: Folder | None, it: int) -> dict:
     """Box and mask AP on `val`; rank 0 (holding `folder`) logs them."""
-    from ..evaluate import evaluate
-
     results = work / f"val_{it}.json"
     model.eval()
     try:
@@ -406,11 +403,6 @@ def _validate(model: GNMaskRCNN, val: tuple, work: Path, folder: Folder | None, 
 
 
 def _write_output(model, out, force, name, origin, provenance, dataset, recipe, schedule, val, metrics) -> dict:
-    from ..cards import write_card
-    from ..checkpoint import write_model_files
-    from ..layout import GOLDEN_FILE, new_model_dir
-    from ..verify import golden_of
-
     model.eval()
     cpu = model.to("cpu")
     config = dataclasses.replace(cpu.config, name=name or out.name)
@@ -433,8 +425,6 @@ def _write_output(model, out, force, name, origin, provenance, dataset, recipe, 
     golden = golden_of(cpu)
     with new_model_dir(out, force) as tmp:
         write_model_files(tmp, config, cpu.state_dict())
-        from safetensors.torch import save_file
-
         save_file(golden, tmp / GOLDEN_FILE)
         write_card(tmp, config.name)
     return {"output": str(out), "name": config.name, "classes": len(config.classes), "val": metrics or None}

@@ -17,9 +17,8 @@ CLASSES = ("square", "disc", "triangle")
 def write_shapes(folder: str | Path, images: int, seed: int = 0, size: tuple[int, int] = (160, 224)) -> Path:
     """Writes `images` PNGs of about `size` (h, w; some portrait) and FOLDER/annotations.json
     (files.py: never over a file gnhub did not write)."""
+    # pycocotools is optional: only polygon masks need it
     from pycocotools import mask as coco_mask
-
-    from ..files import Folder
 
     with Folder(folder, "folder") as out:
         return _write_shapes(out, images, seed, size, coco_mask)

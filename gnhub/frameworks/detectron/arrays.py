@@ -11,6 +11,7 @@ def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     """Detectron's `prep_im_for_blob`: the mean subtracted in float32, then OpenCV bilinear with
     fx = fy = scale (the shorter side to min(max_size) unless the longer would pass max(max_size));
     the result is already normalised. Returns the image and the (w, h) factor."""
+    # OpenCV (slow to import) only when it is called: the torch-free commands import this module
     import cv2
 
     h, w = img.shape[:2]

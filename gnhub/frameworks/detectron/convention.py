@@ -67,6 +67,7 @@ def nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
 def paste_masks(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float) -> Tensor:
     """Detectron's segm_results: the M x M mask zero-padded to M + 2, its box widened by
     (M + 2) / M and cut to whole pixels, cv2.resize to the box (corners inclusive), > threshold."""
+    # OpenCV (slow to import) only for Detectron's mask paste
     import cv2
 
     out = torch.zeros(len(probs), height, width, dtype=torch.bool)

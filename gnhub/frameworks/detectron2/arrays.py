@@ -25,6 +25,7 @@ def _shortest_edge(h: int, w: int, short: int, long: int) -> tuple[int, int]:
 def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     """ResizeShortestEdge: its output size, Pillow's bilinear on uint8 (normalised later).
     Returns the image and the (w, h) factor."""
+    # Pillow (slow to import) only when it is called: the torch-free commands import this module
     from PIL import Image
 
     h, w = img.shape[:2]

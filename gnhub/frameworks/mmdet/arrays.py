@@ -12,6 +12,7 @@ __all__ = ["paste_masks", "postprocess", "rescale"]
 def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     """mmcv's `imrescale`: its scale and rounding, OpenCV bilinear on uint8 (normalised later);
     with crop_size, the shorter side to min(max_size). Returns the image and the (w, h) factor."""
+    # OpenCV (slow to import) only when it is called: the torch-free commands import this module
     import cv2
 
     h, w = img.shape[:2]
