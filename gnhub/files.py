@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import GnhubError
+from .settings import cache_dir
 
 __all__ = ["append_line", "check_output_file", "check_replaceable", "checked_sha256", "Folder", "foreign",
     "is_owned_tree", "LEDGER", "new_dir", "open_partial", "remove_if_empty", "remove_inside", "rename_new",
@@ -81,8 +82,6 @@ def checked_sha256(path: Path, trust_store: bool = True) -> str:
     (as git's index does; files modified in the last 2 s are always hashed). The store is a
     speed-up only: where the cache cannot hold it, every call hashes. Without `trust_store` the
     file is hashed in full (and the store updated): a bit flip with its mtime restored is found."""
-    from .settings import cache_dir
-
     st = path.stat()
     key = str(path.resolve())
     stamp = [st.st_size, st.st_ino, st.st_mtime_ns]

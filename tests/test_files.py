@@ -22,8 +22,9 @@ from files_stub import Stub
 from test_cli import assert_one_line_error, run
 
 from gnhub import cache, files, hub, zoo
+from gnhub.config import FORMAT_VERSION
 from gnhub.errors import GnhubError
-from gnhub.layout import FORMAT_VERSION, new_export_dir, new_model_dir
+from gnhub.layout import new_export_dir, new_model_dir
 from gnhub.predict import predict_files
 from gnhub.samples import sample_images
 from gnhub.train import loop

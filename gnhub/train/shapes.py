@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..files import Folder
+
 __all__ = ["CLASSES", "write_shapes"]
 
 CLASSES = ("square", "disc", "triangle")
