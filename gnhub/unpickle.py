@@ -263,11 +263,16 @@ class RefusedGlobal(pickle.UnpicklingError):
         self.name = name
 
 
+class _Opcodes(dict):
+    def __missing__(self, key: int):
+        raise pickle.UnpicklingError(f"invalid load key, {bytes([key])!r} (not a pickle, or a corrupt one)")
+
+
 class RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length before allocating it
     """Plain containers, numbers and strings, and `_PICKLE_GLOBALS`; open a `budget` around `load`."""
 
     GLOBALS = _PICKLE_GLOBALS
-    dispatch = pickle._Unpickler.dispatch.copy()
+    dispatch = _Opcodes(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         if self.proto < 3 and self.fix_imports:  # Python 2's names, as pickle maps them
