@@ -93,6 +93,12 @@ def charge(nbytes: int, what: str, kind: str) -> None:
     _take(nbytes, what, kind)
 
 
+def _a(obj) -> str:
+    """'a list', 'an int': the type of `obj`, for a message."""
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _checked_dtype(dtype, what: str) -> np.dtype:
     if not isinstance(dtype, np.dtype):
         raise _refuse(f"{what} with a dtype that is not a numpy dtype ({type(dtype).__name__})")
@@ -187,7 +193,7 @@ def _latin1_encode(text, encoding="latin1"):
     """How Python 3 writes bytes in pickle protocols 0-2 (`_codecs.encode`), latin-1 only: a codec
     name taken from the file could make the codec registry import modules."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _refuse(f"_codecs.encode of a {type(text).__name__} with encoding {str(encoding)[:20]!r} (pickle "
+        raise _refuse(f"_codecs.encode of {_a(text)} with encoding {str(encoding)[:20]!r} (pickle "
                       "writes bytes as latin-1 text)")
     _take(len(text), "bytes", "bytes")
     return text.encode("latin1")
@@ -197,7 +203,7 @@ def _entries(items, what: str, kinds=(list, tuple)) -> None:
     """A container built by a call copies `items` (which the file may give once and use many times):
     each entry is charged."""
     if type(items) not in kinds:
-        raise _refuse(f"{what} built from a {type(items).__name__}")
+        raise _refuse(f"{what} built from {_a(items)}")
     _take(ENTRY * len(items), f"{what} of {len(items):,} entries", "bytes")
 
 
@@ -298,7 +304,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length b
         elif type(inst) is PickledArray or isinstance(inst, np.dtype):
             pickle._Unpickler.load_build(self)  # their own __setstate__: numpy's, checked (PickledArray)
         else:
-            raise _refuse(f"BUILD (the state of a {type(inst).__name__} set by the pickle; numpy arrays and dtypes "
+            raise _refuse(f"BUILD (the state of {_a(inst)} set by the pickle; numpy arrays and dtypes "
                           "and state dicts are the only ones that hold state)")
 
     def load_setitem(self):
@@ -333,7 +339,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length b
 
     def _check_target(self, target, kinds: tuple, op: str) -> None:
         if type(target) not in kinds:
-            raise _refuse(f"{op} on a {type(target).__name__} (pickles fill only dicts, lists and sets that way)")
+            raise _refuse(f"{op} on {_a(target)} (pickles fill only dicts, lists and sets that way)")
 
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.SETITEM[0]] = load_setitem
@@ -384,7 +390,7 @@ _STORAGE_TYPES = {
 def storage_dtype(storage_type) -> torch.dtype:
     """The dtype of a storage type named in a persistent id (a gnhub stand-in, never a torch class)."""
     if type(storage_type) is not _StorageType:
-        raise _refuse(f"a storage whose type is a {type(storage_type).__name__}, not one of torch's storage types")
+        raise _refuse(f"a storage whose type is {_a(storage_type)}, not one of torch's storage types")
     return storage_type.dtype
 
 
@@ -423,7 +429,7 @@ def _tensor_on(storage, storage_offset, size, stride, requires_grad, dtype: torc
     """A tensor as torch rebuilds one: a view of `storage`, every element of which lies in it."""
     what = "a tensor"
     if type(storage) is not Storage:
-        raise _refuse(f"{what} on a {type(storage).__name__}, not on a storage the file holds")
+        raise _refuse(f"{what} on {_a(storage)}, not on a storage the file holds")
     dtype = storage.dtype if dtype is None else dtype
     if dtype not in TENSOR_DTYPES.values():
         raise _refuse(f"{what} of dtype {str(dtype)[:40]}")
@@ -465,7 +471,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
     if not (metadata is None or type(metadata) is dict and not metadata):
         raise _refuse("a tensor with metadata (conjugate or negative views; torch.save of a plain tensor writes none)")
     if type(dtype) is not torch.dtype:
-        raise _refuse(f"a tensor whose dtype is a {type(dtype).__name__}")
+        raise _refuse(f"a tensor whose dtype is {_a(dtype)}")
     return _tensor_on(storage, storage_offset, size, stride, requires_grad, dtype)
 
 
@@ -473,12 +479,12 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     """torch's `_rebuild_parameter(_with_state)`: an nn.Parameter around a tensor just rebuilt
     (a parameter's Python attributes, `state`, are not set: they hold no weights)."""
     if type(data) is not torch.Tensor or type(requires_grad) is not bool:
-        raise _refuse(f"a parameter of a {type(data).__name__}, not of a tensor")
+        raise _refuse(f"a parameter of {_a(data)}, not of a tensor")
     if requires_grad and not (data.is_floating_point() or data.is_complex()):
         raise _refuse(f"a parameter of dtype {data.dtype} with requires_grad=True")
     _no_hooks(backward_hooks, "a parameter")
     if not (state is None or type(state) in (dict, tuple)):
-        raise _refuse(f"a parameter whose state is a {type(state).__name__}")
+        raise _refuse(f"a parameter whose state is {_a(state)}")
     _take(OBJECT, "a parameter", "tensor")
     return torch.nn.Parameter(data, requires_grad)
 
@@ -503,9 +509,9 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     if func not in (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter) or type(args) is not tuple:
         raise _refuse("_rebuild_from_type_v2 of anything but a tensor rebuilt as torch writes it")
     if new_type not in (_TensorClass, _ParameterClass):
-        raise _refuse(f"_rebuild_from_type_v2 to a {type(new_type).__name__}, not to a tensor or parameter")
+        raise _refuse(f"_rebuild_from_type_v2 to {_a(new_type)}, not to a tensor or parameter")
     if not (state is None or type(state) in (dict, tuple)):
-        raise _refuse(f"a tensor whose state is a {type(state).__name__}")
+        raise _refuse(f"a tensor whose state is {_a(state)}")
     ret = func(*args)
     if new_type is _ParameterClass and type(ret) is not torch.nn.Parameter:
         raise _refuse("_rebuild_from_type_v2 of a tensor to a parameter")
@@ -545,7 +551,7 @@ def _counter(items=()):
 def _bytearray(data=b""):
     """`bytearray(bytes)`: how pickle protocols 0-4 write a bytearray."""
     if type(data) is not bytes:
-        raise _refuse(f"a bytearray of a {type(data).__name__} (pickle writes bytearray(bytes))")
+        raise _refuse(f"bytearray({type(data).__name__}) (pickle writes bytearray(bytes))")
     _take(len(data), f"a bytearray of {len(data):,} bytes", "bytes")
     return bytearray(data)
 
@@ -553,7 +559,7 @@ def _bytearray(data=b""):
 def _complex(real=0.0, imag=0.0):
     """`complex(real, imag)`, of two numbers."""
     if type(real) not in (int, float) or type(imag) not in (int, float):
-        raise _refuse(f"a complex of a {type(real).__name__} and a {type(imag).__name__}")
+        raise _refuse(f"a complex of {_a(real)} and {_a(imag)}")
     return complex(real, imag)
 
 

@@ -495,3 +495,14 @@ def test_a_hostile_legacy_pth_is_one_line(warm, case):
                      pickled(op_call(op_global("posix.system"), op_str("true"))))
     outcome = _check(path, read_torch_checkpoint)
     assert isinstance(outcome, GnhubError) and says in str(outcome), outcome
+
+
+def test_a_torch_own_global_bomb_is_one_line_at_the_cli(warm):
+    """`gnhub info` and `convert` read a .pth with the same reader: bytearray(n) in an 814-byte
+    file took 200 MB through torch.load."""
+    from test_cli import assert_one_line_error, run
+
+    path = as_pth(warm / "bytearray.pth", pickled(TORCH_OWN_BOMBS["bytearray(n)"]))
+    for args in (["info", path], ["convert", path, "-o", warm / "out"]):
+        assert_one_line_error(run(*args), str(path), "refused: bytearray(int) (pickle writes bytearray(bytes))")
+    assert not (warm / "out").exists()
