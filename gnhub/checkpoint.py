@@ -5,16 +5,15 @@ gnhub/weights.py."""
 from __future__ import annotations
 
 import pickle
-import re
 import struct
-import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import GnhubError, first_line
-from .unpickle import TORCH_GLOBALS, BoundedFile, RestrictedUnpickler, budget
+from .torchfile import read_torch_file
+from .unpickle import BoundedFile, RefusedGlobal, RestrictedUnpickler, budget
 
 __all__ = ["IMAGE_MAGIC", "MAX_OBJECTS", "check_bounded", "check_input_file", "read_pickle", "read_torch_checkpoint"]
 
@@ -66,7 +65,7 @@ def _check_zip_sizes(path: Path, size: int) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             declared = sum(i.file_size for i in z.infolist())
-    except Exception:  # noqa: BLE001 - a zip this reader cannot take: torch.load names what is wrong with it
+    except Exception:  # noqa: BLE001 - a zip zipfile cannot take: read_torch_file names what is wrong with it
         return
     if declared > 4 * size + (64 << 20):
         raise GnhubError(f"{path}: refused: its zip entries declare {declared / 2**20:,.0f} MiB in a "
@@ -96,45 +95,29 @@ def check_input_file(path: str | Path) -> Path:
 
 
 def read_torch_checkpoint(path: str | Path) -> object:
-    """torch.load with weights_only=True (no code runs); numpy scalars/arrays are admitted.
+    """A torch.save file (zip or legacy format), read by gnhub's own unpickler (nothing in the file
+    can run code): tensors, numpy scalars/arrays, numbers, strings and containers, built only as
+    torch and numpy write them and bounded by the file's size (`gnhub.unpickle`).
 
     Zip checkpoints are memory-mapped: tensors are read from the file as they are used.
     """
     path = check_input_file(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     if is_zip:
-        _check_zip_sizes(path, path.stat().st_size)
+        _check_zip_sizes(path, size)
     try:
-        with torch.serialization.safe_globals(TORCH_GLOBALS), warnings.catch_warnings(), \
-                budget(str(path), path.stat().st_size):
-            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols are not the user's concern
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with budget(str(path), size):
+            obj = read_torch_file(path, size)
+    except RefusedGlobal as e:
+        raise GnhubError(f"{path}: refused to unpickle: GLOBAL {e.name} is not allowed. gnhub only reads tensors, "
+                         "numbers, strings and containers, so nothing in the file can run code") from None
     except pickle.UnpicklingError as e:
-        # torch's message suggests weights_only=False or allowlisting; gnhub never does: keep the global.
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        refused = next((m.group(1) for ln in lines for m in [re.search(r"GLOBAL (\S+)", ln)] if m), None)
-        if refused is None and any("Unsupported global" in ln for ln in lines):
-            refused = "an unsupported global"
-        if refused is not None:
-            raise GnhubError(
-                f"{path}: refused to unpickle: GLOBAL {refused} is not allowed. gnhub only reads tensors, "
-                "numbers, strings and containers, so nothing in the file can run code"
-            ) from None
-        detail = next((ln for ln in lines if ln.startswith(("Unsupported operand", "Unsupported"))), None)
-        if detail is not None:
-            raise GnhubError(f"{path}: not a readable PyTorch checkpoint: the safe unpickler refused it "
-                             f"({detail}; pickle protocols above 3 and corrupt files stop here)") from None
-        reason = next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln), "corrupt")
-        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    except RuntimeError as e:
-        if "resize storage" in str(e):  # a tensor larger than the bytes stored for it
-            raise GnhubError(f"{path}: corrupt: a tensor needs more bytes than its storage in the file holds; "
-                             "download it again") from None
-        raise GnhubError(f"{path}: not a readable PyTorch checkpoint (RuntimeError: {first_line(e)})") from None
-    except (EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError,
-            TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError,
-            AssertionError) as e:  # torch's readers check formats with assert
+        raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
+    except (EOFError, ValueError, zipfile.BadZipFile, OSError, struct.error, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeError, MemoryError, OverflowError, RecursionError, AssertionError, LookupError,
+            RuntimeError, NotImplementedError) as e:
         raise GnhubError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
     check_bounded(obj, str(path))
     short = next((name for name, t in _tensors(obj) if not _storage_holds(t)), None)
