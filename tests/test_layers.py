@@ -25,7 +25,7 @@ LAYERS = [
               "gnhub.allocator", "gnhub.distributed", "gnhub.precision"]),
     ("schema", ["gnhub.config", "gnhub.frameworks", "gnhub.frameworks.*", "gnhub.zoo", "gnhub.published",
                 "gnhub.report", "gnhub.images", "gnhub.draw", "gnhub.coco"]),
-    ("files", ["gnhub.files", "gnhub.layout", "gnhub.unpickle", "gnhub.checkpoint", "gnhub.source",
+    ("files", ["gnhub.files", "gnhub.layout", "gnhub.unpickle", "gnhub.torchfile", "gnhub.checkpoint", "gnhub.source",
                "gnhub.converters", "gnhub.converters.*", "gnhub.weights"]),
     ("model", ["gnhub.modeling", "gnhub.modeling.*", "gnhub.frameworks.*.convention", "gnhub.frameworks.base",
                "gnhub.reference", "gnhub.reference.*"]),
