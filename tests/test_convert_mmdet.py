@@ -141,7 +141,7 @@ def test_existing_output_needs_force(reference_checkpoint, tmp_path):
     out = tmp_path / "model"
     convert(reference_checkpoint, out, verify=False)
     convert(reference_checkpoint, out, force=True, verify=False)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".gnhub-files.jsonl", "config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
 
 

@@ -184,10 +184,10 @@ def test_a_resume_must_be_the_same_run_and_users_results_are_never_replaced(tiny
     part.mkdir()
     (part / "run.json").write_text((tmp_path / "r.json.parts" / "run.json").read_text())
     with pytest.raises(GnhubError, match="p.json.parts: exists and is not gnhub's resume folder"):
-        evaluate(a, images, annotations, tmp_path / "p.json")
+        evaluate(a, images=images, annotations=annotations, results=tmp_path / "p.json")
     (part / "run.json").unlink()
     part.rmdir()
-    evaluate(a, images, annotations, tmp_path / "p.json")
+    evaluate(a, images=images, annotations=annotations, results=tmp_path / "p.json")
     (tmp_path / "p.json").unlink()  # gnhub's own resume folder, with a line appended that is not this run's
     with open(part / "rank0.jsonl", "a") as f:
         f.write(json.dumps({"image_id": 99, "detections": []}) + "\n")
