@@ -103,9 +103,9 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME].")
-@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron", "detectron2"]), default="auto",
-              show_default=True, help="Source format: mmdetection .pth, Detectron .pkl or detectron2 .pkl; auto "
-              "detects it from the contents.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron", "detectron2", "paddle"]),
+              default="auto", show_default=True, help="Source format: mmdetection .pth, Detectron .pkl, detectron2 "
+              ".pkl or PaddleDetection .pdparams; auto detects it from the contents.")
 @click.option("--name", help="Model name [default: the zoo name, else the file name].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
@@ -386,7 +386,8 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
 @click.option("--detector", type=click.Choice(["mask", "faster", "classifier"]),
               help="Mask R-CNN, Faster R-CNN (boxes only) or ImageNet classifier.")
 @click.option("--backbone", help="R-50, R-101, X-50-32x4d or X-101-32x4d.")
-@click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2"]), help="The source's format.")
+@click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2", "paddle"]),
+              help="The source's format.")
 def list_(pattern, family, detector, backbone, fmt):
     """List the zoo models (PATTERN: fnmatch wildcards, any case, e.g. '*r101*')."""
     # per command: `gnhub --help`, list and info stay torch-free

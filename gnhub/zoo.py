@@ -21,7 +21,7 @@ __all__ = ["FORMAT_NAMES", "MODELS", "NAME_PATTERN", "WS_EVERYWHERE", "ZooEntry"
 
 WS_EVERYWHERE = ConfigPatch({"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
                              "roi_heads.mask_weight_std": True})
-FORMAT_NAMES = ("mmdet", "detectron", "detectron2")
+FORMAT_NAMES = ("mmdet", "detectron", "detectron2", "paddle")
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _entry(data, where: str) -> ZooEntry:
     if not is_file_name(file):
         raise GnhubError(f"{label}: the file name {file!r} (from {'file' if 'file' in data else 'the url'}) must be a "
                          "plain file name: no folders, no '..', not hidden")
-    fmt = data.get("format") or ("detectron" if file.endswith(".pkl") else "mmdet")
+    fmt = data.get("format") or {".pkl": "detectron", ".pdparams": "paddle"}.get(Path(file).suffix, "mmdet")
     if fmt not in FORMAT_NAMES:
         raise GnhubError(f"{label}: format must be one of {', '.join(FORMAT_NAMES)}, not {fmt!r}")
     if "depth" in data and "backbone" not in data:  # the older way to say it
