@@ -125,10 +125,9 @@ def meta_version(obj) -> str | None:
 
 
 def read_settings(obj) -> FileSettings:
-    """What the file's tensors say: a ResNet with BatchNorm statistics is one with frozen BatchNorm
-    (ppdet's `norm_type: bn`), which gnhub's model does not build yet: refused, by name."""
-    if any(isinstance(k, str) and k.startswith("backbone.") and k.endswith(".norm._mean") for k in obj):
-        raise GnhubError("a PaddleDetection checkpoint (read safely), but its ResNet has frozen BatchNorm "
-                         "(`norm_type: bn`), which gnhub's models do not build yet: gnhub converts "
-                         "mmdetection, Detectron and detectron2 GN models (`gnhub list`)")
-    return FileSettings()  # nothing else: its zoo entry or PaddleDetection's defaults do
+    """PaddleDetection's test conventions (cubic resize, its proposal generation, FPN level
+    mapping, multi-class NMS, box rescaling and mask paste) are not a gnhub convention yet, so a
+    conversion would not compute what PaddleDetection computes: refused, by name."""
+    raise GnhubError("a PaddleDetection checkpoint (read safely, every tensor named), but gnhub does not have "
+                     "PaddleDetection's test conventions yet (docs/paddle.md), so it does not convert it: gnhub "
+                     "converts mmdetection, Detectron and detectron2 GN models (`gnhub list`)")
