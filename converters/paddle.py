@@ -12,7 +12,7 @@ No I/O: the engine reads, checks and writes.
 """
 from __future__ import annotations
 
-from gnhub.errors import GnhubError
+from gnhub.config import ConfigPatch
 
 from .arrays import as_tensors
 from .file_settings import FileSettings
@@ -88,8 +88,23 @@ PLACEHOLDERS: dict = {}
 LINEAR = ("bbox_head.head.fc6.weight", "bbox_head.bbox_score.weight", "bbox_head.bbox_delta.weight")  # [in, out]
 DROPPED: list[str] = []
 UNUSED: dict = {}
-SETTINGS: dict = {}
-DEFAULTS = "PaddleDetection's configs/gn defaults"
+
+# PaddleDetection's test settings of configs/gn (faster_fpn_reader.yml and mask_fpn_reader.yml
+# TestReader; faster_rcnn_r50_fpn.yml, mask_rcnn_r50_fpn.yml): RGB, NormalizeImage's ImageNet mean
+# and std in [0, 1] units (here times 255: arrays.rescale divides them back exactly), Resize to
+# 800 x 1333 (keep_ratio), PadBatch to 32; test_proposal; BBoxPostProcess; MaskPostProcess.
+# roi_heads.aligned: the configs say True, but ppdet's RoIAlign has ignored it since abeaad770e
+# (2024-08) and pools unaligned, which is what PaddleDetection computes today (docs/paddle.md).
+SETTINGS = {"ppdet": ConfigPatch({
+    "preprocess.channel_order": "RGB", "preprocess.mean": tuple(255 * m for m in (0.485, 0.456, 0.406)),
+    "preprocess.std": tuple(255 * s for s in (0.229, 0.224, 0.225)), "preprocess.max_size": (1333, 800),
+    "preprocess.size_divisor": 32,
+    "rpn.pre_nms_top_n": 1000, "rpn.post_nms_top_n": 1000, "rpn.nms_iou": 0.7, "rpn.min_size": 0.0,
+    "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
+    "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
+    "roi_heads.aligned": False, "roi_heads.finest_scale": 56.0, "convention": "paddle",
+})}
+DEFAULTS = "PaddleDetection test settings of configs/gn"
 
 
 def detect(obj) -> bool:
@@ -125,9 +140,4 @@ def meta_version(obj) -> str | None:
 
 
 def read_settings(obj) -> FileSettings:
-    """PaddleDetection's test conventions (cubic resize, its proposal generation, FPN level
-    mapping, multi-class NMS, box rescaling and mask paste) are not a gnhub convention yet, so a
-    conversion would not compute what PaddleDetection computes: refused, by name."""
-    raise GnhubError("a PaddleDetection checkpoint (read safely, every tensor named), but gnhub does not have "
-                     "PaddleDetection's test conventions yet (docs/paddle.md), so it does not convert it: gnhub "
-                     "converts mmdetection, Detectron and detectron2 GN models (`gnhub list`)")
+    return FileSettings()  # a state dict says nothing of its settings: its zoo entry or SETTINGS do

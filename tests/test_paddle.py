@@ -5,7 +5,6 @@ import json
 import pickle
 import pickletools
 
-import cv2
 import detweights
 import numpy as np
 import pytest
@@ -13,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from conftest import PADDLE_TABLE, REAL_RUNS, ROOT, paddle_bytes, paddle_pdparams
 from gnhub.converters import FORMATS, RenameTable, paddle
-from test_cli import assert_one_line_error, run
+from torchvision.ops import box_iou
 
+from gnhub import load
 from gnhub.checkpoint import read_pickle
-from gnhub.config import ModelConfig
-from gnhub.convert import convert, infer_config, map_tensors
+from gnhub.config import ConfigPatch, ModelConfig
+from gnhub.convert import convert
 from gnhub.errors import GnhubError
-from gnhub.modeling import GNMaskRCNN, with_weights
+from gnhub.modeling import GNMaskRCNN
 
 TINY = ROOT / "tests" / "data" / "paddle"
 KEYS = TINY / "ppdet_mask_rcnn_r50_fpn_gn_2x_coco.txt"
@@ -76,17 +76,6 @@ def test_every_tensor_of_paddledetections_gn_mask_rcnn_has_its_gnhub_name_and_sh
     assert renamed == set(own)  # one to one: nothing of gnhub's model left without its source tensor
 
 
-def test_a_paddledetection_checkpoint_is_recognised_and_refused_in_one_line(tmp_path):
-    path = paddle_pdparams(tmp_path / "mask_rcnn_r50_fpn_gn_2x_coco.pdparams", {
-        "backbone.conv1.conv1.conv.weight": np.zeros((64, 3, 7, 7), np.float32),
-        "backbone.conv1.conv1.norm._mean": np.zeros(64, np.float32)})
-    with pytest.raises(GnhubError, match="test conventions"):
-        convert(path, tmp_path / "out", verify=False)
-    assert_one_line_error(run("convert", path, "-o", tmp_path / "out"), str(path), "PaddleDetection checkpoint",
-                          "docs/paddle.md")
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("protocol", [2, 3, 4])
 def test_every_protocol_paddle_writes_is_read(tmp_path, protocol):
     """paddle.save takes protocols 2 to 4 (4 by default)."""
@@ -99,44 +88,93 @@ def test_every_protocol_paddle_writes_is_read(tmp_path, protocol):
 
 
 RUN = REAL_RUNS / "ppdet_mask_rcnn_r50_fpn_gn_2x_seed40"
+SMALL = ConfigPatch({"preprocess.max_size": (224, 128), "rpn.pre_nms_top_n": 200, "rpn.post_nms_top_n": 100,
+                     "roi_heads.detections_per_image": 20})  # fast forwards
 
 
-def _ppdet_input(image: np.ndarray, short: int, long: int) -> np.ndarray:
-    """PaddleDetection's test reader on an RGB image, its numpy steps as it takes them: Resize
-    (keep_ratio: the scale to fit short x long, cv2 cubic with fx, fy), NormalizeImage (is_scale,
-    ImageNet mean and std in float64 on the float32 image), Permute, PadBatch to stride 32."""
-    h, w = image.shape[:2]
-    scale = min(short / min(h, w), long / max(h, w))
-    rh, rw = int(scale * h + 0.5), int(scale * w + 0.5)
-    im = cv2.resize(image, None, None, fx=rw / w, fy=rh / h, interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    im *= 1.0 / 255.0
-    im -= np.array([0.485, 0.456, 0.406])[None, None]
-    im /= np.array([0.229, 0.224, 0.225])[None, None]
-    im = im.transpose(2, 0, 1)
-    out = np.zeros((3, -(-rh // 32) * 32, -(-rw // 32) * 32), np.float32)
-    out[:, :rh, :rw] = im
-    return out
-
-
-def test_the_converted_frozen_bn_backbone_and_gn_fpn_compute_what_paddledetection_computed():
-    """A real PaddleDetection run (scripts/record_paddle_run.py): its seed-40 weights renamed by the
-    converter onto gnhub's model (FrozenBN backbone inferred from the tensors), on the network input
-    PaddleDetection computed (its sha256 checked), give PaddleDetection's FPN levels P2-P6."""
+@pytest.fixture(scope="module")
+def paddle_run(session_dir):
+    """The real run's seed-40 weights written as paddle.save writes them, converted without
+    verification: (source file, model directory, meta, reference)."""
     meta = json.loads((RUN / "meta.json").read_text())
-    ref = np.load(RUN / "reference.npz")
     arrays = detweights.paddle_arrays(detweights.read_key_list(RUN / "keys.txt"), meta["seed"], paddle.LINEAR)
     assert detweights.weights_digest(arrays) == meta["weights_sha256"]
-    mapped, dropped = map_tensors(paddle.source_tensors(arrays), paddle, "run")
-    config = infer_config(mapped, "run")
-    assert (config.backbone.norm, config.fpn.norm, config.task, dropped) == ("FrozenBN", "GN", "instance-segmentation",
-                                                                             [])
-    model = with_weights(config, mapped, "run")
-    image = detweights.make_image(*meta["image_shape"], meta["image_seed"])
-    x = _ppdet_input(image, *meta["target_size"])
-    assert hashlib.sha256(x.tobytes()).hexdigest() == str(ref["input_sha256"])
-    with torch.no_grad():
-        levels = model.fpn(model.backbone(torch.from_numpy(x)[None]))
-    for i, level in enumerate(levels):
-        got, want = level[0, :4].numpy(), ref[f"fpn_p{i + 2}_first4"]
-        assert got.shape == want.shape
+    folder = session_dir("paddle")
+    src = paddle_pdparams(folder / "mask_rcnn_r50_fpn_gn_2x_coco_seed40.pdparams", arrays)
+    summary = convert(src, folder / "m", verify=False)
+    assert summary["architecture"] == "Mask R-CNN, ResNet-50-FPN, FrozenBN backbone, GN heads"
+    return src, folder / "m", meta, np.load(RUN / "reference.npz")
+
+
+def test_a_conversion_computes_what_paddledetection_computed(paddle_run):
+    """A real PaddleDetection run (scripts/record_paddle_run.py), converted (a FrozenBN backbone
+    inferred from the tensors, PaddleDetection's settings and convention) and run on the run's image
+    at its target size: the network input bit-identical (PaddleDetection's bicubic resize and
+    normalisation), FPN levels, the 789 proposals, the 100 detections and the first 20 detections'
+    mask probabilities as PaddleDetection's."""
+    _, out, meta, ref = paddle_run
+    model = load(out)
+    assert model.config.convention == "paddle" and not model.config.roi_heads.aligned
+    model.config.preprocess.max_size = tuple(meta["target_size"][::-1])
+    st = model.inspect(detweights.make_image(*meta["image_shape"], meta["image_seed"]))
+
+    assert hashlib.sha256(st["input"][0].numpy().tobytes()).hexdigest() == str(ref["input_sha256"])
+    for i in range(5):
+        got, want = st[f"fpn.p{i + 2}"][0, :4].numpy(), ref[f"fpn_p{i + 2}_first4"]
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # measured: 2.4e-6
+    proposals, want = st["proposals"], torch.from_numpy(ref["proposals"])
+    assert len(proposals) == len(want) == 789
+    assert (box_iou(proposals, want).max(dim=1).values > 0.999).float().mean() > 0.99  # measured: 788 of 789
+
+    bbox = torch.from_numpy(ref["bbox"])  # label, score, x1, y1, x2, y2 in original pixels, ppdet's order
+    iou, match = box_iou(st["boxes"], bbox[:, 2:]).max(dim=1)
+    assert len(st["boxes"]) == len(bbox) == 100
+    assert (iou > 0.999).all() and torch.equal(st["labels"], bbox[match, 0].long())  # measured: 100 of 100
+    torch.testing.assert_close(st["scores"], bbox[match, 1], rtol=0, atol=1e-4)  # measured: 1.7e-5
+    torch.testing.assert_close(st["boxes"], bbox[match, 2:], rtol=0, atol=0.01)  # measured: 0.0014 px
+    first = {int(j): k for k, j in enumerate(match) if j < 20}
+    assert len(first) == 20
+    probs = torch.stack([st["mask_logits"][first[j]].sigmoid() for j in range(20)])
+    torch.testing.assert_close(probs, torch.from_numpy(ref["mask_probs_first20"]), rtol=0, atol=2e-4)  # 2.3e-5
+
+
+def test_the_paddle_reference_verifies_the_conversion(paddle_run):
+    """gnhub's model and the independent reference forward (gnhub/reference/paddle.py) on the
+    built-in images: the same to the last bit; a setting gnhub got wrong (RoIAlign aligned, as the
+    configs say but PaddleDetection no longer computes) is found."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.compare import images_for
+    from gnhub.source import open_source
+    from gnhub.verify import verify_against
+
+    src, out, _, _ = paddle_run
+    model = load(out)
+    SMALL.apply(model.config)
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(src, "auto", True, pool)
+    source.settings |= SMALL
+    images = [(n, im) for n, im in images_for(None) if n in ("square.png", "tiny.png")]
+    report, _ = verify_against(source, model, images)
+    assert report.passed and {c.stage for c in report.checks} >= {"proposals", "detections", "masks", "fpn.p6"}
+    assert max(c.max_abs or 0 for c in report.checks) == 0
+    source.settings |= ConfigPatch({"roi_heads.aligned": True})
+    report, _ = verify_against(source, model, images[:1], first_failure=True)
+    assert not report.passed and report.first_failure().stage == "roi.cls_logits"
+
+
+def test_a_paddle_model_predicts_and_refuses_training_and_export(paddle_run):
+    _, out, meta, _ = paddle_run
+    model = load(out)
+    SMALL.apply(model.config)
+    image = detweights.make_image(*meta["image_shape"], meta["image_seed"])
+    result = model.predict(image)
+    assert result["masks"].shape[1:] == image.shape[:2] and len(result["boxes"]) == len(result["scores"])
+    with pytest.raises(GnhubError, match="training follows mmdetection's box conventions; this model has "
+                                         "PaddleDetection's"):
+        model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                         "masks": torch.zeros(0, *image.shape[:2], dtype=torch.bool)}])
+    from gnhub.export import check_exportable
+
+    with pytest.raises(GnhubError, match="has PaddleDetection's conventions"):
+        check_exportable(model)
