@@ -78,7 +78,7 @@ def _settings(ctx: click.Context, **values) -> HubSettings:
 @click.pass_context
 def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
     """Group Normalization Mask and Faster R-CNN checkpoints (mmdetection .pth, Detectron and
-    detectron2 .pkl) in plain PyTorch.
+    detectron2 .pkl, PaddleDetection .pdparams) in plain PyTorch.
 
     \b
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
@@ -118,8 +118,9 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
 
     SRC is an mmdetection GN, GN+WS or GN-from-scratch Mask R-CNN or Faster R-CNN (.pth; ResNet
     or ResNeXt), a Detectron GN Mask R-CNN (model_final.pkl), a detectron2 GN Mask R-CNN
-    (model_final_*.pkl) or a Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an
-    ImageNet classifier whose backbone has the detector's tensor names). By default the converted model is verified
+    (model_final_*.pkl), a PaddleDetection GN Faster / Mask R-CNN (configs/gn, .pdparams) or a
+    Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an ImageNet classifier whose backbone
+    has the detector's tensor names). By default the converted model is verified
     against an independent forward of SRC on the built-in images (about a minute for R-50 on 2
     cores); verification.json and golden.safetensors are written beside the weights. A failed
     verification writes nothing.
