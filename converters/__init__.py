@@ -10,7 +10,7 @@ from typing import Protocol
 
 from gnhub.config import ConfigPatch
 
-from . import detectron, detectron2, mmdet
+from . import detectron, detectron2, mmdet, paddle
 from .file_settings import FileSettings
 
 __all__ = ["Converter", "FORMATS", "FileSettings", "RenameTable"]
@@ -51,7 +51,7 @@ class Converter(Protocol):
     def read_settings(self, obj) -> FileSettings: ...  # what the file says about its settings
 
 
-FORMATS: dict[str, Converter] = {m.NAME: m for m in (mmdet, detectron, detectron2)}
+FORMATS: dict[str, Converter] = {m.NAME: m for m in (mmdet, detectron, detectron2, paddle)}
 
 _PLACEHOLDERS = {"i": (r"\d+", None), "p": ("weight|bias", None), "rest": (".+", None)}
 

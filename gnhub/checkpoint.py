@@ -150,7 +150,8 @@ def _storage_holds(t: torch.Tensor) -> bool:
 
 
 def read_pickle(path: str | Path) -> object:
-    """A (Python 2 or 3) pickle of numpy arrays in plain containers, as Detectron writes them.
+    """A (Python 2 or 3) pickle of numpy arrays in plain containers, as Detectron and detectron2
+    write them and as `paddle.save` writes a state dict (.pdparams).
 
     Only numpy arrays, dtypes and scalars are admitted beyond containers, strings and numbers;
     anything else is refused before it is built, so nothing in the file can run code.

@@ -78,7 +78,7 @@ def _settings(ctx: click.Context, **values) -> HubSettings:
 @click.pass_context
 def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
     """Group Normalization Mask and Faster R-CNN checkpoints (mmdetection .pth, Detectron and
-    detectron2 .pkl) in plain PyTorch.
+    detectron2 .pkl, PaddleDetection .pdparams) in plain PyTorch.
 
     \b
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
@@ -103,9 +103,9 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME].")
-@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron", "detectron2"]), default="auto",
-              show_default=True, help="Source format: mmdetection .pth, Detectron .pkl or detectron2 .pkl; auto "
-              "detects it from the contents.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "mmdet", "detectron", "detectron2", "paddle"]),
+              default="auto", show_default=True, help="Source format: mmdetection .pth, Detectron .pkl, detectron2 "
+              ".pkl or PaddleDetection .pdparams; auto detects it from the contents.")
 @click.option("--name", help="Model name [default: the zoo name, else the file name].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Accept a file whose name's sha256 prefix does not match.")
@@ -118,8 +118,9 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
 
     SRC is an mmdetection GN, GN+WS or GN-from-scratch Mask R-CNN or Faster R-CNN (.pth; ResNet
     or ResNeXt), a Detectron GN Mask R-CNN (model_final.pkl), a detectron2 GN Mask R-CNN
-    (model_final_*.pkl) or a Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an
-    ImageNet classifier whose backbone has the detector's tensor names). By default the converted model is verified
+    (model_final_*.pkl), a PaddleDetection GN Faster / Mask R-CNN (configs/gn, .pdparams) or a
+    Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an ImageNet classifier whose backbone
+    has the detector's tensor names). By default the converted model is verified
     against an independent forward of SRC on the built-in images (about a minute for R-50 on 2
     cores); verification.json and golden.safetensors are written beside the weights. A failed
     verification writes nothing.
@@ -386,7 +387,8 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
 @click.option("--detector", type=click.Choice(["mask", "faster", "classifier"]),
               help="Mask R-CNN, Faster R-CNN (boxes only) or ImageNet classifier.")
 @click.option("--backbone", help="R-50, R-101, X-50-32x4d or X-101-32x4d.")
-@click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2"]), help="The source's format.")
+@click.option("--format", "fmt", type=click.Choice(["mmdet", "detectron", "detectron2", "paddle"]),
+              help="The source's format.")
 def list_(pattern, family, detector, backbone, fmt):
     """List the zoo models (PATTERN: fnmatch wildcards, any case, e.g. '*r101*')."""
     # per command: `gnhub --help`, list and info stay torch-free

@@ -99,6 +99,16 @@ DETECTRON2 = [
      {"preprocess.std": IMAGENET_BGR_STD, "train.frozen_stages": 0}),
 ]
 
+# -- PaddleDetection: configs/gn/README.md (COCO 2017; 1 image per GPU, 2x = 24 epochs; ResNet50-FPN
+# with frozen BatchNorm, GN in the FPN and heads; ImageNet backbone ResNet50_cos_pretrained) ------
+# name, detector, box AP, mask AP (None: "-")
+PADDLE_URL = "https://paddledet.bj.bcebos.com/models/{name}.pdparams"
+PADDLE_RESULTS = "https://github.com/PaddlePaddle/PaddleDetection/blob/develop/configs/gn/README.md"
+PADDLE = [
+    ("faster_rcnn_r50_fpn_gn_2x_coco", "faster-rcnn", 41.9, None),
+    ("mask_rcnn_r50_fpn_gn_2x_coco", "mask-rcnn", 42.3, 38.4),
+]
+
 # -- citations -----------------------------------------------------------------------------------
 GN = """@inproceedings{wu2018group,
   title={Group Normalization},
@@ -136,5 +146,11 @@ DETECTRON2_CITATION = """@misc{wu2019detectron2,
   howpublished = {\\url{https://github.com/facebookresearch/detectron2}},
   year = {2019}
 }"""
+PADDLE_CITATION = """@misc{ppdet2019,
+  title={PaddleDetection, Object detection and instance segmentation toolkit based on PaddlePaddle.},
+  author={PaddlePaddle Authors},
+  howpublished = {\\url{https://github.com/PaddlePaddle/PaddleDetection}},
+  year={2019}
+}"""
 CITATIONS = {"gn": GN, "ws": WS, "rethinking": RETHINKING, "mmdet": MMDET, "detectron": DETECTRON_CITATION,
-             "detectron2": DETECTRON2_CITATION}
+             "detectron2": DETECTRON2_CITATION, "paddle": PADDLE_CITATION}

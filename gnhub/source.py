@@ -16,8 +16,9 @@ from .converters import FORMATS, Converter, RenameTable
 from .errors import GnhubError
 from .files import sha256_file
 
-__all__ = ["HASH_IN_NAME", "Source", "check_hash_in_name", "checked_settings", "open_source"]
+__all__ = ["HASH_IN_NAME", "PICKLE_SUFFIXES", "Source", "check_hash_in_name", "checked_settings", "open_source"]
 
+PICKLE_SUFFIXES = (".pkl", ".pdparams")  # plain pickles of numpy arrays: Detectron's, detectron2's, paddle.save's
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 
 
@@ -60,7 +61,7 @@ def open_source(src: str | Path, fmt: str, check_hash: bool, pool: Executor, sha
         sha = Future()
         sha.set_result(sha256)
     try:
-        obj = read_pickle(path) if path.suffix == ".pkl" else read_torch_checkpoint(path)
+        obj = read_pickle(path) if path.suffix in PICKLE_SUFFIXES else read_torch_checkpoint(path)
     except GnhubError:
         check_hash_in_name(path, sha.result(), check_hash)  # a corrupt download says so first
         raise

@@ -21,7 +21,7 @@ __all__ = ["FORMAT_NAMES", "MODELS", "NAME_PATTERN", "WS_EVERYWHERE", "ZooEntry"
 
 WS_EVERYWHERE = ConfigPatch({"backbone.weight_std": True, "fpn.weight_std": True, "roi_heads.box_weight_std": True,
                              "roi_heads.mask_weight_std": True})
-FORMAT_NAMES = ("mmdet", "detectron", "detectron2")
+FORMAT_NAMES = ("mmdet", "detectron", "detectron2", "paddle")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ZooEntry:
     """Every published fact about one checkpoint, and the conventions its upstream config states."""
 
     name: str
-    source_format: str  # the converter: mmdet, detectron or detectron2
+    source_format: str  # the converter: mmdet, detectron, detectron2 or paddle
     family: str  # "gn", "gn+ws", "scratch" (trained without ImageNet), "imagenet" (a backbone)
     detector: str  # "mask-rcnn", "faster-rcnn" or "classifier"
     backbone: str  # "R-50", "R-101", "X-50-32x4d", "X-101-32x4d" (None for a user's entry: "?")
@@ -52,6 +52,7 @@ class ZooEntry:
     sha256: str | None = None  # the source file's full sha256, where pinned (registered entries)
     citations: tuple[str, ...] = ("gn",)  # keys of published.CITATIONS, the family's framework added by cards
     conventions: ConfigPatch = field(default_factory=ConfigPatch)  # where the upstream config says more
+    backbone_norm: str = "GN"  # the backbone's: "GN", or "FrozenBN" (GN in the FPN and heads only)
 
     @property
     def depth(self) -> int | None:
@@ -69,7 +70,8 @@ class ZooEntry:
             return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
         detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         norm = "GroupNorm and Weight Standardization in every conv layer" if self.family == "gn+ws" else \
-            "GroupNorm everywhere"
+            "GroupNorm everywhere" if self.backbone_norm == "GN" else \
+            "frozen BatchNorm backbone, GroupNorm in FPN and heads"
         return f"{detector}, {backbone_words(self.backbone)}-FPN with {norm} (4conv1fc box head)"
 
     @property
@@ -93,6 +95,7 @@ class ZooEntry:
                 "(c)": "ImageNet {b}-GN backbone contributed to mmdetection (c)",
                 "ws": "ImageNet {b} GN+WS backbone from JHU (open-mmlab://jhu)",
                 "imagenet": "Detectron's ImageNet {b}-GN backbone",
+                "paddle": "PaddleDetection's ImageNet {b} backbone (ResNet50_cos_pretrained, BatchNorm)",
                 "scratch": "none: trained from scratch",
                 "none": "trained on ImageNet-1k from scratch",
                 "unknown": "not stated"}[self.pretrain].format(b=self.backbone)
@@ -169,8 +172,15 @@ def _detectron2() -> list[ZooEntry]:
             for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2]
 
 
+def _paddle() -> list[ZooEntry]:
+    return [ZooEntry(name, "paddle", "gn", detector, "R-50", "paddle", "2x", 24, f"{name}.pdparams",
+                     P.PADDLE_URL.format(name=name), box, mask, results_source=P.PADDLE_RESULTS,
+                     backbone_norm="FrozenBN")
+            for name, detector, box, mask in P.PADDLE]
+
+
 MODELS: dict[str, ZooEntry] = {e.name: e for e in (*_mmdet_gn(), *_mmdet_gn_ws(), *_mmdet_scratch(), *_detectron(),
-                                                    *_detectron2())}
+                                                    *_detectron2(), *_paddle())}
 
 
 # -- entries of the user's: GNHUB_ZOO_FILE and register() ------------------------------------
@@ -212,7 +222,7 @@ def _entry(data, where: str) -> ZooEntry:
     if not is_file_name(file):
         raise GnhubError(f"{label}: the file name {file!r} (from {'file' if 'file' in data else 'the url'}) must be a "
                          "plain file name: no folders, no '..', not hidden")
-    fmt = data.get("format") or ("detectron" if file.endswith(".pkl") else "mmdet")
+    fmt = data.get("format") or {".pkl": "detectron", ".pdparams": "paddle"}.get(Path(file).suffix, "mmdet")
     if fmt not in FORMAT_NAMES:
         raise GnhubError(f"{label}: format must be one of {', '.join(FORMAT_NAMES)}, not {fmt!r}")
     if "depth" in data and "backbone" not in data:  # the older way to say it

@@ -254,3 +254,19 @@ def detectron_backbone(detweights, session_dir) -> Path:
     with open(path, "wb") as f:
         Py2Pickler(f, protocol=2).dump(arrays)
     return path
+
+
+PADDLE_TABLE = "StructuredToParameterName@@"
+
+
+def paddle_bytes(arrays: dict, names: dict | None = None, protocol: int = 4) -> bytes:
+    """`arrays` as `paddle.save(state_dict)` writes them (paddle/framework/io.py): one pickle of a
+    plain dict of numpy arrays, then paddle's table of its internal parameter names `names`
+    (tests/test_paddle.py holds this to a file real paddle wrote)."""
+    names = names if names is not None else {k: f"param_{i}.w_0" for i, k in enumerate(arrays)}
+    return pickle.dumps({**arrays, PADDLE_TABLE: names}, protocol=protocol)
+
+
+def paddle_pdparams(path: Path, arrays: dict) -> Path:
+    path.write_bytes(paddle_bytes(arrays))
+    return path

@@ -77,6 +77,23 @@ def make_arrays(entries, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: _tensor(name, tuple(shape), seed) for name, shape in entries}
 
 
+def paddle_arrays(entries, seed: int, linear) -> dict[str, np.ndarray]:
+    """The weights of a PaddleDetection run (paddle's names and shapes): each tensor generated
+    under its name with paddle's BatchNorm statistics named as torch names them (`running_mean`:
+    zeros, `running_var`: ones) and the classifier named `cls_score` (scaled up, so that random
+    weights still detect), the `linear` weights in torch's [out, in] layout, then transposed to
+    paddle's [in, out] (scripts/record_paddle_run.py ran PaddleDetection with these)."""
+    out = {}
+    for name, shape in entries:
+        gen = name.replace("norm._mean", "norm.running_mean").replace("norm._variance", "norm.running_var")
+        gen = gen.replace("bbox_score", "cls_score")
+        if name in linear:
+            out[name] = _tensor(gen, tuple(shape)[::-1], seed).T.copy()
+        else:
+            out[name] = _tensor(gen, tuple(shape), seed)
+    return out
+
+
 def make_state_dict(entries, seed: int = 0):
     import torch
 

@@ -122,7 +122,7 @@ def _version_1(config: ModelConfig, values) -> dict:
     return data
 
 
-@pytest.mark.parametrize("name", frameworks.NAMES)
+@pytest.mark.parametrize("name", sorted(LEGACY))  # the frameworks format_version 1 knew
 def test_format_version_1_conventions_read_as_one(tmp_path, name):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(_version_1(ModelConfig(), LEGACY[name])))
     config = read_config(tmp_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import sigint_default
+from conftest import PADDLE_TABLE, paddle_bytes, sigint_default
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import assert_one_line_error, run
@@ -80,6 +80,13 @@ def hostile_files(tmp_path: Path, marker: Path):
                 path = tmp_path / f"{name}_d2_{where}_p{proto}.pkl"
                 path.write_bytes(pickle.dumps(obj, protocol=proto))
                 files.append((path.name, path))
+        for proto in (2, 3, 4):  # a paddle.save state dict (.pdparams): in place of an array, or in its name table
+            weights = {"backbone.res2.res2a.branch2a.conv.weight": np.zeros(3, np.float32)}
+            for where, obj in (("array", {**weights, "bbox_head.bbox_score.weight": p}),
+                               ("table", {**weights, PADDLE_TABLE: {"x": p}})):
+                path = tmp_path / f"{name}_paddle_{where}_p{proto}.pdparams"
+                path.write_bytes(pickle.dumps(obj, protocol=proto))
+                files.append((path.name, path))
     # a .pth zip whose data.pkl alone is replaced by a hostile pickle
     good = tmp_path / "good.pth"
     torch.save({"meta": {}, "state_dict": weights}, good)
@@ -97,7 +104,7 @@ def hostile_files(tmp_path: Path, marker: Path):
 def test_no_hostile_checkpoint_runs_code(tmp_path):
     marker = tmp_path / "pwned"
     files = hostile_files(tmp_path, marker)
-    assert len(files) > 60
+    assert len(files) > 90
     for name, path in files:
         with pytest.raises(GnhubError) as e:
             convert(path, tmp_path / "out", verify=False)
@@ -135,6 +142,7 @@ def _small_checkpoints():
         torch.save({"meta": {"mmdet_version": "2.0"}, "state_dict": sd}, buf, _use_new_zipfile_serialization=not legacy)
         out["legacy" if legacy else "zip"] = buf.getvalue()
     out["pkl"] = pickle.dumps({"blobs": {k: v.numpy() for k, v in sd.items()}}, protocol=2)
+    out["pdparams"] = paddle_bytes({k: v.numpy() for k, v in sd.items()})
     return out
 
 
@@ -145,9 +153,9 @@ SMALL = _small_checkpoints()
 @given(kind=st.sampled_from(sorted(SMALL)), cut=st.floats(0, 1, exclude_max=True))
 def test_truncated_checkpoints_give_one_clear_error(tmp_path, kind, cut):
     data = SMALL[kind]
-    path = tmp_path / f"t.{'pkl' if kind == 'pkl' else 'pth'}"
+    path = tmp_path / f"t.{kind if kind in ('pkl', 'pdparams') else 'pth'}"
     path.write_bytes(data[: int(cut * len(data))])
-    reader = read_pickle if kind == "pkl" else read_torch_checkpoint
+    reader = read_pickle if kind in ("pkl", "pdparams") else read_torch_checkpoint
     with pytest.raises(GnhubError, match=str(path)):
         reader(path)
 
@@ -158,10 +166,10 @@ def test_fuzzed_checkpoints_never_escape_as_other_errors(tmp_path, kind, data):
     raw = bytearray(SMALL[kind])
     for _ in range(data.draw(st.integers(1, 8))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    path = tmp_path / f"f.{'pkl' if kind == 'pkl' else 'pth'}"
+    path = tmp_path / f"f.{kind if kind in ('pkl', 'pdparams') else 'pth'}"
     path.write_bytes(bytes(raw))
     try:
-        (read_pickle if kind == "pkl" else read_torch_checkpoint)(path)
+        (read_pickle if kind in ("pkl", "pdparams") else read_torch_checkpoint)(path)
     except GnhubError:
         pass
 
@@ -566,9 +574,11 @@ def test_an_object_array_bomb_is_one_line_at_the_cli(tmp_path, command):
 
     pkl = tmp_path / "bomb.pkl"  # 100 bytes: _reconstruct(ndarray, (BIG,), b'O') at protocol 2
     pkl.write_bytes(pickled(op_call(RECONSTRUCT, op_global("numpy.ndarray"), op_tuple(op_int(BIG)), op_bytes(b"O"))))
+    pdparams = tmp_path / "bomb.pdparams"  # the same named as paddle.save's files: read by the same unpickler
+    pdparams.write_bytes(pkl.read_bytes())
     pth = tmp_path / "bomb.pth"  # the same through a __reduce__ in meta, as torch.save writes it
     torch.save({"meta": {"x": Payload(multiarray._reconstruct, (np.ndarray, (BIG,), b"O"))}, "state_dict": {}}, pth)
-    for path in (pkl, pth):
+    for path in (pkl, pdparams, pth):
         args = ["info", path] if command == "info" else ["convert", path, "-o", tmp_path / "out"]
         proc, peak = traced_peak(run, *args)
         assert_one_line_error(proc, str(path), "refused: numpy _reconstruct")

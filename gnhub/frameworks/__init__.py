@@ -12,7 +12,7 @@ import importlib
 
 __all__ = ["arrays", "convention", "info", "NAMES"]
 
-NAMES = ("mmdet", "detectron", "detectron2")
+NAMES = ("mmdet", "detectron", "detectron2", "paddle")
 
 
 def info(name: str):

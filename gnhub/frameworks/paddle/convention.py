@@ -1,0 +1,68 @@
+"""PaddleDetection's convention (ppdet/modeling/proposal_generator/anchor_generator.py, rpn_head.py,
+heads/roi_extractor.py, layers.py RCNNBox and MultiClassNMS, post_process.py; paddle's CPU kernels
+generate_proposals, distribute_fpn_proposals and multiclass_nms3): detectron2's anchors and box
+decoding (widths x2 - x1, dw and dh clamped to log(1000 / 16)), proposals under one pixel dropped,
+its FPN level mapping, boxes divided by the scale factor, mmdetection's grid_sample mask paste."""
+from __future__ import annotations
+
+import torch
+
+from ...modeling.anchors import grid_anchors
+from ...modeling.boxes import clip_boxes
+from ...modeling.ops import nms
+from ..detectron2.convention import Detectron2Convention, decode_boxes
+from . import arrays
+
+__all__ = ["CONVENTION", "PaddleConvention"]
+
+
+class PaddleConvention(Detectron2Convention):
+    """Where PaddleDetection computes as detectron2 does (anchors, decoding, detection: per-class NMS
+    on clipped boxes with score > threshold, the best detections_per_image; mask paste), the
+    detectron2 convention's code; the rest its own."""
+
+    name = "paddle"
+    trains = False  # gnhub's training is mmdetection's; PaddleDetection's sampling and losses are not built
+    rescale = staticmethod(arrays.rescale)
+
+    def proposals(self, base, objectness, deltas, image_size, b, scale, cfg):
+        """generate_proposals (pixel_offset False) per level on the objectness logits: the
+        pre_nms_top_n best, decoded, clipped to the image, boxes under max(min_size, 1) pixel wide
+        or high dropped, NMS, at most post_nms_top_n kept; then over all levels the post_nms_top_n
+        best logits (best first)."""
+        boxes, scores = [], []
+        for lvl, (obj, dlt, stride) in enumerate(zip(objectness, deltas, cfg.strides)):
+            s = obj[b].permute(1, 2, 0).reshape(-1).float()
+            d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
+            a = grid_anchors(base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
+            s, order = s.topk(min(len(s), cfg.pre_nms_top_n) if cfg.pre_nms_top_n > 0 else len(s))
+            box = clip_boxes(decode_boxes(a[order], d[order], cfg.box_stds), image_size)
+            side = max(cfg.min_size, 1.0)
+            keep = ((box[:, 2] - box[:, 0]) >= side) & ((box[:, 3] - box[:, 1]) >= side)
+            box, s = box[keep], s[keep]
+            keep = nms(box, s, cfg.nms_iou)[: cfg.post_nms_top_n]
+            boxes.append(box[keep])
+            scores.append(s[keep])
+        boxes, scores = torch.cat(boxes), torch.cat(scores)
+        best = scores.argsort(descending=True, stable=True)[: cfg.post_nms_top_n]
+        return boxes[best], scores[best]
+
+    def roi_levels(self, rois, finest_scale, num_levels):
+        """distribute_fpn_proposals (pixel_offset False): floor(log2(sqrt(w * h) / (4 * finest_scale)
+        + 1e-6) + 4), w * h 0 for an inverted box, clamped to levels 2 to 1 + num_levels, minus 2."""
+        w, h = rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]
+        area = torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
+        lvl = torch.floor(torch.log2(torch.sqrt(area) / (4 * finest_scale) + 1e-6) + 4)
+        return lvl.clamp(min=2, max=1 + num_levels).long() - 2
+
+    def postprocess(self, boxes, image_size, original_size):
+        """BBoxPostProcess.get_pred: boxes divided by the (w, h) scale factor in float32, clipped to
+        floor(resized / scale factor + 0.5) (the original size); which are not empty (ppdet labels
+        the empty ones -1)."""
+        factors = torch.tensor([image_size[1] / original_size[1], image_size[0] / original_size[0]],
+                               dtype=torch.float32, device=boxes.device).repeat(2)
+        out = clip_boxes(boxes.float() / factors, original_size)
+        return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)
+
+
+CONVENTION = PaddleConvention()

@@ -1,0 +1,205 @@
+"""PaddleDetection's .pdparams: read by gnhub's own unpickler (no paddle), held to files real
+paddle 2.6.2 and PaddleDetection wrote (scripts/record_paddle_files.py), recognised and renamed."""
+import hashlib
+import json
+import pickle
+import pickletools
+
+import detweights
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import PADDLE_TABLE, REAL_RUNS, ROOT, paddle_bytes, paddle_pdparams
+from gnhub.converters import FORMATS, RenameTable, paddle
+from torchvision.ops import box_iou
+
+from gnhub import load
+from gnhub.checkpoint import read_pickle
+from gnhub.config import ConfigPatch, ModelConfig
+from gnhub.convert import convert
+from gnhub.errors import GnhubError
+from gnhub.modeling import GNMaskRCNN
+
+TINY = ROOT / "tests" / "data" / "paddle"
+KEYS = TINY / "ppdet_mask_rcnn_r50_fpn_gn_2x_coco.txt"
+
+
+def _ops(data: bytes) -> list:
+    """A pickle's opcodes and arguments, numpy's module spelt as numpy 1.x spells it (2.x writes
+    numpy._core) and without protocol 4's frame lengths."""
+    return [(op.name, arg.replace("numpy._core", "numpy.core") if isinstance(arg, str) else arg)
+            for op, arg, _ in pickletools.genops(data) if op.name != "FRAME"]
+
+
+def test_a_file_real_paddle_saved_reads_back_as_paddle_computes_with_it():
+    """paddle.save's bytes, its Linear's [in, out] weight (transposed by the converter) and its
+    frozen BatchNorm (use_global_stats: (x - mean) / sqrt(var + 1e-5) * w + b) on recorded inputs."""
+    obj = read_pickle(TINY / "tiny.pdparams")
+    arrays = {k: v for k, v in obj.items() if k != PADDLE_TABLE}
+    assert list(obj)[-1] == PADDLE_TABLE and obj[PADDLE_TABLE]["bbox_head.bbox_score.weight"] == "linear_3.w_0"
+    assert _ops(paddle_bytes(arrays, obj[PADDLE_TABLE])) == _ops((TINY / "tiny.pdparams").read_bytes())
+    assert next(name for name, c in FORMATS.items() if c.detect(obj)) == "paddle"
+
+    record = json.loads((TINY / "tiny.json").read_text())
+    t = paddle.source_tensors(obj)
+    assert PADDLE_TABLE not in t and t["bbox_head.bbox_score.weight"].shape == (3, 6)  # torch's [out, in]
+    fc = "bbox_head.bbox_score."
+    linear = F.linear(torch.tensor(record["x_linear"]), t[fc + "weight"], t[fc + "bias"])
+    torch.testing.assert_close(linear, torch.tensor(record["linear"]), rtol=1e-6, atol=1e-6)
+    bn = "backbone.conv1.conv1.norm."
+    frozen = F.batch_norm(torch.tensor(record["x_bn"]), t[bn + "_mean"], t[bn + "_variance"], t[bn + "weight"],
+                          t[bn + "bias"], training=False, eps=1e-5)
+    torch.testing.assert_close(frozen, torch.tensor(record["frozen_bn"]), rtol=1e-6, atol=1e-6)
+
+
+def test_every_tensor_of_paddledetections_gn_mask_rcnn_has_its_gnhub_name_and_shape():
+    """The state dict of configs/gn/mask_rcnn_r50_fpn_gn_2x_coco.yml as PaddleDetection builds it:
+    every name renamed, each into a tensor of gnhub's R-50 GN Mask R-CNN of the same shape (Linear
+    weights transposed); the frozen BatchNorm's statistics are the backbone norms' running ones."""
+    entries = detweights.read_key_list(KEYS)
+    assert len(entries) == 329
+    table = RenameTable(paddle)
+    with torch.device("meta"):
+        own = GNMaskRCNN(ModelConfig()).state_dict()
+    renamed = set()
+    for name, shape in entries:
+        new = table.to_gnhub(name)
+        assert new is not None, name
+        if name.endswith(("._mean", "._variance")):
+            assert new.endswith((".running_mean", ".running_var")) and new.rsplit(".", 1)[0] + ".weight" in own, name
+            continue
+        expected = shape[::-1] if name in paddle.LINEAR else shape
+        assert tuple(own[new].shape) == expected, (name, new)
+        assert table.to_source(new) == name
+        renamed.add(new)
+    assert renamed == set(own)  # one to one: nothing of gnhub's model left without its source tensor
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_every_protocol_paddle_writes_is_read(tmp_path, protocol):
+    """paddle.save takes protocols 2 to 4 (4 by default)."""
+    arrays = {"neck.fpn_res2_sum.conv.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)}
+    path = tmp_path / "m.pdparams"
+    path.write_bytes(paddle_bytes(arrays, protocol=protocol))
+    got = read_pickle(path)
+    assert np.array_equal(got["neck.fpn_res2_sum.conv.weight"], arrays["neck.fpn_res2_sum.conv.weight"])
+    assert pickle.loads(path.read_bytes()).keys() == got.keys()
+
+
+RUN = REAL_RUNS / "ppdet_mask_rcnn_r50_fpn_gn_2x_seed40"
+SMALL = ConfigPatch({"preprocess.max_size": (224, 128), "rpn.pre_nms_top_n": 200, "rpn.post_nms_top_n": 100,
+                     "roi_heads.detections_per_image": 20})  # fast forwards
+
+
+@pytest.fixture(scope="module")
+def paddle_run(session_dir):
+    """The real run's seed-40 weights written as paddle.save writes them, converted without
+    verification: (source file, model directory, meta, reference)."""
+    meta = json.loads((RUN / "meta.json").read_text())
+    arrays = detweights.paddle_arrays(detweights.read_key_list(RUN / "keys.txt"), meta["seed"], paddle.LINEAR)
+    assert detweights.weights_digest(arrays) == meta["weights_sha256"]
+    folder = session_dir("paddle")
+    src = paddle_pdparams(folder / "mask_rcnn_r50_fpn_gn_2x_coco_seed40.pdparams", arrays)
+    summary = convert(src, folder / "m", verify=False)
+    assert summary["architecture"] == "Mask R-CNN, ResNet-50-FPN, FrozenBN backbone, GN heads"
+    return src, folder / "m", meta, np.load(RUN / "reference.npz")
+
+
+def test_a_conversion_computes_what_paddledetection_computed(paddle_run):
+    """A real PaddleDetection run (scripts/record_paddle_run.py), converted (a FrozenBN backbone
+    inferred from the tensors, PaddleDetection's settings and convention) and run on the run's image
+    at its target size: the network input bit-identical (PaddleDetection's bicubic resize and
+    normalisation), FPN levels, the 789 proposals, the 100 detections and the first 20 detections'
+    mask probabilities as PaddleDetection's."""
+    _, out, meta, ref = paddle_run
+    model = load(out)
+    assert model.config.convention == "paddle" and not model.config.roi_heads.aligned
+    model.config.preprocess.max_size = tuple(meta["target_size"][::-1])
+    st = model.inspect(detweights.make_image(*meta["image_shape"], meta["image_seed"]))
+
+    assert hashlib.sha256(st["input"][0].numpy().tobytes()).hexdigest() == str(ref["input_sha256"])
+    for i in range(5):
+        got, want = st[f"fpn.p{i + 2}"][0, :4].numpy(), ref[f"fpn_p{i + 2}_first4"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # measured: 2.4e-6
+    proposals, want = st["proposals"], torch.from_numpy(ref["proposals"])
+    assert len(proposals) == len(want) == 789
+    assert (box_iou(proposals, want).max(dim=1).values > 0.999).float().mean() > 0.99  # measured: 788 of 789
+
+    bbox = torch.from_numpy(ref["bbox"])  # label, score, x1, y1, x2, y2 in original pixels, ppdet's order
+    iou, match = box_iou(st["boxes"], bbox[:, 2:]).max(dim=1)
+    assert len(st["boxes"]) == len(bbox) == 100
+    assert (iou > 0.999).all() and torch.equal(st["labels"], bbox[match, 0].long())  # measured: 100 of 100
+    torch.testing.assert_close(st["scores"], bbox[match, 1], rtol=0, atol=1e-4)  # measured: 1.7e-5
+    torch.testing.assert_close(st["boxes"], bbox[match, 2:], rtol=0, atol=0.01)  # measured: 0.0014 px
+    first = {int(j): k for k, j in enumerate(match) if j < 20}
+    assert len(first) == 20
+    probs = torch.stack([st["mask_logits"][first[j]].sigmoid() for j in range(20)])
+    torch.testing.assert_close(probs, torch.from_numpy(ref["mask_probs_first20"]), rtol=0, atol=2e-4)  # 2.3e-5
+
+
+def test_the_paddle_reference_verifies_the_conversion(paddle_run):
+    """gnhub's model and the independent reference forward (gnhub/reference/paddle.py) on the
+    built-in images: the same to the last bit; a setting gnhub got wrong (RoIAlign aligned, as the
+    configs say but PaddleDetection no longer computes) is found."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.compare import images_for
+    from gnhub.source import open_source
+    from gnhub.verify import verify_against
+
+    src, out, _, _ = paddle_run
+    model = load(out)
+    SMALL.apply(model.config)
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(src, "auto", True, pool)
+    source.settings |= SMALL
+    images = [(n, im) for n, im in images_for(None) if n == "square.png"]
+    report, _ = verify_against(source, model, images)
+    assert report.passed and {c.stage for c in report.checks} >= {"proposals", "detections", "masks", "fpn.p6"}
+    assert max(c.max_abs or 0 for c in report.checks) == 0
+    source.settings |= ConfigPatch({"roi_heads.aligned": True})
+    report, _ = verify_against(source, model, images, first_failure=True)
+    assert not report.passed and report.first_failure().stage == "roi.cls_logits"
+
+
+def test_a_paddle_model_predicts_and_refuses_training_and_export(paddle_run):
+    _, out, meta, _ = paddle_run
+    model = load(out)
+    SMALL.apply(model.config)
+    image = detweights.make_image(*meta["image_shape"], meta["image_seed"])
+    result = model.predict(image)
+    assert result["masks"].shape[1:] == image.shape[:2] and len(result["boxes"]) == len(result["scores"])
+    with pytest.raises(GnhubError, match="training follows mmdetection's box conventions; this model has "
+                                         "PaddleDetection's"):
+        model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                         "masks": torch.zeros(0, *image.shape[:2], dtype=torch.bool)}])
+    from gnhub.export import check_exportable
+
+    with pytest.raises(GnhubError, match="has PaddleDetection's conventions"):
+        check_exportable(model)
+
+
+def test_a_faster_rcnn_is_recognised_by_its_zoo_name_and_verifies(tmp_path):
+    """faster_rcnn_r50_fpn_gn_2x_coco's tensors (the Mask R-CNN's without its mask head, as
+    configs/gn builds it): a box-only model under its zoo name, equal to the reference forward."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.compare import images_for
+    from gnhub.source import open_source
+    from gnhub.verify import verify_against
+
+    entries = [(n, s) for n, s in detweights.read_key_list(KEYS) if not n.startswith("mask_head.")]
+    src = paddle_pdparams(tmp_path / "faster_rcnn_r50_fpn_gn_2x_coco.pdparams",
+                          detweights.paddle_arrays(entries, 41, paddle.LINEAR))
+    summary = convert(src, tmp_path / "m", verify=False)
+    assert (summary["name"], summary["task"]) == ("faster_rcnn_r50_fpn_gn_2x_coco", "object-detection")
+    assert summary["preprocess_from"] == "PaddleDetection test settings of configs/gn"
+    model = load(tmp_path / "m")
+    SMALL.apply(model.config)
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(src, "auto", True, pool)
+    source.settings |= SMALL
+    report, _ = verify_against(source, model, [(n, im) for n, im in images_for(None) if n == "square.png"])
+    assert report.passed and "detections" in {c.stage for c in report.checks}
+    assert "masks" not in {c.stage for c in report.checks} and max(c.max_abs or 0 for c in report.checks) == 0
