@@ -53,6 +53,8 @@ CHOICES = {
     "task": ("instance-segmentation", "object-detection", "image-classification"),
     "convention": CONVENTIONS,
     "preprocess.channel_order": ("RGB", "BGR"),
+    "backbone.norm": ("GN", "FrozenBN"),
+    "fpn.norm": ("GN", "none"),
 }
 
 # format_version 1's six convention fields (box_convention, preprocess.resize, rpn.anchor_generator,
@@ -70,7 +72,8 @@ LEGACY_RESIZE = {"mmcv": "mmdet", "detectron": "detectron", "pil": "detectron2"}
 
 @dataclass
 class BackboneConfig:
-    depth: int = 50  # 50 or 101
+    depth: int = 50  # 50, 101 or 152
+    norm: str = "GN"  # after every conv: "GN" (GroupNorm) or "FrozenBN" (detectron2's FrozenBatchNorm2d)
     num_groups: int = 32  # of GroupNorm
     norm_eps: float = 1e-5
     groups: int = 1  # of the 3x3 convs: 1 for ResNet, 32 for ResNeXt 32x4d
@@ -96,6 +99,7 @@ def backbone_words(name: str) -> str:
 @dataclass
 class FPNConfig:
     channels: int = 256
+    norm: str = "GN"  # after the lateral and output convs: "GN", or "none" (the convs have biases)
     num_groups: int = 32
     norm_eps: float = 1e-5
     weight_std: bool = False  # lateral and output convs standardised (mmcv's ConvWS2d)
@@ -196,8 +200,12 @@ class ModelConfig:
     def architecture(self) -> str:
         """In a few words: Mask R-CNN, ResNeXt-50 32x4d-FPN, GN+WS."""
         norm = "GN+WS" if self.backbone.weight_std else "GN"
+        if self.backbone.norm != "GN":
+            norm = self.backbone.norm
         if self.task == "image-classification":
             return f"{self.backbone.words} classifier, {norm}"
+        if self.backbone.norm != "GN":
+            norm += " backbone, GN heads"
         detector = "Mask R-CNN" if self.task == "instance-segmentation" else "Faster R-CNN"
         return f"{detector}, {self.backbone.words}-FPN, {norm}"
 
@@ -234,7 +242,7 @@ _F, _I = float, int
 RULES = {
     "name": (str, 1, 200, None),
     "classes": (str, 1, 200, 0),
-    "backbone.depth": (_I, 50, 101, None), "backbone.num_groups": (_I, 1, 1024, None),
+    "backbone.depth": (_I, 50, 152, None), "backbone.num_groups": (_I, 1, 1024, None),
     "backbone.norm_eps": (_F, 1e-12, 1.0, None), "backbone.groups": (_I, 1, 64, None),
     "backbone.base_width": (_I, 1, 1024, None),
     **{f"{k}weight_std": (bool, 0, 1, None) for k in ("backbone.", "fpn.", "roi_heads.box_", "roi_heads.mask_")},

@@ -53,14 +53,19 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
-    """What the mapped tensors say: depth, ResNeXt groups and width, the task (a mask head or
-    none, or an ImageNet classifier) and the number of classes."""
+    """What the mapped tensors say: depth, ResNeXt groups and width, the backbone's and FPN's norms,
+    the task (a mask head or none, or an ImageNet classifier) and the number of classes."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
-        raise GnhubError(f"{where}: backbone has {blocks} blocks in stage 4; expected ResNet-50 (6) or -101 (23)")
+        raise GnhubError(f"{where}: backbone has {blocks} blocks in stage 4; expected ResNet-50 (6), -101 (23) or "
+                         "-152 (36)")
     config = ModelConfig()
     config.backbone.depth = depth
+    if "backbone.gn1.running_var" in tensors:  # batch statistics: a FrozenBatchNorm backbone
+        config.backbone.norm = "FrozenBN"
+    if "fpn.lateral.0.conv.bias" in tensors:  # FPN convs with biases have no norm after them
+        config.fpn.norm = "none"
     conv2 = tensors.get("backbone.layer1.0.conv2.weight")
     if conv2 is not None and conv2.ndim == 4 and conv2.shape[1] and conv2.shape[0] % conv2.shape[1] == 0:
         groups = conv2.shape[0] // conv2.shape[1]  # (width, width / groups, 3, 3)

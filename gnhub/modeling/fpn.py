@@ -1,4 +1,4 @@
-"""Feature pyramid with GN on lateral and output convs; P6 by stride-2 subsampling of P5."""
+"""Feature pyramid with GN (or no norm) on lateral and output convs; P6 by stride-2 subsampling of P5."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -12,16 +12,20 @@ __all__ = ["ConvGN", "FPN"]
 
 
 class ConvGN(nn.Module):
-    """conv (no bias; optionally weight-standardised) -> GroupNorm -> optional ReLU."""
+    """conv (optionally weight-standardised) -> GroupNorm -> optional ReLU; with `gn` False the
+    conv has a bias and no norm follows."""
 
-    def __init__(self, in_ch: int, out_ch: int, k: int, groups: int, eps: float, relu: bool, weight_std: bool = False):
+    def __init__(self, in_ch: int, out_ch: int, k: int, groups: int, eps: float, relu: bool, weight_std: bool = False,
+                 gn: bool = True):
         super().__init__()
-        self.conv = conv2d(in_ch, out_ch, k, padding=k // 2, bias=False, weight_std=weight_std)
-        self.norm = GroupNorm(groups, out_ch, eps)
+        self.conv = conv2d(in_ch, out_ch, k, padding=k // 2, bias=not gn, weight_std=weight_std)
+        self.norm = GroupNorm(groups, out_ch, eps) if gn else None
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(self.conv(x))
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
         return relu_(x) if self.relu else x
 
 
@@ -30,9 +34,9 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], cfg: FPNConfig):
         super().__init__()
-        c, g, eps, ws = cfg.channels, cfg.num_groups, cfg.norm_eps, cfg.weight_std
-        self.lateral = nn.ModuleList(ConvGN(i, c, 1, g, eps, False, ws) for i in in_channels)
-        self.output = nn.ModuleList(ConvGN(c, c, 3, g, eps, False, ws) for _ in in_channels)
+        c, g, eps, ws, gn = cfg.channels, cfg.num_groups, cfg.norm_eps, cfg.weight_std, cfg.norm == "GN"
+        self.lateral = nn.ModuleList(ConvGN(i, c, 1, g, eps, False, ws, gn) for i in in_channels)
+        self.output = nn.ModuleList(ConvGN(c, c, 3, g, eps, False, ws, gn) for _ in in_channels)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         laterals = [conv(f) for conv, f in zip(self.lateral, feats)]

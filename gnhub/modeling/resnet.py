@@ -1,4 +1,5 @@
-"""ResNet-50/101 and ResNeXt-50/101 with GroupNorm after every conv (stem and shortcut included),
+"""ResNet-50/101/152 and ResNeXt with a norm after every conv (stem and shortcut included):
+GroupNorm or FrozenBatchNorm (`backbone.norm`; the modules keep the names gn1-gn3 either way),
 optionally weight-standardised convs; outputs C2-C5."""
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from torch import Tensor, nn
 from ..config import BackboneConfig
 from .bfloat16 import relu_
 from .conv import conv2d
+from .norm import backbone_norm
 
 __all__ = ["Bottleneck", "GNResNet", "STAGE_BLOCKS", "STAGE_CHANNELS", "bottleneck_width"]
 
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 
 
@@ -20,22 +22,22 @@ def bottleneck_width(planes: int, groups: int, base_width: int) -> int:
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (carries the stride, "pytorch style"; `groups` for ResNeXt) -> 1x1, GN after
+    """1x1 -> 3x3 (carries the stride, "pytorch style"; `groups` for ResNeXt) -> 1x1, a norm after
     each, ReLU after the sum."""
 
     def __init__(self, in_ch: int, width: int, out_ch: int, stride: int, cfg: BackboneConfig):
         super().__init__()
-        g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.weight_std
+        ws = cfg.weight_std
         self.conv1 = conv2d(in_ch, width, 1, bias=False, weight_std=ws)
-        self.gn1 = nn.GroupNorm(g, width, eps)
+        self.gn1 = backbone_norm(width, cfg)
         self.conv2 = conv2d(width, width, 3, stride, 1, groups=cfg.groups, bias=False, weight_std=ws)
-        self.gn2 = nn.GroupNorm(g, width, eps)
+        self.gn2 = backbone_norm(width, cfg)
         self.conv3 = conv2d(width, out_ch, 1, bias=False, weight_std=ws)
-        self.gn3 = nn.GroupNorm(g, out_ch, eps)
+        self.gn3 = backbone_norm(out_ch, cfg)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(conv2d(in_ch, out_ch, 1, stride, bias=False, weight_std=ws),
-                                            nn.GroupNorm(g, out_ch, eps))
+                                            backbone_norm(out_ch, cfg))
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -53,7 +55,7 @@ class GNResNet(nn.Module):
         if cfg.depth not in STAGE_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {cfg.depth}")
         self.conv1 = conv2d(3, 64, 7, 2, 3, bias=False, weight_std=cfg.weight_std)
-        self.gn1 = nn.GroupNorm(cfg.num_groups, 64, cfg.norm_eps)
+        self.gn1 = backbone_norm(64, cfg)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_ch = 64
         for i, (blocks, out_ch) in enumerate(zip(STAGE_BLOCKS[cfg.depth], STAGE_CHANNELS)):
