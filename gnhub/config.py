@@ -79,6 +79,8 @@ class BackboneConfig:
     groups: int = 1  # of the 3x3 convs: 1 for ResNet, 32 for ResNeXt 32x4d
     base_width: int = 64  # per group, at the first stage: 64 for ResNet, 4 for ResNeXt 32x4d
     weight_std: bool = False  # every conv's filters standardised before use (mmcv's ConvWS2d)
+    # per stage (C2-C5): its 3x3 convs deformable (v1, offsets from a 3x3 conv; detectron2's DEFORM_ON_PER_STAGE)
+    deform_stages: tuple[bool, ...] = (False, False, False, False)
 
     @property
     def name(self) -> str:
@@ -244,7 +246,7 @@ RULES = {
     "classes": (str, 1, 200, 0),
     "backbone.depth": (_I, 50, 152, None), "backbone.num_groups": (_I, 1, 1024, None),
     "backbone.norm_eps": (_F, 1e-12, 1.0, None), "backbone.groups": (_I, 1, 64, None),
-    "backbone.base_width": (_I, 1, 1024, None),
+    "backbone.base_width": (_I, 1, 1024, None), "backbone.deform_stages": (bool, 0, 1, 4),
     **{f"{k}weight_std": (bool, 0, 1, None) for k in ("backbone.", "fpn.", "roi_heads.box_", "roi_heads.mask_")},
     "fpn.channels": (_I, 1, 4096, None), "fpn.num_groups": (_I, 1, 1024, None), "fpn.norm_eps": (_F, 1e-12, 1.0, None),
     "preprocess.mean": (_F, -1e4, 1e4, 3), "preprocess.std": (_F, 1e-6, 1e4, 3),

@@ -54,7 +54,8 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     """What the mapped tensors say: depth, ResNeXt groups and width, the backbone's and FPN's norms,
-    the task (a mask head or none, or an ImageNet classifier) and the number of classes."""
+    its deformable stages, the task (a mask head or none, or an ImageNet classifier) and the
+    number of classes."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
@@ -64,6 +65,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     config.backbone.depth = depth
     if "backbone.gn1.running_var" in tensors:  # batch statistics: a FrozenBatchNorm backbone
         config.backbone.norm = "FrozenBN"
+    config.backbone.deform_stages = tuple(f"backbone.layer{i}.0.conv2_offset.weight" in tensors for i in range(1, 5))
     if "fpn.lateral.0.conv.bias" in tensors:  # FPN convs with biases have no norm after them
         config.fpn.norm = "none"
     conv2 = tensors.get("backbone.layer1.0.conv2.weight")
