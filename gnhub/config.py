@@ -136,17 +136,26 @@ class RoIHeadsConfig:
     sampling_ratio: int = 0
     aligned: bool = True
     finest_scale: float = 56.0  # RoIs of sqrt(area) < 2 * finest_scale go to the finest level
-    num_convs: int = 4
+    num_convs: int = 4  # of the box head (each cascade stage's)
+    mask_num_convs: int = 4
     fc_channels: int = 1024
     num_groups: int = 32
     norm_eps: float = 1e-5
+    # 4 per stage: one stage, or a cascade (Cai & Vasconcelos, CVPR 2018; detectron2's CascadeROIHeads) of several,
+    # each with its own box head refining the previous stage's boxes; scores averaged over the stages
     box_stds: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+    class_agnostic: bool = False  # one box regression for all classes (4 deltas, not 4 per class)
     score_thresh: float = 0.05
     nms_iou: float = 0.5
     detections_per_image: int = 100
     mask_threshold: float = 0.5
     box_weight_std: bool = False  # the box head's convs standardised (mmcv's ConvWS2d)
     mask_weight_std: bool = False  # the mask head's convs standardised
+
+    @property
+    def stages(self) -> int:
+        """1, or the number of cascade stages."""
+        return len(self.box_stds) // 4
 
 
 @dataclass
@@ -232,6 +241,10 @@ class ModelConfig:
         float fields floats); one clear error otherwise."""
         for obj, name, path, value in _walk(self):
             setattr(obj, name, check_value(path, value))
+        stds, roi = len(self.roi_heads.box_stds), self.roi_heads
+        if stds % 4 or (roi.stages > 1 and not roi.class_agnostic):
+            raise GnhubError(f"config: roi_heads.box_stds holds {stds} values; expected 4 per stage, and a cascade of "
+                             "stages regresses class-agnostic boxes (roi_heads.class_agnostic true)")
         crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
         if crop > short:
             raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
@@ -260,7 +273,8 @@ RULES = {
     "roi_heads.sampling_ratio": (_I, 0, 64, None), "roi_heads.aligned": (bool, 0, 1, None),
     "roi_heads.finest_scale": (_F, 1e-3, 1e5, None), "roi_heads.num_convs": (_I, 0, 16, None),
     "roi_heads.fc_channels": (_I, 1, 65536, None), "roi_heads.num_groups": (_I, 1, 1024, None),
-    "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 4),
+    "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 0),
+    "roi_heads.mask_num_convs": (_I, 0, 16, None), "roi_heads.class_agnostic": (bool, 0, 1, None),
     "roi_heads.score_thresh": (_F, 0.0, 1.0, None), "roi_heads.nms_iou": (_F, 0.0, 1.0, None),
     "roi_heads.detections_per_image": (_I, 1, 10_000, None), "roi_heads.mask_threshold": (_F, 0.0, 1.0, None),
     "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),

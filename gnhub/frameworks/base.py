@@ -47,6 +47,11 @@ class Convention:
         pixels."""
         raise NotImplementedError
 
+    def refine(self, boxes, deltas, stds, image_size):
+        """A cascade stage's (N, 4) boxes from the previous stage's boxes and its class-agnostic
+        deltas, decoded with that stage's `stds` and clipped to the image (h, w)."""
+        raise NotImplementedError
+
     def mask_rois(self, boxes, factors):
         """Detections as the mask head's RoIs, in the network's pixels."""
         return boxes

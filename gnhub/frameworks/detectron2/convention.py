@@ -117,6 +117,11 @@ class Detectron2Convention(Convention):
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
         return boxes[keep], scores[keep], labels[keep]
 
+    def refine(self, boxes, deltas, stds, image_size):
+        """CascadeROIHeads between stages: predict_boxes (Box2BoxTransform with the stage's
+        weights), then _create_proposals_from_boxes (Boxes.clip; at test time no box is dropped)."""
+        return clip_boxes(decode_boxes(boxes, deltas, stds), image_size)
+
     def postprocess(self, boxes, image_size, original_size):
         """detector_postprocess: boxes times original / resized size (Python floats, as it
         computes them), clipped to the original image; which of them are not empty."""
