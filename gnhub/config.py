@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import GnhubError
 from .frameworks import NAMES as CONVENTIONS
 
-__all__ = ["BGR_CAFFE", "BackboneConfig", "CHOICES", "COCO_CLASSES", "ConfigPatch", "DETECTRON_BGR_MEAN",
+__all__ = ["BGR_CAFFE", "BackboneConfig", "CASCADE_WEIGHTS", "CHOICES", "COCO_CLASSES", "ConfigPatch", "D2_CASCADE",
+    "DETECTRON_BGR_MEAN",
     "DETECTRON_PIXEL_MEANS", "FORMAT_VERSION", "FPNConfig", "IMAGENET_BGR_STD", "IMAGENET_CLASSES",
     "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD", "ModelConfig", "PreprocessConfig", "RGB_IMAGENET", "RPNConfig", "RULES",
     "RoIHeadsConfig", "SETTING_PATHS", "TrainConfig", "UNIT_STD", "backbone_words", "check_value",
@@ -460,3 +461,8 @@ BGR_CAFFE = ConfigPatch({"preprocess.channel_order": "BGR", "preprocess.mean": D
                          "preprocess.std": UNIT_STD})
 RGB_IMAGENET = ConfigPatch({"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
                             "preprocess.std": IMAGENET_RGB_STD})
+# detectron2's CascadeROIHeads (configs/Misc/cascade_*.yaml): ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+# (10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15) as gnhub's stds, class-agnostic boxes.
+CASCADE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+D2_CASCADE = ConfigPatch({"roi_heads.box_stds": tuple(1.0 / w for weights in CASCADE_WEIGHTS for w in weights),
+                          "roi_heads.class_agnostic": True})

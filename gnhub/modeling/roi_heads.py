@@ -109,7 +109,6 @@ class RoIHeads(nn.Module):
                  convention, masks: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.detect_cfg = dataclasses.replace(cfg, box_stds=cfg.box_stds[-4:])  # the last stage's decoding
         self.num_classes = num_classes
         self.convention = convention
         self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, convention)
@@ -146,7 +145,9 @@ class RoIHeads(nn.Module):
         convention's detection_frame); the result is in the same coordinates, or in original
         pixels where `factors` are given (Convention.detect).
         """
-        cfg, k, n = self.detect_cfg, self.num_classes, proposals.shape[0]
+        cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
+        if cfg.stages > 1:  # the last stage's decoding
+            cfg = dataclasses.replace(cfg, box_stds=cfg.box_stds[-4:])
         scores = probs[:, :-1].reshape(-1)  # box math in float32
         labels = torch.arange(k, device=scores.device).repeat(n)
         deltas = box_deltas.float()

@@ -107,7 +107,7 @@ class Detectron2Convention(Convention):
         clipped to the image, score > thresh, NMS per class (torchvision's batched NMS), the best
         detections_per_image."""
         boxes = decode_boxes(proposals, deltas, cfg.box_stds)
-        finite = (torch.isfinite(boxes).view(n, -1).all(dim=1) & torch.isfinite(scores).view(n, -1).all(dim=1))
+        finite = (torch.isfinite(boxes).view(n, 4 * k).all(dim=1) & torch.isfinite(scores).view(n, k).all(dim=1))
         boxes = clip_boxes(boxes, image_size)
         ok = scores > cfg.score_thresh
         if torch.jit.is_tracing() or not finite.all():
