@@ -49,8 +49,9 @@ class Bottleneck(nn.Module):
         if self.conv2_offset is None:
             out = self.conv2(out)
         else:
-            out = deform_conv2d(out, self.conv2_offset(out), self.conv2.filters().to(out.dtype),
-                                stride=self.conv2.stride, padding=self.conv2.padding)
+            dtype = out.dtype  # torchvision's CPU kernel is float32 (and float64) only
+            out = deform_conv2d(out.float(), self.conv2_offset(out).float(), self.conv2.filters().float(),
+                                stride=self.conv2.stride, padding=self.conv2.padding).to(dtype)
         out = relu_(self.gn2(out))
         out = self.gn3(self.conv3(out))
         return relu_(out + identity)

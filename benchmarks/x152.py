@@ -1,0 +1,79 @@
+"""CPU time and peak memory of detectron2's cascade X152 (cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv)
+predicting one image, at detectron2's own test settings:
+
+    python benchmarks/x152.py [--threads 2] [--repeats 1]
+
+The weights are the tests' real run's (tests/data/real_runs/d2_cascade_mask_rcnn_X_152_gn_dconv_seed50:
+its key list and seed, tests/detweights.py), written as the zoo's pickle and converted without
+verification; the image is the built-in street.png (427x640, resized to 800x1199 as detectron2
+does). A fresh process loads the model, predicts once to warm up, then times --repeats predicts
+(wall and process CPU time) and reports its own peak memory (VmHWM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT / "tests" / "data" / "real_runs" / "d2_cascade_mask_rcnn_X_152_gn_dconv_seed50"
+
+_CHILD = r"""
+import json, sys, time
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+model_dir, image, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import torch
+torch.set_num_threads(threads)
+import gnhub
+gnhub.tune_cpu()
+model = gnhub.load(model_dir)
+from gnhub.images import load_image
+rgb = load_image(image)
+model.predict(rgb)
+wall, cpu = [], []
+for _ in range(repeats):
+    w, c = time.perf_counter(), time.process_time()
+    result = model.predict(rgb)
+    wall.append(time.perf_counter() - w)
+    cpu.append(time.process_time() - c)
+print(json.dumps({"wall_s": min(wall), "cpu_s": min(cpu), "detections": len(result["boxes"]), "peak_mb": peak_mb()}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "tests"))
+    import detweights
+
+    from gnhub.convert import convert
+    from gnhub.samples import sample_images
+
+    meta = json.loads((CASE / "meta.json").read_text())
+    arrays = detweights.frozen_bn_arrays(detweights.read_key_list(CASE / "keys.txt"), meta["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / (CASE / "source.txt").read_text().strip()
+        with open(src, "wb") as f:
+            pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, f, protocol=4)
+        del arrays
+        convert(src, Path(tmp) / "x152", verify=False)
+        src.unlink()
+        image = next(p for p in sample_images() if p.name == "street.png")
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(Path(tmp) / "x152"), str(image), str(args.repeats),
+                              str(args.threads)], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"X152 cascade predict, street.png at 800x1199, {args.threads} threads: {r['wall_s']:.1f} s wall, "
+          f"{r['cpu_s']:.1f} s CPU, peak memory {r['peak_mb']:.0f} MB, {r['detections']} detections")
+
+
+if __name__ == "__main__":
+    main()
