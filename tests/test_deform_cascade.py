@@ -102,3 +102,10 @@ def test_box_stds_are_four_per_stage_and_a_cascade_is_class_agnostic(stds, agnos
     data["roi_heads"].update(box_stds=list(stds), class_agnostic=agnostic)
     with pytest.raises(GnhubError, match=r"roi_heads.box_stds holds \d+ values; expected 4 per stage"):
         ModelConfig.from_dict(data)
+
+
+def test_a_cascade_under_a_convention_without_one_is_one_clear_error():
+    config = _cascade_config()
+    config.convention = "mmdet"
+    with pytest.raises(GnhubError, match="3 cascade stages, which mmdetection's conventions do not have"):
+        GNMaskRCNN(config)

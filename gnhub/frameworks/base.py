@@ -14,6 +14,7 @@ class Convention:
 
     name: str
     trains = True  # whether gnhub's training (mmdetection's losses) may start from such a model
+    cascades = False  # whether it has cascade RoI heads (`refine`)
     width_offset = 0.0  # boxes are x2 - x1 + width_offset wide
     rescale = None  # arrays.rescale: (network-order image, PreprocessConfig) -> (resized, (w, h) factor)
 

@@ -41,6 +41,9 @@ class GNMaskRCNN(GNModel):
         super().__init__()
         self.config = config
         self.convention = convention_of(config.convention)
+        if config.roi_heads.stages > 1 and not self.convention.cascades:
+            raise GnhubError(f"{config.name}: roi_heads.box_stds gives {config.roi_heads.stages} cascade stages, which "
+                             f"{info(config.convention).TITLE}'s conventions do not have (convention in config.json)")
         self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fpn = FPN(STAGE_CHANNELS, config.fpn)

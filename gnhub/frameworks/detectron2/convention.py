@@ -59,6 +59,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Te
 
 class Detectron2Convention(Convention):
     name = "detectron2"
+    cascades = True
     rescale = staticmethod(arrays.rescale)
 
     def base_anchors(self, stride, ratios, scales):
