@@ -32,9 +32,9 @@ from references import REAL_RUNS, compact, sha256  # noqa: E402
 from refresh_real_runs import npz_bytes  # noqa: E402
 
 CONFIG = "Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml"
-SEED, IMAGE_SEED, HEIGHT, WIDTH = 50, 51, 160, 240
+SEED, IMAGE_SEED, HEIGHT, WIDTH = 50, 51, 128, 192
 # small test settings, so that the X152 forward costs seconds: test sizes, RPN proposals, detections
-MIN_SIZE_TEST, MAX_SIZE_TEST, POST_NMS_TOPK_TEST, DETECTIONS_PER_IMAGE = 160, 256, 50, 20
+MIN_SIZE_TEST, MAX_SIZE_TEST, POST_NMS_TOPK_TEST, DETECTIONS_PER_IMAGE = 128, 192, 20, 10
 SOURCE = "model_0039999_e76410.pkl"  # the zoo file's name: gnhub's zoo entry gives the settings
 CASE = "d2_cascade_mask_rcnn_X_152_gn_dconv_seed50"
 

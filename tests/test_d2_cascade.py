@@ -19,8 +19,9 @@ from gnhub.convert import convert
 from gnhub.source import open_source
 from gnhub.verify import verify_against
 
-FAST = ConfigPatch({"preprocess.max_size": (192, 128), "rpn.pre_nms_top_n": 200, "rpn.post_nms_top_n": 50,
-                   "roi_heads.detections_per_image": 10})
+# small: three stages of 4conv1fc heads cost 0.35 GFLOP per proposal, the 8-conv mask head 0.9 per detection
+FAST = ConfigPatch({"preprocess.max_size": (128, 96), "rpn.pre_nms_top_n": 100, "rpn.post_nms_top_n": 20,
+                   "roi_heads.detections_per_image": 5})
 
 
 def cascade_config(depth: int = 50, groups: int = 32, base_width: int = 4) -> ModelConfig:
