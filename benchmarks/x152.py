@@ -24,12 +24,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "tests" / "data" / "real_runs" / "d2_cascade_mask_rcnn_X_152_gn_dconv_seed50"
 
-_CHILD = r"""
+_COMMON = r"""
 import json, sys, time
 def peak_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+def timed(predict, repeats):  # one warm-up call, then the fastest of `repeats`; this process's own peak
+    predict()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        detections = predict()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    print(json.dumps({"wall_s": min(wall), "cpu_s": min(cpu), "detections": detections, "peak_mb": peak_mb()}))
+"""
+_CHILD = _COMMON + r"""
 model_dir, image, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import torch
 torch.set_num_threads(threads)
@@ -38,21 +49,9 @@ gnhub.tune_cpu()
 model = gnhub.load(model_dir)
 from gnhub.images import load_image
 rgb = load_image(image)
-model.predict(rgb)
-wall, cpu = [], []
-for _ in range(repeats):
-    w, c = time.perf_counter(), time.process_time()
-    result = model.predict(rgb)
-    wall.append(time.perf_counter() - w)
-    cpu.append(time.process_time() - c)
-print(json.dumps({"wall_s": min(wall), "cpu_s": min(cpu), "detections": len(result["boxes"]), "peak_mb": peak_mb()}))
+timed(lambda: len(model.predict(rgb)["boxes"]), repeats)
 """
-_D2_CHILD = r"""
-import json, sys, time
-def peak_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+_D2_CHILD = _COMMON + r"""
 weights, image, repeats, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import numpy as np, torch
 from PIL import Image
@@ -67,14 +66,7 @@ cfg.merge_from_file(str(configs / "cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dco
 cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", weights
 predictor = DefaultPredictor(cfg)
 bgr = np.ascontiguousarray(np.asarray(Image.open(image).convert("RGB"))[:, :, ::-1])
-predictor(bgr)
-wall, cpu = [], []
-for _ in range(repeats):
-    w, c = time.perf_counter(), time.process_time()
-    result = predictor(bgr)["instances"]
-    wall.append(time.perf_counter() - w)
-    cpu.append(time.process_time() - c)
-print(json.dumps({"wall_s": min(wall), "cpu_s": min(cpu), "detections": len(result), "peak_mb": peak_mb()}))
+timed(lambda: len(predictor(bgr)["instances"]), repeats)
 """
 
 
