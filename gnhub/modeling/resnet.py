@@ -5,12 +5,12 @@ DeformBottleneckBlock); outputs C2-C5."""
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from ..config import BackboneConfig
 from .bfloat16 import relu_
 from .conv import conv2d
 from .norm import backbone_norm
+from .ops import deform_conv2d
 
 __all__ = ["Bottleneck", "GNResNet", "STAGE_BLOCKS", "STAGE_CHANNELS", "bottleneck_width"]
 
