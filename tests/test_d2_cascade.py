@@ -82,6 +82,11 @@ def test_the_cascade_pickle_converts_to_what_its_tensors_and_detectron2s_config_
     assert (r.stages, r.class_agnostic, r.num_convs, r.mask_num_convs) == (3, True, 4, 8)
     assert [round(1 / s, 6) for s in r.box_stds] == [10, 10, 5, 5, 20, 20, 10, 10, 30, 30, 15, 15]
     assert c.architecture == "Mask R-CNN, ResNeXt-50 32x4d-FPN, FrozenBN backbone, GN heads"
+    from gnhub.cards import summary
+
+    assert summary(c) == ("Cascade Mask R-CNN (3 stages) with a ResNeXt-50 32x4d-FPN backbone: frozen batch "
+                          "normalization and deformable convolutions in the backbone, no normalization in the FPN, "
+                          "Group Normalization in the heads; 80 classes.")
 
 
 def test_the_detectron2_reference_verifies_the_cascade_to_the_last_bit(twin):
