@@ -91,7 +91,8 @@ _D2 = BGR_CAFFE | ConfigPatch({
     "roi_heads.aligned": True, "roi_heads.finest_scale": 56.0, "convention": "detectron2",
 })
 SETTINGS = {"d2": _D2, "d2-cascade": _D2 | D2_CASCADE}
-DEFAULTS = "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
+DEFAULTS = ("detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn, with cascade_mask_rcnn_*'s for cascade heads "
+            "(not a zoo file)")
 
 
 def _model(obj):
