@@ -179,7 +179,7 @@ def _detectron2() -> list[ZooEntry]:
 
 def _detectron2_x152() -> ZooEntry:
     name, seconds, mem, box, mask, mid, file = P.DETECTRON2_X152
-    return ZooEntry(name, "detectron2", "gn", "mask-rcnn", "X-152-32x8d", "in5k", f"iteration 40k (model id {mid})",
+    return ZooEntry(name, "detectron2", "gn", "mask-rcnn", "X-152-32x8d", "in5k", f"40k-iter (model id {mid})",
                     None, file, P.DETECTRON2_URL.format(name=name, id=mid, file=file), box, mask, mem,
                     inference_ms=round(1000 * seconds, 1),
                     hardware="8 NVIDIA V100 GPUs with NVLink (Big Basin servers, detectron2 MODEL_ZOO.md)",
