@@ -87,8 +87,15 @@ def summary(config: ModelConfig) -> str:
         return f"{net} with Group Normalization{ws} in every layer and its ImageNet classifier, " \
                f"{config.num_classes} classes."
     detector = "Mask R-CNN" if config.task == "instance-segmentation" else "Faster R-CNN (boxes, no masks)"
-    return f"{detector} with a {net}-FPN backbone and Group Normalization{ws} in every layer (backbone, FPN and " \
-           f"heads), {config.num_classes} classes."
+    if config.roi_heads.stages > 1:
+        detector = f"Cascade {detector} ({config.roi_heads.stages} stages)"
+    if b.norm == config.fpn.norm == "GN":
+        return f"{detector} with a {net}-FPN backbone and Group Normalization{ws} in every layer (backbone, FPN " \
+               f"and heads), {config.num_classes} classes."
+    words = {"GN": f"Group Normalization{ws}", "FrozenBN": "frozen batch normalization", "none": "no normalization"}
+    deform = " and deformable convolutions" if any(b.deform_stages) else ""
+    return f"{detector} with a {net}-FPN backbone: {words[b.norm]}{deform} in the backbone, " \
+           f"{words[config.fpn.norm]} in the FPN, Group Normalization in the heads; {config.num_classes} classes."
 
 
 def _results(entry: zoo.ZooEntry, config: ModelConfig, framework: str) -> list:

@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import GnhubError
 from .frameworks import NAMES as CONVENTIONS
 
-__all__ = ["BGR_CAFFE", "BackboneConfig", "CHOICES", "COCO_CLASSES", "ConfigPatch", "DETECTRON_BGR_MEAN",
+__all__ = ["BGR_CAFFE", "BackboneConfig", "CASCADE_WEIGHTS", "CHOICES", "COCO_CLASSES", "ConfigPatch", "D2_CASCADE",
+    "DETECTRON_BGR_MEAN",
     "DETECTRON_PIXEL_MEANS", "FORMAT_VERSION", "FPNConfig", "IMAGENET_BGR_STD", "IMAGENET_CLASSES",
     "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD", "ModelConfig", "PreprocessConfig", "RGB_IMAGENET", "RPNConfig", "RULES",
     "RoIHeadsConfig", "SETTING_PATHS", "TrainConfig", "UNIT_STD", "backbone_words", "check_value",
@@ -79,6 +80,8 @@ class BackboneConfig:
     groups: int = 1  # of the 3x3 convs: 1 for ResNet, 32 for ResNeXt 32x4d
     base_width: int = 64  # per group, at the first stage: 64 for ResNet, 4 for ResNeXt 32x4d
     weight_std: bool = False  # every conv's filters standardised before use (mmcv's ConvWS2d)
+    # per stage (C2-C5): its 3x3 convs deformable (v1, offsets from a 3x3 conv; detectron2's DEFORM_ON_PER_STAGE)
+    deform_stages: tuple[bool, ...] = (False, False, False, False)
 
     @property
     def name(self) -> str:
@@ -134,17 +137,26 @@ class RoIHeadsConfig:
     sampling_ratio: int = 0
     aligned: bool = True
     finest_scale: float = 56.0  # RoIs of sqrt(area) < 2 * finest_scale go to the finest level
-    num_convs: int = 4
+    num_convs: int = 4  # of the box head (each cascade stage's)
+    mask_num_convs: int = 4
     fc_channels: int = 1024
     num_groups: int = 32
     norm_eps: float = 1e-5
+    # 4 per stage: one stage, or a cascade (Cai & Vasconcelos, CVPR 2018; detectron2's CascadeROIHeads) of several,
+    # each with its own box head refining the previous stage's boxes; scores averaged over the stages
     box_stds: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+    class_agnostic: bool = False  # one box regression for all classes (4 deltas, not 4 per class)
     score_thresh: float = 0.05
     nms_iou: float = 0.5
     detections_per_image: int = 100
     mask_threshold: float = 0.5
     box_weight_std: bool = False  # the box head's convs standardised (mmcv's ConvWS2d)
     mask_weight_std: bool = False  # the mask head's convs standardised
+
+    @property
+    def stages(self) -> int:
+        """1, or the number of cascade stages."""
+        return len(self.box_stds) // 4
 
 
 @dataclass
@@ -230,6 +242,10 @@ class ModelConfig:
         float fields floats); one clear error otherwise."""
         for obj, name, path, value in _walk(self):
             setattr(obj, name, check_value(path, value))
+        stds, roi = len(self.roi_heads.box_stds), self.roi_heads
+        if stds % 4 or (roi.stages > 1 and not roi.class_agnostic):
+            raise GnhubError(f"config: roi_heads.box_stds holds {stds} values; expected 4 per stage, and a cascade of "
+                             "stages regresses class-agnostic boxes (roi_heads.class_agnostic true)")
         crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
         if crop > short:
             raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
@@ -244,7 +260,7 @@ RULES = {
     "classes": (str, 1, 200, 0),
     "backbone.depth": (_I, 50, 152, None), "backbone.num_groups": (_I, 1, 1024, None),
     "backbone.norm_eps": (_F, 1e-12, 1.0, None), "backbone.groups": (_I, 1, 64, None),
-    "backbone.base_width": (_I, 1, 1024, None),
+    "backbone.base_width": (_I, 1, 1024, None), "backbone.deform_stages": (bool, 0, 1, 4),
     **{f"{k}weight_std": (bool, 0, 1, None) for k in ("backbone.", "fpn.", "roi_heads.box_", "roi_heads.mask_")},
     "fpn.channels": (_I, 1, 4096, None), "fpn.num_groups": (_I, 1, 1024, None), "fpn.norm_eps": (_F, 1e-12, 1.0, None),
     "preprocess.mean": (_F, -1e4, 1e4, 3), "preprocess.std": (_F, 1e-6, 1e4, 3),
@@ -258,7 +274,8 @@ RULES = {
     "roi_heads.sampling_ratio": (_I, 0, 64, None), "roi_heads.aligned": (bool, 0, 1, None),
     "roi_heads.finest_scale": (_F, 1e-3, 1e5, None), "roi_heads.num_convs": (_I, 0, 16, None),
     "roi_heads.fc_channels": (_I, 1, 65536, None), "roi_heads.num_groups": (_I, 1, 1024, None),
-    "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 4),
+    "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 0),
+    "roi_heads.mask_num_convs": (_I, 0, 16, None), "roi_heads.class_agnostic": (bool, 0, 1, None),
     "roi_heads.score_thresh": (_F, 0.0, 1.0, None), "roi_heads.nms_iou": (_F, 0.0, 1.0, None),
     "roi_heads.detections_per_image": (_I, 1, 10_000, None), "roi_heads.mask_threshold": (_F, 0.0, 1.0, None),
     "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),
@@ -444,3 +461,8 @@ BGR_CAFFE = ConfigPatch({"preprocess.channel_order": "BGR", "preprocess.mean": D
                          "preprocess.std": UNIT_STD})
 RGB_IMAGENET = ConfigPatch({"preprocess.channel_order": "RGB", "preprocess.mean": IMAGENET_RGB_MEAN,
                             "preprocess.std": IMAGENET_RGB_STD})
+# detectron2's CascadeROIHeads (configs/Misc/cascade_*.yaml): ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+# (10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15) as gnhub's stds, class-agnostic boxes.
+CASCADE_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+D2_CASCADE = ConfigPatch({"roi_heads.box_stds": tuple(1.0 / w for weights in CASCADE_WEIGHTS for w in weights),
+                          "roi_heads.class_agnostic": True})

@@ -54,7 +54,8 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     """What the mapped tensors say: depth, ResNeXt groups and width, the backbone's and FPN's norms,
-    the task (a mask head or none, or an ImageNet classifier) and the number of classes."""
+    its deformable stages, the task (a mask head or none, or an ImageNet classifier), the convs of
+    the box and mask heads and the number of classes."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
@@ -64,6 +65,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     config.backbone.depth = depth
     if "backbone.gn1.running_var" in tensors:  # batch statistics: a FrozenBatchNorm backbone
         config.backbone.norm = "FrozenBN"
+    config.backbone.deform_stages = tuple(f"backbone.layer{i}.0.conv2_offset.weight" in tensors for i in range(1, 5))
     if "fpn.lateral.0.conv.bias" in tensors:  # FPN convs with biases have no norm after them
         config.fpn.norm = "none"
     conv2 = tensors.get("backbone.layer1.0.conv2.weight")
@@ -75,6 +77,9 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
         config.task = "image-classification"
         num_classes, known = tensors["fc.weight"].shape[0], IMAGENET_CLASSES
     elif "roi_heads.box_head.cls_score.weight" in tensors:
+        for field, head in (("num_convs", "box_head"), ("mask_num_convs", "mask_head")):
+            convs = len({k.split(".")[3] for k in tensors if k.startswith(f"roi_heads.{head}.convs.")})
+            setattr(config.roi_heads, field, convs or getattr(config.roi_heads, field))
         num_classes, known = tensors["roi_heads.box_head.cls_score.weight"].shape[0] - 1, COCO_CLASSES
         if not any(k.startswith("roi_heads.mask_head.") for k in tensors):
             config.task = "object-detection"  # a Faster R-CNN

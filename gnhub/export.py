@@ -92,6 +92,11 @@ def check_exportable(model) -> None:
     if not info(c.convention).EXPORTS:
         raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
                          "export covers mmdetection- and detectron2-convention models")
+    roi = c.roi_heads
+    if roi.stages > 1 or roi.class_agnostic or any(c.backbone.deform_stages):
+        raise GnhubError(f"{c.name}: has cascade or class-agnostic RoI heads or deformable convolutions "
+                         "(roi_heads, backbone.deform_stages in config.json); ONNX export does not cover them yet: "
+                         "predict with the PyTorch model")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")

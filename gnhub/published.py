@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from .config import IMAGENET_BGR_STD
 
-__all__ = ["CITATIONS", "DETECTRON", "DETECTRON2", "DETECTRON2_CITATION", "DETECTRON2_RESULTS", "DETECTRON2_URL",
-    "DETECTRON_CITATION", "DETECTRON_IMAGENET", "DETECTRON_RESULTS", "DETECTRON_RUN", "DETECTRON_URL", "GN", "MMDET",
-    "MMDET_GN", "MMDET_GN_RESULTS", "MMDET_GN_URL", "MMDET_GN_WS", "MMDET_GN_WS_RESULTS", "MMDET_GN_WS_URL",
-    "MMDET_SCRATCH", "MMDET_SCRATCH_RESULTS", "MMDET_SCRATCH_URL", "RETHINKING", "WS"]
+__all__ = ["CASCADE", "CITATIONS", "DCN", "DETECTRON", "DETECTRON2", "DETECTRON2_CITATION", "DETECTRON2_RESULTS",
+    "DETECTRON2_URL", "DETECTRON2_X152", "DETECTRON_CITATION", "DETECTRON_IMAGENET", "DETECTRON_RESULTS",
+    "DETECTRON_RUN", "DETECTRON_URL", "GN", "MMDET", "MMDET_GN", "MMDET_GN_RESULTS", "MMDET_GN_URL", "MMDET_GN_WS",
+    "MMDET_GN_WS_RESULTS", "MMDET_GN_WS_URL", "MMDET_SCRATCH", "MMDET_SCRATCH_RESULTS", "MMDET_SCRATCH_URL",
+    "RETHINKING", "WS"]
 
 # -- mmdetection: configs/gn/README.md (v2.0 model zoo) ------------------------------------------
 # name, depth, pretrained backbone ("(d)" Detectron's, "(c)" contributed), schedule, epochs,
@@ -98,6 +99,13 @@ DETECTRON2 = [
     ("scratch_mask_rcnn_R_50_FPN_9x_gn", "9x", None, 0.061, 7.2, 43.7, 39.6, "183808979", "model_final_da7b4c.pkl",
      {"preprocess.std": IMAGENET_BGR_STD, "train.frozen_stages": 0}),
 ]
+# The same table's "Mask R-CNN X152" row (its own columns: inference time (s/im), train mem (GB),
+# box AP, mask AP, PQ (none), model id; no schedule: SOLVER.MAX_ITER 50000 of 128 images, the file
+# is iteration 40k); "+ test-time aug." 51.9 / 45.9 below it is not a file. Its config: a FAIR
+# ImageNet-5k ResNeXt-152 32x8d with FrozenBN and deformable res3-res5, FPN without norm,
+# CascadeROIHeads (4conv1fc GN box heads, class-agnostic), an 8-conv GN mask head.
+DETECTRON2_X152 = ("cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv", 0.234, 15.1, 50.2, 44.0, "18131413",
+                   "model_0039999_e76410.pkl")
 
 # -- PaddleDetection: configs/gn/README.md (COCO 2017; 1 image per GPU, 2x = 24 epochs; ResNet50-FPN
 # with frozen BatchNorm, GN in the FPN and heads; ImageNet backbone ResNet50_cos_pretrained) ------
@@ -152,5 +160,17 @@ PADDLE_CITATION = """@misc{ppdet2019,
   howpublished = {\\url{https://github.com/PaddlePaddle/PaddleDetection}},
   year={2019}
 }"""
+CASCADE = """@inproceedings{cai2018cascade,
+  title={Cascade R-CNN: Delving into High Quality Object Detection},
+  author={Cai, Zhaowei and Vasconcelos, Nuno},
+  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2018}
+}"""
+DCN = """@inproceedings{dai2017deformable,
+  title={Deformable Convolutional Networks},
+  author={Dai, Jifeng and Qi, Haozhi and Xiong, Yuwen and Li, Yi and Zhang, Guodong and Hu, Han and Wei, Yichen},
+  booktitle={Proceedings of the IEEE International Conference on Computer Vision (ICCV)},
+  year={2017}
+}"""
 CITATIONS = {"gn": GN, "ws": WS, "rethinking": RETHINKING, "mmdet": MMDET, "detectron": DETECTRON_CITATION,
-             "detectron2": DETECTRON2_CITATION, "paddle": PADDLE_CITATION}
+             "detectron2": DETECTRON2_CITATION, "paddle": PADDLE_CITATION, "cascade": CASCADE, "dcn": DCN}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import published as P
-from .config import BGR_CAFFE, RGB_IMAGENET, ConfigPatch, backbone_words
+from .config import BGR_CAFFE, D2_CASCADE, RGB_IMAGENET, ConfigPatch, backbone_words
 from .errors import GnhubError
 from .settings import DEFAULT_ORG, zoo_file
 
@@ -69,6 +69,13 @@ class ZooEntry:
         if self.detector == "classifier":
             return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
         detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
+        c = self.conventions
+        if c.get("backbone.norm") == "FrozenBN":
+            stages = len(c.get("roi_heads.box_stds", ())) // 4
+            return (f"{'Cascade ' if stages > 1 else ''}{detector}, {backbone_words(self.backbone)}-FPN: FrozenBN "
+                    f"backbone{' with deformable convolutions' if any(c.get('backbone.deform_stages', ())) else ''}"
+                    f", FPN without norm, GroupNorm heads ({stages} x 4conv1fc box head, "
+                    f"{c.get('roi_heads.mask_num_convs', 4)}-conv mask head)")
         norm = "GroupNorm and Weight Standardization in every conv layer" if self.family == "gn+ws" else \
             "GroupNorm everywhere" if self.backbone_norm == "GN" else \
             "frozen BatchNorm backbone, GroupNorm in FPN and heads"
@@ -96,6 +103,7 @@ class ZooEntry:
                 "ws": "ImageNet {b} GN+WS backbone from JHU (open-mmlab://jhu)",
                 "imagenet": "Detectron's ImageNet {b}-GN backbone",
                 "paddle": "PaddleDetection's ImageNet {b} backbone (ResNet50_cos_pretrained, BatchNorm)",
+                "in5k": "FAIR's ImageNet-5k {b} backbone (FrozenBN; catalog://ImageNetPretrained/FAIR/X-152-32x8d-IN5k)",
                 "scratch": "none: trained from scratch",
                 "none": "trained on ImageNet-1k from scratch",
                 "unknown": "not stated"}[self.pretrain].format(b=self.backbone)
@@ -169,7 +177,19 @@ def _detectron2() -> list[ZooEntry]:
                      results_source=P.DETECTRON2_RESULTS,
                      citations=("gn", "rethinking") if name.startswith("scratch") else ("gn",),
                      conventions=ConfigPatch(changes))
-            for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2]
+            for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2] + [_detectron2_x152()]
+
+
+def _detectron2_x152() -> ZooEntry:
+    name, seconds, mem, box, mask, mid, file = P.DETECTRON2_X152
+    return ZooEntry(name, "detectron2", "gn", "mask-rcnn", "X-152-32x8d", "in5k", f"40k-iter (model id {mid})",
+                    None, file, P.DETECTRON2_URL.format(name=name, id=mid, file=file), box, mask, mem,
+                    inference_ms=round(1000 * seconds, 1),
+                    hardware="8 NVIDIA V100 GPUs with NVLink (Big Basin servers, detectron2 MODEL_ZOO.md)",
+                    results_source=P.DETECTRON2_RESULTS, citations=("gn", "cascade", "dcn"),
+                    conventions=D2_CASCADE | ConfigPatch({
+                        "backbone.norm": "FrozenBN", "backbone.deform_stages": (False, True, True, True),
+                        "fpn.norm": "none", "roi_heads.mask_num_convs": 8}))
 
 
 def _paddle() -> list[ZooEntry]:

@@ -94,6 +94,24 @@ def paddle_arrays(entries, seed: int, linear) -> dict[str, np.ndarray]:
     return out
 
 
+def frozen_bn_arrays(entries, seed: int = 0) -> dict[str, np.ndarray]:
+    """make_arrays for a FrozenBN backbone (gnhub's addition, not in ../shared): running means
+    0.1 N(0, 1) and variances U(0.5, 1.5) drawn after the other tensors, the stem's norm scaled by
+    0.01 (caffe-style input is 0-255) and each residual branch's last norm (conv3's) by 0.1:
+    without batch statistics that match the activations, 16 to 50 residual sums would double the
+    features' spread block after block."""
+    arrays = make_arrays(entries, seed)
+    rng = np.random.default_rng(seed)
+    for k, a in arrays.items():
+        if k.endswith("running_mean"):
+            arrays[k] = (0.1 * rng.standard_normal(a.shape)).astype(np.float32)
+        elif k.endswith("running_var"):
+            arrays[k] = rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
+        elif ".norm." in k and k.endswith(("weight", "bias")) and (".conv3." in k or ".stem." in k):
+            arrays[k] = a * np.float32(0.01 if ".stem." in k else 0.1)
+    return arrays
+
+
 def make_state_dict(entries, seed: int = 0):
     import torch
 

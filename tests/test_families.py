@@ -61,7 +61,8 @@ def test_a_detectron2_pickle_is_recognised_by_name_or_given_one(d2_weights, tmp_
     other = _d2_pickle(tmp_path / "my_finetune.pkl", d2_weights, protocol)
     messages = []
     summary = convert(other, tmp_path / "other", verify=False, log=messages.append)
-    assert summary["preprocess_from"] == "detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn (not a zoo file)"
+    assert summary["preprocess_from"] == ("detectron2 defaults of mask_rcnn_R_50_FPN_3x_gn, with cascade_mask_rcnn_*'s "
+                                          "for cascade heads (not a zoo file)")
     assert any("converted with the detectron2 defaults" in m for m in messages), messages
     summary = convert(other, tmp_path / "named", verify=False, name="scratch_mask_rcnn_R_50_FPN_9x_gn")
     assert load(tmp_path / "named").config.preprocess.std == (57.375, 57.12, 58.395)

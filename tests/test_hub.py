@@ -199,7 +199,7 @@ def test_directory_hub_and_torch_hub(zoo_named_dir, tmp_path):
     spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
     spec.loader.exec_module(hubconf := importlib.util.module_from_spec(spec))
     entries = [k for k, v in vars(hubconf).items() if callable(v) and not k.startswith("_")]
-    assert len(entries) == 33 and all(e.isidentifier() for e in entries)
+    assert len(entries) == 34 and all(e.isidentifier() for e in entries)
     assert hubconf.faster_rcnn_x50_32x4d_fpn_gn_ws_all_1x_coco.__doc__.startswith(
         "Faster R-CNN, ResNeXt-50 32x4d-FPN with GroupNorm and Weight Standardization")
 

@@ -1,4 +1,4 @@
-"""The zoo: 33 published checkpoints, each row held to its upstream table's own text (copies in
+"""The zoo: 34 published checkpoints, each row held to its upstream table's own text (copies in
 tests/upstream/), names that load, and the filters of `gnhub list`."""
 import re
 from pathlib import Path
@@ -12,14 +12,14 @@ from gnhub import zoo
 UPSTREAM = Path(__file__).parent / "upstream"
 
 
-def test_thirty_three_models_in_six_families():
+def test_thirty_four_models_in_six_families():
     m = zoo.MODELS
-    assert len(m) == 33
+    assert len(m) == 34
     counts = {}
     for e in m.values():
         counts[(e.source_format, e.family)] = counts.get((e.source_format, e.family), 0) + 1
     assert counts == {("mmdet", "gn"): 6, ("mmdet", "gn+ws"): 12, ("mmdet", "scratch"): 2, ("detectron", "gn"): 4,
-                      ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 1,
+                      ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 2,
                       ("detectron2", "scratch"): 2, ("paddle", "gn"): 2}
 
 
@@ -81,6 +81,23 @@ def test_paddledetection_gn_readme_rows():
     assert names == {n for n, e in zoo.MODELS.items() if e.source_format == "paddle"}
 
 
+def test_detectron2_x152_cascade_row():
+    text = (UPSTREAM / "detectron2_model_zoo_gn.html").read_text()
+    name, cells = re.search(r'configs/Misc/(cascade\w+)\.yaml">Mask R-CNN X152</a></td>\n((?:<td[^>]*>.*</td>\n){7})',
+                            text).groups()
+    infer, mem, box, mask, pq, mid, download = re.findall(r"<td[^>]*>(.*)</td>", cells)
+    e = zoo.MODELS[name]
+    assert (e.inference_ms, e.train_memory_gb, e.box_ap, e.mask_ap, pq) == (1000 * float(infer), float(mem), float(box),
+                                                                          float(mask), "")
+    assert e.schedule.endswith(f"(model id {mid})") and e.url == re.search(r'href="([^"]*\.pkl)"', download).group(1)
+    assert e.backbone == "X-152-32x8d" and e.file == "model_0039999_e76410.pkl" and e.sha256 is None
+    s = e.settings
+    assert (s["backbone.norm"], s["fpn.norm"], s["roi_heads.class_agnostic"], s["roi_heads.mask_num_convs"]) == (
+        "FrozenBN", "none", True, 8)
+    assert [round(1 / x, 6) for x in s["roi_heads.box_stds"]] == [10, 10, 5, 5, 20, 20, 10, 10, 30, 30, 15, 15]
+    assert "51.9" in text and "45.9" in text and "TTA" not in e.name  # test-time augmentation: not a file
+
+
 def test_mmdetection_gn_readme_rows():
     m = zoo.MODELS
     fps = {n: e.inference_fps for n, e in m.items() if e.source_format == "mmdet" and e.family == "gn"}
@@ -96,7 +113,7 @@ def test_list_filters_by_family_detector_backbone_and_format():
     assert out[0].startswith("name") and [line.split()[0] for line in out[1:]] == [
         "faster_rcnn_x101_32x4d_fpn_gn_ws-all_1x_coco"]
     out = run("list", "--format", "detectron2").stdout.splitlines()[1:]
-    assert len(out) == 3 and all("box AP" in line for line in out)
+    assert len(out) == 4 and all("box AP" in line for line in out)
     assert run("list", "--family", "scratch").stdout.count("\n") == 1 + 6  # mmdetection 2, Detectron 2, detectron2 2
 
 

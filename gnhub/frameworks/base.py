@@ -14,6 +14,7 @@ class Convention:
 
     name: str
     trains = True  # whether gnhub's training (mmdetection's losses) may start from such a model
+    cascades = False  # whether it has cascade RoI heads (`refine`)
     width_offset = 0.0  # boxes are x2 - x1 + width_offset wide
     rescale = None  # arrays.rescale: (network-order image, PreprocessConfig) -> (resized, (w, h) factor)
 
@@ -45,6 +46,11 @@ class Convention:
         (n * k rows: proposals, float32 deltas, scores, labels). `factors` (w, h): given where
         rescales_box_only and the detector has no mask head; the boxes then come back in original
         pixels."""
+        raise NotImplementedError
+
+    def refine(self, boxes, deltas, stds, image_size):
+        """A cascade stage's (N, 4) boxes from the previous stage's boxes and its class-agnostic
+        deltas, decoded with that stage's `stds` and clipped to the image (h, w)."""
         raise NotImplementedError
 
     def mask_rois(self, boxes, factors):

@@ -41,6 +41,9 @@ class GNMaskRCNN(GNModel):
         super().__init__()
         self.config = config
         self.convention = convention_of(config.convention)
+        if config.roi_heads.stages > 1 and not self.convention.cascades:
+            raise GnhubError(f"{config.name}: roi_heads.box_stds gives {config.roi_heads.stages} cascade stages, which "
+                             f"{info(config.convention).TITLE}'s conventions do not have (convention in config.json)")
         self.preprocessor = Preprocessor(config.preprocess, self.convention.rescale)
         self.backbone = GNResNet(config.backbone)
         self.fpn = FPN(STAGE_CHANNELS, config.fpn)
@@ -54,6 +57,7 @@ class GNMaskRCNN(GNModel):
         initialised as mmdetection initialises them (normal std 0.01, normal std 0.001, Kaiming
         normal fan-out; zero biases; drawn from `generator`), every other tensor the same (shared,
         not copied)."""
+        self.check_standard_heads()
         classes = tuple(str(c) for c in classes)
         config = dataclasses.replace(self.config, classes=classes)
         config.check()
@@ -146,10 +150,19 @@ class GNMaskRCNN(GNModel):
     def check_trainable(self) -> None:
         """One clear error where the model's convention does not train (gnhub's training is
         mmdetection's: Detectron's widths x2 - x1 + 1 are not)."""
+        self.check_standard_heads()
         if not self.convention.trains:
             raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
                              f"{info(self.config.convention).TITLE}'s (convention in config.json): convert an "
                              "mmdetection or detectron2 checkpoint")
+
+    def check_standard_heads(self) -> None:
+        """One clear error for RoI heads that gnhub predicts with but does not train or give new classes."""
+        roi = self.config.roi_heads
+        if roi.stages > 1 or roi.class_agnostic:
+            raise GnhubError(f"{self.config.name}: gnhub trains one RoI stage with per-class box regression (as "
+                             "mmdetection's StandardRoIHead); this model has cascade or class-agnostic RoI heads "
+                             "(roi_heads in config.json), which it predicts with but does not train")
 
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""
@@ -166,16 +179,17 @@ class GNMaskRCNN(GNModel):
         padded = tuple(batch.tensor.shape[-2:])
         props = [self.rpn.proposals(objectness, deltas, conv.clip_size(size, padded), b, sf[0])
                  for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
-        cls_logits, box_deltas = self.roi_heads.box_head(self.roi_heads.box_pool(p[:4], to_rois([b for b, _ in props])))
+        cls_logits, box_deltas, probs, last_deltas, last_boxes = self.roi_heads.classify(
+            p[:4], [b for b, _ in props], batch.image_sizes)
         counts = [len(boxes) for boxes, _ in props]
         masks = self.roi_heads.mask_head is not None
         rescaled = not masks and conv.rescales_box_only  # boxes in original pixels from detect on
         dets = []
-        for logit, delta, (boxes, _), size, orig, sf in zip(
-            *_per_image([cls_logits, box_deltas], counts), props, batch.image_sizes,
+        for prob, delta, boxes, size, orig, sf in zip(
+            *_per_image([probs, last_deltas, last_boxes], counts), batch.image_sizes,
             batch.original_sizes, batch.scale_factors,
         ):
-            dets.append(self.roi_heads.detect(logit, delta, *conv.detection_frame(boxes, size, orig, sf),
+            dets.append(self.roi_heads.detect(prob, delta, *conv.detection_frame(boxes, size, orig, sf),
                                               factors=sf if rescaled else None))
         if masks:
             mask_boxes = [conv.mask_rois(b, sf) for (b, _, _), sf in zip(dets, batch.scale_factors)]

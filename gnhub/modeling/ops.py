@@ -1,8 +1,8 @@
-"""torchvision's compiled NMS and RoIAlign (torch.ops.torchvision) for inference without
-importing the torchvision package, whose import pulls in all of torchvision.models and
-torch._dynamo (about 1.5 s on top of torch's own): the same kernels, so the same bits. Where
-gradients or autocast are on, the package is imported, since torchvision registers their rules
-in Python."""
+"""torchvision's compiled NMS, RoIAlign and deformable convolution (torch.ops.torchvision) for
+inference without importing the torchvision package, whose import pulls in all of
+torchvision.models and torch._dynamo (about 1.5 s on top of torch's own): the same kernels, so
+the same bits. Where gradients or autocast are on, the package is imported, since torchvision
+registers their rules in Python."""
 from __future__ import annotations
 
 import functools
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import GnhubError
 
-__all__ = ["nms", "roi_align"]
+__all__ = ["deform_conv2d", "nms", "roi_align"]
 
 
 @functools.cache
@@ -53,6 +53,16 @@ def _ops(x: Tensor):
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices of the boxes kept by greedy NMS, by decreasing score (torchvision.ops.nms)."""
     return _ops(boxes).nms(boxes, scores, iou_threshold)
+
+
+def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, stride: tuple[int, int],
+                  padding: tuple[int, int]) -> Tensor:
+    """Deformable convolution v1 (torchvision.ops.deform_conv2d without mask or bias): groups as
+    the weight says, one offset group per 2 * kh * kw offset channels."""
+    kh, kw = weight.shape[-2:]
+    return _ops(x).deform_conv2d(x, weight, offset, x.new_zeros(x.shape[0], 1), x.new_zeros(weight.shape[0]),
+                                 *stride, *padding, 1, 1, x.shape[1] // weight.shape[1],
+                                 offset.shape[1] // (2 * kh * kw), False)
 
 
 _MIN_ROIS_PER_THREAD = 16  # fewer RoIs than this per thread: one call

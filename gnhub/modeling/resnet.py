@@ -1,6 +1,7 @@
 """ResNet-50/101/152 and ResNeXt with a norm after every conv (stem and shortcut included):
 GroupNorm or FrozenBatchNorm (`backbone.norm`; the modules keep the names gn1-gn3 either way),
-optionally weight-standardised convs; outputs C2-C5."""
+optionally weight-standardised convs, optionally deformable 3x3 convs (v1, detectron2's
+DeformBottleneckBlock); outputs C2-C5."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -9,6 +10,7 @@ from ..config import BackboneConfig
 from .bfloat16 import relu_
 from .conv import conv2d
 from .norm import backbone_norm
+from .ops import deform_conv2d
 
 __all__ = ["Bottleneck", "GNResNet", "STAGE_BLOCKS", "STAGE_CHANNELS", "bottleneck_width"]
 
@@ -23,13 +25,15 @@ def bottleneck_width(planes: int, groups: int, base_width: int) -> int:
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (carries the stride, "pytorch style"; `groups` for ResNeXt) -> 1x1, a norm after
-    each, ReLU after the sum."""
+    each, ReLU after the sum. `deform`: the 3x3 is a deformable convolution v1 (one offset group)
+    whose offsets a 3x3 conv with bias (`conv2_offset`, 18 channels) computes from its input."""
 
-    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int, cfg: BackboneConfig):
+    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int, cfg: BackboneConfig, deform: bool = False):
         super().__init__()
         ws = cfg.weight_std
         self.conv1 = conv2d(in_ch, width, 1, bias=False, weight_std=ws)
         self.gn1 = backbone_norm(width, cfg)
+        self.conv2_offset = nn.Conv2d(width, 18, 3, stride, 1) if deform else None
         self.conv2 = conv2d(width, width, 3, stride, 1, groups=cfg.groups, bias=False, weight_std=ws)
         self.gn2 = backbone_norm(width, cfg)
         self.conv3 = conv2d(width, out_ch, 1, bias=False, weight_std=ws)
@@ -42,7 +46,13 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = relu_(self.gn1(self.conv1(x)))
-        out = relu_(self.gn2(self.conv2(out)))
+        if self.conv2_offset is None:
+            out = self.conv2(out)
+        else:
+            dtype = out.dtype  # torchvision's CPU kernel is float32 (and float64) only
+            out = deform_conv2d(out.float(), self.conv2_offset(out).float(), self.conv2.filters().float(),
+                                stride=self.conv2.stride, padding=self.conv2.padding).to(dtype)
+        out = relu_(self.gn2(out))
         out = self.gn3(self.conv3(out))
         return relu_(out + identity)
 
@@ -60,8 +70,9 @@ class GNResNet(nn.Module):
         in_ch = 64
         for i, (blocks, out_ch) in enumerate(zip(STAGE_BLOCKS[cfg.depth], STAGE_CHANNELS)):
             width = bottleneck_width(out_ch // 4, cfg.groups, cfg.base_width)
-            layer = [Bottleneck(in_ch, width, out_ch, 1 if i == 0 else 2, cfg)]
-            layer += [Bottleneck(out_ch, width, out_ch, 1, cfg) for _ in range(blocks - 1)]
+            deform = cfg.deform_stages[i]
+            layer = [Bottleneck(in_ch, width, out_ch, 1 if i == 0 else 2, cfg, deform)]
+            layer += [Bottleneck(out_ch, width, out_ch, 1, cfg, deform) for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             in_ch = out_ch
 

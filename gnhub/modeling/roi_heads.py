@@ -1,5 +1,8 @@
-"""RoI stage: multi-level RoIAlign, the 4conv1fc box head, the FCN mask head, detection."""
+"""RoI stage: multi-level RoIAlign, the 4conv1fc box head (one, or one per cascade stage), the FCN
+mask head, detection."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import RoIHeadsConfig
 from .bfloat16 import nchw_float, relu_
-from .boxes import encode_boxes
+from .boxes import encode_boxes, to_rois
 from .conv import conv2d
 from .fpn import ConvGN
 from .ops import roi_align
@@ -67,7 +70,8 @@ class MultiLevelRoIAlign(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """4 x (3x3 conv + GN + ReLU) -> fc + ReLU -> class logits (K + 1, background last), deltas (4K)."""
+    """4 x (3x3 conv + GN + ReLU) -> fc + ReLU -> class logits (K + 1, background last), deltas (4K,
+    or 4 where class-agnostic)."""
 
     def __init__(self, channels: int, num_classes: int, cfg: RoIHeadsConfig):
         super().__init__()
@@ -75,7 +79,7 @@ class BoxHead(nn.Module):
         self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws) for _ in range(cfg.num_convs)))
         self.fc = nn.Linear(channels * cfg.box_pool_size**2, cfg.fc_channels)
         self.cls_score = nn.Linear(cfg.fc_channels, num_classes + 1)
-        self.bbox_pred = nn.Linear(cfg.fc_channels, num_classes * 4)
+        self.bbox_pred = nn.Linear(cfg.fc_channels, 4 if cfg.class_agnostic else num_classes * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.fc(self.convs(x).flatten(1)))
@@ -83,12 +87,13 @@ class BoxHead(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """4 x (3x3 conv + GN + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv, K logits."""
+    """mask_num_convs x (3x3 conv + GN + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv, K logits."""
 
     def __init__(self, channels: int, num_classes: int, cfg: RoIHeadsConfig):
         super().__init__()
         g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.mask_weight_std
-        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws) for _ in range(cfg.num_convs)))
+        self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws)
+                                     for _ in range(cfg.mask_num_convs)))
         self.upsample = nn.ConvTranspose2d(channels, channels, 2, stride=2)
         self.logits = conv2d(channels, num_classes, 1)
 
@@ -97,7 +102,8 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """The box head, and the mask head unless `masks` is False (a Faster R-CNN)."""
+    """The box head (and one more per further cascade stage, `cascade_heads`), and the mask head
+    unless `masks` is False (a Faster R-CNN)."""
 
     def __init__(self, channels: int, num_classes: int, strides: tuple[int, ...], cfg: RoIHeadsConfig,
                  convention, masks: bool = True):
@@ -107,24 +113,47 @@ class RoIHeads(nn.Module):
         self.convention = convention
         self.box_pool = MultiLevelRoIAlign(cfg.box_pool_size, strides, cfg, convention)
         self.box_head = BoxHead(channels, num_classes, cfg)
+        self.cascade_heads = nn.ModuleList(BoxHead(channels, num_classes, cfg) for _ in range(cfg.stages - 1))
         self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, convention) if masks else None
         self.mask_head = MaskHead(channels, num_classes, cfg) if masks else None
 
+    def classify(self, feats: list[Tensor], proposals: list[Tensor], image_sizes) -> tuple[Tensor, ...]:
+        """The box head(s) on every image's proposals (network pixels): (the first stage's class
+        logits and deltas, the class probabilities (float32; averaged over a cascade's stages),
+        the last stage's deltas, the boxes they apply to (all images' rows together)). Each
+        further stage runs on the previous one's boxes, decoded with its box_stds and clipped to
+        the image (detectron2's CascadeROIHeads at test time)."""
+        logits, deltas = self.box_head(self.box_pool(feats, to_rois(proposals)))
+        first, probs = (logits, deltas), [F.softmax(logits.float(), dim=-1)]
+        counts = [len(p) for p in proposals]
+        for i, head in enumerate(self.cascade_heads):
+            stds = self.cfg.box_stds[4 * i: 4 * i + 4]
+            proposals = [self.convention.refine(p, d.float(), stds, size)
+                         for p, d, size in zip(proposals, deltas.split(counts), image_sizes)]
+            logits, deltas = head(self.box_pool(feats, to_rois(proposals)))
+            probs.append(F.softmax(logits.float(), dim=-1))
+        scores = probs[0] if len(probs) == 1 else sum(probs) * (1.0 / len(probs))
+        return *first, scores, deltas, torch.cat(proposals)
+
     def detect(
-        self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int], factors=None
+        self, probs: Tensor, box_deltas: Tensor, proposals: Tensor, image_size: tuple[int, int], factors=None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-class decoding, score threshold, per-class NMS as the convention does them ->
-        boxes, scores, labels (best first).
+        """Decoding (per class, or once where class-agnostic), score threshold, per-class NMS as
+        the convention does them -> boxes, scores, labels (best first); `probs` are `classify`'s.
 
         `proposals` and `image_size` are in the coordinates detection happens in (the
         convention's detection_frame); the result is in the same coordinates, or in original
         pixels where `factors` are given (Convention.detect).
         """
         cfg, k, n = self.cfg, self.num_classes, proposals.shape[0]
-        scores = F.softmax(cls_logits.float(), dim=-1)[:, :-1].reshape(-1)  # box math in float32
+        if cfg.stages > 1:  # the last stage's decoding
+            cfg = dataclasses.replace(cfg, box_stds=cfg.box_stds[-4:])
+        scores = probs[:, :-1].reshape(-1)  # box math in float32
         labels = torch.arange(k, device=scores.device).repeat(n)
-        return self.convention.detect(proposals.repeat_interleave(k, dim=0), box_deltas.float().reshape(-1, 4), scores,
-                                      labels, n, k, image_size, cfg, factors)
+        deltas = box_deltas.float()
+        deltas = deltas.repeat_interleave(k, dim=0) if self.cfg.class_agnostic else deltas.reshape(-1, 4)
+        return self.convention.detect(proposals.repeat_interleave(k, dim=0), deltas, scores, labels, n, k, image_size,
+                                      cfg, factors)
 
     def loss(self, feats: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor],
              gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:

@@ -1,10 +1,12 @@
-"""An independent forward of detectron2's GN Mask R-CNN (GeneralizedRCNN, GN ResNet-FPN), written
-against the parameter names of a detectron2 checkpoint.
+"""An independent forward of detectron2's GN Mask R-CNN (GeneralizedRCNN, GN ResNet-FPN; or FrozenBN
+ResNeXt with deformable stages, a plain FPN and cascade GN heads), written against the parameter
+names of a detectron2 checkpoint.
 
 It follows detectron2's DefaultPredictor step by step (data/transforms ResizeShortestEdge,
-modeling/backbone/resnet.py and fpn.py, anchor_generator.py, box_regression.py,
-proposal_generator/proposal_utils.py, poolers.py, roi_heads/fast_rcnn.py and mask_head.py,
-postprocessing.py, layers/mask_ops.py) with plain torch, Pillow and torchvision.ops (its
+modeling/backbone/resnet.py (DeformBottleneckBlock, layers/deform_conv.py on a CPU) and fpn.py,
+layers/batch_norm.py (FrozenBatchNorm2d), anchor_generator.py, box_regression.py,
+proposal_generator/proposal_utils.py, poolers.py, roi_heads/fast_rcnn.py, cascade_rcnn.py and
+mask_head.py, postprocessing.py, layers/mask_ops.py) with plain torch, Pillow and torchvision.ops (its
 batched_nms and roi_align, as detectron2 calls them); it shares no code with gnhub's model.
 Outputs use gnhub's stage names (proposal scores are detectron2's objectness logits), so
 `gnhub verify` can compare the two.
@@ -35,12 +37,25 @@ class Detectron2Reference:
         self.blocks = [len({k.split(".")[3] for k in self.sd if k.startswith(f"backbone.bottom_up.res{n}.")})
                        for n in range(2, 6)]
         self.masks = any(k.startswith("roi_heads.mask_head.") for k in self.sd)
+        # CascadeROIHeads: box_head.0, box_predictor.0, ... (a StandardROIHeads' has no stage number)
+        self.stages = len({k.split(".")[2] for k in self.sd if k.startswith("roi_heads.box_predictor.")
+                           and k.split(".")[2].isdigit()})
 
     # -- layers ----------------------------------------------------------------------------
-    def conv(self, x: Tensor, name: str, stride=1, padding=0, norm=True, relu=False) -> Tensor:
-        """detectron2's Conv2d: conv, its `norm` submodule where it has one, its activation."""
-        x = F.conv2d(x, self.sd[name + ".weight"], self.sd.get(name + ".bias"), stride, padding)
-        if norm:
+    def conv(self, x: Tensor, name: str, stride=1, padding=0, relu=False) -> Tensor:
+        """detectron2's Conv2d (grouped as its weight says: ResNeXt), its `norm` submodule where it has
+        one, its activation."""
+        w = self.sd[name + ".weight"]
+        x = F.conv2d(x, w, self.sd.get(name + ".bias"), stride, padding, 1, x.shape[1] // w.shape[1])
+        return self.norm_act(x, name, relu)
+
+    def norm_act(self, x: Tensor, name: str, relu: bool) -> Tensor:
+        """The `norm` of Conv2d `name`: FrozenBatchNorm2d (F.batch_norm at inference), GroupNorm (32
+        groups), or none; then ReLU where asked."""
+        if name + ".norm.running_var" in self.sd:
+            x = F.batch_norm(x, self.sd[name + ".norm.running_mean"], self.sd[name + ".norm.running_var"],
+                             self.sd[name + ".norm.weight"], self.sd[name + ".norm.bias"], False, 0.0, 1e-5)
+        elif name + ".norm.weight" in self.sd:
             x = F.group_norm(x, 32, self.sd[name + ".norm.weight"], self.sd[name + ".norm.bias"], 1e-5)
         return F.relu_(x) if relu else x
 
@@ -76,7 +91,14 @@ class Detectron2Reference:
                 p = f"backbone.bottom_up.res{stage}.{i}"
                 stride = 2 if i == 0 and stage > 2 else 1
                 out = self.conv(x, p + ".conv1", relu=True)
-                out = self.conv(out, p + ".conv2", stride, 1, relu=True)
+                if p + ".conv2_offset.weight" in self.sd:  # DeformBottleneckBlock: DeformConv, torchvision's on a CPU
+                    from torchvision.ops import deform_conv2d  # torchvision (slow to import) only when it runs
+
+                    offset = self.conv(out, p + ".conv2_offset", stride, 1)
+                    out = deform_conv2d(out, offset, self.sd[p + ".conv2.weight"], stride=stride, padding=1)
+                    out = self.norm_act(out, p + ".conv2", relu=True)
+                else:
+                    out = self.conv(out, p + ".conv2", stride, 1, relu=True)
                 out = self.conv(out, p + ".conv3")
                 shortcut = self.conv(x, p + ".shortcut", stride) if p + ".shortcut.weight" in self.sd else x
                 x = F.relu_(out + shortcut)
@@ -130,9 +152,9 @@ class Detectron2Reference:
         logits, deltas, scores, proposals, level_ids = [], [], [], [], []
         for lvl, f in enumerate(p):
             stride = 4 * 2**lvl
-            t = F.relu(self.conv(f, "proposal_generator.rpn_head.conv", 1, 1, norm=False))
-            o = self.conv(t, "proposal_generator.rpn_head.objectness_logits", norm=False)
-            d = self.conv(t, "proposal_generator.rpn_head.anchor_deltas", norm=False)
+            t = F.relu(self.conv(f, "proposal_generator.rpn_head.conv", 1, 1))
+            o = self.conv(t, "proposal_generator.rpn_head.objectness_logits")
+            d = self.conv(t, "proposal_generator.rpn_head.anchor_deltas")
             logits.append(o)
             deltas.append(d)
             hh, ww = o.shape[-2:]
@@ -175,31 +197,52 @@ class Detectron2Reference:
                                               int(self.s["roi_heads.sampling_ratio"]), True))
         return out
 
-    def box_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        for n in range(1, 5):
-            x = self.conv(x, f"roi_heads.box_head.conv{n}", 1, 1, relu=True)
-        x = F.relu(F.linear(x.flatten(1), self.sd["roi_heads.box_head.fc1.weight"],
-                            self.sd["roi_heads.box_head.fc1.bias"]))
-        cls = F.linear(x, self.sd["roi_heads.box_predictor.cls_score.weight"],
-                       self.sd["roi_heads.box_predictor.cls_score.bias"])
-        return cls, F.linear(x, self.sd["roi_heads.box_predictor.bbox_pred.weight"],
-                             self.sd["roi_heads.box_predictor.bbox_pred.bias"])
+    def convs(self, prefix: str) -> int:
+        return len([k for k in self.sd if k.startswith(prefix) and k.endswith(".weight") and ".norm." not in k])
+
+    def box_head(self, x: Tensor, stage: str = "") -> tuple[Tensor, Tensor]:
+        """FastRCNNConvFCHead and FastRCNNOutputLayers (of cascade stage `stage`: ".0", ...)."""
+        head, predictor = f"roi_heads.box_head{stage}", f"roi_heads.box_predictor{stage}"
+        for n in range(1, self.convs(f"{head}.conv") + 1):
+            x = self.conv(x, f"{head}.conv{n}", 1, 1, relu=True)
+        x = x.flatten(1)
+        for n in range(1, self.convs(f"{head}.fc") + 1):
+            x = F.relu(F.linear(x, self.sd[f"{head}.fc{n}.weight"], self.sd[f"{head}.fc{n}.bias"]))
+        cls = F.linear(x, self.sd[f"{predictor}.cls_score.weight"], self.sd[f"{predictor}.cls_score.bias"])
+        return cls, F.linear(x, self.sd[f"{predictor}.bbox_pred.weight"], self.sd[f"{predictor}.bbox_pred.bias"])
+
+    def cascade(self, p: list[Tensor], proposals: Tensor, image_size):
+        """CascadeROIHeads._forward_box at test time: each stage on the previous stage's boxes
+        (predict_boxes, clipped), softmax scores averaged over the stages -> (the first stage's
+        logits and deltas, the scores, the last stage's boxes)."""
+        weights = self.weights()
+        cls, deltas = first = self.box_head(self.pool(p, proposals, 7), ".0")
+        probs = [F.softmax(cls, dim=-1)]
+        for k in range(1, self.stages):
+            proposals = self.clip(self.apply_deltas(deltas, proposals, weights[k - 1]), *image_size)
+            cls, deltas = self.box_head(self.pool(p, proposals, 7), f".{k}")
+            probs.append(F.softmax(cls, dim=-1))
+        scores = sum(probs) * (1.0 / self.stages)
+        return *first, scores, self.apply_deltas(deltas, proposals, weights[-1])
+
+    def weights(self) -> list[tuple[float, ...]]:
+        """Box2BoxTransform weights of each stage (gnhub's box_stds are their inverses, 4 per stage)."""
+        stds = self.s["roi_heads.box_stds"]
+        return [tuple(1.0 / s for s in stds[i:i + 4]) for i in range(0, len(stds), 4)]
 
     def mask_head(self, x: Tensor) -> Tensor:
-        for n in range(1, 5):
+        for n in range(1, self.convs("roi_heads.mask_head.mask_fcn") + 1):
             x = self.conv(x, f"roi_heads.mask_head.mask_fcn{n}", 1, 1, relu=True)
         x = F.relu(F.conv_transpose2d(x, self.sd["roi_heads.mask_head.deconv.weight"],
                                       self.sd["roi_heads.mask_head.deconv.bias"], stride=2))
-        return self.conv(x, "roi_heads.mask_head.predictor", norm=False)
+        return self.conv(x, "roi_heads.mask_head.predictor")
 
-    def inference(self, cls: Tensor, deltas: Tensor, proposals: Tensor, image_size):
-        """fast_rcnn_inference_single_image."""
+    def inference(self, boxes: Tensor, scores: Tensor, image_size):
+        """fast_rcnn_inference_single_image, from predict_boxes' boxes (R, 4K, or 4 class-agnostic)
+        and predict_probs' scores."""
         # torchvision (slow to import) only when the reference runs
         from torchvision.ops import batched_nms
 
-        weights = tuple(1.0 / s for s in self.s["roi_heads.box_stds"])
-        boxes = self.apply_deltas(deltas, proposals, weights)
-        scores = F.softmax(cls, dim=-1)
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
         boxes, scores = boxes[valid], scores[valid]
         scores = scores[:, :-1]
@@ -207,7 +250,8 @@ class Detectron2Reference:
         boxes = self.clip(boxes.reshape(-1, 4), *image_size).view(-1, k, 4)
         filter_mask = scores > self.s["roi_heads.score_thresh"]
         filter_inds = filter_mask.nonzero()
-        boxes, scores = boxes[filter_mask], scores[filter_mask]
+        boxes = boxes[filter_inds[:, 0], 0] if k == 1 else boxes[filter_mask]
+        scores = scores[filter_mask]
         keep = batched_nms(boxes.float(), scores, filter_inds[:, 1], self.s["roi_heads.nms_iou"])
         keep = keep[: int(self.s["roi_heads.detections_per_image"])]
         return boxes[keep], scores[keep], filter_inds[keep][:, 1]
@@ -237,8 +281,12 @@ class Detectron2Reference:
         c = self.resnet(x)
         p = self.fpn(c)
         logits, deltas, proposals, objectness = self.rpn(p, image_size)
-        cls, box_deltas = self.box_head(self.pool(p[:4], proposals, 7))
-        boxes, scores, labels = self.inference(cls, box_deltas, proposals, image_size)
+        if self.stages:
+            cls, box_deltas, probs, decoded = self.cascade(p[:4], proposals, image_size)
+        else:
+            cls, box_deltas = self.box_head(self.pool(p[:4], proposals, 7))
+            probs, decoded = F.softmax(cls, dim=-1), self.apply_deltas(box_deltas, proposals, self.weights()[0])
+        boxes, scores, labels = self.inference(decoded, probs, image_size)
         out = {S.INPUT: x, S.PROPOSALS: proposals, S.PROPOSAL_SCORES: objectness, S.ROI_CLS_LOGITS: cls,
                S.ROI_BOX_DELTAS: box_deltas}
         if self.masks:

@@ -59,6 +59,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Te
 
 class Detectron2Convention(Convention):
     name = "detectron2"
+    cascades = True
     rescale = staticmethod(arrays.rescale)
 
     def base_anchors(self, stride, ratios, scales):
@@ -107,7 +108,7 @@ class Detectron2Convention(Convention):
         clipped to the image, score > thresh, NMS per class (torchvision's batched NMS), the best
         detections_per_image."""
         boxes = decode_boxes(proposals, deltas, cfg.box_stds)
-        finite = (torch.isfinite(boxes).view(n, -1).all(dim=1) & torch.isfinite(scores).view(n, -1).all(dim=1))
+        finite = (torch.isfinite(boxes).view(n, 4 * k).all(dim=1) & torch.isfinite(scores).view(n, k).all(dim=1))
         boxes = clip_boxes(boxes, image_size)
         ok = scores > cfg.score_thresh
         if torch.jit.is_tracing() or not finite.all():
@@ -116,6 +117,11 @@ class Detectron2Convention(Convention):
         boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.detections_per_image]
         return boxes[keep], scores[keep], labels[keep]
+
+    def refine(self, boxes, deltas, stds, image_size):
+        """CascadeROIHeads between stages: predict_boxes (Box2BoxTransform with the stage's
+        weights), then _create_proposals_from_boxes (Boxes.clip; at test time no box is dropped)."""
+        return clip_boxes(decode_boxes(boxes, deltas, stds), image_size)
 
     def postprocess(self, boxes, image_size, original_size):
         """detector_postprocess: boxes times original / resized size (Python floats, as it
