@@ -1,6 +1,7 @@
 """CPU latency of GN Mask R-CNN R-50 `predict` in float32 and bfloat16, beside mmdetection's own
 `inference_detector` on the same weights (where mmdetection is installed; it says so where not)
-and torchvision's Mask R-CNN R-50, on the same image in one run:
+and torchvision's Mask R-CNN R-50, on the same image in one run; and bfloat16 as a CPU without
+AMX runs it (oneDNN held to AVX512-BF16 by ONEDNN_MAX_CPU_ISA, where `--dtype auto` picks float32):
 
     python benchmarks/inference.py [--rounds 3] [--runs 2] [--threads N] [--batch] [--conventions detectron]
 
@@ -10,8 +11,8 @@ street.png. Every model keeps up to 100 detections (torchvision's score threshol
 as a user runs it (--rounds processes per row, the rows alternating; --runs timed calls each after
 a warm-up), and two control rows show gnhub with GNHUB_MALLOC=system and mmdetection with gnhub's
 malloc setting. Prints the medians, their ratios and each row's peak memory, whether gnhub's
-outputs equal mmdetection's bit for bit, where gnhub's time goes stage by stage, and `verify`'s
-precision report of the bfloat16 model. With --batch: images/s of gnhub and torchvision for batch
+outputs equal mmdetection's bit for bit, where gnhub's time goes stage by stage in float32 and
+bfloat16, and `verify`'s precision report of the bfloat16 model. With --batch: images/s of gnhub and torchvision for batch
 sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and under torch.compile).
 With --conventions detectron, gnhub runs with the config fields of a converted Detectron model
 (Detectron's resize, anchors, NMS, paste).
@@ -41,6 +42,7 @@ from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.images import load_image
 from gnhub.modeling import with_weights
+from gnhub.modeling.bfloat16 import network_layout, roi_align_features
 from gnhub.samples import sample_images
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
@@ -58,7 +60,7 @@ def median_seconds(fn, runs: int) -> float:
 
 
 def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
-    """Seconds per stage of one gnhub forward, timed stage by stage."""
+    """Seconds per stage of one gnhub forward in the model's dtype, timed stage by stage."""
     out, t = {}, time.perf_counter()
 
     def lap(name):
@@ -68,9 +70,10 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
         t = now
 
     with torch.inference_mode():
-        batch = model.preprocessor([image])
+        model.prepare()
+        batch = model.preprocessor([image], model.device, model.dtype)
         lap("preprocess")
-        c = model.backbone(batch.tensor)
+        c = model.backbone(network_layout(batch.tensor))
         lap("backbone")
         p = model.fpn(c)
         lap("fpn")
@@ -78,11 +81,12 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
         boxes, _ = model.rpn.proposals(obj, dlt, batch.image_sizes[0], 0)
         lap("rpn")
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
-        logits, deltas = model.roi_heads.box_head(model.roi_heads.box_pool(p[:4], rois))
+        feats = roi_align_features(p[:4])
+        logits, deltas = model.roi_heads.box_head(model.roi_heads.box_pool(feats, rois, p[0].dtype))
         lap("box head (1000 RoIs)")
         det_boxes, _, labels = model.roi_heads.detect(logits, deltas, boxes, batch.image_sizes[0])
         mrois = torch.cat([det_boxes.new_zeros(len(det_boxes), 1), det_boxes], 1)
-        masks = model.roi_heads.mask_logits(p[:4], mrois, labels)
+        masks = model.roi_heads.mask_logits(feats, mrois, labels, p[0].dtype)
         lap(f"mask head ({len(det_boxes)} RoIs)")
         conv = model.convention
         conv.paste_masks(masks.sigmoid(), conv.to_original(det_boxes, batch.scale_factors[0]), *image.shape[:2], 0.5)
@@ -157,7 +161,8 @@ def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
 
 
 MM_TUNED = "mmdetection, gnhub's malloc setting"
-KINDS = ("gnhub float32", "gnhub float32, GNHUB_MALLOC=system", "gnhub bfloat16", "mmdetection", MM_TUNED,
+NO_AMX = "gnhub bfloat16 without AMX"  # oneDNN held to AVX512-BF16: what a CPU without AMX-BF16 gets
+KINDS = ("gnhub float32", "gnhub float32, GNHUB_MALLOC=system", "gnhub bfloat16", NO_AMX, "mmdetection", MM_TUNED,
          "torchvision maskrcnn_resnet50_fpn")
 
 
@@ -176,7 +181,7 @@ def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
     if kind.startswith("gnhub"):
         tune_cpu()  # as the gnhub command does (GNHUB_MALLOC=system: not)
         gn = gnhub_model(work, conventions)
-        if kind == "gnhub bfloat16":
+        if kind.startswith("gnhub bfloat16"):
             gn = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
         fn, count = (lambda: gn.predict(image)), (lambda out: len(out["boxes"]))
     elif kind.startswith("mmdetection"):
@@ -212,6 +217,8 @@ def latency_table(work: Path, args, mm_version: str | None) -> None:
     for _ in range(args.rounds):
         for kind in kinds:
             env = {**os.environ, "GNHUB_MALLOC": "system" if kind.endswith("=system") else "gnhub"}
+            if kind == NO_AMX:
+                env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
             proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--work", str(work), "--runs",
                                    str(args.runs), "--threads", str(args.threads), "--conventions", args.conventions],
                                   capture_output=True, text=True, env=env)
@@ -274,9 +281,12 @@ def main() -> None:
         print(f"gnhub float32 outputs bit-identical to mmdetection's: {same}")
     if args.conventions != "mmdet":
         return
-    print("gnhub float32 stages:")
-    for name, sec in stage_times(gn, image).items():
-        print(f"  {name:24s} {sec:7.3f} s")
+    bf = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
+    stage_times(bf, image)  # warm-up: filters packed
+    f32_stages, bf_stages = stage_times(gn, image), stage_times(bf, image)
+    print("gnhub stages, one forward each:")
+    for name, sec in f32_stages.items():
+        print(f"  {name:24s} float32 {sec:7.3f} s  bfloat16 {bf_stages[name]:7.3f} s  {bf_stages[name] / sec:5.2f}x")
     if not args.no_precision:
         precision_report(src, gn, "bfloat16")
 

@@ -41,8 +41,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = relu_(self.gn1(self.conv1(x)))
         out = relu_(self.gn2(self.conv2(out)))
-        out = self.gn3(self.conv3(out))
-        return relu_(out + identity)
+        return relu_(self.gn3(self.conv3(out)).add_(identity))
 
 
 class GNResNet(nn.Module):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RoIHeadsConfig
-from .bfloat16 import nchw_float, relu_
+from .bfloat16 import memory_format, relu_, roi_align_features
 from .boxes import encode_boxes
 from .conv import conv2d
 from .fpn import ConvGN
@@ -46,21 +46,22 @@ class MultiLevelRoIAlign(nn.Module):
         """Level index of (K, 5) RoIs, as the convention maps them."""
         return self.convention.roi_levels(rois, self.finest_scale, len(self.strides))
 
-    def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+    def forward(self, feats: list[Tensor], rois: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """(K, C, size, size) features of (K, 5) RoIs in `dtype` (by default the maps') and its
+        network memory format; `feats` may be the maps' roi_align_features, made once for both heads."""
         size = self.output_size
+        dtype = dtype or feats[0].dtype
         levels = self.levels(rois)
         parts, order = [], []
-        for i, stride in enumerate(self.strides):
+        for i, (f, stride) in enumerate(zip(roi_align_features(feats), self.strides)):
             idx = (levels == i).nonzero().view(-1)
-            f = feats[i]
-            if f.device.type == "cpu" and f.dtype in (torch.bfloat16, torch.float16):
-                f = nchw_float(f)  # no bfloat16 CPU kernel; the float16 one is about 25x slower than float32
             parts.append(roi_align(f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio,
-                                   self.aligned).to(feats[0].dtype))
+                                   self.aligned).to(dtype))
             order.append(idx)
         if torch.jit.is_tracing():  # an exported graph: a level may hold no RoI of another image
             return torch.cat(parts)[torch.argsort(torch.cat(order))]
-        out = feats[0].new_zeros(len(rois), feats[0].shape[1], size, size)
+        out = torch.empty(len(rois), feats[0].shape[1], size, size, dtype=dtype, device=rois.device,
+                          memory_format=memory_format(dtype, rois.device)).zero_()
         for idx, part in zip(order, parts):
             out[idx] = part
         return out
@@ -173,7 +174,8 @@ class RoIHeads(nn.Module):
             out["mask"] = logits.sum()
         return out
 
-    def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
-        """(D, M, M) mask logits of each RoI's own class."""
-        logits = self.mask_head(self.mask_pool(feats, rois))
+    def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor,
+                    dtype: torch.dtype | None = None) -> Tensor:
+        """(D, M, M) mask logits of each RoI's own class (`feats`, `dtype`: see MultiLevelRoIAlign)."""
+        logits = self.mask_head(self.mask_pool(feats, rois, dtype))
         return logits[torch.arange(rois.shape[0], device=logits.device), labels]
