@@ -11,9 +11,11 @@ street.png. Every model keeps up to 100 detections (torchvision's score threshol
 as a user runs it (--rounds processes per row, the rows alternating; --runs timed calls each after
 a warm-up), and two control rows show gnhub with GNHUB_MALLOC=system and mmdetection with gnhub's
 malloc setting. Prints the medians, their ratios and each row's peak memory, whether gnhub's
-outputs equal mmdetection's bit for bit, where gnhub's time goes stage by stage in float32 and
-bfloat16, and `verify`'s precision report of the bfloat16 model. With --batch: images/s of gnhub and torchvision for batch
-sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and under torch.compile).
+outputs equal mmdetection's bit for bit, the bfloat16/float32 ratio of --pairs calls alternating
+in one process (with and without AMX), where gnhub's time goes stage by stage in float32 and
+bfloat16, and `verify`'s precision report of the bfloat16 model. With --batch: images/s of gnhub
+and torchvision for batch sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and
+under torch.compile).
 With --conventions detectron, gnhub runs with the config fields of a converted Detectron model
 (Detectron's resize, anchors, NMS, paste).
 """
@@ -208,6 +210,44 @@ def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
     print(json.dumps({"times": times, "detections": detections, "peak_mb": peak}))
 
 
+def paired(work: Path, pairs: int) -> None:
+    """float32 and bfloat16 predict in one process, alternating call by call (which goes first
+    alternates too): the median of the pairs' ratios, which a shared machine's load drifting
+    between calls moves far less than it moves each row's own median. Prints JSON."""
+    tune_cpu()
+    gn = gnhub_model(work, "mmdet")
+    bf = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
+    image = load_image(sample_images()[0])
+    gn.predict(image), bf.predict(image)  # warm-up: filters packed
+
+    def timed(model):
+        start = time.perf_counter()
+        model.predict(image)
+        return time.perf_counter() - start
+
+    f32, bf16 = [], []
+    for i in range(pairs):
+        first, second = ((gn, f32), (bf, bf16)) if i % 2 == 0 else ((bf, bf16), (gn, f32))
+        for model, times in (first, second):
+            times.append(timed(model))
+    print(json.dumps({"ratio": statistics.median(b / a for a, b in zip(f32, bf16)),
+                      "float32": statistics.median(f32), "bfloat16": statistics.median(bf16)}))
+
+
+def paired_table(work: Path, pairs: int) -> None:
+    """`paired` in one process as it is and in one with oneDNN held to AVX512-BF16 (no AMX)."""
+    print(f"float32 and bfloat16 in one process, alternating, {pairs} pairs; median of the pairs' ratios")
+    for label, isa in (("AMX", None), ("without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)", "AVX512_CORE_BF16")):
+        env = {**os.environ, "GNHUB_MALLOC": "gnhub", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+        proc = subprocess.run([sys.executable, __file__, "--paired", str(pairs), "--work", str(work)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode:
+            sys.exit(f"paired: {proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {label:52s} bfloat16 {r['ratio']:5.2f}x float32  (medians: float32 {r['float32']:.3f} s, "
+              f"bfloat16 {r['bfloat16']:.3f} s)")
+
+
 def latency_table(work: Path, args, mm_version: str | None) -> None:
     """Each kind in its own processes, the kinds alternating round by round, as a user runs them."""
     kinds = [k for k in KINDS if mm_version or not k.startswith("mmdetection")]
@@ -244,6 +284,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="processes per row")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
+    ap.add_argument("--pairs", type=int, default=8, help="float32/bfloat16 pairs timed in one process")
+    ap.add_argument("--paired", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--conventions", choices=["mmdet", "detectron"], default="mmdet")
     ap.add_argument("--no-precision", action="store_true", help="skip the bfloat16 precision report")
@@ -251,6 +293,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paired:
+        paired(args.work, args.paired)
+        return
     if args.worker:
         worker(args.worker, args.work, args.runs, args.conventions)
         return
@@ -272,6 +317,7 @@ def main() -> None:
     convert(src, work / "r50", verify=False)
     mm = mmdetection(src, ZOO_NAME) if args.conventions == "mmdet" else None
     latency_table(work, args, mm and mm.version)
+    paired_table(work, args.pairs)
     gn = gnhub_model(work, args.conventions)
     image = load_image(sample_images()[0])
     if mm is not None:
