@@ -1,6 +1,7 @@
 """CPU latency of GN Mask R-CNN R-50 `predict` in float32 and bfloat16, beside mmdetection's own
 `inference_detector` on the same weights (where mmdetection is installed; it says so where not)
-and torchvision's Mask R-CNN R-50, on the same image in one run:
+and torchvision's Mask R-CNN R-50, on the same image in one run; and bfloat16 as a CPU without
+AMX runs it (oneDNN held to AVX512-BF16 by ONEDNN_MAX_CPU_ISA, where `--dtype auto` picks float32):
 
     python benchmarks/inference.py [--rounds 3] [--runs 2] [--threads N] [--batch] [--conventions detectron]
 
@@ -10,9 +11,11 @@ street.png. Every model keeps up to 100 detections (torchvision's score threshol
 as a user runs it (--rounds processes per row, the rows alternating; --runs timed calls each after
 a warm-up), and two control rows show gnhub with GNHUB_MALLOC=system and mmdetection with gnhub's
 malloc setting. Prints the medians, their ratios and each row's peak memory, whether gnhub's
-outputs equal mmdetection's bit for bit, where gnhub's time goes stage by stage, and `verify`'s
-precision report of the bfloat16 model. With --batch: images/s of gnhub and torchvision for batch
-sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and under torch.compile).
+outputs equal mmdetection's bit for bit, the bfloat16/float32 ratio of --pairs calls alternating
+in one process (with and without AMX), where gnhub's time goes stage by stage in float32 and
+bfloat16, and `verify`'s precision report of the bfloat16 model. With --batch: images/s of gnhub
+and torchvision for batch sizes 1, 2 and 4, median of --runs (and, on a GPU, gnhub in float16 and
+under torch.compile).
 With --conventions detectron, gnhub runs with the config fields of a converted Detectron model
 (Detectron's resize, anchors, NMS, paste).
 """
@@ -41,6 +44,7 @@ from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.images import load_image
 from gnhub.modeling import with_weights
+from gnhub.modeling.bfloat16 import network_layout, roi_align_features
 from gnhub.samples import sample_images
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generator and key lists
@@ -58,7 +62,7 @@ def median_seconds(fn, runs: int) -> float:
 
 
 def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
-    """Seconds per stage of one gnhub forward, timed stage by stage."""
+    """Seconds per stage of one gnhub forward in the model's dtype, timed stage by stage."""
     out, t = {}, time.perf_counter()
 
     def lap(name):
@@ -68,9 +72,10 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
         t = now
 
     with torch.inference_mode():
-        batch = model.preprocessor([image])
+        model.prepare()
+        batch = model.preprocessor([image], model.device, model.dtype)
         lap("preprocess")
-        c = model.backbone(batch.tensor)
+        c = model.backbone(network_layout(batch.tensor))
         lap("backbone")
         p = model.fpn(c)
         lap("fpn")
@@ -78,11 +83,12 @@ def stage_times(model: GNMaskRCNN, image: np.ndarray) -> dict[str, float]:
         boxes, _ = model.rpn.proposals(obj, dlt, batch.image_sizes[0], 0)
         lap("rpn")
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
-        logits, deltas = model.roi_heads.box_head(model.roi_heads.box_pool(p[:4], rois))
+        feats = roi_align_features(p[:4])
+        logits, deltas = model.roi_heads.box_head(model.roi_heads.box_pool(feats, rois, p[0].dtype))
         lap("box head (1000 RoIs)")
         det_boxes, _, labels = model.roi_heads.detect(logits, deltas, boxes, batch.image_sizes[0])
         mrois = torch.cat([det_boxes.new_zeros(len(det_boxes), 1), det_boxes], 1)
-        masks = model.roi_heads.mask_logits(p[:4], mrois, labels)
+        masks = model.roi_heads.mask_logits(feats, mrois, labels, p[0].dtype)
         lap(f"mask head ({len(det_boxes)} RoIs)")
         conv = model.convention
         conv.paste_masks(masks.sigmoid(), conv.to_original(det_boxes, batch.scale_factors[0]), *image.shape[:2], 0.5)
@@ -157,7 +163,8 @@ def precision_report(source: Path, model: GNMaskRCNN, dtype: str) -> None:
 
 
 MM_TUNED = "mmdetection, gnhub's malloc setting"
-KINDS = ("gnhub float32", "gnhub float32, GNHUB_MALLOC=system", "gnhub bfloat16", "mmdetection", MM_TUNED,
+NO_AMX = "gnhub bfloat16 without AMX"  # oneDNN held to AVX512-BF16: what a CPU without AMX-BF16 gets
+KINDS = ("gnhub float32", "gnhub float32, GNHUB_MALLOC=system", "gnhub bfloat16", NO_AMX, "mmdetection", MM_TUNED,
          "torchvision maskrcnn_resnet50_fpn")
 
 
@@ -176,7 +183,7 @@ def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
     if kind.startswith("gnhub"):
         tune_cpu()  # as the gnhub command does (GNHUB_MALLOC=system: not)
         gn = gnhub_model(work, conventions)
-        if kind == "gnhub bfloat16":
+        if kind.startswith("gnhub bfloat16"):
             gn = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
         fn, count = (lambda: gn.predict(image)), (lambda out: len(out["boxes"]))
     elif kind.startswith("mmdetection"):
@@ -203,6 +210,44 @@ def worker(kind: str, work: Path, runs: int, conventions: str) -> None:
     print(json.dumps({"times": times, "detections": detections, "peak_mb": peak}))
 
 
+def paired(work: Path, pairs: int) -> None:
+    """float32 and bfloat16 predict in one process, alternating call by call (which goes first
+    alternates too): the median of the pairs' ratios, which a shared machine's load drifting
+    between calls moves far less than it moves each row's own median. Prints JSON."""
+    tune_cpu()
+    gn = gnhub_model(work, "mmdet")
+    bf = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
+    image = load_image(sample_images()[0])
+    gn.predict(image), bf.predict(image)  # warm-up: filters packed
+
+    def timed(model):
+        start = time.perf_counter()
+        model.predict(image)
+        return time.perf_counter() - start
+
+    f32, bf16 = [], []
+    for i in range(pairs):
+        first, second = ((gn, f32), (bf, bf16)) if i % 2 == 0 else ((bf, bf16), (gn, f32))
+        for model, times in (first, second):
+            times.append(timed(model))
+    print(json.dumps({"ratio": statistics.median(b / a for a, b in zip(f32, bf16)),
+                      "float32": statistics.median(f32), "bfloat16": statistics.median(bf16)}))
+
+
+def paired_table(work: Path, pairs: int) -> None:
+    """`paired` in one process as it is and in one with oneDNN held to AVX512-BF16 (no AMX)."""
+    print(f"float32 and bfloat16 in one process, alternating, {pairs} pairs; median of the pairs' ratios")
+    for label, isa in (("AMX", None), ("without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)", "AVX512_CORE_BF16")):
+        env = {**os.environ, "GNHUB_MALLOC": "gnhub", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+        proc = subprocess.run([sys.executable, __file__, "--paired", str(pairs), "--work", str(work)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode:
+            sys.exit(f"paired: {proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {label:52s} bfloat16 {r['ratio']:5.2f}x float32  (medians: float32 {r['float32']:.3f} s, "
+              f"bfloat16 {r['bfloat16']:.3f} s)")
+
+
 def latency_table(work: Path, args, mm_version: str | None) -> None:
     """Each kind in its own processes, the kinds alternating round by round, as a user runs them."""
     kinds = [k for k in KINDS if mm_version or not k.startswith("mmdetection")]
@@ -212,6 +257,8 @@ def latency_table(work: Path, args, mm_version: str | None) -> None:
     for _ in range(args.rounds):
         for kind in kinds:
             env = {**os.environ, "GNHUB_MALLOC": "system" if kind.endswith("=system") else "gnhub"}
+            if kind == NO_AMX:
+                env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
             proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--work", str(work), "--runs",
                                    str(args.runs), "--threads", str(args.threads), "--conventions", args.conventions],
                                   capture_output=True, text=True, env=env)
@@ -237,6 +284,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="processes per row")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch", action="store_true", help="images/s for batch sizes 1, 2, 4")
+    ap.add_argument("--pairs", type=int, default=8, help="float32/bfloat16 pairs timed in one process")
+    ap.add_argument("--paired", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--conventions", choices=["mmdet", "detectron"], default="mmdet")
     ap.add_argument("--no-precision", action="store_true", help="skip the bfloat16 precision report")
@@ -244,6 +293,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paired:
+        paired(args.work, args.paired)
+        return
     if args.worker:
         worker(args.worker, args.work, args.runs, args.conventions)
         return
@@ -265,6 +317,7 @@ def main() -> None:
     convert(src, work / "r50", verify=False)
     mm = mmdetection(src, ZOO_NAME) if args.conventions == "mmdet" else None
     latency_table(work, args, mm and mm.version)
+    paired_table(work, args.pairs)
     gn = gnhub_model(work, args.conventions)
     image = load_image(sample_images()[0])
     if mm is not None:
@@ -274,9 +327,12 @@ def main() -> None:
         print(f"gnhub float32 outputs bit-identical to mmdetection's: {same}")
     if args.conventions != "mmdet":
         return
-    print("gnhub float32 stages:")
-    for name, sec in stage_times(gn, image).items():
-        print(f"  {name:24s} {sec:7.3f} s")
+    bf = with_weights(gn.config, {k: v.bfloat16() for k, v in gn.state_dict().items()}, "bfloat16")
+    stage_times(bf, image)  # warm-up: filters packed
+    f32_stages, bf_stages = stage_times(gn, image), stage_times(bf, image)
+    print("gnhub stages, one forward each:")
+    for name, sec in f32_stages.items():
+        print(f"  {name:24s} float32 {sec:7.3f} s  bfloat16 {bf_stages[name]:7.3f} s  {bf_stages[name] / sec:5.2f}x")
     if not args.no_precision:
         precision_report(src, gn, "bfloat16")
 

@@ -1,15 +1,22 @@
-"""ONNX Runtime against gnhub's PyTorch model on CPU, side by side in one run: the export time,
-the latency of one image (after one warm-up call, median of --repeats, in fresh processes that
-alternate) and each predictor process's peak memory:
+"""The exported graph on ONNX Runtime and on OpenVINO against gnhub's PyTorch model in float32 and
+bfloat16, on CPU, side by side in one run: the export time, the latency of one image (after one
+warm-up call, median of --repeats, in fresh processes that alternate), each predictor process's
+peak memory, and the share of PyTorch float32's detections each one matches:
 
     python benchmarks/runtime.py [--runs 3] [--repeats 3] [--threads 2]
 
-The model is the reference R-50 GN checkpoint of the tests' real runs (tests/data/real_runs); the image is the built-in
-street.png (427x640, resized to 800x1199 as mmdetection does).
+OpenVINO (`pip install openvino`, not a gnhub dependency: measured, not adopted) runs the same
+model.onnx behind gnhub.runtime's numpy preprocessing and postprocessing, with its float32 and its
+bfloat16 inference-precision hint (AMX or AVX512-BF16 where the CPU has them); its rows are left
+out where it is not installed. The model is the reference R-50 GN checkpoint of the tests' real
+runs (tests/data/real_runs); the image is the built-in street.png (427x640, resized to 800x1199
+as mmdetection does). Matched: the better-scored half of PyTorch float32's detections found with
+IoU >= 0.9 and the same label (the bfloat16 tolerances of verification), and the mask IoU over them.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -22,32 +29,82 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"  # the real runs' generato
 
 _CHILD = r"""
 import json, sys, time
+import numpy as np
 def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-kind, target, image, repeats, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-if kind == "onnx":
+kind, target, image, repeats, threads, save = sys.argv[1:7]
+repeats, threads = int(repeats), int(threads)
+if kind == "onnxruntime":
     sys.modules["torch"] = None  # the ONNX path must not need torch
     import gnhub.runtime
     model = gnhub.runtime.load(target, threads=threads)
+elif kind.startswith("openvino"):
+    sys.modules["torch"] = None
+    from pathlib import Path
+    import openvino
+    import gnhub.runtime
+    from gnhub.frameworks import arrays
+    from gnhub.layout import ONNX_FILE, read_export
+
+    class Session:  # what gnhub.runtime asks of an onnxruntime session, on an OpenVINO compiled model
+        def __init__(self, path):
+            core = openvino.Core()
+            hint = "bf16" if kind.endswith("bf16") else "f32"
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads})
+            self.inputs = [type("Input", (), {"name": next(n for n in i.names if n in gnhub.runtime.INPUTS)})
+                           for i in self.compiled.inputs]
+
+        def get_inputs(self):
+            return self.inputs
+
+        def run(self, names, feed):
+            out = self.compiled(feed)
+            return [out[self.compiled.output(n)] for n in names]
+
+    config, _ = read_export(Path(target))
+    model = gnhub.runtime.OnnxPredictor.__new__(gnhub.runtime.OnnxPredictor)
+    model.config, model.twins, model.outputs = config, arrays(config.convention), gnhub.runtime.outputs_of(config)
+    model.session = Session(Path(target) / ONNX_FILE)
 else:
     import torch
     torch.set_num_threads(threads)
     import gnhub
     gnhub.tune_cpu()  # as the gnhub command does
-    model = gnhub.load(target)
+    model = gnhub.load(target, dtype=kind.split()[-1])
 from gnhub.images import load_image
 rgb = load_image(image)
-model.predict(rgb)
+result = model.predict(rgb)
 times = []
 for _ in range(repeats):
     start = time.perf_counter()
-    result = model.predict(rgb)
+    model.predict(rgb)
     times.append(time.perf_counter() - start)
+if save != "-":
+    np.savez(save, **{k: np.asarray(v) for k, v in result.items()})
 print(json.dumps({"seconds": sorted(times)[len(times) // 2], "detections": len(result["boxes"]),
                   "peak_mb": peak_mb()}))
 """
+
+KINDS = {"torch float32": "gnhub PyTorch float32", "torch bfloat16": "gnhub PyTorch bfloat16",
+         "onnxruntime": "gnhub.runtime (ORT)", "openvino f32": "OpenVINO float32",
+         "openvino bf16": "OpenVINO bf16 hint"}
+
+
+def matched(got_file: Path, ref_file: Path, image: str) -> str:
+    """The share of the reference's detections `got` matches, and their mask IoU (gnhub.compare)."""
+    import numpy as np
+    import torch
+
+    from gnhub import stages as S
+    from gnhub.compare import compare
+
+    got, ref = ({k: torch.from_numpy(v) for k, v in np.load(f).items()} for f in (got_file, ref_file))
+    checks = {c.stage: c for c in compare(image, got, ref, "bfloat16")}
+    share = f"{1 - checks[S.DETECTIONS].max_rel:.0%}"
+    return share + (f", mask IoU {1 - checks[S.MASKS].max_rel:.3f}" if S.MASKS in checks else "")
 
 
 def main() -> None:
@@ -71,23 +128,33 @@ def main() -> None:
     start = time.perf_counter()
     summary = export(load(work / "r50"), work / "r50-onnx")
     export_seconds = time.perf_counter() - start
-    image = str(sample_images()[0])
-    rows: dict[str, list[dict]] = {"torch": [], "onnx": []}
-    for _ in range(args.runs):
-        for kind, target in (("torch", work / "r50"), ("onnx", work / "r50-onnx")):
-            out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(target), image, str(args.repeats),
-                                  str(args.threads)], capture_output=True, text=True, check=True)
+    image = sample_images()[0]
+    kinds = [k for k in KINDS if not k.startswith("openvino") or importlib.util.find_spec("openvino")]
+    if len(kinds) < len(KINDS):
+        print("OpenVINO: not installed here, not measured (pip install openvino)")
+    rows: dict[str, list[dict]] = {k: [] for k in kinds}
+    for run in range(args.runs):
+        for kind in kinds:
+            target = work / ("r50" if kind.startswith("torch") else "r50-onnx")
+            save = str(work / f"{kind.replace(' ', '-')}.npz") if run == 0 else "-"
+            out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(target), str(image), str(args.repeats),
+                                  str(args.threads), save], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{kind}: {out.stderr[-3000:]}")
             rows[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
     t = {k: statistics.median(r["seconds"] for r in v) for k, v in rows.items()}
     mem = {k: max(r["peak_mb"] for r in v) for k, v in rows.items()}
-    print(f"R-50 GN Mask R-CNN, street.png, {args.threads} threads, median of {args.runs} processes x "
+    base = t["torch float32"]
+    print(f"R-50 GN Mask R-CNN, {image.name}, {args.threads} threads, median of {args.runs} processes x "
           f"{args.repeats} calls")
     print(f"  export: {export_seconds:.1f} s with verification ({summary['export_seconds']:.1f} s tracing and "
           f"writing), {summary['bytes'] / 2**20:.0f} MiB")
-    print(f"  {'':22s} {'latency':>9s} {'ratio':>6s} {'peak memory':>12s} {'detections':>11s}")
-    for kind, label in (("torch", "gnhub PyTorch"), ("onnx", "gnhub.runtime (ORT)")):
-        print(f"  {label:22s} {t[kind]:8.3f}s {t[kind] / t['torch']:6.2f} {mem[kind]:9.0f} MB "
-              f"{rows[kind][0]['detections']:11d}")
+    print(f"  {'':24s} {'latency':>9s} {'ratio':>6s} {'peak memory':>12s} {'detections':>11s}  matched (float32's)")
+    ref = work / "torch-float32.npz"
+    for kind in kinds:
+        share = matched(work / f"{kind.replace(' ', '-')}.npz", ref, image.name)
+        print(f"  {KINDS[kind]:24s} {t[kind]:8.3f}s {t[kind] / base:6.2f} {mem[kind]:9.0f} MB "
+              f"{rows[kind][0]['detections']:11d}  {share}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,22 @@ def test_packed_filters_follow_new_weights(pair):
     assert _same(changed.predict(IMAGE), fresh.predict(IMAGE))
 
 
+def test_roialign_reads_one_float32_copy_per_level_for_both_heads(pair, monkeypatch):
+    f32, bf = pair
+    calls = []
+    monkeypatch.setattr(bfloat16, "nchw_float", lambda x: calls.append(x.shape) or x.float().contiguous())
+    bf.predict(IMAGE)
+    assert len(calls) == 4  # P2-P5, once: the box and the mask head share them
+    maps = [torch.randn(1, 16, 40 // 2**i, 48 // 2**i).bfloat16().contiguous(memory_format=CL) for i in range(4)]
+    rois = torch.tensor([[0, 1.0, 2.0, 30.0, 20.0], [0, 0.0, 0.0, 300.0, 200.0]])
+    pool = bf.roi_heads.box_pool
+    got = pool(maps, rois)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)  # as the first conv reads it
+    assert torch.equal(got, pool(bfloat16.roi_align_features(maps), rois, torch.bfloat16))
+    plain = f32.roi_heads.box_pool([m.float().contiguous() for m in maps], rois)
+    assert plain.dtype == torch.float32 and plain.is_contiguous() and torch.equal(plain.bfloat16(), got)
+
+
 def test_weight_standardised_filters_stay_float32_when_cast():
     config = small_config()
     config.backbone.weight_std = config.fpn.weight_std = True

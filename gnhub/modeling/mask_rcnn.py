@@ -13,7 +13,7 @@ from ..errors import GnhubError
 from ..frameworks import convention as convention_of
 from ..frameworks import info
 from .base import GNModel, with_weights
-from .bfloat16 import network_layout
+from .bfloat16 import network_layout, roi_align_features
 from .boxes import to_rois
 from .fpn import FPN
 from .resnet import STAGE_CHANNELS, GNResNet
@@ -179,8 +179,9 @@ class GNMaskRCNN(GNModel):
         padded = tuple(batch.tensor.shape[-2:])
         props = [self.rpn.proposals(objectness, deltas, conv.clip_size(size, padded), b, sf[0])
                  for b, (size, sf) in enumerate(zip(batch.image_sizes, batch.scale_factors))]
+        feats = roi_align_features(p[:4])  # once for both heads
         cls_logits, box_deltas, probs, last_deltas, last_boxes = self.roi_heads.classify(
-            p[:4], [b for b, _ in props], batch.image_sizes)
+            feats, [b for b, _ in props], batch.image_sizes, p[0].dtype)
         counts = [len(boxes) for boxes, _ in props]
         masks = self.roi_heads.mask_head is not None
         rescaled = not masks and conv.rescales_box_only  # boxes in original pixels from detect on
@@ -198,7 +199,7 @@ class GNMaskRCNN(GNModel):
                 # GroupNorm's groups; GroupNorm is per RoI, so the others are unchanged
                 mask_boxes[-1] = torch.cat([mask_boxes[-1], mask_boxes[-1].new_tensor([[0.0, 0.0, 1.0, 1.0]])])
                 labels = torch.cat([labels, labels.new_zeros(1)])
-            logits = self.roi_heads.mask_logits(p[:4], to_rois(mask_boxes), labels)
+            logits = self.roi_heads.mask_logits(feats, to_rois(mask_boxes), labels, p[0].dtype)
             (mask_logits,) = _per_image([logits[:-1] if torch.jit.is_tracing() else logits], [len(d[0]) for d in dets])
         results = []
         for i, ((boxes, scores, labels), sf, size, orig) in enumerate(

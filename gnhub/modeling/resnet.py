@@ -53,8 +53,7 @@ class Bottleneck(nn.Module):
             out = deform_conv2d(out.float(), self.conv2_offset(out).float(), self.conv2.filters().float(),
                                 stride=self.conv2.stride, padding=self.conv2.padding).to(dtype)
         out = relu_(self.gn2(out))
-        out = self.gn3(self.conv3(out))
-        return relu_(out + identity)
+        return relu_(self.gn3(self.conv3(out)).add_(identity))
 
 
 class GNResNet(nn.Module):

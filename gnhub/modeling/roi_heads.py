@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RoIHeadsConfig
-from .bfloat16 import nchw_float, relu_
+from .bfloat16 import memory_format, relu_, roi_align_features
 from .boxes import encode_boxes, to_rois
 from .conv import conv2d
 from .fpn import ConvGN
@@ -49,21 +49,22 @@ class MultiLevelRoIAlign(nn.Module):
         """Level index of (K, 5) RoIs, as the convention maps them."""
         return self.convention.roi_levels(rois, self.finest_scale, len(self.strides))
 
-    def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+    def forward(self, feats: list[Tensor], rois: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """(K, C, size, size) features of (K, 5) RoIs in `dtype` (by default the maps') and its
+        network memory format; `feats` may be the maps' roi_align_features, made once for both heads."""
         size = self.output_size
+        dtype = dtype or feats[0].dtype
         levels = self.levels(rois)
         parts, order = [], []
-        for i, stride in enumerate(self.strides):
+        for i, (f, stride) in enumerate(zip(roi_align_features(feats), self.strides)):
             idx = (levels == i).nonzero().view(-1)
-            f = feats[i]
-            if f.device.type == "cpu" and f.dtype in (torch.bfloat16, torch.float16):
-                f = nchw_float(f)  # no bfloat16 CPU kernel; the float16 one is about 25x slower than float32
             parts.append(roi_align(f, rois[idx].to(f.dtype), size, 1.0 / stride, self.sampling_ratio,
-                                   self.aligned).to(feats[0].dtype))
+                                   self.aligned).to(dtype))
             order.append(idx)
         if torch.jit.is_tracing():  # an exported graph: a level may hold no RoI of another image
             return torch.cat(parts)[torch.argsort(torch.cat(order))]
-        out = feats[0].new_zeros(len(rois), feats[0].shape[1], size, size)
+        out = torch.empty(len(rois), feats[0].shape[1], size, size, dtype=dtype, device=rois.device,
+                          memory_format=memory_format(dtype, rois.device)).zero_()
         for idx, part in zip(order, parts):
             out[idx] = part
         return out
@@ -117,20 +118,22 @@ class RoIHeads(nn.Module):
         self.mask_pool = MultiLevelRoIAlign(cfg.mask_pool_size, strides, cfg, convention) if masks else None
         self.mask_head = MaskHead(channels, num_classes, cfg) if masks else None
 
-    def classify(self, feats: list[Tensor], proposals: list[Tensor], image_sizes) -> tuple[Tensor, ...]:
+    def classify(self, feats: list[Tensor], proposals: list[Tensor], image_sizes,
+                 dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
         """The box head(s) on every image's proposals (network pixels): (the first stage's class
         logits and deltas, the class probabilities (float32; averaged over a cascade's stages),
         the last stage's deltas, the boxes they apply to (all images' rows together)). Each
         further stage runs on the previous one's boxes, decoded with its box_stds and clipped to
-        the image (detectron2's CascadeROIHeads at test time)."""
-        logits, deltas = self.box_head(self.box_pool(feats, to_rois(proposals)))
+        the image (detectron2's CascadeROIHeads at test time). `feats`, `dtype`: see
+        MultiLevelRoIAlign."""
+        logits, deltas = self.box_head(self.box_pool(feats, to_rois(proposals), dtype))
         first, probs = (logits, deltas), [F.softmax(logits.float(), dim=-1)]
         counts = [len(p) for p in proposals]
         for i, head in enumerate(self.cascade_heads):
             stds = self.cfg.box_stds[4 * i: 4 * i + 4]
             proposals = [self.convention.refine(p, d.float(), stds, size)
                          for p, d, size in zip(proposals, deltas.split(counts), image_sizes)]
-            logits, deltas = head(self.box_pool(feats, to_rois(proposals)))
+            logits, deltas = head(self.box_pool(feats, to_rois(proposals), dtype))
             probs.append(F.softmax(logits.float(), dim=-1))
         scores = probs[0] if len(probs) == 1 else sum(probs) * (1.0 / len(probs))
         return *first, scores, deltas, torch.cat(proposals)
@@ -202,7 +205,8 @@ class RoIHeads(nn.Module):
             out["mask"] = logits.sum()
         return out
 
-    def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
-        """(D, M, M) mask logits of each RoI's own class."""
-        logits = self.mask_head(self.mask_pool(feats, rois))
+    def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor,
+                    dtype: torch.dtype | None = None) -> Tensor:
+        """(D, M, M) mask logits of each RoI's own class (`feats`, `dtype`: see MultiLevelRoIAlign)."""
+        logits = self.mask_head(self.mask_pool(feats, rois, dtype))
         return logits[torch.arange(rois.shape[0], device=logits.device), labels]
