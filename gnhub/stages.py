@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["BACKBONE", "BOXES", "DENSE", "DETECTIONS", "FPN", "INPUT", "INPUT_SAMPLE", "LABELS", "LOGITS", "MASKS",
     "MASK_LOGITS", "PROPOSALS", "PROPOSAL_SCORES", "ROI_BOX_DELTAS", "ROI_CLS_LOGITS", "RPN_DELTAS", "RPN_OBJECTNESS",
-    "SCORES", "levels"]
+    "SCORES", "levels", "pyramid"]
 
 INPUT = "input"  # the network input, normalised and padded
 INPUT_SAMPLE = "input.sample"  # every 8th pixel of it, kept as a golden output
@@ -23,6 +23,12 @@ DETECTIONS = "detections"  # the check of boxes, scores and labels together
 def levels(prefix: str, tensors, first: int = 2) -> dict:
     """{prefix + level: tensor} for a list of per-level tensors, the first being level `first`."""
     return {f"{prefix}{i + first}": t for i, t in enumerate(tensors)}
+
+
+def pyramid(backbone, fpn, objectness, deltas) -> dict:
+    """The dense stages by level: backbone C2-C5, FPN P2-P6, RPN objectness and deltas P2-P6."""
+    return {**levels(BACKBONE, backbone), **levels(FPN, fpn), **levels(RPN_OBJECTNESS, objectness),
+            **levels(RPN_DELTAS, deltas)}
 
 
 # In pipeline order: the dense stages compared elementwise.

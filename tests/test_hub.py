@@ -141,7 +141,7 @@ def test_corrupted_download_is_refused(zoo_named_dir, server, tmp_path):
 def test_unknown_name_suggests_close_ones(tmp_path, server):
     endpoint, _, _ = server
     proc = gnhub_cli(hub_env(tmp_path, endpoint), "predict", sample_images()[3], "--model",
-                     "mask_rcnn_r50_fpn_gn_2x_coco")
+                     "mask_rcnn_r50_fpn_gn-al_2x_coco")
     assert proc.returncode == 1
     assert "did you mean mask_rcnn_r50_fpn_gn-all_2x_coco" in proc.stderr
 

@@ -225,10 +225,7 @@ class GNMaskRCNN(GNModel):
 
         if record is not None and finish:
             record[S.INPUT] = batch.tensor[:1]
-            record.update(S.levels(S.BACKBONE, [x[:1] for x in c]))
-            record.update(S.levels(S.FPN, [x[:1] for x in p]))
-            record.update(S.levels(S.RPN_OBJECTNESS, [x[:1] for x in objectness]))
-            record.update(S.levels(S.RPN_DELTAS, [x[:1] for x in deltas]))
+            record.update(S.pyramid(*([x[:1] for x in t] for t in (c, p, objectness, deltas))))
             record[S.PROPOSALS], record[S.PROPOSAL_SCORES] = props[0]
             record[S.ROI_CLS_LOGITS] = cls_logits[: counts[0]]
             record[S.ROI_BOX_DELTAS] = box_deltas[: counts[0]]

@@ -258,8 +258,5 @@ class MMDetReference:
             out[S.MASKS] = torch.stack([self.paste(m.sigmoid(), b, h, w) >= thr for m, b in
                                         zip(out[S.MASK_LOGITS], boxes)]) if len(boxes) else \
                 torch.zeros(0, h, w, dtype=torch.bool)
-        out.update(S.levels(S.BACKBONE, c))
-        out.update(S.levels(S.FPN, p))
-        out.update(S.levels(S.RPN_OBJECTNESS, obj))
-        out.update(S.levels(S.RPN_DELTAS, reg))
+        out.update(S.pyramid(c, p, obj, reg))
         return out

@@ -237,8 +237,5 @@ class PaddleReference:
             out[S.MASK_LOGITS] = mask_logits[keep]
             out[S.MASKS] = self.paste(mask_logits[keep].sigmoid(), scaled[keep], h, w,
                                       self.s["roi_heads.mask_threshold"])
-        out.update(S.levels(S.BACKBONE, c))
-        out.update(S.levels(S.FPN, p))
-        out.update(S.levels(S.RPN_OBJECTNESS, logits))
-        out.update(S.levels(S.RPN_DELTAS, deltas))
+        out.update(S.pyramid(c, p, logits, deltas))
         return out
