@@ -91,6 +91,9 @@ def _read_zip(path: Path, f, size: int) -> object:
         for info in infos:
             if info.filename in records:
                 raise GnhubError(f"{path}: refused: zip entry {info.filename} appears twice (torch writes each once)")
+            if info.compress_size > size:  # zipfile would allocate what it declares before reading
+                raise GnhubError(f"{path}: refused: zip entry {info.filename} declares {info.compress_size:,} bytes "
+                                 f"in a {size:,}-byte file")
             records[info.filename] = info
         root = infos[0].filename.split("/", 1)[0] if infos and "/" in infos[0].filename else None
         pkl = records.get(f"{root}/data.pkl")

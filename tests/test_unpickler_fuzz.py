@@ -446,6 +446,18 @@ def test_a_hostile_pth_zip_is_one_line(warm, case):
     assert isinstance(outcome, GnhubError) and says in str(outcome), outcome
 
 
+def test_a_zip_entry_declaring_more_than_the_file_is_refused_before_zipfile_allocates_it(warm):
+    """Found by the fuzz test: zipfile reads a stored entry with one read of the size the central
+    directory declares, so a 600-byte file whose data.pkl declares 16 MiB cost 16 MiB."""
+    data = bytearray(zip_bytes([("archive/data.pkl", pickled(op_list()), False)]))
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 20, 1 << 24)  # its compressed size
+    path = warm / "declares.pth"
+    path.write_bytes(bytes(data))
+    outcome = _check(path, read_torch_checkpoint)
+    assert isinstance(outcome, GnhubError) and "archive/data.pkl declares 16,777,216 bytes" in str(outcome), outcome
+
+
 def test_an_unaligned_or_deflated_storage_is_copied_and_read(warm):
     data = struct.pack("<4f", 1, 2, 3, 4)
     body = b"}(" + op_str("a") + op_tensor(op_pid("0", F32, 4), 0, (2, 2), (2, 1)) + op_str("b") + op_tensor(
