@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import math
 import pickle
+import struct
 from collections import Counter, OrderedDict
 
 import numpy as np
@@ -331,6 +332,15 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length b
         self._check_target(self._under_mark(), (set,), "ADDITEMS")
         pickle._Unpickler.load_additems(self)
 
+    def load_bytearray8(self):
+        """As pickle's, but the bytes are read before the bytearray is made (pickle allocates the
+        length the file claims first; a file cannot hold more than it has)."""
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError(f"BYTEARRAY8 claims {n} bytes where only {len(data)} remain")
+        self.append(bytearray(data))
+
     def _under_mark(self):
         """The object under the topmost MARK (what APPENDS, SETITEMS and ADDITEMS fill)."""
         if not self.metastack or not self.metastack[-1]:
@@ -347,6 +357,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python one reads a length b
     dispatch[pickle.APPEND[0]] = load_append
     dispatch[pickle.APPENDS[0]] = load_appends
     dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
 
