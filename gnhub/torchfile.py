@@ -13,8 +13,8 @@ Both are read with `gnhub.unpickle.TorchUnpickler` inside the caller's `budget`:
 be exactly as large as its persistent id declares and lie inside the file (a zip entry of that
 size, or the bytes that follow the pickles), and every storage is charged to the file's size
 before anything is allocated for it, so the storages of a file total at most its size. Zip
-storages are mapped from the file (copy-on-write) where torch aligned them, as `torch.load(...,
-mmap=True)` maps them; others are copied. Refusals and corruption are GnhubErrors naming the file;
+storages are mapped from the file (copy-on-write) where torch aligned them, as torch's loader maps them
+with `mmap=True`; others are copied. Refusals and corruption are GnhubErrors naming the file;
 a malformed file raises what the parsing raised (the caller names it unreadable).
 """
 from __future__ import annotations
