@@ -52,7 +52,11 @@ class ZooEntry:
     sha256: str | None = None  # the source file's full sha256, where pinned (registered entries)
     citations: tuple[str, ...] = ("gn",)  # keys of published.CITATIONS, the family's framework added by cards
     conventions: ConfigPatch = field(default_factory=ConfigPatch)  # where the upstream config says more
-    backbone_norm: str = "GN"  # the backbone's: "GN", or "FrozenBN" (GN in the FPN and heads only)
+
+    @property
+    def backbone_norm(self) -> str:
+        """The backbone's norm: "GN", or "FrozenBN" (GN in the FPN and heads only)."""
+        return self.conventions.get("backbone.norm", "GN")
 
     @property
     def depth(self) -> int | None:
@@ -70,7 +74,7 @@ class ZooEntry:
             return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
         detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         c = self.conventions
-        if c.get("backbone.norm") == "FrozenBN":
+        if c.get("fpn.norm") == "none":  # GN in the heads only (detectron2's X152)
             stages = len(c.get("roi_heads.box_stds", ())) // 4
             return (f"{'Cascade ' if stages > 1 else ''}{detector}, {backbone_words(self.backbone)}-FPN: FrozenBN "
                     f"backbone{' with deformable convolutions' if any(c.get('backbone.deform_stages', ())) else ''}"
@@ -195,7 +199,7 @@ def _detectron2_x152() -> ZooEntry:
 def _paddle() -> list[ZooEntry]:
     return [ZooEntry(name, "paddle", "gn", detector, "R-50", "paddle", "2x", 24, f"{name}.pdparams",
                      P.PADDLE_URL.format(name=name), box, mask, results_source=P.PADDLE_RESULTS,
-                     backbone_norm="FrozenBN")
+                     conventions=ConfigPatch({"backbone.norm": "FrozenBN"}))
             for name, detector, box, mask in P.PADDLE]
 
 
