@@ -150,14 +150,15 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
               help="An extra image (with --source); repeatable.")
 @click.option("--tolerance", type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Tolerances to apply [default: the dtype of the weights].")
-@click.option("--against", type=click.Choice(["gnhub", "mmdet"]), default="gnhub", show_default=True,
-              help="Reference run on --source: gnhub's independent forward, or mmdetection itself if installed.")
-@click.option("--mmdet-config", type=click.Path(path_type=Path, dir_okay=False),
-              help="mmdetection config for --against mmdet [default: its packaged config of the zoo model].")
+@click.option("--against", type=click.Choice(["gnhub", "mmdet", "detectron2"]), default="gnhub", show_default=True,
+              help="Reference run on --source: gnhub's independent forward, or the framework itself if installed.")
+@click.option("--framework-config", "--mmdet-config", "framework_config",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="The framework's config for --against [default: its own config of the zoo model].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
 @_hub_options
 @click.pass_context
-def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_out, hub_dir, endpoint):
+def verify(ctx, model, source, images, tolerance, against, framework_config, json_out, hub_dir, endpoint):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
     For an ONNX export directory (`gnhub export`), the graph runs on onnxruntime and is compared
@@ -165,9 +166,9 @@ def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_ou
 
     With --source, MODEL and an independent forward over SRC's own tensors run on the built-in
     images (plus any --image) and every stage is compared: backbone, FPN levels, RPN maps,
-    proposals, RoI logits and deltas, detections and masks. With --against mmdet the reference is
-    mmdetection itself (optional, see the README), built from its packaged config of the zoo
-    model or --mmdet-config. Without --source, MODEL is compared with the golden outputs stored
+    proposals, RoI logits and deltas, detections and masks. With --against mmdet or detectron2 the
+    reference is that framework itself (optional, see the README), built from its own config of
+    the zoo model or --framework-config. Without --source, MODEL is compared with the golden outputs stored
     at conversion. The weights are always hashed in full. Exits 0 only if every stage is within
     tolerance; images after the first one with a failing stage are not checked.
     """
@@ -176,7 +177,7 @@ def verify(ctx, model, source, images, tolerance, against, mmdet_config, json_ou
     from .compare import failure_message
 
     report, names = verify_model(model, source, images=images, tolerance=tolerance, against=against,
-                                 mmdet_config=mmdet_config, json_out=json_out,
+                                 framework_config=framework_config, json_out=json_out,
                                  settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"

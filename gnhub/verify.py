@@ -26,6 +26,7 @@ from .errors import GnhubError
 from .layout import GOLDEN_FILE, check_model_dir
 from .modeling import GNModel
 from .reference import REFERENCES
+from .reference.detectron2_framework import Detectron2Framework, detectron2_version, zoo_config
 from .reference.mmdet_framework import MMDetFramework, mmdet_version, packaged_config
 from .report import Report
 from .source import open_source
@@ -121,15 +122,22 @@ def reference_for(source, dtype: torch.dtype = torch.float32, framework=None):
     return (framework or REFERENCES[source.converter.NAME])(tensors, source.settings)
 
 
+# `--against`: a framework itself, where it is installed: (its version or one clear error, its own
+# config of a zoo model, its runner, its name in reports)
+AGAINST = {"mmdet": (mmdet_version, packaged_config, MMDetFramework, "mmdetection"),
+           "detectron2": (detectron2_version, zoo_config, Detectron2Framework, "detectron2")}
+
+
 def run_verify(
-    model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub", mmdet_config: Path | None = None,
+    model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub",
+    framework_config: Path | None = None,
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: the model in `model_dir` against the source when given, else against its
     golden outputs. The weights are hashed in full (never taken from the hash store).
 
-    `against="mmdet"` runs mmdetection itself on the source's tensors instead of gnhub's
-    reference forward. Returns the report and, with a source, the gnhub -> source tensor names
-    for hints."""
+    `against` (a key of AGAINST) runs that framework itself on the source's tensors instead of
+    gnhub's reference forward, built from `framework_config` or its own config of the zoo model.
+    Returns the report and, with a source, the gnhub -> source tensor names for hints."""
     check_model_dir(model_dir, full_hash=True)
     model = GNModel.from_pretrained(model_dir)
     if source_path is None:
@@ -137,17 +145,18 @@ def run_verify(
             raise GnhubError("`images` and `against` need `source`: golden outputs exist only for the built-in images")
         return verify_golden(model, Path(model_dir), tolerance), None
     framework = label = None
-    if against == "mmdet":
-        version = mmdet_version()
+    if against != "gnhub":
+        version_of, config_of, runner, title = AGAINST[against]
+        version = version_of()
     with ThreadPoolExecutor(1) as pool:
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
-    if against == "mmdet":
-        if source.converter.NAME != "mmdet":
-            raise GnhubError(f"{source.path}: `against=mmdet` needs an mmdetection checkpoint, "
+    if against != "gnhub":
+        if source.converter.NAME != against:
+            raise GnhubError(f"{source.path}: `against={against}` needs a {title} checkpoint, "
                              f"not a {source.converter.NAME} one")
-        config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
-        framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
-        label = f"mmdetection {version} ({config.name}) on {source.path.name}"
+        config = Path(framework_config) if framework_config else config_of(getattr(source.entry, "name", None))
+        framework = lambda tensors, settings: runner(tensors, settings, config)
+        label = f"{title} {version} ({config.name}) on {source.path.name}"
     report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
                                framework=framework, against=label)
     return report, source_names(source)

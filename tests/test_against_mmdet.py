@@ -38,7 +38,7 @@ def fast_config(session_dir):
 def test_mmdetection_itself_agrees_stage_by_stage(small_source, fast_config, tmp_path):
     convert(small_source, tmp_path / "m")
     proc = run("verify", tmp_path / "m", "--source", small_source, "--against", "mmdet",
-               "--mmdet-config", fast_config, "--json", tmp_path / "r.json")
+               "--framework-config", fast_config, "--json", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["against"].startswith(f"mmdetection {mmdet.__version__}")
@@ -53,5 +53,6 @@ def test_a_broken_conversion_fails_against_mmdetection(small_source, fast_config
     state[key], state["neck.fpn_convs.1.gn.bias"] = state["neck.fpn_convs.1.gn.bias"], state[key]
     broken_src = mmdet_checkpoint(tmp_path / "broken.pth", state)
     convert(broken_src, tmp_path / "m", verify=False)
-    proc = run("verify", tmp_path / "m", "--source", small_source, "--against", "mmdet", "--mmdet-config", fast_config)
+    proc = run("verify", tmp_path / "m", "--source", small_source, "--against", "mmdet",
+               "--framework-config", fast_config)
     assert proc.returncode == 1 and "fpn.p3 differs" in proc.stderr, proc.stderr

@@ -1,7 +1,7 @@
 """mmdetection itself as the reference (`gnhub verify --against mmdet`), where it is installed.
 
 The detector is built from a config the user trusts (mmdetection's own packaged config for a zoo
-model, or `--mmdet-config`): the config embedded in a checkpoint is never executed, and the
+model, or `--framework-config`): the config embedded in a checkpoint is never executed, and the
 checkpoint is never unpickled by mmdetection; the tensors gnhub read safely are loaded with
 `load_state_dict(strict=True)`. mmdetection's `inference_detector` runs each image; forward
 hooks record its stages under gnhub's names.
@@ -63,12 +63,12 @@ def packaged_config(zoo_name: str | None) -> Path:
     import mmdet
 
     if zoo_name not in PACKAGED:
-        raise GnhubError(f"`against=mmdet`: {zoo_name or 'this checkpoint'} is not a zoo model; pass `mmdet_config` "
-                         "with the mmdetection config it was trained with (the config inside the checkpoint is "
-                         "never executed)")
+        raise GnhubError(f"`against=mmdet`: {zoo_name or 'this checkpoint'} is not a zoo model; pass "
+                         "`framework_config` with the mmdetection config it was trained with (the config inside the "
+                         "checkpoint is never executed)")
     path = Path(mmdet.__file__).parent / ".mim" / "configs" / PACKAGED[zoo_name]
     if not path.is_file():
-        raise GnhubError(f"{path}: missing from the installed mmdetection; pass `mmdet_config`")
+        raise GnhubError(f"{path}: missing from the installed mmdetection; pass `framework_config`")
     return path
 
 
