@@ -35,7 +35,7 @@ def detectron2_version() -> str:
 
 def zoo_config(zoo_name: str | None) -> Path:
     """detectron2's own model-zoo config of a zoo model (`Misc/NAME.yaml`), from the installed package."""
-    from ..zoo import MODELS
+    from ..zoo import MODELS  # the zoo is needed only for `--against detectron2`
 
     entry = MODELS.get(zoo_name or "")
     if entry is None or entry.source_format != "detectron2":
