@@ -1,7 +1,5 @@
 """gnhub against real runs of the same checkpoints (tests/data/real_runs): mmdetection 3.3 on a GN R-50
 and on a GN+WS ResNeXt-50 32x4d, detectron2's DefaultPredictor on its GN R-50 zoo config."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import references
@@ -12,6 +10,7 @@ from torchvision.ops import box_iou
 
 from gnhub import load
 from gnhub.convert import convert
+from gnhub.precision import cpu_flags
 
 pytestmark = pytest.mark.usefixtures("reference_threads")  # the frameworks ran at 2 threads
 
@@ -29,7 +28,7 @@ RTOL = 1e-3  # and relative to the value, for the FPN levels
 # above, but among a random-weight network's thousand near-equal proposal scores NMS then keeps other
 # boxes (an AMD EPYC: 5 of 1000 proposals for R-50, 379 of 1000 for GN+WS ResNeXt), so the stages
 # after NMS are compared only on a CPU of the recording kind.
-RECORDING_KIND = "avx512f" in open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else True
+RECORDING_KIND = "avx512f" in cpu_flags() or not cpu_flags()  # no /proc/cpuinfo: compare everything
 CASES = {  # case -> what its preprocessing came from
     "mmdet_r50_gn_2x_seed0": "checkpoint config",
     "mmdet_x50_gn_ws_2x_seed30": "checkpoint config",
@@ -71,7 +70,7 @@ def matched_rows(boxes, scores, want_boxes, want_scores, same=None, coords=None)
         iou = box_iou(boxes, want_boxes)
         ok = iou >= 0.99
     else:
-        iou = -(boxes[:, None, :] - want_boxes[None, :, :]).abs().amax(dim=-1)  # the closest first
+        iou = -(boxes[:, None, :] - want_boxes[None, :, :]).abs().amax(dim=-1)  # closeness: the nearest first
         ok = iou >= -coords
     ok &= ((got_scores[:, None] - want_scores[None, :]).abs() <= ATOL["scores"])
     ok &= same if same is not None else True
