@@ -12,7 +12,8 @@ from conftest import small_config
 from safetensors.torch import load_file
 from test_cli import run
 
-from gnhub import GNMaskRCNN, files, load
+from gnhub import GNMaskRCNN, ModelConfig, files, load
+from gnhub.config import D2_CASCADE
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.files import sha256_file
@@ -241,6 +242,27 @@ def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, b
     with pytest.raises(GnhubError, match="this model has Detectron's .* convert an mmdetection or detectron2"):
         finetune(detectron, train_annotations=ann, train_images=folder, out=tmp_path / "d", recipe=recipe)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_cascade_finetunes_with_its_per_stage_losses_and_paddle_is_one_error(shapes, base_dir, tmp_path):
+    """A detectron2 cascade (three class-agnostic stages) on new classes: one step, each stage's
+    losses logged; a PaddleDetection model is refused before anything is written."""
+    ann, folder = shapes
+    base = load(base_dir)
+    config = ModelConfig.from_dict({**base.config.to_dict(), "convention": "detectron2"})
+    D2_CASCADE.apply(config)
+    cascade = GNMaskRCNN(config)
+    cascade.load_state_dict(deterministic_weights(cascade))
+    recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
+    done = finetune(cascade, train_annotations=ann, train_images=folder, out=tmp_path / "c", recipe=recipe,
+                    work_dir=tmp_path / "w")
+    row = json.loads((tmp_path / "w" / "log.jsonl").read_text().splitlines()[0])
+    assert {"cls_stage0", "bbox_stage2", "mask", "rpn_cls"} <= set(row) and "cls" not in row
+    assert done["classes"] == len(CLASSES) and load(tmp_path / "c").config.roi_heads.stages == 3
+    paddle = with_weights(dataclasses.replace(base.config, convention="paddle"), base.state_dict(), "p")
+    with pytest.raises(GnhubError, match="PaddleDetection's conventions .* does not have"):
+        finetune(paddle, train_annotations=ann, train_images=folder, out=tmp_path / "p", recipe=recipe)
+    assert not (tmp_path / "p").exists()
 
 
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):

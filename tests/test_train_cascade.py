@@ -123,3 +123,29 @@ def test_a_cascade_with_frozen_bn_and_deformable_stages_trains_end_to_end(record
     assert torch.equal(kept, model.roi_heads.cascade_heads[1].bbox_pred.weight)
     assert new.roi_heads.mask_head.logits.weight.shape[0] == 2
     assert float(new.roi_heads.mask_head.logits.weight.std()) == pytest.approx(0.001, rel=0.2)
+
+
+def test_a_class_agnostic_single_stage_trains_its_four_deltas_as_mmdetection():
+    """reg_class_agnostic: the loss of the 4 shared deltas is the per-class loss of a head whose
+    per-class regressors all equal them."""
+    from gnhub.config import RoIHeadsConfig, TrainConfig
+    from gnhub.frameworks import convention
+    from gnhub.modeling.roi_heads import RoIHeads
+
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(1, 32, 64 // s, 64 // s, generator=g) for s in (4, 8, 16, 32)]
+    props = [torch.tensor([[4.0, 4, 30, 30], [10, 12, 40, 44], [30, 2, 60, 20], [0, 0, 60, 60]])]
+    gt = ([torch.tensor([[8.0, 6, 32, 34], [28, 4, 58, 22]])], [torch.tensor([1, 0])], [None])
+    out = []
+    for agnostic in (True, False):
+        cfg = RoIHeadsConfig(num_convs=1, fc_channels=16, class_agnostic=agnostic)
+        torch.manual_seed(1)
+        heads = RoIHeads(32, 2, (4, 8, 16, 32), cfg, convention("mmdet"), masks=False)
+        if not agnostic:
+            state = dict(out[0][0])
+            state["box_head.bbox_pred.weight"] = state["box_head.bbox_pred.weight"].repeat(2, 1)
+            state["box_head.bbox_pred.bias"] = state["box_head.bbox_pred.bias"].repeat(2)
+            heads.load_state_dict(state)
+        out.append((heads.state_dict(), heads.loss(feats, props, *gt, [(64, 64)], TrainConfig())))
+    assert out[0][1]["bbox"] > 0 and set(out[0][1]) == {"cls", "bbox"}
+    assert float(out[0][1]["bbox"]) == pytest.approx(float(out[1][1]["bbox"]), rel=1e-6)
