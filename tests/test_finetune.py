@@ -245,12 +245,14 @@ def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, b
 
 
 def test_a_cascade_finetunes_with_its_per_stage_losses_and_paddle_is_one_error(shapes, base_dir, tmp_path):
-    """A detectron2 cascade (three class-agnostic stages) on new classes: one step, each stage's
-    losses logged; a PaddleDetection model is refused before anything is written."""
+    """A detectron2 cascade (three class-agnostic stages, a deformable last stage) on new classes:
+    one step, each stage's losses logged, the deformable convolution's offsets trained; a
+    PaddleDetection model is refused before anything is written."""
     ann, folder = shapes
     base = load(base_dir)
     config = ModelConfig.from_dict({**base.config.to_dict(), "convention": "detectron2"})
     D2_CASCADE.apply(config)
+    config.backbone.deform_stages = (False, False, False, True)
     cascade = GNMaskRCNN(config)
     cascade.load_state_dict(deterministic_weights(cascade))
     recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
@@ -258,7 +260,10 @@ def test_a_cascade_finetunes_with_its_per_stage_losses_and_paddle_is_one_error(s
                     work_dir=tmp_path / "w")
     row = json.loads((tmp_path / "w" / "log.jsonl").read_text().splitlines()[0])
     assert {"cls_stage0", "bbox_stage2", "mask", "rpn_cls"} <= set(row) and "cls" not in row
-    assert done["classes"] == len(CLASSES) and load(tmp_path / "c").config.roi_heads.stages == 3
+    tuned = load(tmp_path / "c")
+    assert done["classes"] == len(CLASSES) and tuned.config.roi_heads.stages == 3
+    offsets = "backbone.layer4.0.conv2_offset.weight"
+    assert not torch.equal(tuned.state_dict()[offsets], cascade.state_dict()[offsets])
     paddle = with_weights(dataclasses.replace(base.config, convention="paddle"), base.state_dict(), "p")
     with pytest.raises(GnhubError, match="PaddleDetection's conventions .* does not have"):
         finetune(paddle, train_annotations=ann, train_images=folder, out=tmp_path / "p", recipe=recipe)

@@ -1,6 +1,6 @@
 """Cascade training: the RoI stages' losses and gradients held to a real detectron2 training step of
-CascadeROIHeads (scripts/record_d2_cascade_train.py), and a cascade twin with FrozenBN and
-deformable stages that trains end to end."""
+CascadeROIHeads (scripts/record_d2_cascade_train.py), deformable convolution's gradient, new
+classes, class-agnostic boxes (a cascade finetunes end to end in test_finetune.py)."""
 import hashlib
 import json
 
@@ -93,29 +93,8 @@ def test_deformable_convolution_has_torchvisions_gradient():
                                     (x, offset, weight), fast_mode=True)
 
 
-def test_a_cascade_with_frozen_bn_and_deformable_stages_trains_end_to_end(recorded):
-    """The whole detector's losses (mmdetection's RPN, detectron2's cascade stages), gradients
-    through the deformable convolutions (offsets included), none for FrozenBN (buffers) or the
-    frozen stages (here the stem and three); new classes give every stage a new classifier and keep the
-    class-agnostic regressors."""
-    from test_train import _shapes_batch
-
+def test_new_classes_give_every_stage_a_classifier_and_keep_the_class_agnostic_regressors(recorded):
     model = recorded[0]
-    model.config.preprocess.max_size = (96, 64)
-    train = model.config.train  # small, for CPU time: deformable backward on a CPU is slow
-    train.rpn_post_nms_top_n, train.box_batch_size_per_image, train.frozen_stages = 64, 32, 3
-    image, target = _shapes_batch(0, (64, 96))
-    losses = model([image], [target], generator=torch.Generator().manual_seed(0))
-    assert set(losses) == {"rpn_cls", "rpn_bbox", "mask"} | set(LOSSES)
-    model.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
-    grads = {k: p.grad for k, p in model.named_parameters()}
-    assert grads["backbone.layer4.0.conv2_offset.weight"].abs().sum() > 0
-    assert grads["backbone.layer4.2.conv2.weight"].abs().sum() > 0
-    assert grads["backbone.conv1.weight"] is None and grads["backbone.layer3.0.conv2_offset.weight"] is None
-    assert not any(isinstance(b, torch.nn.Parameter) for b in model.backbone.gn1.buffers())
-    assert all(grads[f"roi_heads.{h}.cls_score.weight"].abs().sum() > 0 for h in
-               ("box_head", "cascade_heads.0", "cascade_heads.1"))
     new = model.with_classes(["a", "b"], torch.Generator().manual_seed(0))
     for head in (new.roi_heads.box_head, *new.roi_heads.cascade_heads):
         assert head.cls_score.weight.shape == (3, 64) and not head.cls_score.bias.any()
