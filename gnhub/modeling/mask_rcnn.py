@@ -105,8 +105,9 @@ class GNMaskRCNN(GNModel):
         Mask R-CNN) whose sum is the loss to backpropagate. `images`: paths, PIL images or RGB
         arrays, prepared by the model's own preprocessing (mmdetection's or detectron2's);
         `targets`: per image `boxes` (N, 4) xyxy in original pixels, `labels` (N,) indexing
-        config.classes, `masks` (N, H, W) bool. Settings come from config.train at each call; the samplers draw from `generator`; `record` (if
-        given) receives the training proposals of each image ("proposals").
+        config.classes, `masks` (N, H, W) bool. Settings come from config.train at each call;
+        the samplers draw from `generator`; `record` (if given) receives the training proposals
+        of each image ("proposals").
         """
         training = targets is not None
         if training:
