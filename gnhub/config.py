@@ -162,7 +162,8 @@ class RoIHeadsConfig:
 @dataclass
 class TrainConfig:
     """Training settings of `GNMaskRCNN`'s losses (its forward, given targets): mmdetection 3.3's
-    train_cfg for these models."""
+    train_cfg for these models; a cascade's RoI stages take detectron2's (cascade_ious, and
+    box_batch_size_per_image and box_positive_fraction, which detectron2's defaults share)."""
 
     rpn_pos_iou: float = 0.7  # MaxIoUAssigner of the anchors
     rpn_neg_iou: float = 0.3
@@ -177,6 +178,9 @@ class TrainConfig:
     box_min_pos_iou: float = 0.5
     box_batch_size_per_image: int = 512  # RandomSampler of the RoIs
     box_positive_fraction: float = 0.25
+    # a cascade's RoI stages (detectron2's ROI_BOX_CASCADE_HEAD.IOUS): per stage, the IoU from which a
+    # box is foreground (no low-quality matches); a cascade uses these, not box_pos_iou .. box_min_pos_iou
+    cascade_ious: tuple[float, ...] = (0.5, 0.6, 0.7)
     mask_size: int = 28
     frozen_stages: int = 1  # 0: none; 1: stem and first stage get no gradient; up to 4
     norm_decay_mult: float = 1.0  # weight decay of GroupNorm weights and biases, x the recipe's
@@ -246,6 +250,9 @@ class ModelConfig:
         if stds % 4 or (roi.stages > 1 and not roi.class_agnostic):
             raise GnhubError(f"config: roi_heads.box_stds holds {stds} values; expected 4 per stage, and a cascade of "
                              "stages regresses class-agnostic boxes (roi_heads.class_agnostic true)")
+        if roi.stages > 1 and len(self.train.cascade_ious) != roi.stages:
+            raise GnhubError(f"config: train.cascade_ious holds {len(self.train.cascade_ious)} values; expected one "
+                             f"per cascade stage ({roi.stages}, from roi_heads.box_stds)")
         crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
         if crop > short:
             raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
@@ -284,8 +291,8 @@ RULES = {
     "train.rpn_batch_size_per_image": (_I, 1, 10**12, None), "train.box_batch_size_per_image": (_I, 1, 10**12, None),
     "train.rpn_positive_fraction": (_F, 0.0, 1.0, None), "train.box_positive_fraction": (_F, 0.0, 1.0, None),
     "train.rpn_pre_nms_top_n": (_I, 0, 1_000_000, None), "train.rpn_post_nms_top_n": (_I, 1, 100_000, None),
-    "train.mask_size": (_I, 1, 256, None), "train.frozen_stages": (_I, 0, 4, None),
-    "train.norm_decay_mult": (_F, 0.0, 1e3, None),
+    "train.cascade_ious": (_F, 0.0, 1.0, 0), "train.mask_size": (_I, 1, 256, None),
+    "train.frozen_stages": (_I, 0, 4, None), "train.norm_decay_mult": (_F, 0.0, 1e3, None),
 }
 
 

@@ -12,7 +12,8 @@ from conftest import small_config
 from safetensors.torch import load_file
 from test_cli import run
 
-from gnhub import GNMaskRCNN, files, load
+from gnhub import GNMaskRCNN, ModelConfig, files, load
+from gnhub.config import D2_CASCADE
 from gnhub.demo import deterministic_weights
 from gnhub.errors import GnhubError
 from gnhub.files import sha256_file
@@ -228,19 +229,36 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
     assert (work / "notes.txt").read_text() == "mine"
 
 
-def test_a_detectron2_model_finetunes_and_a_detectron_one_is_one_error(shapes, base_dir, tmp_path):
-    """finetune refused every detectron2 model ("this model has Detectron's"), which the model trains."""
+def test_a_detectron2_cascade_finetunes_and_detectron_and_paddle_models_are_one_error(shapes, base_dir, tmp_path):
+    """A detectron2 cascade (three class-agnostic stages, a deformable last stage) on new classes:
+    one step, each stage's losses logged, the deformable convolution's offsets trained; a
+    Detectron or PaddleDetection model is refused before anything is written (finetune once
+    refused every detectron2 model: "this model has Detectron's")."""
     ann, folder = shapes
     base = load(base_dir)
+    config = ModelConfig.from_dict({**base.config.to_dict(), "convention": "detectron2"})
+    D2_CASCADE.apply(config)
+    config.backbone.deform_stages = (False, False, False, True)
+    cascade = GNMaskRCNN(config)
+    cascade.load_state_dict(deterministic_weights(cascade))
     recipe = Recipe(iterations=1, warmup_iters=1, batch_size=1)
-    d2 = with_weights(dataclasses.replace(base.config, convention="detectron2"), base.state_dict(), "d2")
-    done = finetune(d2, train_annotations=ann, train_images=folder, out=tmp_path / "d2", recipe=recipe)
-    assert done["iterations"] == 1
-    assert load(tmp_path / "d2").config.convention == "detectron2"
+    done = finetune(cascade, train_annotations=ann, train_images=folder, out=tmp_path / "c", recipe=recipe,
+                    work_dir=tmp_path / "w")
+    row = json.loads((tmp_path / "w" / "log.jsonl").read_text().splitlines()[0])
+    assert {"cls_stage0", "bbox_stage2", "mask", "rpn_cls"} <= set(row) and "cls" not in row
+    tuned = load(tmp_path / "c")
+    assert done["classes"] == len(CLASSES) and tuned.config.roi_heads.stages == 3
+    assert tuned.config.convention == "detectron2"
+    offsets = "backbone.layer4.0.conv2_offset.weight"
+    assert not torch.equal(tuned.state_dict()[offsets], cascade.state_dict()[offsets])
     detectron = with_weights(dataclasses.replace(base.config, convention="detectron"), base.state_dict(), "d")
     with pytest.raises(GnhubError, match="this model has Detectron's .* convert an mmdetection or detectron2"):
         finetune(detectron, train_annotations=ann, train_images=folder, out=tmp_path / "d", recipe=recipe)
     assert not (tmp_path / "d").exists()
+    paddle = with_weights(dataclasses.replace(base.config, convention="paddle"), base.state_dict(), "p")
+    with pytest.raises(GnhubError, match="PaddleDetection's conventions .* does not have"):
+        finetune(paddle, train_annotations=ann, train_images=folder, out=tmp_path / "p", recipe=recipe)
+    assert not (tmp_path / "p").exists()
 
 
 def test_finetune_cli_writes_a_model_that_loads_verifies_and_publishes(shapes, base_dir, tmp_path):

@@ -53,29 +53,37 @@ class GNMaskRCNN(GNModel):
         self.eval()
 
     def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
-        """This model for new `classes`: the box classifier, box regressor and mask logits new and
-        initialised as mmdetection initialises them (normal std 0.01, normal std 0.001, Kaiming
-        normal fan-out; zero biases; drawn from `generator`), every other tensor the same (shared,
-        not copied)."""
-        self.check_standard_heads()
+        """This model for new `classes`: every stage's box classifier, the per-class box regressor
+        and the mask logits new (a class-agnostic regressor stays), initialised as the losses that
+        train them initialise them (drawn from `generator`; zero biases): mmdetection's for one
+        stage (normal std 0.01, normal std 0.001, Kaiming normal fan-out), detectron2's for a
+        cascade (mask logits normal std 0.001); every other tensor the same (shared, not copied)."""
         classes = tuple(str(c) for c in classes)
         config = dataclasses.replace(self.config, classes=classes)
         config.check()
         state = dict(self.state_dict())
-        k, fc = len(classes), self.roi_heads.box_head.fc.out_features
+        roi, k = self.config.roi_heads, len(classes)
         like = dict(device=self.device, dtype=self.dtype)
-        state["roi_heads.box_head.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01,
-                                                                                            generator=generator)
-        state["roi_heads.box_head.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001,
-                                                                                            generator=generator)
-        new = [("box_head.cls_score", k + 1), ("box_head.bbox_pred", 4 * k)]
+        new = []
+        for i, head in enumerate([self.roi_heads.box_head, *self.roi_heads.cascade_heads]):
+            name = f"roi_heads.{'cascade_heads.' + str(i - 1) if i else 'box_head'}"
+            fc = head.cls_score.in_features
+            state[f"{name}.cls_score.weight"] = torch.empty(k + 1, fc, **like).normal_(0, 0.01, generator=generator)
+            new.append((f"{name}.cls_score", k + 1))
+            if not roi.class_agnostic:
+                state[f"{name}.bbox_pred.weight"] = torch.empty(4 * k, fc, **like).normal_(0, 0.001,
+                                                                                          generator=generator)
+                new.append((f"{name}.bbox_pred", 4 * k))
         if self.roi_heads.mask_head is not None:
             logits = torch.empty(k, self.roi_heads.mask_head.logits.in_channels, 1, 1, **like)
-            torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu", generator=generator)
+            if roi.stages > 1:
+                logits.normal_(0, 0.001, generator=generator)
+            else:
+                torch.nn.init.kaiming_normal_(logits, mode="fan_out", nonlinearity="relu", generator=generator)
             state["roi_heads.mask_head.logits.weight"] = logits
-            new.append(("mask_head.logits", k))
+            new.append(("roi_heads.mask_head.logits", k))
         for name, n in new:
-            state[f"roi_heads.{name}.bias"] = torch.zeros(n, **like)
+            state[f"{name}.bias"] = torch.zeros(n, **like)
         return with_weights(config, state, config.name)
 
     def forward(self, images, targets: list[dict] | None = None, *, generator: torch.Generator | None = None,
@@ -91,13 +99,15 @@ class GNMaskRCNN(GNModel):
         `labels`, `mask_probs` and `mask_logits` (28x28, not pasted), `proposals`,
         `proposal_scores`.
 
-        Losses (mmdetection 3.3's TwoStageDetector.loss for one batch): {"rpn_cls", "rpn_bbox",
-        "cls", "bbox", "mask"} scalars ("mask" for a Mask R-CNN) whose sum is the loss to
-        backpropagate. `images`: paths, PIL images or RGB arrays, prepared by the model's own
-        preprocessing (mmdetection's or detectron2's); `targets`: per image `boxes` (N, 4) xyxy in
-        original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W) bool. Settings
-        come from config.train at each call; the samplers draw from `generator`; `record` (if
-        given) receives the training proposals of each image ("proposals").
+        Losses (mmdetection 3.3's TwoStageDetector.loss for one batch; a cascade's RoI stages as
+        detectron2's CascadeROIHeads): {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"} scalars
+        ("cls_stageK", "bbox_stageK" for each cascade stage K instead of "cls", "bbox"; "mask" for a
+        Mask R-CNN) whose sum is the loss to backpropagate. `images`: paths, PIL images or RGB
+        arrays, prepared by the model's own preprocessing (mmdetection's or detectron2's);
+        `targets`: per image `boxes` (N, 4) xyxy in original pixels, `labels` (N,) indexing
+        config.classes, `masks` (N, H, W) bool. Settings come from config.train at each call;
+        the samplers draw from `generator`; `record` (if given) receives the training proposals
+        of each image ("proposals").
         """
         training = targets is not None
         if training:
@@ -142,27 +152,20 @@ class GNMaskRCNN(GNModel):
             obj, dlt = [o.detach() for o in objectness], [d.detach() for d in deltas]
             proposals = [self.rpn.proposals(obj, dlt, size, b, cfg=proposal_cfg)[0]
                          for b, size in enumerate(batch.image_sizes)]
-        roi = self.roi_heads.loss(p[:4], proposals, boxes, labels, masks, train, generator)
+        roi = self.roi_heads.loss(p[:4], proposals, boxes, labels, masks, batch.image_sizes, train, generator)
         if record is not None:
             record["proposals"] = proposals
         return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
 
     def check_trainable(self) -> None:
-        """One clear error where the model's convention does not train (gnhub's training is
-        mmdetection's: Detectron's widths x2 - x1 + 1 are not)."""
-        self.check_standard_heads()
+        """One clear error where the model's convention does not train (gnhub's losses are
+        mmdetection's and, for a cascade's RoI stages, detectron2's: Detectron's widths
+        x2 - x1 + 1 and PaddleDetection's own sampling and losses are not built)."""
         if not self.convention.trains:
-            raise GnhubError(f"{self.config.name}: training follows mmdetection's box conventions; this model has "
-                             f"{info(self.config.convention).TITLE}'s (convention in config.json): convert an "
+            raise GnhubError(f"{self.config.name}: gnhub trains with mmdetection's losses (a cascade's RoI stages with "
+                             f"detectron2's); this model has {info(self.config.convention).TITLE}'s conventions "
+                             "(convention in config.json), whose training gnhub does not have: convert an "
                              "mmdetection or detectron2 checkpoint")
-
-    def check_standard_heads(self) -> None:
-        """One clear error for RoI heads that gnhub predicts with but does not train or give new classes."""
-        roi = self.config.roi_heads
-        if roi.stages > 1 or roi.class_agnostic:
-            raise GnhubError(f"{self.config.name}: gnhub trains one RoI stage with per-class box regression (as "
-                             "mmdetection's StandardRoIHead); this model has cascade or class-agnostic RoI heads "
-                             "(roi_heads in config.json), which it predicts with but does not train")
 
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""

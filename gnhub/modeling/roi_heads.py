@@ -14,23 +14,38 @@ from .boxes import encode_boxes, to_rois
 from .conv import conv2d
 from .fpn import ConvGN
 from .ops import roi_align
-from .targets import assign, ce_loss, l1_loss, sample
+from .targets import assign, ce_loss, d2_deltas, d2_match, d2_sample, l1_loss, sample
 
 __all__ = ["BoxHead", "MaskHead", "MultiLevelRoIAlign", "RoIHeads", "mask_targets_of"]
 
 
-def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int) -> Tensor:
+def mask_targets_of(masks: Tensor, boxes: Tensor, which: Tensor, size: int, clamp: bool = True) -> Tensor:
     """(P, size, size) targets: ground-truth mask `which[i]` RoIAligned (aligned, adaptive
-    sampling) over box i, binarised at 0.5 (mmdetection's BitmapMasks.crop_and_resize)."""
+    sampling) over box i, binarised at 0.5: mmdetection's BitmapMasks.crop_and_resize (boxes
+    clamped to the mask), or detectron2's BitMasks.crop_and_resize (`clamp` False)."""
     if not len(boxes):
         return boxes.new_zeros(0, size, size)
     h, w = masks.shape[-2:]
     b = boxes.detach().clone()
-    b[:, 0::2] = b[:, 0::2].clamp(0, w)
-    b[:, 1::2] = b[:, 1::2].clamp(0, h)
+    if clamp:
+        b[:, 0::2] = b[:, 0::2].clamp(0, w)
+        b[:, 1::2] = b[:, 1::2].clamp(0, h)
     rois = torch.cat([torch.arange(len(b), device=b.device, dtype=b.dtype)[:, None], b], dim=1)
     crops = roi_align(masks[which].to(b.dtype)[:, None], rois, size, 1.0, 0, True).squeeze(1)
     return (crops >= 0.5).float()
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity, its gradient times `scale` (detectron2's cascade_rcnn._ScaleGradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
 
 
 class MultiLevelRoIAlign(nn.Module):
@@ -159,12 +174,21 @@ class RoIHeads(nn.Module):
                                       cfg, factors)
 
     def loss(self, feats: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor],
-             gt_masks: list[Tensor], train, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+             gt_masks: list[Tensor], image_sizes, train, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The RoI heads' training losses on each image's `proposals` (network pixels; images of
+        `image_sizes`, (h, w)): one stage as mmdetection's StandardRoIHead ("cls", "bbox"), a
+        cascade as detectron2's CascadeROIHeads ("cls_stageK", "bbox_stageK"); with a mask head,
+        "mask" (`gt_masks` may be None without one)."""
+        if self.cfg.stages > 1:
+            return self._cascade_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, image_sizes, train, generator)
+        return self._standard_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, train, generator)
+
+    def _standard_loss(self, feats, proposals, gt_boxes, gt_labels, gt_masks, train, generator) -> dict[str, Tensor]:
         """mmdetection's StandardRoIHead loss: ground-truth boxes added as RoIs, MaxIoUAssigner and
         RandomSampler per image, softmax cross-entropy over the sampled RoIs, L1 on the
-        positives' own-class deltas (divided by the number of samples), and (with a mask head)
-        binary cross-entropy of the positives' own-class 28x28 masks against RoIAligned,
-        binarised ground truth (`gt_masks` may be None without one)."""
+        positives' own-class deltas (the class-agnostic deltas where reg_class_agnostic), divided
+        by the number of samples, and (with a mask head) binary cross-entropy of the positives'
+        own-class 28x28 masks against RoIAligned, binarised ground truth."""
         rois, labels, targets, pos_rois, pos_labels, mask_targets = [], [], [], [], [], []
         for b, (props, gt, gl, gm) in enumerate(zip(proposals, gt_boxes, gt_labels, gt_masks)):
             assigned = assign(props, gt, train.box_pos_iou, train.box_neg_iou, train.box_min_pos_iou)
@@ -190,20 +214,76 @@ class RoIHeads(nn.Module):
         out = {"cls": ce_loss(cls_logits.float(), labels, torch.ones_like(labels, dtype=torch.float32), samples)}
         pos = labels < self.num_classes
         if pos.any():
-            own = box_deltas.float().view(len(labels), -1, 4)[pos, labels[pos]]
+            which = 0 if self.cfg.class_agnostic else labels[pos]
+            own = box_deltas.float().view(len(labels), -1, 4)[pos, which]
             out["bbox"] = l1_loss(own, targets[pos], torch.ones_like(own), float(len(labels)))
         else:
             out["bbox"] = box_deltas[pos].sum()
-        if self.mask_head is None:
-            return out
-        pos_rois, pos_labels = torch.cat(pos_rois), torch.cat(pos_labels)
-        logits = self.mask_head(self.mask_pool(feats, pos_rois))
-        if len(pos_rois):
-            own = logits.float()[torch.arange(len(pos_rois), device=logits.device), pos_labels]
-            out["mask"] = F.binary_cross_entropy_with_logits(own, torch.cat(mask_targets), reduction="mean")
-        else:
-            out["mask"] = logits.sum()
+        if self.mask_head is not None:
+            out["mask"] = self._mask_loss(feats, torch.cat(pos_rois), torch.cat(pos_labels), mask_targets)
         return out
+
+    def _cascade_loss(self, feats, proposals, gt_boxes, gt_labels, gt_masks, image_sizes, train,
+                      generator) -> dict[str, Tensor]:
+        """detectron2's CascadeROIHeads in training. Stage 0 (label_and_sample_proposals): the
+        ground-truth boxes added after the proposals, matched at train.cascade_ious[0] (Matcher,
+        no low-quality matches), subsample_labels. Stage k > 0 (_create_proposals_from_boxes,
+        _match_and_label_boxes): the previous stage's boxes, detached, decoded with its weights,
+        clipped to the image, empty ones dropped, matched again at cascade_ious[k], not sampled.
+        Each stage: its pooled features' gradient times 1 / stages (_ScaleGradient), softmax
+        cross-entropy (mean), L1 (smooth L1, beta 0) of the class-agnostic deltas against
+        get_deltas with the stage's weights over the foreground, divided by all its RoIs. The mask
+        loss (mask_rcnn_loss) on stage 0's foreground RoIs."""
+        k = self.num_classes
+        boxes, labels, matched = [], [], []
+        for props, gt, gl in zip(proposals, gt_boxes, gt_labels):
+            candidates = torch.cat([props, gt])
+            idx, fg = d2_match(candidates, gt, train.cascade_ious[0])
+            lab = torch.where(fg, gl[idx], k) if len(gt) else torch.full_like(idx, k)
+            pos, neg = d2_sample(lab, train.box_batch_size_per_image, train.box_positive_fraction, k, generator)
+            keep = torch.cat([pos, neg])
+            boxes.append(candidates[keep])
+            labels.append(lab[keep])
+            matched.append(idx[keep])
+        first = boxes, labels, matched
+        out, heads = {}, [self.box_head, *self.cascade_heads]
+        for stage, head in enumerate(heads):
+            stds = self.cfg.box_stds[4 * stage: 4 * stage + 4]
+            x = _ScaleGradient.apply(self.box_pool(feats, to_rois(boxes)), 1.0 / len(heads))
+            logits, deltas = head(x)
+            lab = torch.cat(labels)
+            out[f"cls_stage{stage}"] = F.cross_entropy(logits.float(), lab) if len(lab) else logits.sum() * 0.0
+            fg = lab < k
+            targets = torch.cat([gt[idx] if len(gt) else b for b, gt, idx in zip(boxes, gt_boxes, matched)])
+            t = d2_deltas(torch.cat(boxes)[fg], targets[fg], stds)
+            out[f"bbox_stage{stage}"] = (deltas.float()[fg] - t).abs().sum() / max(len(lab), 1)
+            if stage + 1 == len(heads):
+                break
+            boxes = [self.convention.refine(b, d.detach().float(), stds, size)
+                     for b, d, size in zip(boxes, deltas.split([len(b) for b in boxes]), image_sizes)]
+            boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
+            labels, matched = [], []
+            for b, gt, gl in zip(boxes, gt_boxes, gt_labels):
+                idx, fg = d2_match(b, gt, train.cascade_ious[stage + 1])
+                labels.append(torch.where(fg, gl[idx], k) if len(gt) else torch.full_like(idx, k))
+                matched.append(idx)
+        if self.mask_head is not None:
+            boxes, labels, matched = first
+            fg = [lab < k for lab in labels]
+            rois = to_rois([b[f] for b, f in zip(boxes, fg)])
+            targets = [mask_targets_of(gm, b[f], idx[f], train.mask_size, clamp=False)
+                       for gm, b, idx, f in zip(gt_masks, boxes, matched, fg)]
+            out["mask"] = self._mask_loss(feats, rois, torch.cat([lab[f] for lab, f in zip(labels, fg)]), targets)
+        return out
+
+    def _mask_loss(self, feats, rois: Tensor, labels: Tensor, targets: list[Tensor]) -> Tensor:
+        """Mean binary cross-entropy of each (K, 5) RoI's own-class mask logits against its target
+        (mmdetection's and detectron2's alike); 0 (with a gradient) without RoIs."""
+        logits = self.mask_head(self.mask_pool(feats, rois))
+        if not len(rois):
+            return logits.sum() * 0.0
+        own = logits.float()[torch.arange(len(rois), device=logits.device), labels]
+        return F.binary_cross_entropy_with_logits(own, torch.cat(targets), reduction="mean")
 
     def mask_logits(self, feats: list[Tensor], rois: Tensor, labels: Tensor,
                     dtype: torch.dtype | None = None) -> Tensor:

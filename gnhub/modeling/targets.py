@@ -1,12 +1,15 @@
 """Training targets and losses shared by the RPN and the RoI heads, as mmdetection 3.3 computes
-them: IoUs, MaxIoUAssigner, RandomSampler, and losses normalised by avg_factor (+ float32 eps)."""
+them: IoUs, MaxIoUAssigner, RandomSampler, and losses normalised by avg_factor (+ float32 eps);
+and as detectron2 computes them for a cascade's RoI stages: pairwise_iou, Matcher,
+subsample_labels, Box2BoxTransform.get_deltas."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "l1_loss", "sample"]
+__all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "d2_deltas", "d2_match", "d2_sample", "l1_loss",
+           "sample"]
 
 EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
 
@@ -70,3 +73,40 @@ def ce_loss(logits: Tensor, labels: Tensor, weights: Tensor, avg_factor: float) 
 
 def l1_loss(pred: Tensor, target: Tensor, weights: Tensor, avg_factor: float) -> Tensor:
     return ((pred - target).abs() * weights).sum() / (avg_factor + EPS)
+
+
+def d2_match(boxes: Tensor, gt: Tensor, iou: float) -> tuple[Tensor, Tensor]:
+    """detectron2's pairwise_iou and Matcher([iou], [0, 1], allow_low_quality_matches=False): per
+    box the index of its best ground truth (0 without any) and whether that IoU is >= `iou`."""
+    if len(gt) == 0 or len(boxes) == 0:
+        zeros = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+        return zeros, zeros.bool()
+    area_gt = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    wh = (torch.min(gt[:, None, 2:], boxes[:, 2:]) - torch.max(gt[:, None, :2], boxes[:, :2])).clamp_(min=0)
+    inter = wh.prod(dim=2)  # (G, N)
+    ious = torch.where(inter > 0, inter / (area_gt[:, None] + area - inter), inter.new_zeros(1))
+    best, matched = ious.max(dim=0)
+    return matched, best >= iou
+
+
+def d2_sample(labels: Tensor, num: int, pos_fraction: float, background: int, generator: torch.Generator | None):
+    """subsample_labels: (foreground, background) indices, each in random order; at most
+    num * pos_fraction foreground and num minus those background, drawn from `generator`."""
+    fg = torch.nonzero((labels != -1) & (labels != background)).squeeze(1)
+    bg = torch.nonzero(labels == background).squeeze(1)
+    n_fg = min(len(fg), int(num * pos_fraction))
+    n_bg = min(len(bg), num - n_fg)
+    pick = [torch.randperm(len(x), generator=generator, device="cpu")[:n].to(x.device) for x, n in ((fg, n_fg),
+                                                                                                    (bg, n_bg))]
+    return fg[pick[0]], bg[pick[1]]
+
+
+def d2_deltas(boxes: Tensor, targets: Tensor, stds: tuple[float, ...]) -> Tensor:
+    """Box2BoxTransform.get_deltas with weights 1 / stds: widths x2 - x1, centres x1 + w / 2."""
+    wx, wy, ww, wh = (1.0 / s for s in stds)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    tw, th = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
+    dx = wx * (targets[:, 0] + 0.5 * tw - (boxes[:, 0] + 0.5 * w)) / w
+    dy = wy * (targets[:, 1] + 0.5 * th - (boxes[:, 1] + 0.5 * h)) / h
+    return torch.stack([dx, dy, ww * torch.log(tw / w), wh * torch.log(th / h)], dim=1)
