@@ -3,14 +3,19 @@ bfloat16, on CPU, side by side in one run: the export time, the latency of one i
 warm-up call, median of --repeats, in fresh processes that alternate), each predictor process's
 peak memory, and the share of PyTorch float32's detections each one matches:
 
-    python benchmarks/runtime.py [--runs 3] [--repeats 3] [--threads 2]
+    python benchmarks/runtime.py [--model r50|cascade-deform|paddle] [--kinds ...] [--runs 3] [--repeats 3]
+                                  [--threads 2]
 
 OpenVINO (`pip install openvino`, not a gnhub dependency: measured, not adopted) runs the same
 model.onnx behind gnhub.runtime's numpy preprocessing and postprocessing, with its float32 and its
 bfloat16 inference-precision hint (AMX or AVX512-BF16 where the CPU has them); its rows are left
-out where it is not installed. The model is the reference R-50 GN checkpoint of the tests' real
-runs (tests/data/real_runs); the image is the built-in street.png (427x640, resized to 800x1199
-as mmdetection does). Matched: the better-scored half of PyTorch float32's detections found with
+out where it is not installed. The model (--model): the reference R-50 GN checkpoint of the tests'
+real runs (tests/data/real_runs); `cascade-deform`, the X152 cascade's ResNeXt-50 32x4d twin of
+tests/test_d2_cascade.py (FrozenBN backbone with deformable res3-res5, FPN without norm, three
+class-agnostic cascade stages, 8-conv mask head; detectron2's convention); `paddle`, the
+PaddleDetection GN Mask R-CNN of the real run ppdet_mask_rcnn_r50_fpn_gn_2x_seed40. The image is
+the built-in street.png (427x640, resized to 800x1199 as mmdetection, detectron2 and
+PaddleDetection do). Matched: the better-scored half of PyTorch float32's detections found with
 IoU >= 0.9 and the same label (the bfloat16 tolerances of verification), and the mask IoU over them.
 """
 from __future__ import annotations
@@ -107,14 +112,44 @@ def matched(got_file: Path, ref_file: Path, image: str) -> str:
     return share + (f", mask IoU {1 - checks[S.MASKS].max_rel:.3f}" if S.MASKS in checks else "")
 
 
+def r50_checkpoint(work: Path) -> Path:
+    import detweights
+
+    return detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work)
+
+
+def cascade_checkpoint(work: Path) -> Path:
+    from test_d2_cascade import cascade_config, d2_arrays, write_pickle
+
+    return write_pickle(work / "cascade_x50_dconv.pkl", d2_arrays(cascade_config(), 40))
+
+
+def paddle_checkpoint(work: Path) -> Path:
+    import detweights
+    from conftest import paddle_pdparams
+    from gnhub.converters import paddle
+
+    case = TESTS / "data" / "real_runs" / "ppdet_mask_rcnn_r50_fpn_gn_2x_seed40"
+    seed = json.loads((case / "meta.json").read_text())["seed"]
+    arrays = detweights.paddle_arrays(detweights.read_key_list(case / "keys.txt"), seed, paddle.LINEAR)
+    return paddle_pdparams(work / "mask_rcnn_r50_fpn_gn_2x_coco.pdparams", arrays)
+
+
+MODELS = {"r50": ("R-50 GN Mask R-CNN", r50_checkpoint),
+          "cascade-deform": ("Cascade Mask R-CNN X-50 32x4d, deformable, FrozenBN (detectron2)", cascade_checkpoint),
+          "paddle": ("PaddleDetection R-50 GN Mask R-CNN, FrozenBN", paddle_checkpoint)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="processes per predictor, alternating")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=list(MODELS), default="r50")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
+                        help="predictors to run (torch float32, the ratios' base, always)")
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
-    import detweights
 
     from gnhub import load
     from gnhub.convert import convert
@@ -123,14 +158,14 @@ def main() -> None:
 
     scratch = tempfile.TemporaryDirectory(prefix="gnhub-onnx-bench-")  # removed at exit
     work = Path(scratch.name)
-    src = detweights.build_checkpoint(TESTS / "data" / "real_runs" / "mmdet_r50_gn_2x_seed0", work)
-    convert(src, work / "r50", verify=False)
+    convert(MODELS[args.model][1](work), work / "r50", verify=False)
     start = time.perf_counter()
     summary = export(load(work / "r50"), work / "r50-onnx")
     export_seconds = time.perf_counter() - start
     image = sample_images()[0]
-    kinds = [k for k in KINDS if not k.startswith("openvino") or importlib.util.find_spec("openvino")]
-    if len(kinds) < len(KINDS):
+    kinds = [k for k in KINDS if k == "torch float32" or k in args.kinds]
+    kinds = [k for k in kinds if not k.startswith("openvino") or importlib.util.find_spec("openvino")]
+    if any(k.startswith("openvino") for k in args.kinds) and not importlib.util.find_spec("openvino"):
         print("OpenVINO: not installed here, not measured (pip install openvino)")
     rows: dict[str, list[dict]] = {k: [] for k in kinds}
     for run in range(args.runs):
@@ -145,7 +180,7 @@ def main() -> None:
     t = {k: statistics.median(r["seconds"] for r in v) for k, v in rows.items()}
     mem = {k: max(r["peak_mb"] for r in v) for k, v in rows.items()}
     base = t["torch float32"]
-    print(f"R-50 GN Mask R-CNN, {image.name}, {args.threads} threads, median of {args.runs} processes x "
+    print(f"{MODELS[args.model][0]}, {image.name}, {args.threads} threads, median of {args.runs} processes x "
           f"{args.repeats} calls")
     print(f"  export: {export_seconds:.1f} s with verification ({summary['export_seconds']:.1f} s tracing and "
           f"writing), {summary['bytes'] / 2**20:.0f} MiB")

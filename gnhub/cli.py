@@ -354,7 +354,8 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
 @click.argument("model")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory [default: ./NAME-onnx].")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset (16 or later).")
+@click.option("--opset", type=click.IntRange(min=1),
+              help="ONNX opset (16 or later) [default: 17; 19 with deformable convolutions].")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with the PyTorch model.")
 @click.option("--force", is_flag=True, help="Replace an earlier export (nothing else).")
 @_hub_options
@@ -367,8 +368,8 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
     head) 28x28 mask probabilities; gnhub.runtime (onnxruntime, numpy, OpenCV) preprocesses and
     pastes the masks as gnhub does. By default the export is verified stage by stage against the
     PyTorch model on the built-in images; a failed verification writes nothing. Batch size 1,
-    float32, mmdetection- and detectron2-convention models (not Detectron's); needs
-    `pip install 'gnhub[onnx]'`.
+    float32, mmdetection-, detectron2- and PaddleDetection-convention models (not Detectron's);
+    needs `pip install 'gnhub[onnx]'`.
     """
     # per command: `gnhub --help`, list and info stay torch-free
     from .export import export_model
@@ -377,8 +378,8 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
                            settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
                            log=lambda msg: click.echo(msg, err=True))
     state = "verified" if summary["verified"] else "NOT verified (--no-verify)"
-    click.echo(f"{summary['output']}/model.onnx: opset {opset}, {summary['bytes'] / 2**20:.0f} MiB, {state}; "
-               f"export {summary['export_seconds']:.0f} s, {summary['seconds']:.0f} s in all")
+    click.echo(f"{summary['output']}/model.onnx: opset {summary['opset']}, {summary['bytes'] / 2**20:.0f} MiB, "
+               f"{state}; export {summary['export_seconds']:.0f} s, {summary['seconds']:.0f} s in all")
 
 
 @cli.command("list")

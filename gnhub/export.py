@@ -30,11 +30,12 @@ from .runtime import load as load_export
 from .samples import sample_images
 from .weights import read_golden, write_golden
 
-__all__ = ["DETECTOR_STAGES", "DetectionGraph", "MIN_OPSET", "check_exportable", "export", "export_model",
-    "export_onnx", "export_stages", "onnx_stages", "standardized_copy", "tolerance", "verify_export",
+__all__ = ["DEFORM_OPSET", "DETECTOR_STAGES", "DetectionGraph", "MIN_OPSET", "check_exportable", "export",
+    "export_model", "export_onnx", "export_stages", "onnx_stages", "standardized_copy", "tolerance", "verify_export",
     "verify_export_golden"]
 
 MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode=half_pixel (mmdetection's aligned=True)
+DEFORM_OPSET = 19  # DeformConv
 DETECTOR_STAGES = (S.INPUT_SAMPLE, S.PROPOSALS, S.PROPOSAL_SCORES, S.BOXES, S.SCORES, S.LABELS)
 
 
@@ -91,24 +92,22 @@ def check_exportable(model) -> None:
                          "classifier")
     if not info(c.convention).EXPORTS:
         raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
-                         "export covers mmdetection- and detectron2-convention models")
-    roi = c.roi_heads
-    if roi.stages > 1 or roi.class_agnostic or any(c.backbone.deform_stages):
-        raise GnhubError(f"{c.name}: has cascade or class-agnostic RoI heads or deformable convolutions "
-                         "(roi_heads, backbone.deform_stages in config.json); ONNX export does not cover them yet: "
-                         "predict with the PyTorch model")
+                         "export covers mmdetection-, detectron2- and PaddleDetection-convention models")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")
 
 
-def export_onnx(model: GNMaskRCNN, path: Path, opset: int = 17) -> None:
+def export_onnx(model: GNMaskRCNN, path: Path, opset: int) -> None:
     """Traces the graph on the first built-in image and writes it with dynamic height and width."""
     import torchvision.ops  # noqa: F401 - registers the ONNX forms of torchvision::nms and ::roi_align
 
     if opset < MIN_OPSET:
         raise GnhubError(f"`opset={opset}`: needs {MIN_OPSET} or later (ONNX RoiAlign with half_pixel coordinates, "
                          "mmdetection's aligned RoIAlign)")
+    if opset < DEFORM_OPSET and any(model.config.backbone.deform_stages):
+        raise GnhubError(f"{model.config.name}: `opset={opset}`: deformable convolutions (backbone.deform_stages in "
+                         f"config.json) need {DEFORM_OPSET} or later (ONNX DeformConv)")
     x, size, factor = (torch.from_numpy(a) for a in network_input(load_image(sample_images()[0]), model.config))
     outputs = outputs_of(model.config)
     dynamic = {"input": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in outputs}}
@@ -146,7 +145,7 @@ def onnx_stages(predictor: OnnxPredictor, rgb) -> dict[str, Tensor]:
     return with_input_sample({k: torch.from_numpy(v) for k, v in predictor.stages(rgb).items()})
 
 
-def export_model(model: str | Path, out: str | Path | None = None, *, opset: int = 17, verify: bool = True,
+def export_model(model: str | Path, out: str | Path | None = None, *, opset: int | None = None, verify: bool = True,
                  force: bool = False, settings=None, log=lambda msg: None) -> dict:
     """`gnhub export`: onnx and onnxruntime checked first, `model` (anything gnhub.load takes)
     loaded, then `export` to `out` (default ./NAME-onnx)."""
@@ -157,11 +156,13 @@ def export_model(model: str | Path, out: str | Path | None = None, *, opset: int
     return export(m, out or Path(f"{m.config.name}-onnx"), opset=opset, verify=verify, force=force, log=log)
 
 
-def export(model: GNMaskRCNN, out: str | Path, *, opset: int = 17, verify: bool = True, force: bool = False,
+def export(model: GNMaskRCNN, out: str | Path, *, opset: int | None = None, verify: bool = True, force: bool = False,
            log=lambda msg: None) -> dict:
     """Writes OUT/model.onnx beside the model's config.json, and with `verify` the export report
-    (verification.json) and golden.safetensors; a failed verification writes nothing."""
+    (verification.json) and golden.safetensors; a failed verification writes nothing. `opset`
+    defaults to 17, or 19 (DEFORM_OPSET) for a model with deformable convolutions."""
     check_exportable(model)
+    opset = opset or (DEFORM_OPSET if any(model.config.backbone.deform_stages) else 17)
     start = time.perf_counter()
     out = Path(out)
     with new_export_dir(out, force) as tmp:

@@ -80,6 +80,9 @@ class OnnxPredictor:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=providers or
                                                 ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
+            if "DeformConv" in str(e):  # deformable convolutions: ONNX DeformConv, in onnxruntime's CPU kernels of 2026
+                raise GnhubError(f"{onnx_path}: onnxruntime {ort.__version__} cannot run DeformConv (deformable "
+                                 "convolutions): pip install -U onnxruntime") from None
             raise GnhubError(f"{onnx_path}: not a model onnxruntime can run ({str(e).strip()[:200]}); export it "
                              "again") from None
         inputs = {i.name: len(i.shape) for i in self.session.get_inputs()}

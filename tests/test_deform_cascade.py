@@ -83,13 +83,6 @@ def test_a_cascade_of_identical_stages_without_deltas_keeps_the_proposals_and_th
     assert torch.equal(deltas, torch.zeros_like(deltas))
 
 
-def test_cascade_heads_predict_but_refuse_export(tmp_path):
-    model = GNMaskRCNN(_cascade_config())
-    from gnhub.export import check_exportable
-    with pytest.raises(GnhubError, match="ONNX export does not cover them yet"):
-        check_exportable(model)
-
-
 @pytest.mark.parametrize("stds, agnostic", [((0.1,) * 6, True), ((0.1,) * 8, False)])
 def test_box_stds_are_four_per_stage_and_a_cascade_is_class_agnostic(stds, agnostic):
     data = ModelConfig().to_dict()

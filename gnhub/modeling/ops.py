@@ -60,9 +60,34 @@ def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, stride: tuple[int, 
     """Deformable convolution v1 (torchvision.ops.deform_conv2d without mask or bias): groups as
     the weight says, one offset group per 2 * kh * kw offset channels."""
     kh, kw = weight.shape[-2:]
+    groups, offset_groups = x.shape[1] // weight.shape[1], offset.shape[1] // (2 * kh * kw)
+    if torch.jit.is_tracing():
+        with torch.no_grad():  # with grad on (GNMaskRCNN traces outside inference mode) the tracer loses its output
+            return _TracedDeformConv.apply(x, offset, weight, (kh, kw, *stride, *padding, groups, offset_groups))
     return _ops(x).deform_conv2d(x, weight, offset, x.new_zeros(x.shape[0], 1), x.new_zeros(weight.shape[0]),
-                                 *stride, *padding, 1, 1, x.shape[1] // weight.shape[1],
-                                 offset.shape[1] // (2 * kh * kw), False)
+                                 *stride, *padding, 1, 1, groups, offset_groups, False)
+
+
+class _TracedDeformConv(torch.autograd.Function):
+    """deform_conv2d in a traced graph, exported as ONNX DeformConv (opset 19): the tracer cannot
+    record torchvision's kernel (0.29's op leaves a broken graph), so the kernel runs untraced and
+    the exporter writes the Function's `symbolic`. `ints`: kernel (h, w), stride, padding, groups,
+    offset groups."""
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, ints):
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return deform_conv2d(x, offset, weight, ints[2:4], ints[4:6])
+        finally:
+            torch._C._set_tracing_state(state)
+
+    @staticmethod
+    def symbolic(g, x, offset, weight, ints):
+        kh, kw, sh, sw, ph, pw, groups, offset_groups = ints
+        return g.op("DeformConv", x, weight, offset, kernel_shape_i=[kh, kw], strides_i=[sh, sw],
+                    pads_i=[ph, pw, ph, pw], dilations_i=[1, 1], group_i=groups, offset_group_i=offset_groups)
 
 
 _MIN_ROIS_PER_THREAD = 16  # fewer RoIs than this per thread: one call

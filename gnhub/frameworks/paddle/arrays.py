@@ -1,10 +1,13 @@
-"""PaddleDetection's convention without torch: its test reader's resize and normalisation
-(PaddleDetection's models do not export, so there are no numpy twins to run)."""
+"""PaddleDetection's convention without torch: its test reader's resize and normalisation, and
+the numpy twins of its postprocess and mask paste that gnhub.runtime runs (convention.py holds
+the torch originals)."""
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rescale"]
+from ..mmdet.arrays import paste_masks
+
+__all__ = ["paste_masks", "postprocess", "rescale"]
 
 
 def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
@@ -24,3 +27,13 @@ def rescale(img: np.ndarray, cfg) -> tuple[np.ndarray, tuple[float, float]]:
     im -= np.asarray(cfg.mean)[None, None] / 255.0
     im /= np.asarray(cfg.std)[None, None] / 255.0
     return im, (new_w / w, new_h / h)
+
+
+def postprocess(boxes: np.ndarray, size, original) -> tuple[np.ndarray, np.ndarray]:
+    """BBoxPostProcess.get_pred: boxes divided by the (w, h) scale factor (resized / original, in
+    float32), clipped to the original image; which are not empty."""
+    factors = np.array([size[1] / original[1], size[0] / original[0]], np.float32)
+    out = boxes.astype(np.float32) / np.tile(factors, 2)
+    out[:, 0::2] = out[:, 0::2].clip(0, original[1])
+    out[:, 1::2] = out[:, 1::2].clip(0, original[0])
+    return out, (out[:, 2] - out[:, 0] > 0) & (out[:, 3] - out[:, 1] > 0)

@@ -35,7 +35,12 @@ class PaddleConvention(Detectron2Convention):
             s = obj[b].permute(1, 2, 0).reshape(-1).float()
             d = dlt[b].permute(1, 2, 0).reshape(-1, 4).float()
             a = grid_anchors(base[lvl].to(d), stride, obj.shape[-2], obj.shape[-1])
-            s, order = s.topk(min(len(s), cfg.pre_nms_top_n) if cfg.pre_nms_top_n > 0 else len(s))
+            top = cfg.pre_nms_top_n if cfg.pre_nms_top_n > 0 else len(s)
+            if torch.jit.is_tracing():  # an exported graph: any number of anchors
+                s, order = s.sort(descending=True)
+                s, order = s[:top], order[:top]
+            else:
+                s, order = s.topk(min(len(s), top))
             box = clip_boxes(decode_boxes(a[order], d[order], cfg.box_stds), image_size)
             side = max(cfg.min_size, 1.0)
             keep = ((box[:, 2] - box[:, 0]) >= side) & ((box[:, 3] - box[:, 1]) >= side)
@@ -44,7 +49,10 @@ class PaddleConvention(Detectron2Convention):
             boxes.append(box[keep])
             scores.append(s[keep])
         boxes, scores = torch.cat(boxes), torch.cat(scores)
-        best = scores.argsort(descending=True, stable=True)[: cfg.post_nms_top_n]
+        if torch.jit.is_tracing():  # ONNX TopK puts equal scores in index order, as stable=True does
+            best = scores.sort(descending=True)[1][: cfg.post_nms_top_n]
+        else:
+            best = scores.argsort(descending=True, stable=True)[: cfg.post_nms_top_n]
         return boxes[best], scores[best]
 
     def roi_levels(self, rois, finest_scale, num_levels):
