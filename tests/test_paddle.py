@@ -53,15 +53,22 @@ def test_a_file_real_paddle_saved_reads_back_as_paddle_computes_with_it():
     torch.testing.assert_close(frozen, torch.tensor(record["frozen_bn"]), rtol=1e-6, atol=1e-6)
 
 
-def test_every_tensor_of_paddledetections_gn_mask_rcnn_has_its_gnhub_name_and_shape():
-    """The state dict of configs/gn/mask_rcnn_r50_fpn_gn_2x_coco.yml as PaddleDetection builds it:
-    every name renamed, each into a tensor of gnhub's R-50 GN Mask R-CNN of the same shape (Linear
+@pytest.mark.parametrize("config, count", [("mask_rcnn_r50_fpn_gn_2x_coco", 329),
+                                           ("cascade_rcnn_r50_fpn_gn_2x_coco", 349),
+                                           ("cascade_mask_rcnn_r50_fpn_gn_2x_coco", 365)])
+def test_every_tensor_of_paddledetections_gn_models_has_its_gnhub_name_and_shape(config, count):
+    """The state dict of configs/gn/CONFIG.yml as PaddleDetection builds it: every name renamed,
+    each into a tensor of gnhub's R-50 GN (Cascade) Mask / Faster R-CNN of the same shape (Linear
     weights transposed); the frozen BatchNorm's statistics are the backbone norms' running ones."""
-    entries = detweights.read_key_list(KEYS)
-    assert len(entries) == 329
+    entries = detweights.read_key_list(TINY / f"ppdet_{config}.txt")
+    assert len(entries) == count
+    layout = paddle.layout_version([n for n, _ in entries])
+    assert layout == ("ppdet-cascade" if config.startswith("cascade") else "ppdet")
     table = RenameTable(paddle)
+    model_config = ModelConfig(task="instance-segmentation" if "mask" in config else "object-detection")
+    paddle.SETTINGS[layout].apply(model_config)
     with torch.device("meta"):
-        own = GNMaskRCNN(ModelConfig()).state_dict()
+        own = GNMaskRCNN(model_config).state_dict()
     renamed = set()
     for name, shape in entries:
         new = table.to_gnhub(name)
@@ -71,7 +78,9 @@ def test_every_tensor_of_paddledetections_gn_mask_rcnn_has_its_gnhub_name_and_sh
             continue
         expected = shape[::-1] if name in paddle.LINEAR else shape
         assert tuple(own[new].shape) == expected, (name, new)
-        assert table.to_source(new) == name
+        # gnhub's box_head is BBoxHead's, or CascadeHead's stage 0: named back as the first
+        assert table.to_source(new) == name or (layout == "ppdet-cascade" and new.startswith("roi_heads.box_head.")
+                                               and table.to_gnhub(table.to_source(new)) == new)
         renamed.add(new)
     assert renamed == set(own)  # one to one: nothing of gnhub's model left without its source tensor
 
@@ -203,3 +212,83 @@ def test_a_faster_rcnn_is_recognised_by_its_zoo_name_and_verifies(tmp_path):
     report, _ = verify_against(source, model, [(n, im) for n, im in images_for(None) if n == "square.png"])
     assert report.passed and "detections" in {c.stage for c in report.checks}
     assert "masks" not in {c.stage for c in report.checks} and max(c.max_abs or 0 for c in report.checks) == 0
+
+
+CASCADE_RUN = REAL_RUNS / "ppdet_cascade_mask_rcnn_r50_fpn_gn_2x_seed40"
+TINY_CASCADE = ConfigPatch({"preprocess.max_size": (128, 96), "rpn.pre_nms_top_n": 100, "rpn.post_nms_top_n": 6,
+                            "roi_heads.detections_per_image": 3})  # three box heads per RoI: few RoIs
+
+
+@pytest.fixture(scope="module")
+def cascade_run(session_dir):
+    """The cascade run's seed-40 weights written as paddle.save writes them, converted without
+    verification: (source file, model, meta, reference)."""
+    meta = json.loads((CASCADE_RUN / "meta.json").read_text())
+    arrays = detweights.paddle_arrays(detweights.read_key_list(CASCADE_RUN / "keys.txt"), meta["seed"], paddle.LINEAR)
+    assert detweights.weights_digest(arrays) == meta["weights_sha256"]
+    folder = session_dir("paddle_cascade")
+    src = paddle_pdparams(folder / "cascade_mask_rcnn_r50_fpn_gn_2x_coco_seed40.pdparams", arrays)
+    convert(src, folder / "m", verify=False)
+    model = load(folder / "m")
+    assert (model.config.name, model.config.provenance["source_layout"]) == ("cascade_mask_rcnn_r50_fpn_gn_2x_coco",
+                                                                            "ppdet-cascade")
+    return src, model, meta, np.load(CASCADE_RUN / "reference.npz")
+
+
+def test_a_cascade_conversion_computes_what_paddledetection_computed(cascade_run):
+    """A real PaddleDetection run of cascade_mask_rcnn_r50_fpn_gn_2x_coco (scripts/record_paddle_run.py:
+    a 256 x 352 image at its own size, which every CPU's OpenCV resizes alike; 16 proposals, 8
+    detections): CascadeHead's three class-agnostic stages (each pooling the
+    previous stage's boxes decoded with its bbox_weight and clipped), its probabilities averaged
+    over the stages and its last stage's RoIs on PaddleDetection's own proposals; then the whole
+    forward's proposals, detections and mask probabilities as PaddleDetection's."""
+    _, model, meta, ref = cascade_run
+    c = model.config
+    assert c.convention == "paddle" and c.roi_heads.stages == 3 and c.roi_heads.class_agnostic
+    c.preprocess.max_size = tuple(meta["target_size"][::-1])
+    c.rpn.pre_nms_top_n, c.rpn.post_nms_top_n = meta["pre_nms_top_n"], meta["post_nms_top_n"]
+    c.roi_heads.detections_per_image = meta["keep_top_k"]
+    st = model.inspect(detweights.make_image(*meta["image_shape"], meta["image_seed"]))
+    assert hashlib.sha256(st["input"][0].numpy().tobytes()).hexdigest() == str(ref["input_sha256"])
+    for i in range(5):
+        got, want = st[f"fpn.p{i + 2}"][0, :4].numpy(), ref[f"fpn_p{i + 2}_first4"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # measured: 5.2e-6
+    proposals, want = st["proposals"], torch.from_numpy(ref["proposals"])
+    assert len(proposals) == len(want) == 16
+    torch.testing.assert_close(proposals, want, rtol=0, atol=0.01)  # measured: 0.0011 px, the same order
+
+    feats = [st[f"fpn.p{i}"] for i in range(2, 6)]
+    with torch.inference_mode():
+        *_, probs, _, rois = model.roi_heads.classify(feats, [want], [tuple(int(v) for v in ref["im_shape"])])
+    torch.testing.assert_close(probs, torch.from_numpy(ref["cascade_scores"]), rtol=0, atol=2e-5)  # 1.1e-6
+    torch.testing.assert_close(rois, torch.from_numpy(ref["cascade_rois"]), rtol=0, atol=0.01)  # 5.0e-5 px
+
+    bbox = torch.from_numpy(ref["bbox"])  # label, score, x1, y1, x2, y2 in original pixels, ppdet's order
+    iou, match = box_iou(st["boxes"], bbox[:, 2:]).max(dim=1)
+    assert len(st["boxes"]) == len(bbox) == 8 and sorted(match.tolist()) == list(range(8))
+    assert (iou > 0.999).all() and torch.equal(st["labels"], bbox[match, 0].long())
+    torch.testing.assert_close(st["scores"], bbox[match, 1], rtol=0, atol=1e-4)  # measured: 4.8e-6
+    torch.testing.assert_close(st["boxes"], bbox[match, 2:], rtol=0, atol=0.01)  # measured: 0.0008 px
+    probs = st["mask_logits"][match.argsort()].sigmoid()
+    torch.testing.assert_close(probs, torch.from_numpy(ref["mask_probs_first20"]), rtol=0, atol=2e-4)  # 1.5e-5
+
+
+def test_the_paddle_reference_verifies_a_cascade_conversion(cascade_run):
+    """gnhub's cascade model and the independent reference forward on a built-in image: the same
+    to the last bit (the stages' probabilities divided by 3, as CascadeHead does, not multiplied
+    by 1 / 3 as detectron2 does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.compare import images_for
+    from gnhub.source import open_source
+    from gnhub.verify import verify_against
+
+    src, model, _, _ = cascade_run
+    TINY_CASCADE.apply(model.config)
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(src, "auto", True, pool)
+    source.settings |= TINY_CASCADE
+    images = [(n, im) for n, im in images_for(None) if n == "square.png"]
+    report, _ = verify_against(source, model, images)
+    assert report.passed and {c.stage for c in report.checks} >= {"proposals", "detections", "masks"}
+    assert max(c.max_abs or 0 for c in report.checks) == 0
