@@ -118,8 +118,9 @@ def paddle_run(session_dir):
 def test_a_conversion_computes_what_paddledetection_computed(paddle_run):
     """A real PaddleDetection run (scripts/record_paddle_run.py), converted (a FrozenBN backbone
     inferred from the tensors, PaddleDetection's settings and convention) and run on the run's image
-    at its target size: the network input bit-identical (PaddleDetection's bicubic resize and
-    normalisation), FPN levels, the 789 proposals, the 100 detections and the first 20 detections'
+    (256 x 352, at its own size: OpenCV's bicubic resize differs in the last bit between CPUs, so
+    the recorded run resizes nothing): the network input bit-identical (PaddleDetection's
+    normalisation and padding), FPN levels, the 829 proposals, the 100 detections and the first 20 detections'
     mask probabilities as PaddleDetection's."""
     _, out, meta, ref = paddle_run
     model = load(out)
@@ -130,21 +131,22 @@ def test_a_conversion_computes_what_paddledetection_computed(paddle_run):
     assert hashlib.sha256(st["input"][0].numpy().tobytes()).hexdigest() == str(ref["input_sha256"])
     for i in range(5):
         got, want = st[f"fpn.p{i + 2}"][0, :4].numpy(), ref[f"fpn_p{i + 2}_first4"]
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # measured: 2.4e-6
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # measured: 5.2e-6
     proposals, want = st["proposals"], torch.from_numpy(ref["proposals"])
-    assert len(proposals) == len(want) == 789
-    assert (box_iou(proposals, want).max(dim=1).values > 0.999).float().mean() > 0.99  # measured: 788 of 789
+    assert len(proposals) == len(want) == 829
+    assert (box_iou(proposals, want).max(dim=1).values > 0.999).float().mean() > 0.99  # measured: 828 of 829
 
     bbox = torch.from_numpy(ref["bbox"])  # label, score, x1, y1, x2, y2 in original pixels, ppdet's order
     iou, match = box_iou(st["boxes"], bbox[:, 2:]).max(dim=1)
     assert len(st["boxes"]) == len(bbox) == 100
-    assert (iou > 0.999).all() and torch.equal(st["labels"], bbox[match, 0].long())  # measured: 100 of 100
-    torch.testing.assert_close(st["scores"], bbox[match, 1], rtol=0, atol=1e-4)  # measured: 1.7e-5
-    torch.testing.assert_close(st["boxes"], bbox[match, 2:], rtol=0, atol=0.01)  # measured: 0.0014 px
+    # measured: 99 of 100 at IoU > 0.999, the other (1.2 px high) 0.9989
+    assert (iou > 0.998).all() and torch.equal(st["labels"], bbox[match, 0].long())
+    torch.testing.assert_close(st["scores"], bbox[match, 1], rtol=0, atol=1e-4)  # measured: 5.6e-5
+    torch.testing.assert_close(st["boxes"], bbox[match, 2:], rtol=0, atol=0.01)  # measured: 0.0023 px
     first = {int(j): k for k, j in enumerate(match) if j < 20}
     assert len(first) == 20
     probs = torch.stack([st["mask_logits"][first[j]].sigmoid() for j in range(20)])
-    torch.testing.assert_close(probs, torch.from_numpy(ref["mask_probs_first20"]), rtol=0, atol=2e-4)  # 2.3e-5
+    torch.testing.assert_close(probs, torch.from_numpy(ref["mask_probs_first20"]), rtol=0, atol=2e-4)  # 2.4e-5
 
 
 def test_the_paddle_reference_verifies_the_conversion(paddle_run):
