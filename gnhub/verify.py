@@ -4,6 +4,7 @@ model. The comparison itself is gnhub/compare.py's."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -23,10 +24,12 @@ from .compare import (
 )
 from .converters import RenameTable
 from .errors import GnhubError
+from .files import scratch_dir
 from .layout import GOLDEN_FILE, check_model_dir
 from .modeling import GNModel
 from .reference import REFERENCES
 from .reference.mmdet_framework import MMDetFramework, mmdet_version, packaged_config
+from .reference.paddle_framework import PaddleFramework, paddle_config, paddle_setup
 from .report import Report
 from .source import open_source
 from .weights import read_golden
@@ -123,13 +126,15 @@ def reference_for(source, dtype: torch.dtype = torch.float32, framework=None):
 
 def run_verify(
     model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub", mmdet_config: Path | None = None,
+    paddle_python: Path | None = None, paddle_detection: Path | None = None,
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: the model in `model_dir` against the source when given, else against its
     golden outputs. The weights are hashed in full (never taken from the hash store).
 
     `against="mmdet"` runs mmdetection itself on the source's tensors instead of gnhub's
-    reference forward. Returns the report and, with a source, the gnhub -> source tensor names
-    for hints."""
+    reference forward; `against="paddle"` PaddleDetection, in the interpreter `paddle_python`
+    with PaddleDetection's source `paddle_detection` (paddle_framework.py). Returns the report
+    and, with a source, the gnhub -> source tensor names for hints."""
     check_model_dir(model_dir, full_hash=True)
     model = GNModel.from_pretrained(model_dir)
     if source_path is None:
@@ -139,15 +144,24 @@ def run_verify(
     framework = label = None
     if against == "mmdet":
         version = mmdet_version()
+    elif against == "paddle":
+        python, ppdet, version = paddle_setup(paddle_python, paddle_detection)
     with ThreadPoolExecutor(1) as pool:
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
-    if against == "mmdet":
-        if source.converter.NAME != "mmdet":
-            raise GnhubError(f"{source.path}: `against=mmdet` needs an mmdetection checkpoint, "
-                             f"not a {source.converter.NAME} one")
-        config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
-        framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
-        label = f"mmdetection {version} ({config.name}) on {source.path.name}"
-    report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
-                               framework=framework, against=label)
+    if against != "gnhub" and source.converter.NAME != against:
+        raise GnhubError(f"{source.path}: `against={against}` needs a {against} checkpoint, "
+                         f"not a {source.converter.NAME} one")
+    with ExitStack() as stack:
+        if against == "mmdet":
+            config = Path(mmdet_config) if mmdet_config else packaged_config(getattr(source.entry, "name", None))
+            framework = lambda tensors, settings: MMDetFramework(tensors, settings, config)
+            label = f"mmdetection {version} ({config.name}) on {source.path.name}"
+        elif against == "paddle":
+            scratch = stack.enter_context(scratch_dir())
+            name = paddle_config(getattr(source.entry, "name", None), source.tensors)
+            framework = lambda tensors, settings: PaddleFramework(tensors, settings, python, ppdet, name, scratch,
+                                                                  source.converter.LINEAR)
+            label = f"{version}, configs/gn/{name}.yml, on {source.path.name}"
+        report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
+                                   framework=framework, against=label)
     return report, source_names(source)

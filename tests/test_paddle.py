@@ -2,8 +2,10 @@
 paddle 2.6.2 and PaddleDetection wrote (scripts/record_paddle_files.py), recognised and renamed."""
 import hashlib
 import json
+import os
 import pickle
 import pickletools
+from pathlib import Path
 
 import detweights
 import numpy as np
@@ -294,3 +296,58 @@ def test_the_paddle_reference_verifies_a_cascade_conversion(cascade_run):
     report, _ = verify_against(source, model, images)
     assert report.passed and {c.stage for c in report.checks} >= {"proposals", "detections", "masks"}
     assert max(c.max_abs or 0 for c in report.checks) == 0
+
+
+def test_against_paddle_without_paddle_is_one_line_naming_the_recipe(paddle_run, monkeypatch, tmp_path):
+    """`gnhub verify --against paddle` where no PaddlePaddle environment is named (or a wrong one):
+    one GnhubError line pointing at docs/paddle.md, before any reference work."""
+    from gnhub.checks import verify_model
+
+    src, out, _, _ = paddle_run
+    monkeypatch.delenv("GNHUB_PADDLE_PYTHON", raising=False)
+    monkeypatch.delenv("GNHUB_PADDLE_DETECTION", raising=False)
+    with pytest.raises(GnhubError, match=r"--against paddle needs PaddlePaddle .*docs/paddle\.md.*--paddle-python") \
+            as e:
+        verify_model(out, src, against="paddle")
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("GNHUB_PADDLE_PYTHON", str(tmp_path / "nowhere" / "python"))
+    monkeypatch.setenv("GNHUB_PADDLE_DETECTION", str(tmp_path))
+    with pytest.raises(GnhubError, match=r"no such python .*nowhere.*or no ppdet/ and configs/ in"):
+        verify_model(out, src, against="paddle")
+
+
+PADDLE_ENV = Path(os.environ.get("GNHUB_PADDLE_PYTHON") or "/work/paddlebuild/venv/bin/python")
+PADDLE_SOURCE = Path(os.environ.get("GNHUB_PADDLE_DETECTION") or "/work/paddlebuild/PaddleDetection")
+
+
+@pytest.mark.skipif(not (PADDLE_ENV.is_file() and (PADDLE_SOURCE / "ppdet").is_dir()),
+                    reason="no PaddlePaddle environment (docs/paddle.md; GNHUB_PADDLE_PYTHON, GNHUB_PADDLE_DETECTION)")
+def test_paddledetection_itself_agrees_with_a_cascade_conversion_stage_by_stage(cascade_run):
+    """--against paddle's reference: PaddleDetection run in its own interpreter from its own
+    configs/gn config on the tensors gnhub read, every stage back under gnhub's names and within
+    float32 tolerances of gnhub's model (small settings: three box heads a RoI)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gnhub.compare import images_for
+    from gnhub.files import scratch_dir
+    from gnhub.reference.paddle_framework import PaddleFramework, paddle_config, paddle_setup
+    from gnhub.source import open_source
+    from gnhub.verify import verify_against
+
+    src, model, _, _ = cascade_run
+    TINY_CASCADE.apply(model.config)
+    with ThreadPoolExecutor(1) as pool:
+        source = open_source(src, "auto", True, pool)
+    source.settings |= TINY_CASCADE
+    python, ppdet, version = paddle_setup(PADDLE_ENV, PADDLE_SOURCE)
+    assert version.startswith("PaddlePaddle ")
+    name = paddle_config(None, source.tensors)
+    assert name == "cascade_mask_rcnn_r50_fpn_gn_2x_coco"
+    with scratch_dir() as scratch:
+        report, _ = verify_against(
+            source, model, [(n, im) for n, im in images_for(None) if n == "square.png"], against="paddle",
+            framework=lambda t, s: PaddleFramework(t, s, python, ppdet, name, scratch, paddle.LINEAR))
+        assert len(list(scratch.glob("*.out.npz"))) == 1
+    assert not scratch.exists()
+    assert report.passed and {c.stage for c in report.checks} >= {"fpn.p6", "proposals", "roi.cls_logits",
+                                                                  "detections", "mask_logits", "masks"}
