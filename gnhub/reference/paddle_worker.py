@@ -15,6 +15,8 @@ import sys
 import types
 from pathlib import Path
 
+__all__ = ["run"]
+
 
 def _imports(ppdet_root: str):
     """pycocotools before paddle (paddle 2.6's bundled zlib crashes its extension otherwise); an
