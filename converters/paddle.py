@@ -1,9 +1,11 @@
 """PaddleDetection GN checkpoints (.pdparams): what `paddle.save(model.state_dict())` writes, a
 pickle (protocol 4 by default) of {parameter name: numpy array, "StructuredToParameterName@@":
 {parameter name: paddle's internal name}} (paddle/framework/io.py `_build_saved_state_dict`),
-of configs/gn/{faster,mask}_rcnn_r50_fpn_gn_2x_coco.yml: a ResNet with frozen BatchNorm
-(ppdet/modeling/backbones/resnet.py, `norm_type: bn`, `freeze_norm`), an FPN with GN, the
-`XConvNormHead` box head (4 GN convs, one fc) and the 4-conv GN `MaskFeat` mask head.
+of configs/gn/{faster,mask,cascade,cascade_mask}_rcnn_r50_fpn_gn_2x_coco.yml: a ResNet with frozen
+BatchNorm (ppdet/modeling/backbones/resnet.py, `norm_type: bn`, `freeze_norm`), an FPN with GN, the
+`XConvNormHead` box head (4 GN convs, one fc; `CascadeHead`'s `CascadeXConvNormHead`: one per
+stage, `bbox_head.head.{s}.stage{s}_bbox_head_conv*`, `bbox_score_stage{s}`, `bbox_delta_stage{s}`)
+and the 4-conv GN `MaskFeat` mask head.
 
 A table of names. PaddleDetection keeps background last in `bbox_score` and none in
 `bbox_delta` and `mask_fcn_logits`, as gnhub does; paddle's `Linear` keeps its weight as
@@ -13,6 +15,7 @@ No I/O: the engine reads, checks and writes.
 from __future__ import annotations
 
 from gnhub.config import ConfigPatch
+from gnhub.frameworks.paddle import CASCADE
 
 from .arrays import as_tensors
 from .file_settings import FileSettings
@@ -70,6 +73,19 @@ def _convs(src: str, dst: str, first: int):
         yield from _conv_norm(f"{src}{n + first}", f"roi_heads.{dst}.convs.{n}.conv", f"roi_heads.{dst}.convs.{n}.norm")
 
 
+def _cascade_heads():
+    """CascadeHead: CascadeXConvNormHead's XConvNormHead per stage (sublayer "{s}", its convs named
+    "stage{s}_bbox_head_conv{n}") and per stage one Linear each for the scores and the
+    class-agnostic deltas; stage 0 is gnhub's box_head, the others its cascade_heads."""
+    for s in range(CASCADE_STAGES):
+        dst = "box_head" if s == 0 else f"cascade_heads.{s - 1}"
+        yield from _convs(f"bbox_head.head.{s}.stage{s}_bbox_head_conv", dst, 0)
+        yield f"bbox_head.head.{s}.fc6.{{p}}", f"roi_heads.{dst}.fc.{{p}}"
+        yield f"bbox_head.bbox_score_stage{s}.{{p}}", f"roi_heads.{dst}.cls_score.{{p}}"
+        yield f"bbox_head.bbox_delta_stage{s}.{{p}}", f"roi_heads.{dst}.bbox_pred.{{p}}"
+
+
+CASCADE_STAGES = 3  # CascadeHead's num_cascade_stages
 RENAMES = [
     *_backbone(),
     *_fpn(),
@@ -80,12 +96,15 @@ RENAMES = [
     ("bbox_head.head.fc6.{p}", "roi_heads.box_head.fc.{p}"),
     ("bbox_head.bbox_score.{p}", "roi_heads.box_head.cls_score.{p}"),
     ("bbox_head.bbox_delta.{p}", "roi_heads.box_head.bbox_pred.{p}"),
+    *_cascade_heads(),
     *_convs("mask_head.head.upsample.mask_inter_feat_", "mask_head", 1),
     ("mask_head.head.upsample.conv5_mask.{p}", "roi_heads.mask_head.upsample.{p}"),  # Conv2DTranspose: torch's layout
     ("mask_head.mask_fcn_logits.{p}", "roi_heads.mask_head.logits.{p}"),
 ]
 PLACEHOLDERS: dict = {}
-LINEAR = ("bbox_head.head.fc6.weight", "bbox_head.bbox_score.weight", "bbox_head.bbox_delta.weight")  # [in, out]
+LINEAR = ("bbox_head.head.fc6.weight", "bbox_head.bbox_score.weight", "bbox_head.bbox_delta.weight",  # [in, out]
+          *(f"bbox_head.{n}.weight" for s in range(CASCADE_STAGES)
+            for n in (f"head.{s}.fc6", f"bbox_score_stage{s}", f"bbox_delta_stage{s}")))
 DROPPED: list[str] = []
 UNUSED: dict = {}
 
@@ -95,7 +114,7 @@ UNUSED: dict = {}
 # 800 x 1333 (keep_ratio), PadBatch to 32; test_proposal; BBoxPostProcess; MaskPostProcess.
 # roi_heads.aligned: the configs say True, but ppdet's RoIAlign has ignored it since abeaad770e
 # (2024-08) and pools unaligned, which is what PaddleDetection computes today (docs/paddle.md).
-SETTINGS = {"ppdet": ConfigPatch({
+_PPDET = ConfigPatch({
     "preprocess.channel_order": "RGB", "preprocess.mean": tuple(255 * m for m in (0.485, 0.456, 0.406)),
     "preprocess.std": tuple(255 * s for s in (0.229, 0.224, 0.225)), "preprocess.max_size": (1333, 800),
     "preprocess.size_divisor": 32,
@@ -103,7 +122,8 @@ SETTINGS = {"ppdet": ConfigPatch({
     "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
     "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
     "roi_heads.aligned": False, "roi_heads.finest_scale": 56.0, "convention": "paddle",
-})}
+})
+SETTINGS = {"ppdet": _PPDET, "ppdet-cascade": _PPDET | ConfigPatch(CASCADE)}  # configs/gn/cascade_*
 DEFAULTS = "PaddleDetection test settings of configs/gn"
 
 
@@ -124,7 +144,8 @@ def source_tensors(obj) -> dict:
 
 
 def layout_version(keys) -> str:
-    return "ppdet"
+    """"ppdet-cascade" for CascadeHead (one bbox_score per stage), else "ppdet"."""
+    return "ppdet-cascade" if any(k.startswith("bbox_head.bbox_score_stage0.") for k in keys) else "ppdet"
 
 
 def reorder_classes(tensors: dict, layout: str) -> None:

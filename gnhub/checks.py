@@ -18,7 +18,8 @@ __all__ = ["verify_model"]
 
 
 def verify_model(model: str | Path, source=None, *, images=(), tolerance: str | None = None, against: str = "gnhub",
-                 framework_config: Path | None = None, json_out: Path | None = None, settings=None):
+                 framework_config: Path | None = None, json_out: Path | None = None, settings=None,
+                 paddle_python: Path | None = None, paddle_detection: Path | None = None):
     """`gnhub verify`: an export directory against its golden outputs on onnxruntime; anything
     else gnhub.load takes with `run_verify`. With `json_out`, the full report is written there
     (its folder checked first). Returns (report, gnhub -> source tensor names or None)."""
@@ -31,7 +32,7 @@ def verify_model(model: str | Path, source=None, *, images=(), tolerance: str | 
         report, names = verify_export_golden(Path(model)), None
     else:  # a zoo name or hf-hub: id downloads the golden outputs too
         report, names = run_verify(resolve(model, settings), source, [str(i) for i in images], tolerance, against,
-                                   framework_config)
+                                   framework_config, paddle_python, paddle_detection)
     if json_out:
         text = json.dumps(report.to_dict(), indent=1) + "\n"
         write_file(Path(json_out), text.encode("utf-8"), "--json")

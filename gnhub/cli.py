@@ -118,7 +118,7 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
 
     SRC is an mmdetection GN, GN+WS or GN-from-scratch Mask R-CNN or Faster R-CNN (.pth; ResNet
     or ResNeXt), a Detectron GN Mask R-CNN (model_final.pkl), a detectron2 GN Mask R-CNN
-    (model_final_*.pkl), a PaddleDetection GN Faster / Mask R-CNN (configs/gn, .pdparams) or a
+    (model_final_*.pkl), a PaddleDetection GN (Cascade) Faster / Mask R-CNN (configs/gn, .pdparams) or a
     Detectron GN ImageNet backbone (R-50-GN.pkl, R-101-GN.pkl: an ImageNet classifier whose backbone
     has the detector's tensor names). By default the converted model is verified
     against an independent forward of SRC on the built-in images (about a minute for R-50 on 2
@@ -150,15 +150,21 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
               help="An extra image (with --source); repeatable.")
 @click.option("--tolerance", type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Tolerances to apply [default: the dtype of the weights].")
-@click.option("--against", type=click.Choice(["gnhub", "mmdet", "detectron2"]), default="gnhub", show_default=True,
+@click.option("--against", type=click.Choice(["gnhub", "mmdet", "detectron2", "paddle"]), default="gnhub",
+              show_default=True,
               help="Reference run on --source: gnhub's independent forward, or the framework itself if installed.")
 @click.option("--framework-config", "--mmdet-config", "framework_config",
               type=click.Path(path_type=Path, dir_okay=False),
-              help="The framework's config for --against [default: its own config of the zoo model].")
+              help="The mmdet or detectron2 config for --against [default: its own config of the zoo model].")
+@click.option("--paddle-python", type=click.Path(path_type=Path, dir_okay=False),
+              help="The python of a PaddlePaddle environment, for --against paddle [default: GNHUB_PADDLE_PYTHON].")
+@click.option("--paddle-detection", type=click.Path(path_type=Path, file_okay=False),
+              help="PaddleDetection's source folder, for --against paddle [default: GNHUB_PADDLE_DETECTION].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
 @_hub_options
 @click.pass_context
-def verify(ctx, model, source, images, tolerance, against, framework_config, json_out, hub_dir, endpoint):
+def verify(ctx, model, source, images, tolerance, against, framework_config, paddle_python, paddle_detection,
+           json_out, hub_dir, endpoint):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
     For an ONNX export directory (`gnhub export`), the graph runs on onnxruntime and is compared
@@ -168,9 +174,11 @@ def verify(ctx, model, source, images, tolerance, against, framework_config, jso
     images (plus any --image) and every stage is compared: backbone, FPN levels, RPN maps,
     proposals, RoI logits and deltas, detections and masks. With --against mmdet or detectron2 the
     reference is that framework itself (optional, see the README), built from its own config of
-    the zoo model or --framework-config. Without --source, MODEL is compared with the golden outputs stored
-    at conversion. The weights are always hashed in full. Exits 0 only if every stage is within
-    tolerance; images after the first one with a failing stage are not checked.
+    the zoo model or --framework-config; with --against paddle, PaddleDetection itself, run by the
+    python of a PaddlePaddle environment (docs/paddle.md) from its own configs/gn config. Without
+    --source, MODEL is compared with the golden outputs stored at conversion. The weights are
+    always hashed in full. Exits 0 only if every stage is within tolerance; images after the first
+    one with a failing stage are not checked.
     """
     # per command: `gnhub --help`, list and info stay torch-free
     from .checks import verify_model
@@ -178,6 +186,7 @@ def verify(ctx, model, source, images, tolerance, against, framework_config, jso
 
     report, names = verify_model(model, source, images=images, tolerance=tolerance, against=against,
                                  framework_config=framework_config, json_out=json_out,
+                                 paddle_python=paddle_python, paddle_detection=paddle_detection,
                                  settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"

@@ -35,7 +35,7 @@ from .settings import cache_dir
 
 __all__ = ["append_line", "check_output_file", "check_replaceable", "checked_sha256", "Folder", "foreign",
     "is_owned_tree", "LEDGER", "new_dir", "open_partial", "remove_if_empty", "remove_inside", "rename_new",
-    "sha256_file", "sweep", "TMP_PREFIX", "write_file"]
+    "scratch_dir", "sha256_file", "sweep", "TMP_PREFIX", "write_file"]
 
 TMP_PREFIX = ".gnhub-tmp."  # temporaries: gnhub's own by name, removed once their process is gone
 LEDGER = ".gnhub-files.jsonl"  # per folder: {"name", "sha256"[, "size"]} of every file gnhub wrote there
@@ -621,6 +621,19 @@ def new_dir(dest: str | Path, force: bool, what: str, owned: Callable[[Path], bo
         raise _failed(dest, e, "output") from None
     finally:
         _remove_temp(tmp)  # the temporary, or after a swap the old output
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A private temporary directory in gnhub's cache for files the block exchanges with another
+    process, removed when the block ends, however it ends."""
+    root = cache_dir()
+    with Folder(root, "GNHUB_CACHE"):  # made under the lock, so no sweep sees it before its lock
+        tmp = _temp_dir(root)
+    try:
+        yield tmp
+    finally:
+        _remove_temp(tmp)
 
 
 def _write_ledger_tree(root: Path) -> None:

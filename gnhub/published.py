@@ -115,6 +115,8 @@ PADDLE_RESULTS = "https://github.com/PaddlePaddle/PaddleDetection/blob/develop/c
 PADDLE = [
     ("faster_rcnn_r50_fpn_gn_2x_coco", "faster-rcnn", 41.9, None),
     ("mask_rcnn_r50_fpn_gn_2x_coco", "mask-rcnn", 42.3, 38.4),
+    ("cascade_rcnn_r50_fpn_gn_2x_coco", "faster-rcnn", 44.6, None),
+    ("cascade_mask_rcnn_r50_fpn_gn_2x_coco", "mask-rcnn", 45.0, 39.3),
 ]
 
 # -- citations -----------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ An empty variable means unset; a value that is not one of those listed is an err
     GNHUB_MAX_DOWNLOAD_BYTES        an upstream download larger than this is refused (default 4 GiB)
     GNHUB_DOWNLOAD_STALL_SECONDS    a download receiving under 64 KiB in this long is stalled (default 30)
     GNHUB_DOWNLOAD_TOTAL_SECONDS    a download not done in this long stops, resumable (default 3600)
+    GNHUB_PADDLE_PYTHON     the python of a PaddlePaddle environment, for `verify --against paddle`
+    GNHUB_PADDLE_DETECTION  PaddleDetection's source folder (ppdet/, configs/), for the same
     GNHUB_MALLOC            "system" leaves glibc's malloc as it is where gnhub.tune_cpu() (the
                             gnhub command) would tune it (see gnhub/allocator.py)
 
@@ -30,8 +32,8 @@ from pathlib import Path
 
 from .errors import GnhubError
 
-__all__ = ["DEFAULT_ORG", "HubSettings", "MAX_IMAGE_PIXELS", "cache_dir", "max_image_pixels", "system_malloc",
-    "zoo_file"]
+__all__ = ["DEFAULT_ORG", "HubSettings", "MAX_IMAGE_PIXELS", "cache_dir", "max_image_pixels", "paddle_detection",
+    "paddle_python", "system_malloc", "zoo_file"]
 
 DEFAULT_ORG = "gnhub"
 MAX_IMAGE_PIXELS = 50_000_000  # masks are kept at full resolution
@@ -86,6 +88,14 @@ def cache_dir() -> Path:
         return base
     xdg = _env("XDG_CACHE_HOME")
     return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "gnhub"
+
+
+def paddle_python() -> Path | None:
+    return _path("GNHUB_PADDLE_PYTHON")
+
+
+def paddle_detection() -> Path | None:
+    return _path("GNHUB_PADDLE_DETECTION")
 
 
 def zoo_file() -> str | None:

@@ -4,6 +4,7 @@ model. The comparison itself is gnhub/compare.py's."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -23,11 +24,13 @@ from .compare import (
 )
 from .converters import RenameTable
 from .errors import GnhubError
+from .files import scratch_dir
 from .layout import GOLDEN_FILE, check_model_dir
 from .modeling import GNModel
 from .reference import REFERENCES
 from .reference.detectron2_framework import Detectron2Framework, detectron2_version, zoo_config
 from .reference.mmdet_framework import MMDetFramework, mmdet_version, packaged_config
+from .reference.paddle_framework import PaddleFramework, paddle_config, paddle_setup
 from .report import Report
 from .source import open_source
 from .weights import read_golden
@@ -122,21 +125,48 @@ def reference_for(source, dtype: torch.dtype = torch.float32, framework=None):
     return (framework or REFERENCES[source.converter.NAME])(tensors, source.settings)
 
 
-# `--against`: a framework itself, where it is installed: (its version or one clear error, its own
-# config of a zoo model, its runner, its name in reports)
-AGAINST = {"mmdet": (mmdet_version, packaged_config, MMDetFramework, "mmdetection"),
-           "detectron2": (detectron2_version, zoo_config, Detectron2Framework, "detectron2")}
+def _config_run(config_of, runner, title):
+    """`--against` a framework that runs in gnhub's interpreter from its own config of the zoo
+    model (or `--framework-config`)."""
+    def build(version, source, framework_config, stack):
+        config = Path(framework_config) if framework_config else config_of(getattr(source.entry, "name", None))
+        return (lambda tensors, settings: runner(tensors, settings, config)), f"{title} {version} ({config.name})"
+    return build
+
+
+def _paddle_run(setup, source, framework_config, stack):
+    """`--against paddle`: PaddleDetection in paddle's own interpreter, from its configs/gn config of
+    the checkpoint's kind, exchanging files in a scratch folder of gnhub's."""
+    if framework_config:
+        raise GnhubError(f"{framework_config}: `framework_config` is for mmdet and detectron2; PaddleDetection runs "
+                         "its own configs/gn config of the checkpoint's kind: leave it out")
+    python, ppdet, version = setup
+    scratch = stack.enter_context(scratch_dir())
+    name = paddle_config(getattr(source.entry, "name", None), source.tensors)
+    return (lambda tensors, settings: PaddleFramework(tensors, settings, python, ppdet, name, scratch,
+                                                      source.converter.LINEAR)), f"{version}, configs/gn/{name}.yml"
+
+
+# `--against`: a framework itself, where it is installed: (its title, its check (its version or one
+# clear error, from the paddle environment's python and PaddleDetection folder where it needs them),
+# the runner of the source's tensors and its label)
+AGAINST = {"mmdet": ("mmdetection", lambda python, ppdet: mmdet_version(),
+                     _config_run(packaged_config, MMDetFramework, "mmdetection")),
+           "detectron2": ("detectron2", lambda python, ppdet: detectron2_version(),
+                          _config_run(zoo_config, Detectron2Framework, "detectron2")),
+           "paddle": ("PaddleDetection", paddle_setup, _paddle_run)}
 
 
 def run_verify(
     model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub",
-    framework_config: Path | None = None,
+    framework_config: Path | None = None, paddle_python: Path | None = None, paddle_detection: Path | None = None,
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: the model in `model_dir` against the source when given, else against its
     golden outputs. The weights are hashed in full (never taken from the hash store).
 
     `against` (a key of AGAINST) runs that framework itself on the source's tensors instead of
-    gnhub's reference forward, built from `framework_config` or its own config of the zoo model.
+    gnhub's reference forward, built from `framework_config` or its own config of the zoo model
+    (PaddleDetection: in the interpreter `paddle_python` with its source `paddle_detection`).
     Returns the report and, with a source, the gnhub -> source tensor names for hints."""
     check_model_dir(model_dir, full_hash=True)
     model = GNModel.from_pretrained(model_dir)
@@ -146,17 +176,17 @@ def run_verify(
         return verify_golden(model, Path(model_dir), tolerance), None
     framework = label = None
     if against != "gnhub":
-        version_of, config_of, runner, title = AGAINST[against]
-        version = version_of()
+        title, check, build = AGAINST[against]
+        setup = check(paddle_python, paddle_detection)
     with ThreadPoolExecutor(1) as pool:
         source = open_source(source_path, "auto", check_hash=False, pool=pool)
-    if against != "gnhub":
-        if source.converter.NAME != against:
-            raise GnhubError(f"{source.path}: `against={against}` needs a {title} checkpoint, "
-                             f"not a {source.converter.NAME} one")
-        config = Path(framework_config) if framework_config else config_of(getattr(source.entry, "name", None))
-        framework = lambda tensors, settings: runner(tensors, settings, config)
-        label = f"{title} {version} ({config.name}) on {source.path.name}"
-    report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
-                               framework=framework, against=label)
+    if against != "gnhub" and source.converter.NAME != against:
+        raise GnhubError(f"{source.path}: `against={against}` needs a {title} checkpoint, "
+                         f"not a {source.converter.NAME} one")
+    with ExitStack() as stack:
+        if against != "gnhub":
+            framework, label = build(setup, source, framework_config, stack)
+            label = f"{label} on {source.path.name}"
+        report, _ = verify_against(source, model, images_for(extra_images), tolerance, first_failure=True,
+                                   framework=framework, against=label)
     return report, source_names(source)

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import published as P
 from .config import BGR_CAFFE, D2_CASCADE, RGB_IMAGENET, ConfigPatch, backbone_words
 from .errors import GnhubError
+from .frameworks.paddle import CASCADE as PADDLE_CASCADE
 from .settings import DEFAULT_ORG, zoo_file
 
 __all__ = ["FORMAT_NAMES", "MODELS", "NAME_PATTERN", "WS_EVERYWHERE", "ZooEntry", "find_by_file", "get",
@@ -74,8 +75,8 @@ class ZooEntry:
             return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
         detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         c = self.conventions
+        stages = len(c.get("roi_heads.box_stds", ())) // 4
         if c.get("fpn.norm") == "none":  # GN in the heads only (detectron2's X152)
-            stages = len(c.get("roi_heads.box_stds", ())) // 4
             return (f"{'Cascade ' if stages > 1 else ''}{detector}, {backbone_words(self.backbone)}-FPN: FrozenBN "
                     f"backbone{' with deformable convolutions' if any(c.get('backbone.deform_stages', ())) else ''}"
                     f", FPN without norm, GroupNorm heads ({stages} x 4conv1fc box head, "
@@ -83,7 +84,8 @@ class ZooEntry:
         norm = "GroupNorm and Weight Standardization in every conv layer" if self.family == "gn+ws" else \
             "GroupNorm everywhere" if self.backbone_norm == "GN" else \
             "frozen BatchNorm backbone, GroupNorm in FPN and heads"
-        return f"{detector}, {backbone_words(self.backbone)}-FPN with {norm} (4conv1fc box head)"
+        return (f"{'Cascade ' if stages > 1 else ''}{detector}, {backbone_words(self.backbone)}-FPN with {norm} "
+                f"({f'{stages} x 4conv1fc box heads' if stages > 1 else '4conv1fc box head'})")
 
     @property
     def sha256_prefix(self) -> str | None:
@@ -199,7 +201,9 @@ def _detectron2_x152() -> ZooEntry:
 def _paddle() -> list[ZooEntry]:
     return [ZooEntry(name, "paddle", "gn", detector, "R-50", "paddle", "2x", 24, f"{name}.pdparams",
                      P.PADDLE_URL.format(name=name), box, mask, results_source=P.PADDLE_RESULTS,
-                     conventions=ConfigPatch({"backbone.norm": "FrozenBN"}))
+                     citations=("gn", "cascade") if name.startswith("cascade") else ("gn",),
+                     conventions=ConfigPatch({"backbone.norm": "FrozenBN",
+                                              **(PADDLE_CASCADE if name.startswith("cascade") else {})}))
             for name, detector, box, mask in P.PADDLE]
 
 

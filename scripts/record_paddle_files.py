@@ -1,8 +1,10 @@
 """Records what the tests hold gnhub's `.pdparams` reading to, with real PaddlePaddle and
 PaddleDetection (see docs/paddle.md for the environment):
 
-- tests/data/paddle/ppdet_mask_rcnn_r50_fpn_gn_2x_coco.txt: `name<TAB>shape` of every
-  tensor in the state dict of PaddleDetection's configs/gn/mask_rcnn_r50_fpn_gn_2x_coco.yml;
+- tests/data/paddle/ppdet_CONFIG.txt: `name<TAB>shape` of every tensor in the state dict of
+  PaddleDetection's configs/gn/CONFIG.yml, for mask_rcnn_r50_fpn_gn_2x_coco and the two cascade
+  models (each built in a process of its own: ppdet's load_config merges every config it reads
+  into one global config, so a second one would inherit the first one's mask head);
 - tests/data/paddle/tiny.pdparams: `paddle.save` of a small state dict named as PaddleDetection
   names its layers (a Linear, a frozen BatchNorm2D, a GroupNorm), and tiny.json: an input and
   what paddle computes from it with each layer (the Linear's [in, out] weight, the frozen
@@ -11,6 +13,7 @@ PaddleDetection (see docs/paddle.md for the environment):
     PYTHONPATH=PaddleDetection python scripts/record_paddle_files.py
 """
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -68,7 +71,13 @@ def tiny() -> None:
     (out / "tiny.json").write_text(json.dumps(record) + "\n")
 
 
+CONFIGS = ("mask_rcnn_r50_fpn_gn_2x_coco", "cascade_rcnn_r50_fpn_gn_2x_coco", "cascade_mask_rcnn_r50_fpn_gn_2x_coco")
+
 if __name__ == "__main__":
     _without_imgaug()
-    key_list("mask_rcnn_r50_fpn_gn_2x_coco")
-    tiny()
+    if sys.argv[1:2] == ["--keys"]:
+        key_list(sys.argv[2])
+    else:
+        for config in CONFIGS:
+            subprocess.run([sys.executable, __file__, "--keys", config], check=True)
+        tiny()

@@ -1,4 +1,4 @@
-"""The zoo: 34 published checkpoints, each row held to its upstream table's own text (copies in
+"""The zoo: 36 published checkpoints, each row held to its upstream table's own text (copies in
 tests/upstream/), names that load, and the filters of `gnhub list`."""
 import re
 from pathlib import Path
@@ -12,15 +12,15 @@ from gnhub import zoo
 UPSTREAM = Path(__file__).parent / "upstream"
 
 
-def test_thirty_four_models_in_six_families():
+def test_thirty_six_models_in_six_families():
     m = zoo.MODELS
-    assert len(m) == 34
+    assert len(m) == 36
     counts = {}
     for e in m.values():
         counts[(e.source_format, e.family)] = counts.get((e.source_format, e.family), 0) + 1
     assert counts == {("mmdet", "gn"): 6, ("mmdet", "gn+ws"): 12, ("mmdet", "scratch"): 2, ("detectron", "gn"): 4,
                       ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 2,
-                      ("detectron2", "scratch"): 2, ("paddle", "gn"): 2}
+                      ("detectron2", "scratch"): 2, ("paddle", "gn"): 4}
 
 
 @pytest.mark.parametrize("metafile", ["gn_ws_metafile.yml", "scratch_metafile.yml"])
@@ -57,8 +57,8 @@ def test_detectron2_model_zoo_rows():
 
 
 def test_paddledetection_gn_readme_rows():
-    """configs/gn/README.md: every figure and URL of its Faster and Mask R-CNN rows (the cascade
-    rows need cascade heads: not in the zoo)."""
+    """configs/gn/README.md: every figure and URL of its four rows; the cascade ones with
+    CascadeHead's three class-agnostic stages."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in (UPSTREAM / "ppdet_configs_gn_README.md").read_text().splitlines()
             if line.startswith("| ResNet50-FPN")]
@@ -67,18 +67,21 @@ def test_paddledetection_gn_readme_rows():
     for backbone, kind, per_gpu, sched, fps, box, mask, download, config in rows:
         assert backbone == "ResNet50-FPN"
         name = re.search(r"/configs/gn/(\w+)\.yml\)$", config).group(1)
-        if kind.startswith("Ca"):
-            assert name not in zoo.MODELS
-            continue
         e = zoo.MODELS[name]
         names.add(name)
         assert (e.source_format, e.backbone, e.backbone_norm, e.schedule, e.epochs) == ("paddle", "R-50", "FrozenBN",
                                                                                          sched, 24)
-        assert e.detector == {"Faster": "faster-rcnn", "Mask": "mask-rcnn"}[kind] and (per_gpu, fps) == ("1", "-")
+        cascade = kind.startswith("Ca")  # "Cascade Faster", "Cacade Mask" (sic)
+        assert e.detector == ("mask-rcnn" if kind.endswith("Mask") else "faster-rcnn") and (per_gpu, fps) == ("1", "-")
+        assert name.startswith("cascade") == cascade and ("cascade" in e.citations) == cascade
+        s = e.settings
+        assert [round(1 / x, 6) for x in s.get("roi_heads.box_stds", ())] == (
+            [10, 10, 5, 5, 20, 20, 10, 10, 30, 30, 15, 15] if cascade else [])
+        assert s.get("roi_heads.class_agnostic", False) == cascade and e.architecture.startswith("Cascade ") == cascade
         assert e.box_ap == float(box) and e.mask_ap == (None if mask == "-" else float(mask))
         assert e.url == re.search(r"\((https://\S+\.pdparams)\)", download).group(1) and e.file == f"{name}.pdparams"
         assert e.results_source.endswith("/configs/gn/README.md")
-    assert names == {n for n, e in zoo.MODELS.items() if e.source_format == "paddle"}
+    assert len(names) == 4 and names == {n for n, e in zoo.MODELS.items() if e.source_format == "paddle"}
 
 
 def test_detectron2_x152_cascade_row():

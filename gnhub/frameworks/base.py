@@ -53,6 +53,11 @@ class Convention:
         deltas, decoded with that stage's `stds` and clipped to the image (h, w)."""
         raise NotImplementedError
 
+    def stage_scores(self, probs):
+        """A cascade's class probabilities from each stage's (a list): their mean, as detectron2's
+        CascadeROIHeads computes it (the sum times 1 / stages)."""
+        return sum(probs) * (1.0 / len(probs))
+
     def mask_rois(self, boxes, factors):
         """Detections as the mask head's RoIs, in the network's pixels."""
         return boxes

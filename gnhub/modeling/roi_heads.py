@@ -150,7 +150,7 @@ class RoIHeads(nn.Module):
                          for p, d, size in zip(proposals, deltas.split(counts), image_sizes)]
             logits, deltas = head(self.box_pool(feats, to_rois(proposals), dtype))
             probs.append(F.softmax(logits.float(), dim=-1))
-        scores = probs[0] if len(probs) == 1 else sum(probs) * (1.0 / len(probs))
+        scores = probs[0] if len(probs) == 1 else self.convention.stage_scores(probs)
         return *first, scores, deltas, torch.cat(proposals)
 
     def detect(

@@ -1,11 +1,12 @@
-"""An independent forward of PaddleDetection's GN Mask / Faster R-CNN (configs/gn), written against
+"""An independent forward of PaddleDetection's GN (Cascade) Mask / Faster R-CNN (configs/gn), written against
 the parameter names of a `.pdparams` state dict (its Linear weights as the converter gives them,
 [out, in]).
 
 It follows PaddleDetection's test path step by step (data/transform Resize, NormalizeImage,
 Permute, PadBatch; backbones/resnet.py with frozen BatchNorm, necks/fpn.py, proposal_generator/
 anchor_generator.py and rpn_head.py with paddle's generate_proposals kernel, heads/roi_extractor.py
-with distribute_fpn_proposals, heads/bbox_head.py XConvNormHead, layers.py RCNNBox and paddle's
+with distribute_fpn_proposals, heads/bbox_head.py XConvNormHead, heads/cascade_head.py CascadeHead
+and CascadeXConvNormHead, layers.py RCNNBox and paddle's
 multiclass_nms3 kernel, post_process.py get_pred, MaskPostProcess and paste_mask) with plain torch,
 numpy, OpenCV and torchvision.ops (nms, roi_align); it shares no code with gnhub's model. Outputs
 use gnhub's stage names (proposal scores are objectness logits), so `gnhub verify` can compare.
@@ -34,6 +35,8 @@ class PaddleReference:
         self.blocks = [len({k.split(".")[2] for k in self.sd if k.startswith(f"backbone.res{n}.")})
                        for n in range(2, 6)]
         self.masks = any(k.startswith("mask_head.") for k in self.sd)
+        # CascadeHead: bbox_score_stage0, bbox_score_stage1, ... (a BBoxHead's has no stage number)
+        self.stages = len([k for k in self.sd if k.startswith("bbox_head.bbox_score_stage") and k.endswith(".weight")])
 
     # -- layers ----------------------------------------------------------------------------
     def conv_norm(self, x: Tensor, name: str, stride=1, relu=False) -> Tensor:
@@ -170,22 +173,49 @@ class PaddleReference:
                                   int(self.s["roi_heads.sampling_ratio"]), bool(self.s["roi_heads.aligned"]))
         return out
 
-    def box_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def box_head(self, x: Tensor, stage: int | None = None) -> tuple[Tensor, Tensor]:
+        """XConvNormHead and BBoxHead's bbox_score / bbox_delta; of CascadeHead's stage `stage`:
+        CascadeXConvNormHead's head_list[stage] (convs named stage{stage}_bbox_head_conv*) and
+        bbox_score_stage{stage} / bbox_delta_stage{stage}."""
+        head, convs, tail = ("bbox_head.head.", "bbox_head_conv", "") if stage is None else \
+            (f"bbox_head.head.{stage}.", f"stage{stage}_bbox_head_conv", f"_stage{stage}")
         for n in range(4):
-            x = self.conv_norm(x, f"bbox_head.head.bbox_head_conv{n}", relu=True)
-        x = F.relu(F.linear(x.flatten(1), self.sd["bbox_head.head.fc6.weight"], self.sd["bbox_head.head.fc6.bias"]))
-        return (F.linear(x, self.sd["bbox_head.bbox_score.weight"], self.sd["bbox_head.bbox_score.bias"]),
-                F.linear(x, self.sd["bbox_head.bbox_delta.weight"], self.sd["bbox_head.bbox_delta.bias"]))
+            x = self.conv_norm(x, f"{head}{convs}{n}", relu=True)
+        x = F.relu(F.linear(x.flatten(1), self.sd[head + "fc6.weight"], self.sd[head + "fc6.bias"]))
+        return (F.linear(x, self.sd[f"bbox_head.bbox_score{tail}.weight"], self.sd[f"bbox_head.bbox_score{tail}.bias"]),
+                F.linear(x, self.sd[f"bbox_head.bbox_delta{tail}.weight"], self.sd[f"bbox_head.bbox_delta{tail}.bias"]))
 
-    def detect(self, cls: Tensor, deltas: Tensor, rois: Tensor, image_size):
-        """RCNNBox (decode with weights 1 / box_stds, clip to the resized image, softmax without the
-        background column) and multiclass_nms3: per class scores > threshold, NMS, then the
-        keep_top_k best over all classes."""
+    def weights(self, stage: int = 0) -> tuple[float, ...]:
+        """The decoding weights of stage `stage` (CascadeHead's bbox_weight[stage]; the last one is
+        RCNNBox's prior_box_var): gnhub's box_stds inverted, 4 per stage."""
+        return tuple(1.0 / s for s in self.s["roi_heads.box_stds"][4 * stage: 4 * stage + 4])
+
+    def cascade(self, p: list[Tensor], proposals: Tensor, image_size):
+        """CascadeHead.forward at test time: stage i > 0 pools _get_rois_from_boxes' boxes
+        (delta2bbox of the previous stage's class-agnostic deltas with its bbox_weight, clip_bbox to
+        im_shape; nothing dropped at test time); get_prediction: add_n of the stages' softmax
+        divided by the number of stages, the last stage's deltas and RoIs -> (the first stage's
+        logits and deltas, the probabilities, the last stage's deltas and RoIs)."""
+        rois, probs = proposals, []
+        for i in range(self.stages):
+            cls, deltas = self.box_head(self.pool(p, rois, 7), i)
+            if i == 0:
+                first = cls, deltas
+            probs.append(F.softmax(cls, dim=-1))
+            if i + 1 < self.stages:  # the next stage's RoIs
+                rois = self.clip(self.decode(deltas, rois, self.weights(i))[:, 0], *image_size)
+        return *first, sum(probs) / self.stages, deltas, rois
+
+    def detect(self, probs: Tensor, deltas: Tensor, rois: Tensor, image_size, weights):
+        """RCNNBox (decode with `weights`, (N, 1, 4) expanded to every class where class-agnostic,
+        clip to the resized image, the probabilities without the background column) and
+        multiclass_nms3: per class scores > threshold, NMS, then the keep_top_k best over all
+        classes."""
         from torchvision.ops import nms  # slow to import: only when the reference runs
 
-        weights = tuple(1.0 / s for s in self.s["roi_heads.box_stds"])
         boxes = self.clip(self.decode(deltas, rois, weights), *image_size)
-        scores = F.softmax(cls, dim=-1)[:, :-1]
+        scores = probs[:, :-1]
+        boxes = boxes.expand(len(boxes), scores.shape[1], 4)
         out_boxes, out_scores, out_labels = [], [], []
         for c in range(scores.shape[1]):
             idx = torch.nonzero(scores[:, c] > self.s["roi_heads.score_thresh"], as_tuple=True)[0]
@@ -222,8 +252,13 @@ class PaddleReference:
         c = self.resnet(x)
         p = self.fpn(c)
         logits, deltas, proposals, objectness = self.rpn(p, image_size)
-        cls, box_deltas = self.box_head(self.pool(p[:4], proposals, 7))
-        boxes, scores, labels = self.detect(cls, box_deltas, proposals, image_size)
+        if self.stages:
+            cls, box_deltas, probs, last, rois = self.cascade(p[:4], proposals, image_size)
+            boxes, scores, labels = self.detect(probs, last, rois, image_size, self.weights(self.stages - 1))
+        else:
+            cls, box_deltas = self.box_head(self.pool(p[:4], proposals, 7))
+            boxes, scores, labels = self.detect(F.softmax(cls, dim=-1), box_deltas, proposals, image_size,
+                                                self.weights())
         out = {S.INPUT: x, S.PROPOSALS: proposals, S.PROPOSAL_SCORES: objectness, S.ROI_CLS_LOGITS: cls,
                S.ROI_BOX_DELTAS: box_deltas}
         if self.masks:

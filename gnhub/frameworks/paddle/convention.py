@@ -63,6 +63,11 @@ class PaddleConvention(Detectron2Convention):
         lvl = torch.floor(torch.log2(torch.sqrt(area) / (4 * finest_scale) + 1e-6) + 4)
         return lvl.clamp(min=2, max=1 + num_levels).long() - 2
 
+    def stage_scores(self, probs):
+        """CascadeHead.get_prediction: paddle.add_n of the stages' softmax, divided by the number
+        of stages."""
+        return sum(probs) / len(probs)
+
     def postprocess(self, boxes, image_size, original_size):
         """BBoxPostProcess.get_pred: boxes divided by the (w, h) scale factor in float32, clipped to
         floor(resized / scale factor + 0.5) (the original size); which are not empty (ppdet labels
