@@ -92,6 +92,9 @@ def check_exportable(model) -> None:
     if not info(c.convention).EXPORTS:
         raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
                          "export covers mmdetection- and detectron2-convention models")
+    if c.panoptic:
+        raise GnhubError(f"{c.name}: is a Panoptic FPN (semantic in config.json); ONNX export does not cover its "
+                         "semantic head and panoptic merge: predict with the PyTorch model")
     roi = c.roi_heads
     if roi.stages > 1 or roi.class_agnostic or any(c.backbone.deform_stages):
         raise GnhubError(f"{c.name}: has cascade or class-agnostic RoI heads or deformable convolutions "

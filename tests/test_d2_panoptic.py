@@ -132,3 +132,39 @@ def test_r101_panoptic_is_bit_identical_to_a_real_detectron2_run(reference_threa
     assert np.array_equal(rec[S.PANOPTIC].numpy(), ref["panoptic_seg"])
     assert np.array_equal(rec[S.SEGMENTS].numpy(), ref["segments"]) and len(ref["segments"]) == meta["segments"]
     assert set(ref["segments"][:, 1].tolist()) == {0, 1}  # the run merged things and stuff
+
+
+def test_predict_writes_the_panoptic_result_and_export_and_eval_refuse_it(twin, tmp_path):
+    from PIL import Image
+
+    from gnhub.coco import read_instances
+    from gnhub.export import check_exportable
+    from gnhub.panoptic_format import COCO_STUFF_IDS, COCO_THING_IDS
+    from gnhub.predict import predict_files
+    from gnhub.samples import sample_images
+
+    _, model = twin
+    (FAST | MERGE).apply(model.config)
+    path = sample_images()[0]
+    predict_files(model, [path], tmp_path / "out")
+    out, stem = tmp_path / "out", path.stem
+    record = json.loads((out / f"{stem}.json").read_text())["panoptic"]
+    assert json.loads((out / "panoptic.json").read_text()) == {"annotations": [record]}
+    rgb = np.asarray(Image.open(out / f"{stem}_panoptic.png")).astype(np.int64)
+    seg = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    assert record["file_name"] == f"{stem}_panoptic.png"
+    info = record["segments_info"]  # the segments of the map, things and stuff (as model.predict's: verified above)
+    assert sorted(set(np.unique(seg).tolist()) - {0}) == [s["id"] for s in info] and {s["isthing"] for s in info} == {
+        0, 1}
+    for s in info:
+        assert s["area"] == int((seg == s["id"]).sum()) and s["category_id"] in (
+            COCO_THING_IDS if s["isthing"] else COCO_STUFF_IDS)
+    assert Image.open(out / f"{stem}.png").size == seg.shape[::-1]
+    with pytest.raises(GnhubError, match="Panoptic FPN"):
+        check_exportable(model)
+    panoptic = tmp_path / "panoptic_val.json"
+    panoptic.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
+                                    "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": []}],
+                                    "categories": [{"id": 1, "name": "person"}]}))
+    with pytest.raises(GnhubError, match="COCO panoptic annotations"):
+        read_instances(panoptic)
