@@ -73,6 +73,11 @@ def test_the_panoptic_pickle_converts_to_what_its_tensors_say(twin):
     assert c.semantic.classes == COCO_PANOPTIC_STUFF and len(c.semantic.classes) == 54
     assert (c.semantic.channels, c.semantic.norm, c.semantic.common_stride) == (128, "GN", 4)
     assert c.architecture == "Panoptic FPN (Mask R-CNN + semantic FPN head), ResNet-50-FPN, GN"
+    from gnhub.cards import summary
+
+    assert summary(c) == ("Panoptic FPN: a Cascade Mask R-CNN (3 stages) and a semantic FPN head on a ResNet-50-FPN "
+                          "backbone with deformable convolutions; Group Normalization in the backbone, FPN, mask and "
+                          "semantic heads, 2fc box heads; 80 thing classes, 53 stuff classes.")
     with pytest.raises(GnhubError, match="does not train it"):
         model.check_trainable()
 
