@@ -173,3 +173,16 @@ def test_predict_writes_the_panoptic_result_and_export_and_eval_refuse_it(twin, 
                                     "categories": [{"id": 1, "name": "person"}]}))
     with pytest.raises(GnhubError, match="COCO panoptic annotations"):
         read_instances(panoptic)
+
+
+def test_the_semantic_section_is_checked():
+    data = ModelConfig().to_dict()
+    assert ModelConfig.from_dict(data).semantic.classes == () and not ModelConfig.from_dict(data).panoptic
+    data["semantic"]["classes"] = ["things", "sky"]
+    assert ModelConfig.from_dict(data).panoptic
+    data["task"] = "object-detection"
+    with pytest.raises(GnhubError, match="needs instance masks"):
+        ModelConfig.from_dict(data)
+    data["task"], data["roi_heads"]["num_fcs"] = "instance-segmentation", 3
+    with pytest.raises(GnhubError, match="roi_heads.num_fcs"):
+        ModelConfig.from_dict(data)
