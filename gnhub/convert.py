@@ -54,8 +54,8 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     """What the mapped tensors say: depth, ResNeXt groups and width, the backbone's and FPN's norms,
-    its deformable stages, the task (a mask head or none, or an ImageNet classifier), the convs and
-    fcs of the box head, the mask head's convs, the number of classes and a semantic head's labels."""
+    its deformable stages, the task (a mask head or none, or an ImageNet classifier), the convs, fcs
+    and fc width of the box head, the mask head's convs, the number of classes and a semantic head's labels."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
@@ -81,6 +81,7 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
             convs = len({k.split(".")[3] for k in tensors if k.startswith(f"roi_heads.{head}.convs.")})
             setattr(config.roi_heads, field, convs if head == "box_head" else convs or config.roi_heads.mask_num_convs)
         config.roi_heads.num_fcs = 2 if "roi_heads.box_head.fc2.weight" in tensors else 1
+        config.roi_heads.fc_channels = tensors["roi_heads.box_head.cls_score.weight"].shape[1]  # FC_DIM
         semantic = tensors.get("sem_seg_head.predictor.weight")
         if semantic is not None:  # Panoptic FPN: label 0 gathers the things
             n = semantic.shape[0]
