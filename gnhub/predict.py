@@ -178,7 +178,7 @@ def _predict_into(folder: Folder, model, paths, batch_size, progress, score_thre
     inputs = {p.resolve() for p in paths}
 
     def taken(stem: str) -> bool:  # a name gnhub may not write: not its own, an input, or one of its own names
-        outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json", "_panoptic.png")]
+        outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json", "_panoptic.png")[:3 if panoptic else 2]]
         return (f"{stem}.json" in (RESULTS_FILE, PANOPTIC_FILE) or any(p.name == LEDGER or p.resolve() in inputs
                                                       or not folder.owns(p.name) for p in outputs))
 
