@@ -1,7 +1,9 @@
 """detectron2 GN checkpoints (.pkl): the model zoo's pickles, {"model": name -> numpy array,
 "__author__": ...}, of GeneralizedRCNN with a GN ResNet-FPN backbone (configs/Misc/*_gn.yaml), or
 with a FrozenBN, deformable ResNeXt-152, a plain FPN and cascade GN heads
-(configs/Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml).
+(configs/Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml), or PanopticFPN (a GN ResNet-101
+with deformable stages, GN FPN, cascade 2fc heads and a semantic FPN head:
+configs/Misc/panoptic_fpn_R_101_dconv_cascade_gn_3x.yaml).
 
 A table of names (the class order is gnhub's already: background last in cls_score, none in
 bbox_pred and the mask predictor) and detectron2's test conventions. A pickle carries no config,
@@ -59,8 +61,19 @@ def _box_heads():
              "roi_heads.box_head" if s == 0 else f"roi_heads.cascade_heads.{s - 1}") for s in range(CASCADE_STAGES)]:
         yield from _head(src, dst, "conv", MAX_CONVS)
         yield f"{src}.fc1.{{p}}", f"{dst}.fc.{{p}}"
+        yield f"{src}.fc2.{{p}}", f"{dst}.fc2.{{p}}"  # the 2fc heads (Base-RCNN-FPN's NUM_FC 2)
         yield f"{predictor}.cls_score.{{p}}", f"{dst}.cls_score.{{p}}"
         yield f"{predictor}.bbox_pred.{{p}}", f"{dst}.bbox_pred.{{p}}"
+
+
+def _semantic_head():
+    """SemSegFPNHead: level pN's branch is an nn.Sequential of Conv2d and Upsample modules (convs at
+    even indices; P2's one conv alone), gnhub's sem_seg_head.branches.{N - 2}.{k}."""
+    for level in range(2, 6):
+        for k in range(max(1, level - 2)):
+            src, dst = f"sem_seg_head.p{level}.{2 * k}", f"sem_seg_head.branches.{level - 2}.{k}"
+            yield from _conv_gn(src, f"{dst}.conv", f"{dst}.norm")
+    yield "sem_seg_head.predictor.{p}", "sem_seg_head.predictor.{p}"
 
 
 CASCADE_STAGES = 3  # configs/Misc/cascade_*: ROI_BOX_CASCADE_HEAD's three IOUS and BBOX_REG_WEIGHTS
@@ -75,6 +88,7 @@ RENAMES = [
     *_head("roi_heads.mask_head", "roi_heads.mask_head", "mask_fcn", MAX_CONVS),
     ("roi_heads.mask_head.deconv.{p}", "roi_heads.mask_head.upsample.{p}"),
     ("roi_heads.mask_head.predictor.{p}", "roi_heads.mask_head.logits.{p}"),
+    *_semantic_head(),
 ]
 PLACEHOLDERS = {"n": ("weight|bias|running_mean|running_var", None)}  # of a norm: GN or FrozenBN
 # Buffers older detectron2 versions saved with the weights; detectron2 itself no longer loads

@@ -89,6 +89,11 @@ def summary(config: ModelConfig) -> str:
     detector = "Mask R-CNN" if config.task == "instance-segmentation" else "Faster R-CNN (boxes, no masks)"
     if config.roi_heads.stages > 1:
         detector = f"Cascade {detector} ({config.roi_heads.stages} stages)"
+    if config.panoptic and b.norm == config.fpn.norm == "GN":  # detectron2's Panoptic FPN: 2fc box heads, no norm
+        deform = " with deformable convolutions" if any(b.deform_stages) else ""
+        return f"Panoptic FPN: a {detector} and a semantic FPN head on a {net}-FPN backbone{deform}; Group " \
+               f"Normalization in the backbone, FPN, mask and semantic heads, {config.roi_heads.num_fcs}fc box " \
+               f"heads; {config.num_classes} thing classes, {len(config.semantic.classes) - 1} stuff classes."
     if b.norm == config.fpn.norm == "GN":
         return f"{detector} with a {net}-FPN backbone and Group Normalization{ws} in every layer (backbone, FPN " \
                f"and heads), {config.num_classes} classes."

@@ -77,6 +77,10 @@ def read_instances(path: str | Path, masks: bool = True) -> Instances:
     if not images:
         raise GnhubError(f"{path}: holds no images; there is nothing to evaluate or train on")
     known = {c["id"] for c in cats}
+    raw = data.get("annotations")
+    if isinstance(raw, list) and any(isinstance(a, dict) and "segments_info" in a for a in raw):
+        raise GnhubError(f"{path}: COCO panoptic annotations (segments_info); gnhub scores box and mask AP from an "
+                         "instances file (instances_val2017.json), not panoptic quality (PQ) yet: give that file")
     anns = _records(data, "annotations", path, ("id", "image_id", "category_id", "bbox"))
     for ann in anns:
         _check_annotation(ann, images, known, path)

@@ -36,6 +36,8 @@ _HINTS = {
     "roi": ["roi_heads.box_head", "config.json roi_heads"],
     "detections": ["roi_heads.box_head.cls_score", "roi_heads.box_head.bbox_pred", "config.json roi_heads"],
     "mask": ["roi_heads.mask_head", "config.json roi_heads.mask_threshold"],
+    "sem_seg": ["sem_seg_head", "config.json semantic"],
+    "panoptic_seg": ["sem_seg_head", "roi_heads.mask_head", "config.json semantic"],
     "logits": ["fc", "backbone.layer4"],
 }
 # The stages kept as golden outputs (small: no full-resolution feature maps; the input as every
@@ -140,7 +142,32 @@ def compare(
                 checks.append(StageCheck(image, S.MASKS, total >= tol["mask_iou"], None, 1 - total,
                                          f"mask IoU >= {tol['mask_iou']:g}",
                                          f"mask IoU {total:.4f} (lowest of one mask {float(iou.min()):.4f})"))
+    if S.PANOPTIC in ref and S.PANOPTIC in got:  # a panoptic model: semantic labels, segments by their class
+        checks.append(_agreement(image, S.SEM_SEG, got[S.SEM_SEG], ref[S.SEM_SEG], tol, "labels"))
+        checks.append(_agreement(image, S.PANOPTIC, _segment_classes(got), _segment_classes(ref), tol,
+                                 f"{len(ref[S.SEGMENTS])} reference / {len(got[S.SEGMENTS])} gnhub segments; pixels' "
+                                 "segment classes"))
     return checks
+
+
+def _agreement(image: str, stage: str, got: Tensor, ref: Tensor, tol, what: str) -> StageCheck:
+    """The share of pixels where two label maps agree, at least the mask IoU tolerance."""
+    if got.shape != ref.shape:
+        return StageCheck(image, stage, False, None, None, f"shape {tuple(ref.shape)}",
+                          f"shape {tuple(got.shape)} != {tuple(ref.shape)}")
+    frac = float((got == ref).float().mean()) if ref.numel() else 1.0
+    return StageCheck(image, stage, frac >= tol["mask_iou"], None, 1 - frac, f"agreement >= {tol['mask_iou']:g}",
+                      f"{what}: {frac:.4%} of pixels agree")
+
+
+def _segment_classes(stages: dict[str, Tensor]) -> Tensor:
+    """Each pixel's segment as (thing or stuff, category): 0 where no segment (ids differ with order)."""
+    seg, segments = stages[S.PANOPTIC].long(), stages[S.SEGMENTS].long()
+    top = max(int(seg.max()) if seg.numel() else 0, int(segments[:, 0].max()) if len(segments) else 0)
+    table = torch.zeros(top + 1, dtype=torch.long)
+    if len(segments):
+        table[segments[:, 0]] = 1 + segments[:, 2] + 100_000 * segments[:, 1]
+    return table[seg]
 
 
 def hint(stage: str, names: dict[str, str] | None = None) -> str:

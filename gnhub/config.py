@@ -16,8 +16,8 @@ __all__ = ["BGR_CAFFE", "BackboneConfig", "CASCADE_WEIGHTS", "CHOICES", "COCO_CL
     "DETECTRON_BGR_MEAN",
     "DETECTRON_PIXEL_MEANS", "FORMAT_VERSION", "FPNConfig", "IMAGENET_BGR_STD", "IMAGENET_CLASSES",
     "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD", "ModelConfig", "PreprocessConfig", "RGB_IMAGENET", "RPNConfig", "RULES",
-    "RoIHeadsConfig", "SETTING_PATHS", "TrainConfig", "UNIT_STD", "backbone_words", "check_value",
-    "unknown_path_message"]
+    "RoIHeadsConfig", "SETTING_PATHS", "SemanticConfig", "COCO_PANOPTIC_STUFF", "TrainConfig", "UNIT_STD",
+    "backbone_words", "check_value", "unknown_path_message"]
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1 named a framework's conventions in six fields (see LEGACY_CONVENTIONS)
@@ -33,6 +33,18 @@ COCO_CLASSES = (
     "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
+)
+
+# The semantic labels of detectron2's COCO panoptic models ("coco_2017_*_panoptic_separated",
+# datasets/builtin_meta.py): 0 gathers every thing class, then the 53 stuff classes by COCO id.
+COCO_PANOPTIC_STUFF = (
+    "things", "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood", "flower",
+    "fruit", "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform", "playingfield", "railroad",
+    "river", "road", "roof", "sand", "sea", "shelf", "snow", "stairs", "tent", "towel", "wall-brick", "wall-stone",
+    "wall-tile", "wall-wood", "water-other", "window-blind", "window-other", "tree-merged", "fence-merged",
+    "ceiling-merged", "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged", "pavement-merged",
+    "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged", "building-other-merged",
+    "rock-merged", "wall-other-merged", "rug-merged",
 )
 
 # ImageNet-1k class names in class-index order (torchvision's list).
@@ -56,6 +68,7 @@ CHOICES = {
     "preprocess.channel_order": ("RGB", "BGR"),
     "backbone.norm": ("GN", "FrozenBN"),
     "fpn.norm": ("GN", "none"),
+    "semantic.norm": ("GN", "none"),
 }
 
 # format_version 1's six convention fields (box_convention, preprocess.resize, rpn.anchor_generator,
@@ -138,6 +151,7 @@ class RoIHeadsConfig:
     aligned: bool = True
     finest_scale: float = 56.0  # RoIs of sqrt(area) < 2 * finest_scale go to the finest level
     num_convs: int = 4  # of the box head (each cascade stage's)
+    num_fcs: int = 1  # fc layers of the box head after its convs: 1 (4conv1fc) or 2 (detectron2's 2fc)
     mask_num_convs: int = 4
     fc_channels: int = 1024
     num_groups: int = 32
@@ -157,6 +171,22 @@ class RoIHeadsConfig:
     def stages(self) -> int:
         """1, or the number of cascade stages."""
         return len(self.box_stds) // 4
+
+
+@dataclass
+class SemanticConfig:
+    """detectron2's SemSegFPNHead and PanopticFPN's merge of its labels with the instances
+    (combine_semantic_and_instance_outputs): a panoptic model where `classes` is not empty."""
+
+    classes: tuple[str, ...] = ()  # semantic labels; 0 gathers every thing class ("things"), then the stuff classes
+    channels: int = 128  # of the 3x3 convs of each level's branch
+    common_stride: int = 4  # each level's branch upsamples to this stride (P2's), the logits then to the input's
+    norm: str = "GN"  # after each 3x3 conv: "GN" or "none" (the convs have biases)
+    num_groups: int = 32
+    norm_eps: float = 1e-5
+    overlap_thresh: float = 0.5  # an instance is dropped where more than this part of its mask is taken
+    stuff_area: int = 4096  # stuff regions of fewer pixels (original image) are dropped
+    instance_score_thresh: float = 0.5  # instances scoring less are left out of the panoptic result
 
 
 @dataclass
@@ -204,6 +234,7 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)  # no semantic head unless semantic.classes
     train: TrainConfig = field(default_factory=TrainConfig)
     # the framework whose rules the model follows: resize, anchors, box coding, proposal selection,
     # RoI level mapping, detection, postprocess, mask paste (gnhub/frameworks/NAME/convention.py)
@@ -223,11 +254,18 @@ class ModelConfig:
         if self.backbone.norm != "GN":
             norm += " backbone, GN heads"
         detector = "Mask R-CNN" if self.task == "instance-segmentation" else "Faster R-CNN"
+        if self.panoptic:
+            detector = "Panoptic FPN (Mask R-CNN + semantic FPN head)"
         return f"{detector}, {self.backbone.words}-FPN, {norm}"
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def panoptic(self) -> bool:
+        """A semantic head beside the instances, merged into a panoptic result (semantic.classes)."""
+        return bool(self.semantic.classes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -253,6 +291,9 @@ class ModelConfig:
         if roi.stages > 1 and len(self.train.cascade_ious) != roi.stages:
             raise GnhubError(f"config: train.cascade_ious holds {len(self.train.cascade_ious)} values; expected one "
                              f"per cascade stage ({roi.stages}, from roi_heads.box_stds)")
+        if self.semantic.classes and self.task != "instance-segmentation":
+            raise GnhubError(f"config: semantic.classes makes a panoptic model, whose merge needs instance masks; "
+                             f"task is {self.task!r}, expected 'instance-segmentation'")
         crop, short = self.preprocess.crop_size, min(self.preprocess.max_size)
         if crop > short:
             raise GnhubError(f"config: preprocess.crop_size {crop} is larger than the shorter side images are "
@@ -260,7 +301,7 @@ class ModelConfig:
 
 
 # Bounds of the numeric and text fields: (type, low, high, length). Length None: a scalar;
-# an int: a tuple of exactly that many; 0: a tuple of any length >= 1.
+# an int: a tuple of exactly that many; 0: a tuple of any length >= 1; -1: of any length, empty too.
 _F, _I = float, int
 RULES = {
     "name": (str, 1, 200, None),
@@ -282,9 +323,14 @@ RULES = {
     "roi_heads.finest_scale": (_F, 1e-3, 1e5, None), "roi_heads.num_convs": (_I, 0, 16, None),
     "roi_heads.fc_channels": (_I, 1, 65536, None), "roi_heads.num_groups": (_I, 1, 1024, None),
     "roi_heads.norm_eps": (_F, 1e-12, 1.0, None), "roi_heads.box_stds": (_F, 1e-6, 1e3, 0),
-    "roi_heads.mask_num_convs": (_I, 0, 16, None), "roi_heads.class_agnostic": (bool, 0, 1, None),
+    "roi_heads.mask_num_convs": (_I, 0, 16, None), "roi_heads.num_fcs": (_I, 1, 2, None),
+    "roi_heads.class_agnostic": (bool, 0, 1, None),
     "roi_heads.score_thresh": (_F, 0.0, 1.0, None), "roi_heads.nms_iou": (_F, 0.0, 1.0, None),
     "roi_heads.detections_per_image": (_I, 1, 10_000, None), "roi_heads.mask_threshold": (_F, 0.0, 1.0, None),
+    "semantic.classes": (str, 1, 200, -1), "semantic.channels": (_I, 1, 4096, None),
+    "semantic.common_stride": (_I, 4, 4, None), "semantic.num_groups": (_I, 1, 1024, None),
+    "semantic.norm_eps": (_F, 1e-12, 1.0, None), "semantic.overlap_thresh": (_F, 0.0, 1.0, None),
+    "semantic.stuff_area": (_I, 0, 10**9, None), "semantic.instance_score_thresh": (_F, 0.0, 1.0, None),
     "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),
     **{f"train.{k}_iou": (_F, 0.0, 1.0, None) for k in ("rpn_pos", "rpn_neg", "rpn_min_pos", "rpn_nms", "box_pos",
                                                         "box_neg", "box_min_pos")},
@@ -312,8 +358,9 @@ def check_value(path: str, value):
     kind, low, high, length = RULES[path]
     if length is None:
         return _scalar(path, value, kind, low, high)
-    if not isinstance(value, (list, tuple)) or (length and len(value) != length) or not value or len(value) > 100_000:
-        count = f"{length}" if length else "one or more"
+    if (not isinstance(value, (list, tuple)) or (length > 0 and len(value) != length) or (not value and length == 0)
+            or len(value) > 100_000):
+        count = f"{length}" if length > 0 else "one or more" if length == 0 else "any number of"
         raise GnhubError(f"config: {path} is {_short(value)}; expected a list of {count} {kind.__name__} values")
     try:
         return tuple(_scalar(path, v, kind, low, high) for v in value)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import __version__, zoo
-from .config import COCO_CLASSES, IMAGENET_CLASSES, ModelConfig, backbone_words
+from .config import COCO_CLASSES, COCO_PANOPTIC_STUFF, IMAGENET_CLASSES, ModelConfig, backbone_words
 from .converters import RenameTable
 from .errors import GnhubError
 from .layout import new_model_dir
@@ -54,8 +54,8 @@ def map_tensors(source: dict[str, torch.Tensor], converter, where: str, layout: 
 
 def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     """What the mapped tensors say: depth, ResNeXt groups and width, the backbone's and FPN's norms,
-    its deformable stages, the task (a mask head or none, or an ImageNet classifier), the convs of
-    the box and mask heads and the number of classes."""
+    its deformable stages, the task (a mask head or none, or an ImageNet classifier), the convs, fcs
+    and fc width of the box head, the mask head's convs, the number of classes and a semantic head's labels."""
     blocks = len({k.split(".")[2] for k in tensors if k.startswith("backbone.layer3.")})
     depth = next((d for d, b in STAGE_BLOCKS.items() if b[2] == blocks), None)
     if depth is None:
@@ -79,7 +79,17 @@ def infer_config(tensors: dict[str, torch.Tensor], where: str) -> ModelConfig:
     elif "roi_heads.box_head.cls_score.weight" in tensors:
         for field, head in (("num_convs", "box_head"), ("mask_num_convs", "mask_head")):
             convs = len({k.split(".")[3] for k in tensors if k.startswith(f"roi_heads.{head}.convs.")})
-            setattr(config.roi_heads, field, convs or getattr(config.roi_heads, field))
+            setattr(config.roi_heads, field, convs if head == "box_head" else convs or config.roi_heads.mask_num_convs)
+        config.roi_heads.num_fcs = 2 if "roi_heads.box_head.fc2.weight" in tensors else 1
+        config.roi_heads.fc_channels = tensors["roi_heads.box_head.cls_score.weight"].shape[1]  # FC_DIM
+        semantic = tensors.get("sem_seg_head.predictor.weight")
+        if semantic is not None:  # Panoptic FPN: label 0 gathers the things
+            n = semantic.shape[0]
+            config.semantic.classes = COCO_PANOPTIC_STUFF if n == len(COCO_PANOPTIC_STUFF) else (
+                "things", *(f"stuff_{i}" for i in range(1, n)))
+            config.semantic.channels = semantic.shape[1]
+            if "sem_seg_head.branches.0.0.conv.bias" in tensors:
+                config.semantic.norm = "none"
         num_classes, known = tensors["roi_heads.box_head.cls_score.weight"].shape[0] - 1, COCO_CLASSES
         if not any(k.startswith("roi_heads.mask_head.") for k in tensors):
             config.task = "object-detection"  # a Faster R-CNN

@@ -37,3 +37,21 @@ def overlay(rgb: np.ndarray, result: dict, classes: tuple[str, ...], alpha: floa
         draw.rectangle((tb[0] - line, tb[1] - line, tb[2] + line, tb[3] + line), fill=colors[label])
         draw.text((x0, y0), text, fill=(0, 0, 0), font=font)
     return out
+
+
+def panoptic_overlay(rgb: np.ndarray, result: dict, classes: tuple[str, ...], stuff: tuple[str, ...],
+                     alpha: float = 0.45) -> Image.Image:
+    """The image with each panoptic segment coloured (a thing in its class's colour, stuff in its
+    semantic label's), then each thing segment's box and "class score" label (`overlay`)."""
+    img = rgb.astype(np.float32)
+    thing_colors, stuff_colors = palette(len(classes)), palette(len(stuff))
+    seg = np.asarray(result["panoptic_seg"])
+    things = []
+    for sid, isthing, category, instance, _ in np.asarray(result["segments"]).tolist():
+        m = seg == sid
+        color = thing_colors[category] if isthing else stuff_colors[category]
+        img[m] = (1 - alpha) * img[m] + alpha * np.array(color, np.float32)
+        if isthing:
+            things.append(instance)
+    boxes = {k: result[k][things] for k in ("boxes", "scores", "labels")}
+    return overlay(img.clip(0, 255).astype(np.uint8), boxes, classes)

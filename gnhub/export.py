@@ -93,6 +93,9 @@ def check_exportable(model) -> None:
     if not info(c.convention).EXPORTS:
         raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
                          "export covers mmdetection-, detectron2- and PaddleDetection-convention models")
+    if c.panoptic:
+        raise GnhubError(f"{c.name}: is a Panoptic FPN (semantic in config.json); ONNX export does not cover its "
+                         "semantic head and panoptic merge: predict with the PyTorch model")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")

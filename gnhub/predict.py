@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from . import rle
-from .draw import overlay
+from .draw import overlay, panoptic_overlay
 from .errors import GnhubError
 from .files import LEDGER, TMP_PREFIX, Folder
 from .images import load_image
+from .panoptic_format import id_png, segments_json
 
-__all__ = ["above", "detections_json", "expand_inputs", "IMAGE_SUFFIXES", "load_predictor", "predict", "predict_files",
-    "RESULTS_FILE", "SCORE_THRESHOLD"]
+__all__ = ["above", "detections_json", "expand_inputs", "IMAGE_SUFFIXES", "load_predictor", "PANOPTIC_FILE", "predict",
+    "predict_files", "RESULTS_FILE", "SCORE_THRESHOLD"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -42,6 +43,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 RESULTS_FILE = "results.json"
+PANOPTIC_FILE = "panoptic.json"  # a panoptic model's: COCO panoptic predictions, {"annotations": [...]}
+WHOLE_IMAGE = ("sem_seg", "panoptic_seg", "segments")  # a panoptic result's parts that are not per detection
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -68,9 +71,10 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def above(result: dict, threshold: float) -> dict:
-    """The detections of a result scoring at least `threshold` (torch or numpy alike)."""
+    """The detections of a result scoring at least `threshold` (torch or numpy alike); a panoptic
+    result's whole-image parts as they are."""
     keep = [i for i, s in enumerate(result["scores"].tolist()) if s >= threshold]
-    return {k: v[keep] if len(keep) < len(v) else v for k, v in result.items()}
+    return {k: v[keep] if len(keep) < len(v) and k not in WHOLE_IMAGE else v for k, v in result.items()}
 
 
 def detections_json(result: dict, classes: tuple[str, ...], image_id) -> list[dict]:
@@ -146,7 +150,10 @@ def predict_files(
 ) -> dict:
     """`model`: a GNModel or a gnhub.runtime.OnnxPredictor. Writes <stem>.png (overlay) and
     <stem>.json per image and results.json for all: the detections scoring at least
-    `score_threshold`. For a classifier, <stem>.json and results.json hold the top classes and
+    `score_threshold`. A panoptic model also writes <stem>_panoptic.png (segment ids as
+    panopticapi's RGB) and panoptic.json (COCO panoptic predictions of all images); its overlay
+    shows the panoptic segments and <stem>.json holds its record under "panoptic".
+    For a classifier, <stem>.json and results.json hold the top classes and
     their scores. `image_id` is the file name, made unique like the output files (a second x.png
     is x_2.png). Files gnhub did not write in `out_dir`, and the input images, are never
     replaced: their names are skipped as a second x.png is, and so are gnhub's own (an image
@@ -163,21 +170,23 @@ def predict_files(
 
 def _predict_into(folder: Folder, model, paths, batch_size, progress, score_threshold) -> dict:
     out_dir = folder.path
-    if not folder.owns(RESULTS_FILE):
-        raise GnhubError(f"{out_dir / RESULTS_FILE}: not gnhub's (or changed since gnhub wrote it); choose another "
-                         "--out")
+    panoptic = getattr(model.config, "panoptic", False)
+    for name in (RESULTS_FILE, PANOPTIC_FILE) if panoptic else (RESULTS_FILE,):
+        if not folder.owns(name):
+            raise GnhubError(f"{out_dir / name}: not gnhub's (or changed since gnhub wrote it); choose another "
+                             "--out")
     inputs = {p.resolve() for p in paths}
 
     def taken(stem: str) -> bool:  # a name gnhub may not write: not its own, an input, or one of its own names
-        outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json")]
-        return (f"{stem}.json" == RESULTS_FILE or any(p.name == LEDGER or p.resolve() in inputs
+        outputs = [out_dir / f"{stem}{ext}" for ext in (".png", ".json", "_panoptic.png")[:3 if panoptic else 2]]
+        return (f"{stem}.json" in (RESULTS_FILE, PANOPTIC_FILE) or any(p.name == LEDGER or p.resolve() in inputs
                                                       or not folder.owns(p.name) for p in outputs))
 
     used: set[str] = set()
     # every output name decided before any is written; a name like gnhub's temporaries gets a "_" first
     stems = [_unique("_" + p.stem if p.stem.startswith(TMP_PREFIX) else p.stem, used, taken) for p in paths]
     classes = model.config.classes
-    results, skipped, written = [], [], []
+    results, skipped, written, records = [], [], [], []
     start = time.perf_counter()
     for i in range(0, len(paths), batch_size):
         chunk, images = [], []
@@ -194,11 +203,19 @@ def _predict_into(folder: Folder, model, paths, batch_size, progress, score_thre
                 dets = [{"image_id": image_id, "category_id": label, "category": classes[label], "score": round(s, 5)}
                         for label, s in zip(pred["labels"].tolist(), pred["scores"].tolist())]
             else:
+                extra = {}
+                if panoptic:  # before the score threshold: segments name detections by their index
+                    seg = np.asarray(pred["panoptic_seg"])
+                    extra["panoptic"] = segments_json(seg, pred["segments"], classes, model.config.semantic.classes,
+                                                      image_id, f"{stem}_panoptic.png", pred["scores"].tolist())
+                    records.append(extra["panoptic"])
+                    folder.write(f"{stem}_panoptic.png", id_png(seg))
+                    picture = panoptic_overlay(rgb, pred, classes, model.config.semantic.classes)
                 pred = above(pred, score_threshold)
                 dets = detections_json(pred, classes, image_id)
-                picture = overlay(rgb, pred, classes)
+                picture = picture if panoptic else overlay(rgb, pred, classes)
                 folder.write(f"{stem}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
-            text = json.dumps({"image": str(p), "image_id": image_id, "detections": dets}, indent=1)
+            text = json.dumps({"image": str(p), "image_id": image_id, "detections": dets, **extra}, indent=1)
             folder.write(f"{stem}.json", text.encode("utf-8"))
             results += dets
             written.append(stem)
@@ -207,6 +224,8 @@ def _predict_into(folder: Folder, model, paths, batch_size, progress, score_thre
     if not written:
         raise GnhubError(f"nothing was predicted: all {len(paths)} images were skipped ({skipped[0]})")
     folder.write(RESULTS_FILE, json.dumps(results).encode("utf-8"))
+    if panoptic:
+        folder.write(PANOPTIC_FILE, json.dumps({"annotations": records}).encode("utf-8"))
     seconds = time.perf_counter() - start
     return {
         "task": model.task,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["BACKBONE", "BOXES", "DENSE", "DETECTIONS", "FPN", "INPUT", "INPUT_SAMPLE", "LABELS", "LOGITS", "MASKS",
     "MASK_LOGITS", "PROPOSALS", "PROPOSAL_SCORES", "ROI_BOX_DELTAS", "ROI_CLS_LOGITS", "RPN_DELTAS", "RPN_OBJECTNESS",
-    "SCORES", "levels", "pyramid"]
+    "PANOPTIC", "SCORES", "SEGMENTS", "SEM_SEG", "SEM_SEG_LOGITS", "levels", "pyramid"]
 
 INPUT = "input"  # the network input, normalised and padded
 INPUT_SAMPLE = "input.sample"  # every 8th pixel of it, kept as a golden output
@@ -16,6 +16,8 @@ PROPOSALS, PROPOSAL_SCORES = "proposals", "proposal_scores"
 ROI_CLS_LOGITS, ROI_BOX_DELTAS = "roi.cls_logits", "roi.box_deltas"  # of the proposals
 BOXES, SCORES, LABELS = "boxes", "scores", "labels"  # the detections, in original pixels
 MASK_LOGITS, MASKS = "mask_logits", "masks"  # each detection's own class; pasted, full resolution
+SEM_SEG_LOGITS = "sem_seg.logits"  # a panoptic model's semantic head, at the padded input's size
+SEM_SEG, PANOPTIC, SEGMENTS = "sem_seg", "panoptic_seg", "segments"  # its labels, segment map and segments
 LOGITS = "logits"  # an ImageNet classifier's
 DETECTIONS = "detections"  # the check of boxes, scores and labels together
 
@@ -33,4 +35,5 @@ def pyramid(backbone, fpn, objectness, deltas) -> dict:
 
 # In pipeline order: the dense stages compared elementwise.
 DENSE = [INPUT, INPUT_SAMPLE, *(f"{BACKBONE}{i}" for i in range(2, 6)), *(f"{FPN}{i}" for i in range(2, 7)),
-         *(f"{RPN_OBJECTNESS}{i}" for i in range(2, 7)), *(f"{RPN_DELTAS}{i}" for i in range(2, 7)), LOGITS]
+         *(f"{RPN_OBJECTNESS}{i}" for i in range(2, 7)), *(f"{RPN_DELTAS}{i}" for i in range(2, 7)), SEM_SEG_LOGITS,
+         LOGITS]

@@ -32,7 +32,7 @@ class ZooEntry:
     name: str
     source_format: str  # the converter: mmdet, detectron, detectron2 or paddle
     family: str  # "gn", "gn+ws", "scratch" (trained without ImageNet), "imagenet" (a backbone)
-    detector: str  # "mask-rcnn", "faster-rcnn" or "classifier"
+    detector: str  # "mask-rcnn", "faster-rcnn", "panoptic-fpn" (a Mask R-CNN with a semantic head) or "classifier"
     backbone: str  # "R-50", "R-101", "X-50-32x4d", "X-101-32x4d" (None for a user's entry: "?")
     pretrain: str  # "(d)" Detectron backbone, "(c)" contributed, "ws" JHU's GN+WS, "imagenet", "scratch", "none"
     schedule: str
@@ -45,6 +45,7 @@ class ZooEntry:
     inference_fps: float | None = None  # as published (mmdetection's GN table, Detectron's s/image)
     inference_ms: float | None = None  # as published (mmdetection's metafiles, detectron2's s/im)
     train_s_per_iter: float | None = None  # as published (detectron2)
+    pq: float | None = None  # panoptic quality (COCO panoptic val2017), as published (detectron2's Panoptic FPN)
     dataset: str = "COCO 2017 (train2017; metrics on val2017)"
     hardware: str = "not published"
     license: str = "apache-2.0"
@@ -66,16 +67,21 @@ class ZooEntry:
 
     @property
     def task(self) -> str:
-        return {"mask-rcnn": "instance-segmentation", "faster-rcnn": "object-detection"}.get(
+        return {"mask-rcnn": "instance-segmentation", "panoptic-fpn": "instance-segmentation",
+                "faster-rcnn": "object-detection"}.get(
             self.detector, "image-classification")
 
     @property
     def architecture(self) -> str:
         if self.detector == "classifier":
             return f"{backbone_words(self.backbone)} with GroupNorm (32 groups), ImageNet classifier"
-        detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         c = self.conventions
         stages = len(c.get("roi_heads.box_stds", ())) // 4
+        if self.detector == "panoptic-fpn":  # detectron2's: cascade 2fc heads, deformable GN backbone
+            return (f"Panoptic FPN, {backbone_words(self.backbone)}-FPN with GroupNorm in the backbone, FPN, mask "
+                    f"and semantic heads, deformable convolutions, Cascade R-CNN ({stages} x 2fc"
+                    f" box head without norm, {c.get('roi_heads.mask_num_convs', 4)}-conv mask head)")
+        detector = {"mask-rcnn": "Mask R-CNN", "faster-rcnn": "Faster R-CNN"}[self.detector]
         if c.get("fpn.norm") == "none":  # GN in the heads only (detectron2's X152)
             return (f"{'Cascade ' if stages > 1 else ''}{detector}, {backbone_words(self.backbone)}-FPN: FrozenBN "
                     f"backbone{' with deformable convolutions' if any(c.get('backbone.deform_stages', ())) else ''}"
@@ -118,7 +124,8 @@ class ZooEntry:
     def results_text(self) -> str:
         if self.top1_error is not None:
             return f"top-1 error {self.top1_error}%"
-        return f"box AP {self.box_ap}" + (f"  mask AP {self.mask_ap}" if self.mask_ap is not None else "")
+        return (f"box AP {self.box_ap}" + (f"  mask AP {self.mask_ap}" if self.mask_ap is not None else "")
+                + (f"  PQ {self.pq}" if self.pq is not None else ""))
 
     def hub_repo(self, org: str = DEFAULT_ORG) -> str:
         return f"{org}/{self.name}"
@@ -183,7 +190,8 @@ def _detectron2() -> list[ZooEntry]:
                      results_source=P.DETECTRON2_RESULTS,
                      citations=("gn", "rethinking") if name.startswith("scratch") else ("gn",),
                      conventions=ConfigPatch(changes))
-            for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2] + [_detectron2_x152()]
+            for name, sched, train, seconds, mem, box, mask, mid, file, changes in P.DETECTRON2] + [
+        _detectron2_x152(), _detectron2_panoptic()]
 
 
 def _detectron2_x152() -> ZooEntry:
@@ -196,6 +204,19 @@ def _detectron2_x152() -> ZooEntry:
                     conventions=D2_CASCADE | ConfigPatch({
                         "backbone.norm": "FrozenBN", "backbone.deform_stages": (False, True, True, True),
                         "fpn.norm": "none", "roi_heads.mask_num_convs": 8}))
+
+
+def _detectron2_panoptic() -> ZooEntry:
+    name, seconds, mem, box, mask, pq, mid, file = P.DETECTRON2_PANOPTIC
+    return ZooEntry(name, "detectron2", "gn", "panoptic-fpn", "R-101", "imagenet", f"3x (model id {mid})", None,
+                    file, P.DETECTRON2_URL.format(name=name, id=mid, file=file), box, mask, mem, pq=pq,
+                    inference_ms=round(1000 * seconds, 1),
+                    dataset="COCO 2017 panoptic (train2017; metrics on val2017)",
+                    hardware="8 NVIDIA V100 GPUs with NVLink (Big Basin servers, detectron2 MODEL_ZOO.md)",
+                    results_source=P.DETECTRON2_RESULTS, citations=("gn", "cascade", "dcn"),
+                    conventions=D2_CASCADE | ConfigPatch({
+                        "backbone.deform_stages": (False, True, True, True), "roi_heads.num_convs": 0,
+                        "roi_heads.num_fcs": 2}))
 
 
 def _paddle() -> list[ZooEntry]:

@@ -12,14 +12,14 @@ from gnhub import zoo
 UPSTREAM = Path(__file__).parent / "upstream"
 
 
-def test_thirty_six_models_in_six_families():
+def test_thirty_seven_models_in_six_families():
     m = zoo.MODELS
-    assert len(m) == 36
+    assert len(m) == 37
     counts = {}
     for e in m.values():
         counts[(e.source_format, e.family)] = counts.get((e.source_format, e.family), 0) + 1
     assert counts == {("mmdet", "gn"): 6, ("mmdet", "gn+ws"): 12, ("mmdet", "scratch"): 2, ("detectron", "gn"): 4,
-                      ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 2,
+                      ("detectron", "scratch"): 2, ("detectron", "imagenet"): 2, ("detectron2", "gn"): 3,
                       ("detectron2", "scratch"): 2, ("paddle", "gn"): 4}
 
 
@@ -101,6 +101,24 @@ def test_detectron2_x152_cascade_row():
     assert "51.9" in text and "45.9" in text and "TTA" not in e.name  # test-time augmentation: not a file
 
 
+def test_detectron2_panoptic_fpn_row():
+    text = (UPSTREAM / "detectron2_model_zoo_gn.html").read_text()
+    name, cells = re.search(
+        r'configs/Misc/(panoptic\w+)\.yaml">Panoptic FPN R101</a></td>\n((?:<td[^>]*>.*</td>\n){7})', text).groups()
+    infer, mem, box, mask, pq, mid, download = re.findall(r"<td[^>]*>(.*)</td>", cells)
+    e = zoo.MODELS[name]
+    assert (e.inference_ms, e.train_memory_gb, e.box_ap, e.mask_ap, e.pq) == (1000 * float(infer), float(mem),
+                                                                            float(box), float(mask), float(pq))
+    assert e.schedule == f"3x (model id {mid})" and e.url == re.search(r'href="([^"]*\.pkl)"', download).group(1)
+    assert (e.backbone, e.file, e.sha256, e.detector, e.task) == (
+        "R-101", "model_final_be35db.pkl", None, "panoptic-fpn", "instance-segmentation")
+    s = e.settings
+    assert (e.backbone_norm, s.get("fpn.norm", "GN"), s["roi_heads.class_agnostic"], s["roi_heads.num_convs"],
+            s["roi_heads.num_fcs"], s["backbone.deform_stages"]) == ("GN", "GN", True, 0, 2, (False, True, True, True))
+    assert [round(1 / x, 6) for x in s["roi_heads.box_stds"]] == [10, 10, 5, 5, 20, 20, 10, 10, 30, 30, 15, 15]
+    assert e.results_text == "box AP 47.4  mask AP 41.3  PQ 46.1"
+
+
 def test_mmdetection_gn_readme_rows():
     m = zoo.MODELS
     fps = {n: e.inference_fps for n, e in m.items() if e.source_format == "mmdet" and e.family == "gn"}
@@ -116,7 +134,7 @@ def test_list_filters_by_family_detector_backbone_and_format():
     assert out[0].startswith("name") and [line.split()[0] for line in out[1:]] == [
         "faster_rcnn_x101_32x4d_fpn_gn_ws-all_1x_coco"]
     out = run("list", "--format", "detectron2").stdout.splitlines()[1:]
-    assert len(out) == 4 and all("box AP" in line for line in out)
+    assert len(out) == 5 and all("box AP" in line for line in out)
     assert run("list", "--family", "scratch").stdout.count("\n") == 1 + 6  # mmdetection 2, Detectron 2, detectron2 2
 
 

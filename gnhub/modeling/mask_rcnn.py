@@ -16,6 +16,7 @@ from .base import GNModel, with_weights
 from .bfloat16 import network_layout, roi_align_features
 from .boxes import to_rois
 from .fpn import FPN
+from .panoptic import SemanticHead, combine, semantic_labels
 from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -31,7 +32,9 @@ class GNMaskRCNN(GNModel):
 
     `predict(images)` gives per image `boxes` (N, 4) xyxy in original pixels, `scores` (N,),
     `labels` (N,) indexing `config.classes`, and (Mask R-CNN) `masks` (N, H, W) bool, best
-    first; `inspect(image)` gives every intermediate stage of one image under stable names;
+    first; a panoptic model (config.semantic) adds `sem_seg` (H, W) semantic labels,
+    `panoptic_seg` (H, W) int32 segment ids (0: none) and `segments` (N, 5) int64, one row per
+    segment (panoptic.SEGMENT_FIELDS); `inspect(image)` gives every intermediate stage of one image under stable names;
     `model(images, targets)` the training losses (see `forward`).
     """
 
@@ -50,6 +53,8 @@ class GNMaskRCNN(GNModel):
         self.rpn = RPN(config.fpn.channels, config.rpn, self.convention)
         self.roi_heads = RoIHeads(config.fpn.channels, config.num_classes, config.rpn.strides[:4], config.roi_heads,
                                   self.convention, masks=config.task == "instance-segmentation")
+        self.sem_seg_head = SemanticHead(config.fpn.channels, config.rpn.strides[:4],
+                                         config.semantic) if config.panoptic else None
         self.eval()
 
     def with_classes(self, classes, generator: torch.Generator | None = None) -> GNMaskRCNN:
@@ -160,7 +165,11 @@ class GNMaskRCNN(GNModel):
     def check_trainable(self) -> None:
         """One clear error where the model's convention does not train (gnhub's losses are
         mmdetection's and, for a cascade's RoI stages, detectron2's: Detectron's widths
-        x2 - x1 + 1 and PaddleDetection's own sampling and losses are not built)."""
+        x2 - x1 + 1, PaddleDetection's own sampling and losses and a panoptic model's semantic
+        head are not built)."""
+        if self.config.panoptic:
+            raise GnhubError(f"{self.config.name}: gnhub predicts with Panoptic FPN but does not train it (no loss "
+                             "for its semantic head)")
         if not self.convention.trains:
             raise GnhubError(f"{self.config.name}: gnhub trains with mmdetection's losses (a cascade's RoI stages with "
                              f"detectron2's); this model has {info(self.config.convention).TITLE}'s conventions "
@@ -204,6 +213,7 @@ class GNMaskRCNN(GNModel):
                 labels = torch.cat([labels, labels.new_zeros(1)])
             logits = self.roi_heads.mask_logits(feats, to_rois(mask_boxes), labels, p[0].dtype)
             (mask_logits,) = _per_image([logits[:-1] if torch.jit.is_tracing() else logits], [len(d[0]) for d in dets])
+        semantic = self.sem_seg_head(p[:4]) if self.sem_seg_head is not None and finish else None
         results = []
         for i, ((boxes, scores, labels), sf, size, orig) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
@@ -224,6 +234,10 @@ class GNMaskRCNN(GNModel):
                 result["masks"] = conv.paste_masks(logits.sigmoid(), boxes, *orig, cfg.mask_threshold)
                 if i == 0:
                     first_logits = logits
+            if semantic is not None:
+                result[S.SEM_SEG] = semantic_labels(semantic[i], size, orig)
+                result[S.PANOPTIC], result[S.SEGMENTS] = combine(result["masks"], result["scores"], labels,
+                                                                 result[S.SEM_SEG], self.config.semantic)
             results.append(result)
 
         if record is not None and finish:
@@ -234,6 +248,8 @@ class GNMaskRCNN(GNModel):
             record[S.ROI_BOX_DELTAS] = box_deltas[: counts[0]]
             if masks:
                 record[S.MASK_LOGITS] = first_logits
+            if semantic is not None:
+                record[S.SEM_SEG_LOGITS] = semantic[:1]
             record.update(results[0])
         return results
 

@@ -86,19 +86,22 @@ class MultiLevelRoIAlign(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """4 x (3x3 conv + GN + ReLU) -> fc + ReLU -> class logits (K + 1, background last), deltas (4K,
-    or 4 where class-agnostic)."""
+    """num_convs x (3x3 conv + GN + ReLU) -> fc + ReLU (and fc2 + ReLU where num_fcs is 2) -> class
+    logits (K + 1, background last), deltas (4K, or 4 where class-agnostic)."""
 
     def __init__(self, channels: int, num_classes: int, cfg: RoIHeadsConfig):
         super().__init__()
         g, eps, ws = cfg.num_groups, cfg.norm_eps, cfg.box_weight_std
         self.convs = nn.Sequential(*(ConvGN(channels, channels, 3, g, eps, True, ws) for _ in range(cfg.num_convs)))
         self.fc = nn.Linear(channels * cfg.box_pool_size**2, cfg.fc_channels)
+        self.fc2 = nn.Linear(cfg.fc_channels, cfg.fc_channels) if cfg.num_fcs == 2 else None
         self.cls_score = nn.Linear(cfg.fc_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(cfg.fc_channels, 4 if cfg.class_agnostic else num_classes * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.fc(self.convs(x).flatten(1)))
+        if self.fc2 is not None:
+            x = F.relu(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x)
 
 

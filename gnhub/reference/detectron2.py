@@ -1,13 +1,14 @@
 """An independent forward of detectron2's GN Mask R-CNN (GeneralizedRCNN, GN ResNet-FPN; or FrozenBN
-ResNeXt with deformable stages, a plain FPN and cascade GN heads), written against the parameter
-names of a detectron2 checkpoint.
+ResNeXt with deformable stages, a plain FPN and cascade GN heads; PanopticFPN: its semantic FPN head and
+the panoptic merge beside them), written against the parameter names of a detectron2 checkpoint.
 
 It follows detectron2's DefaultPredictor step by step (data/transforms ResizeShortestEdge,
 modeling/backbone/resnet.py (DeformBottleneckBlock, layers/deform_conv.py on a CPU) and fpn.py,
 layers/batch_norm.py (FrozenBatchNorm2d), anchor_generator.py, box_regression.py,
 proposal_generator/proposal_utils.py, poolers.py, roi_heads/fast_rcnn.py, cascade_rcnn.py and
-mask_head.py, postprocessing.py, layers/mask_ops.py) with plain torch, Pillow and torchvision.ops (its
-batched_nms and roi_align, as detectron2 calls them); it shares no code with gnhub's model.
+mask_head.py, postprocessing.py, layers/mask_ops.py; meta_arch/semantic_seg.py and panoptic_fpn.py) with
+plain torch, Pillow and torchvision.ops (its batched_nms and roi_align, as detectron2 calls them); it
+shares no code with gnhub's model.
 Outputs use gnhub's stage names (proposal scores are detectron2's objectness logits), so
 `gnhub verify` can compare the two.
 """
@@ -37,6 +38,7 @@ class Detectron2Reference:
         self.blocks = [len({k.split(".")[3] for k in self.sd if k.startswith(f"backbone.bottom_up.res{n}.")})
                        for n in range(2, 6)]
         self.masks = any(k.startswith("roi_heads.mask_head.") for k in self.sd)
+        self.semantic = "sem_seg_head.predictor.weight" in self.sd  # PanopticFPN
         # CascadeROIHeads: box_head.0, box_predictor.0, ... (a StandardROIHeads' has no stage number)
         self.stages = len({k.split(".")[2] for k in self.sd if k.startswith("roi_heads.box_predictor.")
                            and k.split(".")[2].isdigit()})
@@ -274,6 +276,55 @@ class Detectron2Reference:
             out[i, y0_int:y1_int, x0_int:x1_int] = pasted[0, 0] >= threshold
         return out
 
+    # -- PanopticFPN: SemSegFPNHead, sem_seg_postprocess, combine_semantic_and_instance_outputs --
+    def sem_seg_head(self, p: list[Tensor]) -> Tensor:
+        """scale_heads of p2-p5 (Conv2d with GN and ReLU, each followed by nn.Upsample(2, bilinear)
+        unless the level is at the common stride 4), summed; predictor; upsampled x4 (bilinear)."""
+        x = None
+        for level, f in zip(range(2, 6), p):
+            convs = sorted(int(k.split(".")[2]) for k in self.sd
+                           if k.startswith(f"sem_seg_head.p{level}.") and k.endswith(".weight") and ".norm." not in k)
+            for i in convs:
+                f = self.conv(f, f"sem_seg_head.p{level}.{i}", 1, 1, relu=True)
+                if level != 2:
+                    f = F.interpolate(f, scale_factor=2, mode="bilinear", align_corners=False)
+            x = f if x is None else x + f
+        x = self.conv(x, "sem_seg_head.predictor")
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+    def panoptic(self, masks: Tensor, scores: Tensor, classes: Tensor, semantic: Tensor):
+        """combine_semantic_and_instance_outputs -> (segment map, rows id, isthing, category_id,
+        instance_id (-1: stuff), area (-1: thing)); thresholds: PANOPTIC_FPN.COMBINE (defaults.py)."""
+        overlap = self.s.get("semantic.overlap_thresh", 0.5)
+        stuff_area = self.s.get("semantic.stuff_area", 4096)
+        score_thresh = self.s.get("semantic.instance_score_thresh", 0.5)
+        panoptic_seg = torch.zeros_like(semantic, dtype=torch.int32)
+        segments = []
+        for inst_id in torch.argsort(-scores):
+            if scores[inst_id].item() < score_thresh:
+                break
+            mask = masks[inst_id]
+            mask_area = mask.sum().item()
+            if mask_area == 0:
+                continue
+            intersect_area = ((mask > 0) & (panoptic_seg > 0)).sum().item()
+            if intersect_area * 1.0 / mask_area > overlap:
+                continue
+            if intersect_area > 0:
+                mask = mask & (panoptic_seg == 0)
+            panoptic_seg[mask] = len(segments) + 1
+            segments.append([len(segments) + 1, 1, classes[inst_id].item(), inst_id.item(), -1])
+        for label in torch.unique(semantic).tolist():
+            if label == 0:
+                continue
+            mask = (semantic == label) & (panoptic_seg == 0)
+            mask_area = mask.sum().item()
+            if mask_area < stuff_area:
+                continue
+            panoptic_seg[mask] = len(segments) + 1
+            segments.append([len(segments) + 1, 0, label, -1, mask_area])
+        return panoptic_seg, torch.tensor(segments, dtype=torch.int64).view(-1, 5)
+
     # -- the whole test path ---------------------------------------------------------------
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray) -> dict[str, Tensor]:
@@ -302,5 +353,11 @@ class Detectron2Reference:
             out[S.MASK_LOGITS] = mask_logits[keep]
             out[S.MASKS] = self.paste(mask_logits[keep].sigmoid(), scaled[keep], h, w,
                                       self.s["roi_heads.mask_threshold"])
+        if self.semantic:
+            sem = self.sem_seg_head(p[:4])
+            labels_map = F.interpolate(sem[:, :, : image_size[0], : image_size[1]], size=(h, w), mode="bilinear",
+                                       align_corners=False)[0].argmax(dim=0)
+            out.update({S.SEM_SEG_LOGITS: sem, S.SEM_SEG: labels_map})
+            out[S.PANOPTIC], out[S.SEGMENTS] = self.panoptic(out[S.MASKS], out[S.SCORES], out[S.LABELS], labels_map)
         out.update(S.pyramid(c, p, logits, deltas))
         return out

@@ -1,0 +1,91 @@
+"""Panoptic FPN's parts beside the detector (detectron2's modeling/meta_arch/semantic_seg.py and
+panoptic_fpn.py): the semantic FPN head, its logits as labels of the original image, and the merge
+of those labels with the instances into one panoptic segment map."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import SemanticConfig
+from .conv import conv2d
+from .fpn import ConvGN
+
+__all__ = ["SEGMENT_FIELDS", "SemanticHead", "combine", "semantic_labels"]
+
+# the columns of a panoptic result's `segments` (one row per segment, in id order)
+SEGMENT_FIELDS = ("id", "isthing", "category", "instance", "area")
+
+
+class SemanticHead(nn.Module):
+    """SemSegFPNHead: per level (P2-P5) a branch of 3x3 conv + GN + ReLU, each followed by 2x
+    bilinear upsampling until the branch reaches `common_stride` (P2: one conv), the branches
+    summed, a 1x1 conv to the semantic logits, upsampled `common_stride` times (bilinear) to the
+    padded input's size."""
+
+    def __init__(self, in_channels: int, strides: tuple[int, ...], cfg: SemanticConfig):
+        super().__init__()
+        c, g, eps, gn = cfg.channels, cfg.num_groups, cfg.norm_eps, cfg.norm == "GN"
+        self.strides, self.common_stride = strides, cfg.common_stride
+        self.branches = nn.ModuleList(
+            nn.ModuleList(ConvGN(in_channels if k == 0 else c, c, 3, g, eps, True, False, gn)
+                          for k in range(max(1, int(math.log2(s) - math.log2(cfg.common_stride)))))
+            for s in strides)
+        self.predictor = conv2d(c, len(cfg.classes), 1)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        x = None
+        for branch, f, stride in zip(self.branches, feats, self.strides):
+            for conv in branch:
+                f = conv(f)
+                if stride != self.common_stride:
+                    f = F.interpolate(f, scale_factor=2, mode="bilinear", align_corners=False)
+            x = f if x is None else x + f
+        return F.interpolate(self.predictor(x), scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+
+
+def semantic_labels(logits: Tensor, image_size: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """(H, W) int64 labels of one image's (C, Hpad, Wpad) logits: cropped to the resized image,
+    resized (bilinear) to the original one, argmax (sem_seg_postprocess, then argmax)."""
+    h, w = image_size
+    x = F.interpolate(logits[None, :, :h, :w].float(), size=tuple(original), mode="bilinear", align_corners=False)
+    return x[0].argmax(dim=0)
+
+
+def combine(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor,
+            cfg: SemanticConfig) -> tuple[Tensor, Tensor]:
+    """combine_semantic_and_instance_outputs: the instances, best first, scoring at least
+    cfg.instance_score_thresh, each taking its mask's free pixels unless more than
+    cfg.overlap_thresh of it is taken; then each semantic label but 0 ("things") its free pixels
+    where they are at least cfg.stuff_area. -> ((H, W) int32 segment ids, 0 where none; (N, 5)
+    int64 segments, columns SEGMENT_FIELDS: category is the detection's label for a thing, the
+    semantic label for stuff; instance the detection's index (-1 for stuff); area the stuff's
+    pixels (-1 for a thing))."""
+    seg = torch.zeros(semantic.shape, dtype=torch.int32, device=semantic.device)
+    segments = []
+    for i in torch.argsort(-scores).tolist():
+        if scores[i].item() < cfg.instance_score_thresh:
+            break
+        mask = masks[i].to(torch.bool)
+        area = mask.sum().item()
+        if area == 0:
+            continue
+        taken = (mask & (seg > 0)).sum().item()
+        if taken * 1.0 / area > cfg.overlap_thresh:
+            continue
+        if taken > 0:
+            mask = mask & (seg == 0)
+        seg[mask] = len(segments) + 1
+        segments.append((len(segments) + 1, 1, int(labels[i]), i, -1))
+    for label in torch.unique(semantic).tolist():
+        if label == 0:  # the thing classes together
+            continue
+        mask = (semantic == label) & (seg == 0)
+        area = mask.sum().item()
+        if area < cfg.stuff_area:
+            continue
+        seg[mask] = len(segments) + 1
+        segments.append((len(segments) + 1, 0, label, -1, area))
+    return seg, torch.tensor(segments, dtype=torch.int64).reshape(-1, len(SEGMENT_FIELDS))
