@@ -160,11 +160,13 @@ def convert(src, out, fmt, name, dtype, no_check_hash, force, no_verify, strict,
               help="The python of a PaddlePaddle environment, for --against paddle [default: GNHUB_PADDLE_PYTHON].")
 @click.option("--paddle-detection", type=click.Path(path_type=Path, file_okay=False),
               help="PaddleDetection's source folder, for --against paddle [default: GNHUB_PADDLE_DETECTION].")
+@click.option("--dtype", type=click.Choice(["bfloat16"]),
+              help="Check the model's bfloat16 arithmetic against its own float32 forward, stage by stage.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full report here.")
 @_hub_options
 @click.pass_context
 def verify(ctx, model, source, images, tolerance, against, framework_config, paddle_python, paddle_detection,
-           json_out, hub_dir, endpoint):
+           dtype, json_out, hub_dir, endpoint):
     """Check that MODEL (a directory or zoo name) computes what its source computed.
 
     For an ONNX export directory (`gnhub export`), the graph runs on onnxruntime and is compared
@@ -179,6 +181,12 @@ def verify(ctx, model, source, images, tolerance, against, framework_config, pad
     --source, MODEL is compared with the golden outputs stored at conversion. The weights are
     always hashed in full. Exits 0 only if every stage is within tolerance; images after the first
     one with a failing stage are not checked.
+
+    With --dtype bfloat16 (no --source), MODEL's bfloat16 path (predict's) runs against its own
+    float32 forward on the built-in images (plus any --image), each stage on float32's own input
+    to it: backbone, FPN, RPN, the box head on float32's proposals, the mask head on its
+    detections (tolerances from bfloat16's 8-bit significand and each stage's depth; the share
+    of float32's detections an untaught bfloat16 forward finds is printed beside them).
     """
     # per command: `gnhub --help`, list and info stay torch-free
     from .checks import verify_model
@@ -187,11 +195,15 @@ def verify(ctx, model, source, images, tolerance, against, framework_config, pad
     report, names = verify_model(model, source, images=images, tolerance=tolerance, against=against,
                                  framework_config=framework_config, json_out=json_out,
                                  paddle_python=paddle_python, paddle_detection=paddle_detection,
-                                 settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
+                                 settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint), dtype=dtype)
     for row in report.summary():
         abs_text = f"{row['max_abs']:.3g}" if row["max_abs"] else "0"
         click.echo(f"{'ok  ' if row['passed'] else 'FAIL'} {row['stage']:20s} max abs {abs_text:>9s}  "
                    f"max rel {row['max_rel']:.3g}  ({row['tolerance']})")
+    if "end_to_end" in report.extra:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in report.extra["end_to_end"]["matched"].items())
+        click.echo(f"end to end (not checked): {shares} of float32's better-scored half of detections found "
+                   "by an untaught bfloat16 forward")
     if not report.passed:
         raise GnhubError(f"{model}: {failure_message(report, names)}")
     click.echo(f"{model}: every stage within {report.dtype} tolerance against {report.against}")

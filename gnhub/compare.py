@@ -228,6 +228,8 @@ def failure_message(report: Report, names: dict[str, str] | None = None) -> str:
     c = report.first_failure()
     if c is None:
         return "every stage within tolerance" if report.checks else "nothing was compared"
+    if c.detail.startswith("not run"):
+        return f"{c.stage} on {c.image}: {c.detail}"
     if c.detail == NONFINITE:
         return (f"the reference gives NaN or Inf at {c.stage} on {c.image}: the source is corrupt (NaN or Inf "
                 f"weights; {hint(c.stage, names).removeprefix('check ')}); download it again")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .bfloat16_check import verify_bfloat16
 from .compare import (
     DENSE_STAGES,
     GOLDEN_STAGES,
@@ -160,6 +161,7 @@ AGAINST = {"mmdet": ("mmdetection", lambda python, ppdet: mmdet_version(),
 def run_verify(
     model_dir: Path, source_path, extra_images, tolerance, against: str = "gnhub",
     framework_config: Path | None = None, paddle_python: Path | None = None, paddle_detection: Path | None = None,
+    dtype: str | None = None,
 ) -> tuple[Report, dict | None]:
     """`gnhub verify`: the model in `model_dir` against the source when given, else against its
     golden outputs. The weights are hashed in full (never taken from the hash store).
@@ -167,9 +169,15 @@ def run_verify(
     `against` (a key of AGAINST) runs that framework itself on the source's tensors instead of
     gnhub's reference forward, built from `framework_config` or its own config of the zoo model
     (PaddleDetection: in the interpreter `paddle_python` with its source `paddle_detection`).
-    Returns the report and, with a source, the gnhub -> source tensor names for hints."""
+    Returns the report and, with a source, the gnhub -> source tensor names for hints.
+    `dtype="bfloat16"`: `verify_bfloat16` on the built-in and extra images instead."""
+    if dtype is not None and (source_path is not None or tolerance or against != "gnhub"):
+        raise GnhubError("`dtype` checks the model's own bfloat16 arithmetic against its own float32 forward: "
+                         "drop `source`, `tolerance` and `against` (run those checks separately)")
     check_model_dir(model_dir, full_hash=True)
     model = GNModel.from_pretrained(model_dir)
+    if dtype == "bfloat16":
+        return verify_bfloat16(model, images_for(extra_images)), None
     if source_path is None:
         if extra_images or against != "gnhub":
             raise GnhubError("`images` and `against` need `source`: golden outputs exist only for the built-in images")
