@@ -43,7 +43,7 @@ def server(tmp_path):
 def hub_env(tmp_path, endpoint, token=True, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GNHUB_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
-               HF_HUB_DISABLE_TELEMETRY="1", **extra)
+               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS=str(REFERENCE_THREADS), **extra)  # as reference_threads
     if token:
         env["HF_TOKEN"] = TOKEN
     return env
