@@ -24,6 +24,7 @@ def _imports(ppdet_root: str):
     script's own folder leaves sys.path first: its paddle.py (gnhub's reference) is not paddle."""
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    # in paddle's interpreter, after sys.path is cleaned: pycocotools first (see above)
     import pycocotools.coco  # noqa: F401
 
     for name in ("imgaug", "imgaug.augmenters", "imgaug.augmentables", "imgaug.augmentables.lines",
@@ -33,6 +34,7 @@ def _imports(ppdet_root: str):
     sys.modules["imgaug.augmentables.lines"].LineString = object
     sys.modules["imgaug.augmentables.segmaps"].SegmentationMapsOnImage = object
     sys.path.insert(0, ppdet_root)
+    # paddle's interpreter: ppdet only from ppdet_root, which is now on the path
     import paddle
     import ppdet
 
@@ -47,6 +49,7 @@ def _fail(message: str):
 def _model(paddle, req: dict):
     """PaddleDetection's model of its own config, the weights loaded as they are (every name and
     shape must fit), in eval mode with the request's test settings."""
+    # ppdet after _imports has put its folder on the path; numpy is paddle's (numpy<2)
     import numpy as np
     from ppdet.core.workspace import create, load_config
 
@@ -70,6 +73,7 @@ def _model(paddle, req: dict):
 def _inputs(paddle, cfg, rgb, target_size):
     """The config's TestReader ops (Decode's conversion to RGB already done), Resize at
     `target_size`, then its batch ops: the model's inputs."""
+    # ppdet after _imports has put its folder on the path
     from ppdet.data.transform import batch_operators, operators
 
     sample = {"image": rgb.copy()}
@@ -88,7 +92,7 @@ def _inputs(paddle, cfg, rgb, target_size):
 
 def run(req: dict) -> None:
     paddle, _ = _imports(req["ppdet"])
-    import numpy as np
+    import numpy as np  # paddle's (numpy<2), after _imports
 
     model, cfg = _model(paddle, req)
     seen, levels = {}, []
