@@ -70,8 +70,8 @@ def test_a_detectron2_pickle_is_recognised_by_name_or_given_one(d2_weights, tmp_
 
 def test_detectron2_tensors_are_carried_over_or_refused_by_name(d2_weights, tmp_path):
     arrays = dict(d2_weights)
-    arrays["roi_heads.box_head.fc2.weight"] = np.zeros((4, 4), np.float32)
-    with pytest.raises(GnhubError, match=r"1 tensors detectron2 conversion does not know: \['roi_heads.box_head.fc2"):
+    arrays["roi_heads.box_head.attention.weight"] = np.zeros((4, 4), np.float32)  # no such layer (fc2 is a 2fc head's)
+    with pytest.raises(GnhubError, match=r"1 tensors detectron2 conversion does not know: \['roi_heads.box_head.attention"):
         convert(_d2_pickle(tmp_path / "model_final_dc5d9e.pkl", arrays), tmp_path / "out", verify=False)
     table = RenameTable(detectron2)
     assert table.to_source("backbone.layer3.5.gn2.weight") == "backbone.bottom_up.res4.5.conv2.norm.weight"
@@ -128,8 +128,8 @@ model = dict(
               conv_cfg=dict(type='ConvWS'), norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     roi_head=dict(bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_cfg=dict(type='ConvWS'),
                                  norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))),
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=200, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-                  rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=50)))
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+                  rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='MultiScaleFlipAug', img_scale=(320, 192), flip=False)]
 optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001, paramwise_cfg=dict(norm_decay_mult=0))

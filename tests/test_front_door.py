@@ -85,8 +85,8 @@ def test_eval_scores_a_lower_precision(reference_state_dict, tmp_path):
 
     # 20 proposals and 8 detections: where oneDNN has no bfloat16 kernels, torch's own spend most
     # of a forward on the RoI heads
-    config = SMALL_MMDET_CONFIG.replace("nms_pre=300, max_per_img=200", "nms_pre=100, max_per_img=20")
-    config = config.replace("max_per_img=50", "max_per_img=8")
+    config = SMALL_MMDET_CONFIG.replace("nms_pre=200, max_per_img=50", "nms_pre=100, max_per_img=20")
+    config = config.replace("max_per_img=20, mask", "max_per_img=8, mask")
     model = tmp_path / "few_rois"
     convert(mmdet_checkpoint(tmp_path / "few_rois.pth", reference_state_dict, config), model, verify=False)
     coco = _tiny_coco(tmp_path / "coco")
