@@ -70,8 +70,8 @@ def test_a_detectron2_pickle_is_recognised_by_name_or_given_one(d2_weights, tmp_
 
 def test_detectron2_tensors_are_carried_over_or_refused_by_name(d2_weights, tmp_path):
     arrays = dict(d2_weights)
-    arrays["roi_heads.box_head.attention.weight"] = np.zeros((4, 4), np.float32)  # no such layer (fc2 is a 2fc head's)
-    with pytest.raises(GnhubError, match=r"1 tensors detectron2 conversion does not know: \['roi_heads.box_head.attention"):
+    arrays["roi_heads.box_head.attn.weight"] = np.zeros((4, 4), np.float32)  # no such layer (fc2 is a 2fc head's)
+    with pytest.raises(GnhubError, match=r"1 tensors detectron2 conversion does not know: \['roi_heads.box_head.attn"):
         convert(_d2_pickle(tmp_path / "model_final_dc5d9e.pkl", arrays), tmp_path / "out", verify=False)
     table = RenameTable(detectron2)
     assert table.to_source("backbone.layer3.5.gn2.weight") == "backbone.bottom_up.res4.5.conv2.norm.weight"
