@@ -64,9 +64,10 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
     _unique([c["id"] for c in cats], path, "category")
     if not folder.is_dir():
         raise GnhubError(f"{folder}: no such folder of panoptic PNGs; give it with `panoptic_images`")
-    anns = {}
+    anns, known = {}, {c["id"] for c in cats}
     for ann in _records(data.get("annotations"), path, "'annotations'", ("image_id", "file_name", "segments_info")):
         where = f"{path}: annotation of image {_short(ann['image_id'])}"
+        _whole(ann["image_id"], f"{where}: image_id")
         if ann["image_id"] not in images or ann["image_id"] in anns:
             raise GnhubError(f"{where}: " + ("is given twice" if ann["image_id"] in anns else
                              "is not an image of the instances file (`annotations`); PQ is scored on its images"))
@@ -75,7 +76,7 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
                             ("id", "category_id"))
         for s in segments:
             _whole(s["id"], f"{where}: segment id")
-            if not 0 < s["id"] < OFFSET or s["category_id"] not in {c["id"] for c in cats}:
+            if not 0 < s["id"] < OFFSET or not (isinstance(s["category_id"], int) and s["category_id"] in known):
                 raise GnhubError(f"{where}: segment {_short(s['id'])} " + (
                     f"has category_id {_short(s['category_id'])}, which 'categories' does not declare"
                     if 0 < s["id"] < OFFSET else "must have an id of 1 to 256^3 - 1 (0 is VOID)"))
@@ -109,7 +110,8 @@ def _open_png(png: Path) -> Image.Image:
 
 
 def _check_png(png: Path, image: dict) -> None:
-    size = _open_png(png).size
+    with _open_png(png) as im:  # reads the header only
+        size = im.size
     if size != (image["width"], image["height"]):
         raise GnhubError(f"{png}: is {size[0]}x{size[1]}, but image {image['id']} ({image['file_name']}) is "
                          f"{image['width']}x{image['height']}; is it that image's?")
@@ -118,7 +120,8 @@ def _check_png(png: Path, image: dict) -> None:
 def _read_ids(png: Path, shape: tuple[int, int]) -> np.ndarray:
     """The PNG's segment ids (panopticapi's rgb2id)."""
     try:
-        rgb = np.asarray(_open_png(png).convert("RGB"), dtype=np.uint32)
+        with _open_png(png) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint32)
     except OSError as e:
         raise GnhubError(f"{png}: not a readable image ({e}); a panoptic PNG is needed") from None
     if rgb.shape[:2] != tuple(shape):

@@ -143,10 +143,14 @@ def _shrink_png(data, folder):
 
 
 @pytest.mark.parametrize("change, message", [
+    (lambda d, f: Image.new("L", (10, 10)).save(f / "5.png"), "5.png: is a L image; panoptic PNGs hold segment ids"),
+    (lambda d, f: (f / "5.png").write_bytes(b"not a png"), "5.png: not a readable image"),
     (_drop_png, r"5.png: no such panoptic PNG; check --panoptic-images"),
     (_shrink_png, r"5.png: is 9x10, but image 5 \(5.jpg\) is 10x10"),
     (lambda d, f: d["annotations"][0]["segments_info"][0].update(category_id=2), "category_id 2, which 'categories'"),
+    (lambda d, f: d["annotations"][0]["segments_info"][0].update(category_id=[1]), r"category_id \[1\], which"),
     (lambda d, f: d["annotations"][0].update(image_id=6), "image 6: is not an image of the instances file"),
+    (lambda d, f: d["annotations"][0].update(image_id=[5]), r"image \[5\]: image_id is \[5\]; expected a whole"),
     (lambda d, f: d["annotations"][0].update(file_name="../5.png"), "leads outside the image folder"),
     (lambda d, f: d["annotations"][0]["segments_info"][1].update(id=1), "segment id 1 is used twice"),
     (lambda d, f: d["categories"][0].pop("isthing"), "'categories' must be a list of objects with id, name, isthing"),
