@@ -94,16 +94,18 @@ def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | 
     panoptic = read_panoptic(panoptic_annotations, panoptic_images, instances.images) if panoptic_annotations else None
     predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
     metrics = evaluate(predictor, images=images, annotations=instances, results=results or default_results(predictor),
-                       batch_size=batch_size, progress=progress, panoptic=panoptic)
+                       batch_size=batch_size, progress=progress, panoptic_annotations=panoptic)
     return metrics and {**metrics, "dtype": dtype_of(predictor)}
 
 
 def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,
-             batch_size: int = 1, progress=None, panoptic: Panoptic | None = None) -> dict:
+             batch_size: int = 1, progress=None, panoptic_annotations: str | Path | Panoptic | None = None,
+             panoptic_images: str | Path | None = None) -> dict:
     """Runs `model` (a GNModel or a gnhub.runtime.OnnxPredictor) on every annotated image and
-    returns {"box": {...}, "mask": {...}, ...}; with `panoptic` (read_panoptic) and a panoptic
-    model, also "panoptic": {"All", "Things", "Stuff": {"PQ", "SQ", "RQ", "categories"}} of the
-    images it annotates, its segments as `gnhub predict` writes them.
+    returns {"box": {...}, "mask": {...}, ...}; with `panoptic_annotations` (COCO panoptic JSON,
+    its PNGs in `panoptic_images`: read_panoptic) and a panoptic model, also "panoptic": {"All",
+    "Things", "Stuff": {"PQ", "SQ", "RQ", "categories"}} of the images they annotate, of the
+    segments `gnhub predict` writes.
 
     With `results` (a .json path), detections are also written there; per-image progress is
     kept in `<results>.parts/` so an interrupted run resumes where it stopped.
@@ -116,6 +118,9 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
         instances.require_masks()
     coco = pycoco(instances)
     cat_ids = category_ids(model.config.classes, coco)
+    panoptic = panoptic_annotations
+    if panoptic is not None and not isinstance(panoptic, Panoptic):
+        panoptic = read_panoptic(panoptic, panoptic_images, instances.images)
     if panoptic is not None:
         if not getattr(model.config, "panoptic", False):
             raise GnhubError(f"{model.config.name}: is not a panoptic model (no semantic head); PQ "
