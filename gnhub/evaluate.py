@@ -2,11 +2,11 @@
 a panoptic model's PQ where COCO panoptic annotations are given (gnhub.pq).
 
 The annotations are checked completely before any model runs (a panoptic PNG's segment ids and
-areas as its image is scored). Resumable: each rank appends its
-images' detections (and PQ counts) to `<results>.parts/rankN.jsonl` beside `run.json`, which names
-the run (the model's fingerprint, the annotations' sha256, the image folder, the panoptic
-annotations' sha256 and PNG folder); a resume must be the same run, and an existing results file
-is replaced only where `run.json` says gnhub wrote exactly it.
+areas as its image is scored). Resumable: each rank appends its images' detections (and PQ counts)
+to `<results>.parts/rankN.jsonl` beside `run.json`, which names the run (the model's fingerprint,
+the annotations' sha256, the image folder, the panoptic annotations' sha256 and PNG folder); a
+resume must be the same run, and an existing results file is replaced only where `run.json` says
+gnhub wrote exactly it.
 Data-parallel under torchrun: each rank takes every WORLD_SIZE-th image, rank 0 merges and scores.
 """
 from __future__ import annotations
@@ -225,8 +225,8 @@ def _identity(model, instances: Instances, images: Path, panoptic: Panoptic | No
     """What makes two evaluations the same run (a run without PQ has no panoptic annotations)."""
     return {"model": model.fingerprint(), "annotations": sha256_file(instances.path),
             "images": str(images.resolve()),
-            "panoptic_annotations": panoptic and sha256_file(panoptic.path),
-            "panoptic_images": panoptic and str(panoptic.folder.resolve())}
+            "panoptic_annotations": sha256_file(panoptic.path) if panoptic else None,
+            "panoptic_images": str(panoptic.folder.resolve()) if panoptic else None}
 
 
 def _start(path: Path, identity: dict, rank: int) -> Path:
