@@ -84,7 +84,7 @@ def cli(ctx, source_mirror, quiet, hub_dir, endpoint):
     gnhub convert CKPT      checkpoint -> model directory (model.safetensors + config.json), verified
     gnhub verify MODEL      stage-by-stage check against the source or the stored golden outputs
     gnhub predict IMAGES    masks (where the model has them), boxes and classes: overlays + COCO JSON
-    gnhub eval MODEL        box and mask AP on a COCO-format dataset (of a model or an export)
+    gnhub eval MODEL        box and mask AP (and PQ) on a COCO-format dataset (of a model or an export)
     gnhub finetune MODEL    train on a COCO-format dataset with mmdetection's recipe
     gnhub export MODEL      ONNX graph, verified, that runs without torch (gnhub.runtime)
     gnhub list / info NAME  the model zoo (and your GNHUB_ZOO_FILE entries)
@@ -260,14 +260,20 @@ def predict(ctx, images, model_path, out, score_threshold, batch_size, device, d
 @click.option("--results", type=click.Path(path_type=Path),
               help="Where detections go (COCO results format); an interrupted run of the same model, annotations "
               "and images resumes from it [default: ./NAME_coco_results.json].")
+@click.option("--panoptic-annotations", type=click.Path(path_type=Path),
+              help="COCO panoptic JSON (panoptic_val2017.json) of those images: also score a Panoptic FPN's PQ.")
+@click.option("--panoptic-images", type=click.Path(path_type=Path, file_okay=False),
+              help="Its folder of segment-id PNGs [default: the JSON's path without .json].")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="cpu or cuda [default: cuda:LOCAL_RANK under torchrun, else cpu].")
 @_precision_options("Score the model in this precision (float16 needs a GPU).",
                     "onnx: score a `gnhub export` on onnxruntime (no torch).")
 @_hub_options
 @click.pass_context
-def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, runtime, hub_dir, endpoint):
-    """Box and mask AP of MODEL on a COCO-format dataset (needs pycocotools: pip install 'gnhub[coco]').
+def eval_(ctx, model, images, annotations, results, panoptic_annotations, panoptic_images, batch_size, device, dtype,
+          runtime, hub_dir, endpoint):
+    """Box and mask AP of MODEL on a COCO-format dataset (needs pycocotools: pip install 'gnhub[coco]'),
+    and a Panoptic FPN's PQ, SQ and RQ with --panoptic-annotations (panopticapi's pq_compute).
 
     The annotations are checked before the model loads; --runtime onnx and --dtype show the AP
     an export or a half-precision model keeps on your data. Under torchrun each process takes a
@@ -278,7 +284,8 @@ def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, r
 
     metrics = evaluate_model(model, images=images, annotations=annotations, results=results, batch_size=batch_size,
                              device=device, dtype=dtype, runtime=runtime,
-                             settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint))
+                             settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+                             panoptic_annotations=panoptic_annotations, panoptic_images=panoptic_images)
     if not metrics:  # not rank 0
         return
     n = metrics["images"]
@@ -290,6 +297,12 @@ def eval_(ctx, model, images, annotations, results, batch_size, device, dtype, r
             published = metrics.get("published", {}).get(key, {}).get("AP")
             row = " ".join(f"{metrics[key][k]:6.3f}" for k in METRICS)
             click.echo(f"{key:5s} {row}  {published if published is not None else '-'}")
+    if "panoptic" in metrics:
+        published = metrics.get("published", {}).get("panoptic", {}).get("PQ")
+        click.echo(f"{'':6s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}  categories  published PQ")
+        for kind, row in metrics["panoptic"].items():
+            click.echo(f"{kind:6s} " + " ".join(f"{row[k]:6.3f}" for k in ("PQ", "SQ", "RQ")) +
+                       f"  {row['categories']:10d}  {published if kind == 'All' and published is not None else '-'}")
 
 
 @cli.command()

@@ -79,8 +79,9 @@ def read_instances(path: str | Path, masks: bool = True) -> Instances:
     known = {c["id"] for c in cats}
     raw = data.get("annotations")
     if isinstance(raw, list) and any(isinstance(a, dict) and "segments_info" in a for a in raw):
-        raise GnhubError(f"{path}: COCO panoptic annotations (segments_info); gnhub scores box and mask AP from an "
-                         "instances file (instances_val2017.json), not panoptic quality (PQ) yet: give that file")
+        raise GnhubError(f"{path}: is a COCO panoptic annotation file (segments_info); box and mask AP and training "
+                         "read an instances file (instances_val2017.json): give that, and this one to gnhub eval "
+                         "--panoptic-annotations for PQ")
     anns = _records(data, "annotations", path, ("id", "image_id", "category_id", "bbox"))
     for ann in anns:
         _check_annotation(ann, images, known, path)

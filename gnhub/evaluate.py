@@ -1,9 +1,12 @@
-"""COCO evaluation: predictions over a COCO-format dataset, box and mask AP with pycocotools.
+"""COCO evaluation: predictions over a COCO-format dataset, box and mask AP with pycocotools, and
+a panoptic model's PQ where COCO panoptic annotations are given (gnhub.pq).
 
-The annotations are checked completely before any model runs. Resumable: each rank appends its
-images' detections to `<results>.parts/rankN.jsonl` beside `run.json`, which names the run (the
-model's fingerprint, the annotations' sha256, the image folder); a resume must be the same run, and
-an existing results file is replaced only where `run.json` says gnhub wrote exactly it.
+The annotations are checked completely before any model runs (a panoptic PNG's segment ids and
+areas as its image is scored). Resumable: each rank appends its images' detections (and PQ counts)
+to `<results>.parts/rankN.jsonl` beside `run.json`, which names the run (the model's fingerprint,
+the annotations' sha256, the image folder, the panoptic annotations' sha256 and PNG folder); a
+resume must be the same run, and an existing results file is replaced only where `run.json` says
+gnhub wrote exactly it.
 Data-parallel under torchrun: each rank takes every WORLD_SIZE-th image, rank 0 merges and scores.
 """
 from __future__ import annotations
@@ -17,10 +20,14 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import distributed, zoo
 from .coco import Instances, pycoco, read_instances
 from .errors import GnhubError
 from .files import append_line, check_output_file, is_owned_tree, new_dir, sha256_file, write_file
+from .panoptic_format import categories, segments_json
+from .pq import Panoptic, add_counts, category_map, image_counts, read_panoptic, summarize
 from .predict import detections_json
 
 __all__ = ["METRICS", "RUN_FILE", "category_ids", "check_results", "default_results", "evaluate", "evaluate_model",
@@ -69,10 +76,12 @@ def default_results(model) -> Path:
 
 def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | Path, results: str | Path | None = None,
                    batch_size: int = 1, device: str | None = None, dtype: str = "float32", runtime: str = "torch",
-                   settings=None, progress=None) -> dict:
-    """`gnhub eval`: the results path and the annotations are checked before `model` (anything
-    gnhub.load takes, or an export with runtime "onnx") loads, in `dtype` on `device` (under
-    torchrun, each rank's), then `evaluate`; results default to `default_results(model)`."""
+                   settings=None, progress=None, panoptic_annotations: str | Path | None = None,
+                   panoptic_images: str | Path | None = None) -> dict:
+    """`gnhub eval`: the results path and the annotations (instances, and panoptic ones with their
+    PNGs where given: read_panoptic) are checked before `model` (anything gnhub.load takes, or an
+    export with runtime "onnx") loads, in `dtype` on `device` (under torchrun, each rank's), then
+    `evaluate`; results default to `default_results(model)`."""
     # torch (the predictor, the process group) only when a model runs
     from .distributed import join
     from .predict import dtype_of, load_predictor
@@ -80,16 +89,23 @@ def evaluate_model(model: str | Path, *, images: str | Path, annotations: str | 
     if results:
         check_results(results)
     instances = read_instances(annotations, masks=False)  # masks are required once the model is known
+    if panoptic_images is not None and panoptic_annotations is None:
+        raise GnhubError("`panoptic_images` is the PNG folder of `panoptic_annotations`: give both, or neither")
+    panoptic = read_panoptic(panoptic_annotations, panoptic_images, instances.images) if panoptic_annotations else None
     predictor = load_predictor(model, join(device) if runtime == "torch" else device, dtype, runtime, settings)
     metrics = evaluate(predictor, images=images, annotations=instances, results=results or default_results(predictor),
-                    batch_size=batch_size, progress=progress)
+                       batch_size=batch_size, progress=progress, panoptic_annotations=panoptic)
     return metrics and {**metrics, "dtype": dtype_of(predictor)}
 
 
 def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, results: str | Path | None = None,
-             batch_size: int = 1, progress=None) -> dict:
+             batch_size: int = 1, progress=None, panoptic_annotations: str | Path | Panoptic | None = None,
+             panoptic_images: str | Path | None = None) -> dict:
     """Runs `model` (a GNModel or a gnhub.runtime.OnnxPredictor) on every annotated image and
-    returns {"box": {...}, "mask": {...}, ...}.
+    returns {"box": {...}, "mask": {...}, ...}; with `panoptic_annotations` (COCO panoptic JSON,
+    its PNGs in `panoptic_images`: read_panoptic) and a panoptic model, also "panoptic": {"All",
+    "Things", "Stuff": {"PQ", "SQ", "RQ", "categories"}} of the images they annotate, of the
+    segments `gnhub predict` writes.
 
     With `results` (a .json path), detections are also written there; per-image progress is
     kept in `<results>.parts/` so an interrupted run resumes where it stopped.
@@ -102,14 +118,22 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
         instances.require_masks()
     coco = pycoco(instances)
     cat_ids = category_ids(model.config.classes, coco)
+    panoptic = panoptic_annotations
+    if panoptic is not None and not isinstance(panoptic, Panoptic):
+        panoptic = read_panoptic(panoptic, panoptic_images, instances.images)
+    if panoptic is not None:
+        if not getattr(model.config, "panoptic", False):
+            raise GnhubError(f"{model.config.name}: is not a panoptic model (no semantic head); PQ "
+                             "(`panoptic_annotations`) needs a Panoptic FPN")
+        panoptic_cats = category_map(panoptic, categories(model.config.classes, model.config.semantic.classes))
     images = Path(images)
     missing = [im["file_name"] for im in instances.images.values() if not (images / im["file_name"]).is_file()]
     if missing:
         raise GnhubError(f"{images / missing[0]}: no such image ({len(missing)} of the {len(instances.images)} images "
                          f"of {instances.path} are missing); check --images")
     rank, world = distributed.rank_world()
-    parts = _start(Path(results), _identity(model, instances, images), rank) if results else None
-    done = _resume(parts, rank, instances) if parts else {}
+    parts = _start(Path(results), _identity(model, instances, images, panoptic), rank) if results else None
+    done = _resume(parts, rank, instances, panoptic is not None) if parts else {}
     todo = [i for i in sorted(instances.images)[rank::world] if i not in done]
     start, n = time.perf_counter(), 0
     for k in range(0, len(todo), batch_size):
@@ -122,9 +146,11 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
                 d["category_id"] = cat_ids[d["category_id"]]
                 if d["category_id"] is not None:
                     dets.append(d)
-            done[image_id] = dets
+            done[image_id] = {"detections": dets}
+            if panoptic is not None:
+                done[image_id]["pq"] = _pq_counts(model, panoptic, panoptic_cats, image_id, pred)
             if parts:
-                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, "detections": dets}) + "\n",
+                append_line(parts / f"rank{rank}.jsonl", json.dumps({"image_id": image_id, **done[image_id]}) + "\n",
                             "--results")
         n += len(chunk)
         if progress:
@@ -133,11 +159,17 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
         distributed.barrier()
         if rank != 0:
             return {}
-        done = _read_parts(parts, instances)
-    all_results = [d for i in sorted(done) for d in done[i]]
+        done = _read_parts(parts, instances, panoptic is not None)
+    all_results = [d for i in sorted(done) for d in done[i]["detections"]]
     if results:
         _finish(Path(results), parts, all_results)
     metrics = score(coco, all_results, masks)
+    if panoptic is not None:
+        counts = {}
+        for i in sorted(done):
+            add_counts(counts, done[i].get("pq", {}))
+        metrics["panoptic"] = {kind: {k: v if k == "categories" else round(v, 4) for k, v in row.items()}
+                               for kind, row in summarize(panoptic, counts).items()}
     metrics["images"] = len(done)
     metrics["results"] = str(results) if results else None
     metrics["seconds"] = round(time.perf_counter() - start, 2)
@@ -146,7 +178,19 @@ def evaluate(model, *, images: str | Path, annotations: str | Path | Instances, 
     if entry and entry.box_ap is not None:
         metrics["published"] = {k: {"AP": ap / 100} for k, ap in (("box", entry.box_ap), ("mask", entry.mask_ap))
                                 if ap is not None}
+        if panoptic is not None and entry.pq is not None:
+            metrics["published"]["panoptic"] = {"PQ": entry.pq / 100}
     return metrics
+
+
+def _pq_counts(model, panoptic: Panoptic, cats: dict[int, int], image_id: int, pred: dict) -> dict:
+    """The image's PQ counts (image_counts), of the segments `gnhub predict` writes; {} where the
+    panoptic annotations leave the image out."""
+    if image_id not in panoptic.annotations:
+        return {}
+    seg = np.asarray(pred["panoptic_seg"])
+    record = segments_json(seg, pred["segments"], model.config.classes, model.config.semantic.classes, image_id, "")
+    return image_counts(panoptic, image_id, seg, record["segments_info"], cats)
 
 
 def check_results(results: str | Path) -> Path:
@@ -177,10 +221,12 @@ def _read_run(parts: Path) -> dict:
     return run
 
 
-def _identity(model, instances: Instances, images: Path) -> dict:
-    """What makes two evaluations the same run."""
+def _identity(model, instances: Instances, images: Path, panoptic: Panoptic | None) -> dict:
+    """What makes two evaluations the same run (a run without PQ has no panoptic annotations)."""
     return {"model": model.fingerprint(), "annotations": sha256_file(instances.path),
-            "images": str(images.resolve())}
+            "images": str(images.resolve()),
+            "panoptic_annotations": sha256_file(panoptic.path) if panoptic else None,
+            "panoptic_images": str(panoptic.folder.resolve()) if panoptic else None}
 
 
 def _start(path: Path, identity: dict, rank: int) -> Path:
@@ -202,19 +248,19 @@ def _start(path: Path, identity: dict, rank: int) -> Path:
     return parts
 
 
-def _resume(parts: Path, rank: int, instances: Instances) -> dict:
-    """Detections of the images any rank has done; this rank's file keeps complete rows only, so
-    appends never follow a line cut by an interrupt."""
-    done = _read_parts(parts, instances)
-    own = _read_parts(parts, instances, f"rank{rank}.jsonl")
+def _resume(parts: Path, rank: int, instances: Instances, pq: bool) -> dict:
+    """Rows (detections, and with `pq` PQ counts) of the images any rank has done; this rank's file
+    keeps complete rows only, so appends never follow a line cut by an interrupt."""
+    done = _read_parts(parts, instances, pq)
+    own = _read_parts(parts, instances, pq, f"rank{rank}.jsonl")
     if own:
-        text = "".join(json.dumps({"image_id": i, "detections": d}) + "\n" for i, d in own.items())
+        text = "".join(json.dumps({"image_id": i, **row}) + "\n" for i, row in own.items())
         write_file(parts / f"rank{rank}.jsonl", text.encode("utf-8"), "--results", log=True)
     distributed.barrier()  # no rank reads a file while its rank rewrites it
     return done
 
 
-def _read_parts(parts: Path, instances: Instances, pattern: str = "rank*.jsonl") -> dict[int, list[dict]]:
+def _read_parts(parts: Path, instances: Instances, pq: bool, pattern: str = "rank*.jsonl") -> dict[int, dict]:
     done = {}
     for path in sorted(parts.glob(pattern)):
         try:
@@ -226,12 +272,14 @@ def _read_parts(parts: Path, instances: Instances, pattern: str = "rank*.jsonl")
             try:
                 row = json.loads(line)
                 image_id, dets = row["image_id"], row["detections"]
+                if pq and not isinstance(row["pq"], dict):
+                    continue
             except (json.JSONDecodeError, TypeError, KeyError):  # a line cut short by an interrupt: redo it
                 continue
             if image_id not in instances.images or not isinstance(dets, list):
                 raise GnhubError(f"{path}: holds image {image_id!r}, which {instances.path} does not declare; "
                                  "it is not this run's: remove the folder to start over")
-            done[image_id] = dets
+            done[image_id] = {"detections": dets, **({"pq": row["pq"]} if pq else {})}
     return done
 
 

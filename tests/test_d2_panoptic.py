@@ -137,20 +137,29 @@ def test_r101_panoptic_is_bit_identical_to_a_real_detectron2_run(reference_threa
     assert set(ref["segments"][:, 1].tolist()) == {0, 1}  # the run merged things and stuff
 
 
-def test_predict_writes_the_panoptic_result_and_export_and_eval_refuse_it(twin, tmp_path):
-    from PIL import Image
-
-    from gnhub.coco import read_instances
-    from gnhub.export import check_exportable
-    from gnhub.panoptic_format import COCO_STUFF_IDS, COCO_THING_IDS
+@pytest.fixture(scope="module")
+def predicted(twin, session_dir):
+    """The twin with the small merge limits, a sample image and the folder its predict wrote."""
     from gnhub.predict import predict_files
     from gnhub.samples import sample_images
 
     _, model = twin
     (FAST | MERGE).apply(model.config)
     path = sample_images()[0]
-    predict_files(model, [path], tmp_path / "out")
-    out, stem = tmp_path / "out", path.stem
+    out = session_dir("d2panoptic_predict") / "out"
+    predict_files(model, [path], out)
+    return model, path, out
+
+
+def test_predict_writes_the_panoptic_result_and_export_refuses_it(predicted, tmp_path):
+    from PIL import Image
+
+    from gnhub.coco import read_instances
+    from gnhub.export import check_exportable
+    from gnhub.panoptic_format import COCO_STUFF_IDS, COCO_THING_IDS
+
+    model, path, out = predicted
+    stem = path.stem
     record = json.loads((out / f"{stem}.json").read_text())["panoptic"]
     assert json.loads((out / "panoptic.json").read_text()) == {"annotations": [record]}
     rgb = np.asarray(Image.open(out / f"{stem}_panoptic.png")).astype(np.int64)
@@ -169,8 +178,57 @@ def test_predict_writes_the_panoptic_result_and_export_and_eval_refuse_it(twin, 
     panoptic.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
                                     "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": []}],
                                     "categories": [{"id": 1, "name": "person"}]}))
-    with pytest.raises(GnhubError, match="COCO panoptic annotations"):
+    with pytest.raises(GnhubError, match="COCO panoptic annotation file .* --panoptic-annotations"):
         read_instances(panoptic)
+
+
+def test_eval_scores_pq_beside_ap_and_resumes_it(predicted, tmp_path):
+    """gnhub eval of the twin (saved with the merge settings) on the image whose COCO panoptic
+    annotations are what its gnhub predict wrote (PNG and panoptic.json): every segment matches
+    itself (PQ, SQ, RQ 1 over the categories it predicts); a resume rescores the same counts
+    without the model; other panoptic annotations are another run."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from test_cli import assert_one_line_error, run
+
+    from gnhub.config import COCO_CLASSES
+    from gnhub.evaluate import evaluate
+    from gnhub.panoptic_format import categories
+
+    model, path, out = predicted
+    model.save_pretrained(tmp_path / "m")
+    record = {**json.loads((out / "panoptic.json").read_text())["annotations"][0], "image_id": 7}
+    w, h = Image.open(path).size
+    images = [{"id": 7, "file_name": path.name, "width": w, "height": h}]
+    cats = categories(COCO_CLASSES, COCO_PANOPTIC_STUFF)
+    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": [],
+                                                         "categories": [c for c in cats if c["isthing"]]}))
+    (tmp_path / "panoptic.json").write_text(json.dumps({"images": images, "categories": cats, "annotations": [
+        record]}))
+    args = ["eval", tmp_path / "m", "--images", path.parent, "--annotations", tmp_path / "instances.json",
+            "--panoptic-annotations", tmp_path / "panoptic.json", "--panoptic-images", out, "--results",
+            tmp_path / "r.json"]
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout
+    kinds = {kind: len({s["category_id"] for s in record["segments_info"] if s["isthing"] == isthing})
+             for kind, isthing in (("Things", 1), ("Stuff", 0))}
+    assert kinds["Things"] and kinds["Stuff"]
+    table = printed.splitlines()[-3:]
+    assert table == [f"{kind:6s}  1.000  1.000  1.000  {n:10d}  -" for kind, n in
+                     (("All", kinds["Things"] + kinds["Stuff"]), *kinds.items())], printed
+    assert "box" in printed and "mask" in printed  # AP beside it
+    assert run(*args).stdout.splitlines()[-3:] == table  # resumed: the counts kept in r.json.parts/
+    record["segments_info"][0]["iscrowd"] = 1  # other annotations
+    (tmp_path / "panoptic.json").write_text(json.dumps({"images": images, "categories": cats, "annotations": [
+        record]}))
+    assert_one_line_error(run(*args), "another evaluation (other panoptic_annotations)")
+    assert_one_line_error(run(*args[:6], *args[8:]), "--panoptic-images is the PNG folder of --panoptic-annotations")
+    stub = SimpleNamespace(task="instance-segmentation", config=SimpleNamespace(name="plain", classes=COCO_CLASSES))
+    with pytest.raises(GnhubError, match="plain: is not a panoptic model"):
+        evaluate(stub, images=path.parent, annotations=tmp_path / "instances.json",
+                 panoptic_annotations=tmp_path / "panoptic.json", panoptic_images=out)
 
 
 def test_the_semantic_section_is_checked():

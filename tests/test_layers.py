@@ -24,7 +24,7 @@ LAYERS = [
     ("base", ["gnhub", "gnhub.errors", "gnhub.settings", "gnhub.stages", "gnhub.samples", "gnhub.rle",
               "gnhub.allocator", "gnhub.distributed", "gnhub.precision"]),
     ("schema", ["gnhub.config", "gnhub.frameworks", "gnhub.frameworks.*", "gnhub.zoo", "gnhub.published",
-                "gnhub.report", "gnhub.images", "gnhub.draw", "gnhub.coco", "gnhub.panoptic_format"]),
+                "gnhub.report", "gnhub.images", "gnhub.draw", "gnhub.coco", "gnhub.panoptic_format", "gnhub.pq"]),
     ("files", ["gnhub.files", "gnhub.layout", "gnhub.unpickle", "gnhub.torchfile", "gnhub.checkpoint", "gnhub.source",
                "gnhub.converters", "gnhub.converters.*", "gnhub.weights"]),
     ("model", ["gnhub.modeling", "gnhub.modeling.*", "gnhub.frameworks.*.convention", "gnhub.frameworks.base",
