@@ -13,7 +13,6 @@ class Convention:
     """
 
     name: str
-    trains = True  # whether gnhub's training may start from such a model
     # the training losses: mmdetection's, or "detectron2": detectron2's RPN and box stage
     # (RPN.detectron2_loss, RoIHeads._detectron2_loss), what PaddleDetection computes
     losses = "mmdet"

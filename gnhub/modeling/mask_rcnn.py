@@ -176,11 +176,6 @@ class GNMaskRCNN(GNModel):
         reason = self.convention.untrainable(self.config)
         if reason:
             raise GnhubError(f"{self.config.name}: {reason}")
-        if not self.convention.trains:
-            raise GnhubError(f"{self.config.name}: gnhub trains with mmdetection's losses (a cascade's RoI stages with "
-                             f"detectron2's); this model has {info(self.config.convention).TITLE}'s conventions "
-                             "(convention in config.json), whose training gnhub does not have: convert an "
-                             "mmdetection or detectron2 checkpoint")
 
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""
