@@ -1,6 +1,7 @@
 """Records one real PaddleDetection training step into tests/data/real_runs/NAME (run in the paddle
 environment of docs/paddle.md, with PaddleDetection's source on PYTHONPATH): configs/gn/CONFIG.yml
-made tiny (3 classes, a 32-channel GN FPN, a 4conv1fc head of 32 channels and a 64-wide fc: the
+(a Faster R-CNN or a cascade) made tiny (3 classes, a 32-channel GN FPN, 4conv1fc heads of 32
+channels and a 64-wide fc: the
 ResNet-50 with its frozen BatchNorm and freeze_at 0 as configured), the deterministic seed-SEED
 weights of tests/detweights.py (`paddle_arrays`), two images (`make_image`, normalised as
 NormalizeImage does, zero-padded to one batch) with fixed ground truth, and fixed proposals in
@@ -13,7 +14,7 @@ candidate and the step is deterministic whatever paddle.randperm draws.
 
 Writes keys.txt (paddle's names and shapes), meta.json and reference.npz: the batch's sha256, the
 ground truth and proposals, the losses, every trained parameter's gradient norm and the full
-gradients of the RPN's and the box head's predictors.
+gradients of the RPN's and the box heads' predictors.
 """
 import hashlib
 import json
@@ -31,7 +32,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BOXES = (((8.0, 6.0, 40.0, 50.0), (50.0, 20.0, 90.0, 60.0)), ((10.0, 12.0, 60.0, 40.0), (4.0, 30.0, 30.0, 54.0)))
 LABELS = ((1, 2), (0, 2))
 FULL = ("rpn_head.rpn_rois_score.weight", "rpn_head.rpn_rois_delta.weight", "bbox_head.bbox_score.weight",
-        "bbox_head.bbox_delta.weight")
+        "bbox_head.bbox_delta.weight",
+        *(f"bbox_head.bbox_{n}_stage{s}.weight" for s in range(3) for n in ("score", "delta")))
 
 
 def batch(np):
@@ -70,7 +72,8 @@ def main(config: str, seed: int, name: str) -> None:
     cfg = load_config(str(Path(ppdet.__file__).parents[1] / "configs" / "gn" / f"{config}.yml"))
     cfg["num_classes"] = 3
     cfg["FPN"]["out_channel"] = 32
-    cfg["XConvNormHead"]["conv_dim"], cfg["XConvNormHead"]["out_channel"] = 32, 64
+    head = "CascadeXConvNormHead" if "CascadeXConvNormHead" in cfg else "XConvNormHead"
+    cfg[head]["conv_dim"], cfg[head]["out_channel"] = 32, 64
     cfg["RPNHead"]["rpn_target_assign"]["batch_size_per_im"] = 4096
     model = create(cfg.architecture)
     entries = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
@@ -93,7 +96,7 @@ def main(config: str, seed: int, name: str) -> None:
            **{k: np.array(float(v)) for k, v in losses.items()},
            "grad_norm_names": np.array(sorted(grads)),
            "grad_norm": np.array([np.linalg.norm(grads[k].astype(np.float64)) for k in sorted(grads)]),
-           **{f"grad__{k}": grads[k] for k in FULL},
+           **{f"grad__{k}": grads[k] for k in FULL if k in grads},
            **{f"proposals_{i}": p for i, p in enumerate(props)}}
     case = ROOT / "tests" / "data" / "real_runs" / name
     case.mkdir(parents=True, exist_ok=True)
