@@ -122,6 +122,7 @@ _PPDET = ConfigPatch({
     "roi_heads.score_thresh": 0.05, "roi_heads.nms_iou": 0.5, "roi_heads.detections_per_image": 100,
     "roi_heads.mask_threshold": 0.5, "roi_heads.box_stds": (0.1, 0.1, 0.2, 0.2), "roi_heads.sampling_ratio": 0,
     "roi_heads.aligned": False, "roi_heads.finest_scale": 56.0, "convention": "paddle",
+    "train.norm_decay_mult": 0.0,  # ConvNormLayer's and ResNet's norm_decay 0: no weight decay on norms
 })
 SETTINGS = {"ppdet": _PPDET, "ppdet-cascade": _PPDET | ConfigPatch(CASCADE)}  # configs/gn/cascade_*
 DEFAULTS = "PaddleDetection test settings of configs/gn"

@@ -125,7 +125,7 @@ def compare(
                                ok, tol, f"{len(ref['proposals'])} reference / {len(got['proposals'])} gnhub"))
         if "roi.cls_logits" in ref and ok.any():
             for s in ("roi.cls_logits", "roi.box_deltas"):
-                checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol["dense"]))
+                checks.append(_dense(image, s, got[s][idx[ok]], ref[s][r[ok]], tol.get("roi", tol["dense"])))
     if S.BOXES in ref:
         r, idx, ok = _match(got, ref, S.BOXES, S.SCORES, tol["iou"], labels=S.LABELS, offset=offset,
                             px=tol.get("px", 0))

@@ -15,6 +15,12 @@ __all__ = ["REQUIRED_CHECKS", "Report", "StageCheck", "TOLERANCES"]
 # Dense stages: max |a - b| / max |b| must stay below `dense`. Detections are matched by box IoU.
 TOLERANCES = {
     "float32": {"dense": 1e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
+    # float32 against another framework's own float32 run (`verify --against`): the RoI heads'
+    # logits and deltas (`roi`) follow the proposals' float32 corners through RoIAlign's bilinear
+    # weights; measured on the seed-40 PaddleDetection Mask R-CNN at 1333x800 (docs/paddle.md):
+    # gnhub's float32 vs its own float64 9.6e-5, PaddleDetection's 4.6e-5, the two 1.04e-4 apart,
+    # the heads themselves on the same proposals 5.3e-6: two float32 runs may sit 2 x 1e-4 apart
+    "float32-framework": {"dense": 1e-4, "roi": 2e-4, "iou": 0.99, "score": 1e-3, "mask_iou": 0.99, "matched": 0.99},
     "float16": {"dense": 2e-2, "iou": 0.95, "score": 2e-2, "mask_iou": 0.95, "matched": 0.9},
     "bfloat16": {"dense": 5e-2, "iou": 0.9, "score": 5e-2, "mask_iou": 0.9, "matched": 0.8},
     # float32 on another runtime (an ONNX export on onnxruntime): its own kernels, so mask logits move

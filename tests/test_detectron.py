@@ -172,6 +172,9 @@ def test_detector_is_deterministic_and_detects(e2e_dir, detweights):
     assert (a["scores"][:-1] >= a["scores"][1:]).all()  # best first
     h, w = rgb.shape[:2]
     assert a["boxes"][:, 2].max() <= w - 1 and a["boxes"][:, 3].max() <= h - 1  # clipped to size - 1
+    with pytest.raises(GnhubError, match=r"^[\w.-]+: gnhub trains with mmdetection's losses .* Detectron's "
+                                         "conventions .* whose training gnhub does not have"):
+        model.check_trainable()
 
 
 def test_missed_background_reorder_fails_at_the_class_logits(detectron_e2e, tmp_path, monkeypatch):

@@ -232,8 +232,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(shapes, base_dir, 
 def test_a_detectron2_cascade_finetunes_and_detectron_and_paddle_models_are_one_error(shapes, base_dir, tmp_path):
     """A detectron2 cascade (three class-agnostic stages, a deformable last stage) on new classes:
     one step, each stage's losses logged, the deformable convolution's offsets trained; a
-    Detectron or PaddleDetection model is refused before anything is written (finetune once
-    refused every detectron2 model: "this model has Detectron's")."""
+    Detectron or PaddleDetection Mask R-CNN is refused before anything is written (finetune once
+    refused every detectron2 model: "this model has Detectron's"; a PaddleDetection Faster R-CNN
+    trains: tests/test_train_paddle.py)."""
     ann, folder = shapes
     base = load(base_dir)
     config = ModelConfig.from_dict({**base.config.to_dict(), "convention": "detectron2"})
@@ -256,7 +257,7 @@ def test_a_detectron2_cascade_finetunes_and_detectron_and_paddle_models_are_one_
         finetune(detectron, train_annotations=ann, train_images=folder, out=tmp_path / "d", recipe=recipe)
     assert not (tmp_path / "d").exists()
     paddle = with_weights(dataclasses.replace(base.config, convention="paddle"), base.state_dict(), "p")
-    with pytest.raises(GnhubError, match="PaddleDetection's conventions .* does not have"):
+    with pytest.raises(GnhubError, match="not its mask head .* PaddleDetection's conventions .* does not have"):
         finetune(paddle, train_annotations=ann, train_images=folder, out=tmp_path / "p", recipe=recipe)
     assert not (tmp_path / "p").exists()
 

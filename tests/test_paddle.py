@@ -186,8 +186,8 @@ def test_a_paddle_model_predicts_and_refuses_training(paddle_run):
     image = detweights.make_image(*meta["image_shape"], meta["image_seed"])
     result = model.predict(image)
     assert result["masks"].shape[1:] == image.shape[:2] and len(result["boxes"]) == len(result["scores"])
-    with pytest.raises(GnhubError, match="this model has PaddleDetection's conventions .* whose "
-                                         "training gnhub does not have"):
+    with pytest.raises(GnhubError, match=r"^[\w.-]+: gnhub trains PaddleDetection's "
+                                         r"Faster R-CNN .* not its mask head \(mask targets rasterised from polygons"):
         model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
                          "masks": torch.zeros(0, *image.shape[:2], dtype=torch.bool)}])
 
@@ -248,6 +248,8 @@ def test_a_cascade_conversion_computes_what_paddledetection_computed(cascade_run
     _, model, meta, ref = cascade_run
     c = model.config
     assert c.convention == "paddle" and c.roi_heads.stages == 3 and c.roi_heads.class_agnostic
+    with pytest.raises(GnhubError, match=r"^[\w.-]+: gnhub trains PaddleDetection's Faster R-CNN .* not its cascade"):
+        model.check_trainable()
     c.preprocess.max_size = tuple(meta["target_size"][::-1])
     c.rpn.pre_nms_top_n, c.rpn.post_nms_top_n = meta["pre_nms_top_n"], meta["post_nms_top_n"]
     c.roi_heads.detections_per_image = meta["keep_top_k"]

@@ -13,10 +13,16 @@ class Convention:
     """
 
     name: str
-    trains = True  # whether gnhub's training (mmdetection's losses) may start from such a model
+    # the training losses: mmdetection's, or "detectron2": detectron2's RPN and box stage
+    # (RPN.detectron2_loss, RoIHeads._detectron2_loss), what PaddleDetection computes
+    losses = "mmdet"
     cascades = False  # whether it has cascade RoI heads (`refine`)
     width_offset = 0.0  # boxes are x2 - x1 + width_offset wide
     rescale = None  # arrays.rescale: (network-order image, PreprocessConfig) -> (resized, (w, h) factor)
+
+    def untrainable(self, config) -> str | None:
+        """Why gnhub cannot train a model of this convention and config (one line), or None."""
+        return None
 
     def base_anchors(self, stride: int, ratios, scales):
         """(A, 4) anchors of one level, centred on its first cell."""

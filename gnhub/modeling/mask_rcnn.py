@@ -150,7 +150,10 @@ class GNMaskRCNN(GNModel):
         train = self.config.train
         div = self.config.preprocess.size_divisor
         padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
-        rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)
+        if self.convention.losses == "detectron2":
+            rpn_cls, rpn_bbox = self.rpn.detectron2_loss(objectness, deltas, boxes, train, generator)
+        else:
+            rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)
         proposal_cfg = dataclasses.replace(self.rpn.cfg, pre_nms_top_n=train.rpn_pre_nms_top_n,
                                            post_nms_top_n=train.rpn_post_nms_top_n, nms_iou=train.rpn_nms_iou)
         with torch.no_grad():
@@ -164,17 +167,15 @@ class GNMaskRCNN(GNModel):
 
     def check_trainable(self) -> None:
         """One clear error where the model's convention does not train (gnhub's losses are
-        mmdetection's and, for a cascade's RoI stages, detectron2's: Detectron's widths
-        x2 - x1 + 1, PaddleDetection's own sampling and losses and a panoptic model's semantic
-        head are not built)."""
+        mmdetection's and, for a cascade's RoI stages and PaddleDetection's Faster R-CNN,
+        detectron2's: Detectron's widths x2 - x1 + 1, PaddleDetection's mask and cascade targets
+        and a panoptic model's semantic head are not built)."""
         if self.config.panoptic:
             raise GnhubError(f"{self.config.name}: gnhub predicts with Panoptic FPN but does not train it (no loss "
                              "for its semantic head)")
-        if not self.convention.trains:
-            raise GnhubError(f"{self.config.name}: gnhub trains with mmdetection's losses (a cascade's RoI stages with "
-                             f"detectron2's); this model has {info(self.config.convention).TITLE}'s conventions "
-                             "(convention in config.json), whose training gnhub does not have: convert an "
-                             "mmdetection or detectron2 checkpoint")
+        reason = self.convention.untrainable(self.config)
+        if reason:
+            raise GnhubError(f"{self.config.name}: {reason}")
 
     def freeze_stages(self) -> None:
         """mmdetection's frozen_stages (config.train): the stem and the first stages get no gradient."""

@@ -184,6 +184,8 @@ class RoIHeads(nn.Module):
         "mask" (`gt_masks` may be None without one)."""
         if self.cfg.stages > 1:
             return self._cascade_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, image_sizes, train, generator)
+        if self.convention.losses == "detectron2":
+            return self._detectron2_loss(feats, proposals, gt_boxes, gt_labels, train, generator)
         return self._standard_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, train, generator)
 
     def _standard_loss(self, feats, proposals, gt_boxes, gt_labels, gt_masks, train, generator) -> dict[str, Tensor]:
@@ -238,17 +240,8 @@ class RoIHeads(nn.Module):
         get_deltas with the stage's weights over the foreground, divided by all its RoIs. The mask
         loss (mask_rcnn_loss) on stage 0's foreground RoIs."""
         k = self.num_classes
-        boxes, labels, matched = [], [], []
-        for props, gt, gl in zip(proposals, gt_boxes, gt_labels):
-            candidates = torch.cat([props, gt])
-            idx, fg = d2_match(candidates, gt, train.cascade_ious[0])
-            lab = torch.where(fg, gl[idx], k) if len(gt) else torch.full_like(idx, k)
-            pos, neg = d2_sample(lab, train.box_batch_size_per_image, train.box_positive_fraction, k, generator)
-            keep = torch.cat([pos, neg])
-            boxes.append(candidates[keep])
-            labels.append(lab[keep])
-            matched.append(idx[keep])
-        first = boxes, labels, matched
+        first = boxes, labels, matched = self._label_and_sample(proposals, gt_boxes, gt_labels, train.cascade_ious[0],
+                                                                train, generator)
         out, heads = {}, [self.box_head, *self.cascade_heads]
         for stage, head in enumerate(heads):
             stds = self.cfg.box_stds[4 * stage: 4 * stage + 4]
@@ -278,6 +271,40 @@ class RoIHeads(nn.Module):
                        for gm, b, idx, f in zip(gt_masks, boxes, matched, fg)]
             out["mask"] = self._mask_loss(feats, rois, torch.cat([lab[f] for lab, f in zip(labels, fg)]), targets)
         return out
+
+    def _label_and_sample(self, proposals, gt_boxes, gt_labels, iou: float, train, generator):
+        """detectron2's label_and_sample_proposals (PaddleDetection's BBoxAssigner alike): the
+        ground-truth boxes added after each image's proposals, matched at `iou` (Matcher, no
+        low-quality matches), subsample_labels. Per image: (boxes, labels (background
+        num_classes), index of the matched ground truth)."""
+        k = self.num_classes
+        boxes, labels, matched = [], [], []
+        for props, gt, gl in zip(proposals, gt_boxes, gt_labels):
+            candidates = torch.cat([props, gt])
+            idx, fg = d2_match(candidates, gt, iou)
+            lab = torch.where(fg, gl[idx], k) if len(gt) else torch.full_like(idx, k)
+            pos, neg = d2_sample(lab, train.box_batch_size_per_image, train.box_positive_fraction, k, generator)
+            keep = torch.cat([pos, neg])
+            boxes.append(candidates[keep])
+            labels.append(lab[keep])
+            matched.append(idx[keep])
+        return boxes, labels, matched
+
+    def _detectron2_loss(self, feats, proposals, gt_boxes, gt_labels, train, generator) -> dict[str, Tensor]:
+        """One box stage as detectron2's StandardROIHeads and PaddleDetection's BBoxHead.get_loss
+        compute it: _label_and_sample at train.box_pos_iou, softmax cross-entropy averaged over the
+        sampled RoIs, L1 of the foreground's own-class deltas (the 4 shared ones where
+        class-agnostic) against get_deltas with box_stds, summed and divided by all sampled RoIs."""
+        boxes, labels, matched = self._label_and_sample(proposals, gt_boxes, gt_labels, train.box_pos_iou, train,
+                                                        generator)
+        logits, deltas = self.box_head(self.box_pool(feats, to_rois(boxes)))
+        lab = torch.cat(labels)
+        fg = lab < self.num_classes
+        targets = torch.cat([gt[idx] if len(gt) else b for b, gt, idx in zip(boxes, gt_boxes, matched)])
+        own = deltas.float().view(len(lab), -1, 4)[fg, 0 if self.cfg.class_agnostic else lab[fg]]
+        t = d2_deltas(torch.cat(boxes)[fg], targets[fg], self.cfg.box_stds)
+        return {"cls": F.cross_entropy(logits.float(), lab) if len(lab) else logits.sum() * 0.0,
+                "bbox": (own - t).abs().sum() / max(len(lab), 1)}
 
     def _mask_loss(self, feats, rois: Tensor, labels: Tensor, targets: list[Tensor]) -> Tensor:
         """Mean binary cross-entropy of each (K, 5) RoI's own-class mask logits against its target

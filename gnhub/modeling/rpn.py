@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RPNConfig
@@ -11,7 +12,7 @@ from .anchors import grid_anchors
 from .bfloat16 import relu_
 from .boxes import encode_boxes
 from .conv import conv2d
-from .targets import assign, bce_loss, l1_loss, sample
+from .targets import assign, bce_loss, d2_deltas, d2_label, d2_sample, l1_loss, sample
 
 __all__ = ["RPN"]
 
@@ -108,3 +109,28 @@ class RPN(nn.Module):
             box_loss = box_loss + l1_loss(pred.reshape(-1, 4), torch.cat([x[lvl] for x in targets]),
                                           torch.cat([x[lvl] for x in box_weights]), avg_factor)
         return cls_loss, box_loss
+
+    def detectron2_loss(self, objectness: list[Tensor], deltas: list[Tensor], gt_boxes: list[Tensor], train,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """detectron2's RPN loss as PaddleDetection's RPNHead.get_loss computes it: every anchor of
+        the padded batch labelled (d2_label at train.rpn_neg_iou / rpn_pos_iou, low-quality matches
+        from IoU > 0) and sampled (subsample_labels: train.rpn_batch_size_per_image, at most rpn_positive_fraction
+        of them foreground), summed sigmoid cross-entropy and L1 of the deltas
+        against the foreground's own ground truth, both divided by rpn_batch_size_per_image x images.
+        Returns (classification, regression)."""
+        anchors = torch.cat([grid_anchors(self.base[i].to(objectness[0].device, torch.float32), s, *o.shape[-2:])
+                             for i, (s, o) in enumerate(zip(self.cfg.strides, objectness))])
+        logits = torch.cat([o.float().permute(0, 2, 3, 1).reshape(len(gt_boxes), -1) for o in objectness], dim=1)
+        pred = torch.cat([d.float().permute(0, 2, 3, 1).reshape(len(gt_boxes), -1, 4) for d in deltas], dim=1)
+        cls_loss = box_loss = logits.sum() * 0.0
+        for b, gt in enumerate(gt_boxes):
+            matched, labels = d2_label(anchors, gt, train.rpn_neg_iou, train.rpn_pos_iou)
+            fg, bg = d2_sample(labels, train.rpn_batch_size_per_image, train.rpn_positive_fraction, 0, generator)
+            both = torch.cat([fg, bg])
+            target = torch.cat([logits.new_ones(len(fg)), logits.new_zeros(len(bg))])
+            cls_loss = cls_loss + F.binary_cross_entropy_with_logits(logits[b, both], target, reduction="sum")
+            if len(fg):
+                t = d2_deltas(anchors[fg], gt[matched[fg]], self.cfg.box_stds)
+                box_loss = box_loss + (pred[b, fg] - t).abs().sum()
+        norm = float(train.rpn_batch_size_per_image * len(gt_boxes))
+        return cls_loss / norm, box_loss / norm

@@ -1,15 +1,15 @@
 """Training targets and losses shared by the RPN and the RoI heads, as mmdetection 3.3 computes
 them: IoUs, MaxIoUAssigner, RandomSampler, and losses normalised by avg_factor (+ float32 eps);
-and as detectron2 computes them for a cascade's RoI stages: pairwise_iou, Matcher,
-subsample_labels, Box2BoxTransform.get_deltas."""
+and as detectron2 computes them for a cascade's RoI stages (and PaddleDetection for its RPN and RoI
+heads): pairwise_iou, Matcher, subsample_labels, Box2BoxTransform.get_deltas."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "d2_deltas", "d2_match", "d2_sample", "l1_loss",
-           "sample"]
+__all__ = ["EPS", "assign", "bce_loss", "box_iou", "ce_loss", "d2_deltas", "d2_ious", "d2_label", "d2_match",
+           "d2_sample", "l1_loss", "sample"]
 
 EPS = torch.finfo(torch.float32).eps  # mmdetection's weight_reduce_loss: sum / (avg_factor + eps)
 
@@ -75,19 +75,39 @@ def l1_loss(pred: Tensor, target: Tensor, weights: Tensor, avg_factor: float) ->
     return ((pred - target).abs() * weights).sum() / (avg_factor + EPS)
 
 
+def d2_ious(gt: Tensor, boxes: Tensor) -> Tensor:
+    """(G, N) IoUs as detectron2's pairwise_iou (and PaddleDetection's bbox_overlaps) compute them."""
+    area_gt = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    wh = (torch.min(gt[:, None, 2:], boxes[:, 2:]) - torch.max(gt[:, None, :2], boxes[:, :2])).clamp_(min=0)
+    inter = wh.prod(dim=2)
+    return torch.where(inter > 0, inter / (area_gt[:, None] + area - inter), inter.new_zeros(1))
+
+
 def d2_match(boxes: Tensor, gt: Tensor, iou: float) -> tuple[Tensor, Tensor]:
     """detectron2's pairwise_iou and Matcher([iou], [0, 1], allow_low_quality_matches=False): per
     box the index of its best ground truth (0 without any) and whether that IoU is >= `iou`."""
     if len(gt) == 0 or len(boxes) == 0:
         zeros = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
         return zeros, zeros.bool()
-    area_gt = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    wh = (torch.min(gt[:, None, 2:], boxes[:, 2:]) - torch.max(gt[:, None, :2], boxes[:, :2])).clamp_(min=0)
-    inter = wh.prod(dim=2)  # (G, N)
-    ious = torch.where(inter > 0, inter / (area_gt[:, None] + area - inter), inter.new_zeros(1))
-    best, matched = ious.max(dim=0)
+    best, matched = d2_ious(gt, boxes).max(dim=0)
     return matched, best >= iou
+
+
+def d2_label(boxes: Tensor, gt: Tensor, neg_iou: float, pos_iou: float) -> tuple[Tensor, Tensor]:
+    """The RPN's Matcher([neg_iou, pos_iou], [0, -1, 1], allow_low_quality_matches=True), as
+    PaddleDetection's label_box computes it: per box its best ground truth (0 without any) and its
+    label, 1 from `pos_iou` or where it is a ground truth's best (IoU > 0), 0 under `neg_iou`, else -1."""
+    if len(gt) == 0 or len(boxes) == 0:
+        zeros = torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+        return zeros, zeros.clone()
+    ious = d2_ious(gt, boxes)
+    best, matched = ious.max(dim=0)
+    labels = torch.full_like(matched, -1)
+    labels[best < neg_iou] = 0
+    labels[best >= pos_iou] = 1
+    labels[((ious > 0) & (ious == ious.max(dim=1, keepdim=True).values)).any(dim=0)] = 1
+    return matched, labels
 
 
 def d2_sample(labels: Tensor, num: int, pos_fraction: float, background: int, generator: torch.Generator | None):

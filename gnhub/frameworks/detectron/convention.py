@@ -97,9 +97,14 @@ def _scale(boxes: Tensor, factors) -> Tensor:
 
 class DetectronConvention(Convention):
     name = "detectron"
-    trains = False  # gnhub's training is mmdetection's, widths x2 - x1
     width_offset = 1.0
     rescale = staticmethod(arrays.rescale)
+
+    def untrainable(self, config):
+        """gnhub's training is mmdetection's (and detectron2's), widths x2 - x1."""
+        return ("gnhub trains with mmdetection's losses (a cascade's RoI stages with detectron2's); this model has "
+                "Detectron's conventions (convention in config.json), whose training gnhub does not have: convert "
+                "an mmdetection or detectron2 checkpoint")
 
     def base_anchors(self, stride, ratios, scales):
         return base_anchors(stride, ratios, scales)

@@ -22,8 +22,21 @@ class PaddleConvention(Detectron2Convention):
     detectron2 convention's code; the rest its own."""
 
     name = "paddle"
-    trains = False  # gnhub's training is mmdetection's; PaddleDetection's sampling and losses are not built
+    losses = "detectron2"  # RPNHead.get_loss, BBoxAssigner and BBoxHead.get_loss (docs/training.md)
     rescale = staticmethod(arrays.rescale)
+
+    def untrainable(self, config):
+        """A cascade (CascadeHead's relabelled stages) and a mask head (generate_mask_target: each
+        RoI's target rasterised from the ground truth's polygons inside it) train in ways gnhub
+        has not built; a Faster R-CNN trains."""
+        if config.roi_heads.stages > 1 or config.task != "object-detection":
+            what = "cascade (CascadeHead's stages)" if config.roi_heads.stages > 1 else \
+                "mask head (mask targets rasterised from polygons inside each RoI)"
+            return (f"gnhub trains PaddleDetection's Faster R-CNN as PaddleDetection does (docs/training.md) but "
+                    f"not its {what}: this model has PaddleDetection's conventions (convention in config.json), "
+                    "whose training gnhub does not have; fine-tune faster_rcnn_r50_fpn_gn_2x_coco, or an "
+                    "mmdetection or detectron2 checkpoint")
+        return None
 
     def proposals(self, base, objectness, deltas, image_size, b, scale, cfg):
         """generate_proposals (pixel_offset False) per level on the objectness logits: the
