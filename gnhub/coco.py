@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 
 from .errors import GnhubError
 
-__all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_rle", "pycoco", "read_instances"]
+__all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_file_name", "check_rle", "check_unique", "check_whole",
+           "pycoco", "read_instances", "short_repr"]
 
 BORDER = 1.0  # pixels a box may extend past its image (rounding in real annotations)
 MAX_SIDE = 100_000  # pixels: larger declared images are not real
@@ -40,7 +41,7 @@ class Instances:
         """Every annotation has a segmentation (checked when read): what mask AP and mask training need."""
         bare = next((a for a in self.annotations if a.get("segmentation") is None), None)
         if bare is not None:
-            raise GnhubError(f"{self.path}: annotation {_short(bare['id'])} has no segmentation; masks need polygons "
+            raise GnhubError(f"{self.path}: annotation {short_repr(bare['id'])} has no segmentation; masks need polygons "
                              "or an RLE for every instance")
 
 
@@ -59,21 +60,21 @@ def read_instances(path: str | Path, masks: bool = True) -> Instances:
                          f"and categories, not a {type(data).__name__}")
     cats = _records(data, "categories", path, ("id", "name"))
     for c in cats:
-        _whole(c["id"], f"{path}: category {c['id']!r}: id")
+        check_whole(c["id"], f"{path}: category {c['id']!r}: id")
         if not isinstance(c["name"], str) or not c["name"]:
             raise GnhubError(f"{path}: category {c['id']!r}: name must be text")
-    _unique([c["id"] for c in cats], path, "category")
+    check_unique([c["id"] for c in cats], path, "category")
     images = {}
     records = _records(data, "images", path, ("id", "file_name", "width", "height"))
     for im in records:
         where = f"{path}: image {im['id']!r}"
-        _whole(im["id"], f"{where}: id")
+        check_whole(im["id"], f"{where}: id")
         for side in ("width", "height"):
-            if not (_whole(im[side], f"{where}: {side}") and 0 < im[side] <= MAX_SIDE):
+            if not (check_whole(im[side], f"{where}: {side}") and 0 < im[side] <= MAX_SIDE):
                 raise GnhubError(f"{where}: {side} {im[side]!r} must be 1 to {MAX_SIDE} pixels")
-        _check_file_name(im["file_name"], where)
+        check_file_name(im["file_name"], where)
         images[im["id"]] = im
-    _unique([im["id"] for im in records], path, "image")
+    check_unique([im["id"] for im in records], path, "image")
     if not images:
         raise GnhubError(f"{path}: holds no images; there is nothing to evaluate or train on")
     known = {c["id"] for c in cats}
@@ -85,7 +86,7 @@ def read_instances(path: str | Path, masks: bool = True) -> Instances:
     anns = _records(data, "annotations", path, ("id", "image_id", "category_id", "bbox"))
     for ann in anns:
         _check_annotation(ann, images, known, path)
-    _unique([a["id"] for a in anns], path, "annotation")
+    check_unique([a["id"] for a in anns], path, "annotation")
     instances = Instances(path, data, images, sorted(cats, key=lambda c: c["id"]))
     if masks:
         instances.require_masks()
@@ -100,19 +101,19 @@ def _records(data: dict, key: str, path: Path, fields: tuple[str, ...]) -> list[
     return records
 
 
-def _whole(value, where: str) -> bool:
+def check_whole(value, where: str) -> bool:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise GnhubError(f"{where} is {_short(value)}; expected a whole number")
+        raise GnhubError(f"{where} is {short_repr(value)}; expected a whole number")
     return True
 
 
 def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise GnhubError(f"{where} is {_short(value)}; expected a finite number")
+        raise GnhubError(f"{where} is {short_repr(value)}; expected a finite number")
     return float(value)
 
 
-def _unique(ids: list, path: Path, what: str) -> None:
+def check_unique(ids: list, path: Path, what: str) -> None:
     seen = set()
     for i in ids:
         if i in seen:
@@ -120,7 +121,7 @@ def _unique(ids: list, path: Path, what: str) -> None:
         seen.add(i)
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -129,34 +130,34 @@ def _declared(value, ids) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value in ids
 
 
-def _check_file_name(name, where: str) -> None:
+def check_file_name(name, where: str) -> None:
     """A path relative to the image folder that stays inside it."""
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
-        raise GnhubError(f"{where}: file_name {_short(name)} must be a relative path of the image")
+        raise GnhubError(f"{where}: file_name {short_repr(name)} must be a relative path of the image")
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts:
         raise GnhubError(f"{where}: file_name {name!r} leads outside the image folder; it must be relative to it")
 
 
 def _check_annotation(ann: dict, images: dict, categories: set, path: Path) -> None:
-    where = f"{path}: annotation {_short(ann['id'])}"
-    _whole(ann["id"], f"{where}: id")
+    where = f"{path}: annotation {short_repr(ann['id'])}"
+    check_whole(ann["id"], f"{where}: id")
     if not _declared(ann["image_id"], images):
-        raise GnhubError(f"{where}: image_id {_short(ann['image_id'])} is not an image the file declares")
+        raise GnhubError(f"{where}: image_id {short_repr(ann['image_id'])} is not an image the file declares")
     if not _declared(ann["category_id"], categories):
-        raise GnhubError(f"{where}: category_id {_short(ann['category_id'])} is not declared in categories "
+        raise GnhubError(f"{where}: category_id {short_repr(ann['category_id'])} is not declared in categories "
                          f"(ids {sorted(categories)[:10]})")
     im = images[ann["image_id"]]
     w, h = im["width"], im["height"]
     where = f"{where} of {im['file_name']}"
     box = ann["bbox"]
     if not isinstance(box, list) or len(box) != 4:
-        raise GnhubError(f"{where}: bbox {_short(box)} is not [x, y, width, height]")
+        raise GnhubError(f"{where}: bbox {short_repr(box)} is not [x, y, width, height]")
     x, y, bw, bh = (_number(v, f"{where}: bbox value") for v in box)
     if bw < 0 or bh < 0 or x < -BORDER or y < -BORDER or x + bw > w + BORDER or y + bh > h + BORDER:
         raise GnhubError(f"{where}: box {box} lies outside the {w}x{h} image")
     if ann.get("iscrowd", 0) not in (0, 1):  # False and True count as 0 and 1
-        raise GnhubError(f"{where}: iscrowd is {_short(ann['iscrowd'])}; expected 0 or 1")
+        raise GnhubError(f"{where}: iscrowd is {short_repr(ann['iscrowd'])}; expected 0 or 1")
     if "area" in ann and _number(ann["area"], f"{where}: area") < 0:
         raise GnhubError(f"{where}: area {ann['area']} is negative")
     seg = ann.get("segmentation")
@@ -168,12 +169,12 @@ def _check_annotation(ann: dict, images: dict, categories: set, path: Path) -> N
     elif isinstance(seg, dict):
         check_rle(seg, h, w, where)
     else:
-        raise GnhubError(f"{where}: segmentation is {_short(seg)}; expected polygons or an RLE of the {h}x{w} image")
+        raise GnhubError(f"{where}: segmentation is {short_repr(seg)}; expected polygons or an RLE of the {h}x{w} image")
 
 
 def _check_polygon(poly, w: int, h: int, where: str) -> None:
     if not isinstance(poly, list) or len(poly) % 2:
-        raise GnhubError(f"{where}: a polygon must be a list of x, y pairs, not {_short(poly)}")
+        raise GnhubError(f"{where}: a polygon must be a list of x, y pairs, not {short_repr(poly)}")
     for i, v in enumerate(poly):
         size = w if i % 2 == 0 else h
         if not -POLYGON_MARGIN * size <= _number(v, f"{where}: polygon coordinate") <= (1 + POLYGON_MARGIN) * size:
@@ -184,17 +185,17 @@ def check_rle(seg: dict, h: int, w: int, where: str) -> None:
     """An RLE of exactly the h x w image: its runs (a list, or COCO's compressed text) are whole,
     non-negative and add up to h * w."""
     if list(seg.get("size", ())) != [h, w]:
-        raise GnhubError(f"{where}: RLE size {_short(seg.get('size'))} is not the image's [{h}, {w}]")
+        raise GnhubError(f"{where}: RLE size {short_repr(seg.get('size'))} is not the image's [{h}, {w}]")
     counts = seg.get("counts")
     if isinstance(counts, str):
         runs = _decode_counts(counts, where)
     elif isinstance(counts, list):
         runs = counts
         for c in runs:
-            if _whole(c, f"{where}: RLE count") and c < 0:
+            if check_whole(c, f"{where}: RLE count") and c < 0:
                 raise GnhubError(f"{where}: RLE count {c} is negative")
     else:
-        raise GnhubError(f"{where}: RLE counts must be a list or COCO's compressed text, not {_short(counts)}")
+        raise GnhubError(f"{where}: RLE counts must be a list or COCO's compressed text, not {short_repr(counts)}")
     if sum(runs) != h * w:
         raise GnhubError(f"{where}: RLE runs cover {sum(runs)} pixels, not the {h}x{w} = {h * w} of the image; "
                          "the mask is corrupt")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .coco import _check_file_name, _short, _unique, _whole
+from .coco import check_file_name, check_unique, check_whole, short_repr
 from .errors import GnhubError
 
 __all__ = ["KINDS", "OFFSET", "VOID", "Panoptic", "add_counts", "category_map", "image_counts", "read_panoptic",
@@ -58,31 +58,31 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
                          f"categories, not a {type(data).__name__}")
     cats = _records(data.get("categories"), path, "'categories'", ("id", "name", "isthing"))
     for c in cats:
-        _whole(c["id"], f"{path}: category {_short(c['id'])}: id")
+        check_whole(c["id"], f"{path}: category {short_repr(c['id'])}: id")
         if not isinstance(c["name"], str) or not c["name"] or c["isthing"] not in (0, 1):
             raise GnhubError(f"{path}: category {c['id']}: needs a name and isthing 0 or 1")
-    _unique([c["id"] for c in cats], path, "category")
+    check_unique([c["id"] for c in cats], path, "category")
     if not folder.is_dir():
         raise GnhubError(f"{folder}: no such folder of panoptic PNGs; give it with `panoptic_images`")
     anns, known = {}, {c["id"] for c in cats}
     for ann in _records(data.get("annotations"), path, "'annotations'", ("image_id", "file_name", "segments_info")):
-        where = f"{path}: annotation of image {_short(ann['image_id'])}"
-        _whole(ann["image_id"], f"{where}: image_id")
+        where = f"{path}: annotation of image {short_repr(ann['image_id'])}"
+        check_whole(ann["image_id"], f"{where}: image_id")
         if ann["image_id"] not in images or ann["image_id"] in anns:
             raise GnhubError(f"{where}: " + ("is given twice" if ann["image_id"] in anns else
                              "is not an image of the instances file (`annotations`); PQ is scored on its images"))
-        _check_file_name(ann["file_name"], where)
+        check_file_name(ann["file_name"], where)
         segments = _records(ann["segments_info"], path, f"image {ann['image_id']}'s segments_info",
                             ("id", "category_id"))
         for s in segments:
-            _whole(s["id"], f"{where}: segment id")
+            check_whole(s["id"], f"{where}: segment id")
             if not 0 < s["id"] < OFFSET or not (isinstance(s["category_id"], int) and s["category_id"] in known):
-                raise GnhubError(f"{where}: segment {_short(s['id'])} " + (
-                    f"has category_id {_short(s['category_id'])}, which 'categories' does not declare"
+                raise GnhubError(f"{where}: segment {short_repr(s['id'])} " + (
+                    f"has category_id {short_repr(s['category_id'])}, which 'categories' does not declare"
                     if 0 < s["id"] < OFFSET else "must have an id of 1 to 256^3 - 1 (0 is VOID)"))
             if s.get("iscrowd", 0) not in (0, 1):
-                raise GnhubError(f"{where}: segment {s['id']}: iscrowd is {_short(s['iscrowd'])}; expected 0 or 1")
-        _unique([s["id"] for s in segments], path, f"image {ann['image_id']}'s segment")
+                raise GnhubError(f"{where}: segment {s['id']}: iscrowd is {short_repr(s['iscrowd'])}; expected 0 or 1")
+        check_unique([s["id"] for s in segments], path, f"image {ann['image_id']}'s segment")
         _check_png(folder / ann["file_name"], images[ann["image_id"]])
         anns[ann["image_id"]] = ann
     if not anns:
@@ -177,7 +177,7 @@ def image_counts(panoptic: Panoptic, image_id: int, seg: np.ndarray, segments: l
     for s in gt.values():
         if "area" in s and s["area"] != gt_area.get(s["id"], 0):
             raise GnhubError(f"{png}: segment {s['id']} has {gt_area.get(s['id'], 0)} pixels, {panoptic.path} says "
-                             f"area {_short(s['area'])}; the PNG and the annotations disagree")
+                             f"area {short_repr(s['area'])}; the PNG and the annotations disagree")
     pred = {s["id"]: categories[s["category_id"]] for s in segments if pred_area.get(s["id"])}
     stats: dict[int, list] = {}
 
