@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 
 from .errors import GnhubError
 
-__all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_file_name", "check_rle", "check_unique", "check_whole",
-           "pycoco", "read_instances", "short_repr"]
+__all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_file_name", "check_rle", "check_unique",
+           "check_whole", "pycoco", "read_instances", "short_repr"]
 
 BORDER = 1.0  # pixels a box may extend past its image (rounding in real annotations)
 MAX_SIDE = 100_000  # pixels: larger declared images are not real
@@ -41,7 +41,8 @@ class Instances:
         """Every annotation has a segmentation (checked when read): what mask AP and mask training need."""
         bare = next((a for a in self.annotations if a.get("segmentation") is None), None)
         if bare is not None:
-            raise GnhubError(f"{self.path}: annotation {short_repr(bare['id'])} has no segmentation; masks need polygons "
+            raise GnhubError(f"{self.path}: annotation {short_repr(bare['id'])} has no segmentation; masks need "
+                             "polygons "
                              "or an RLE for every instance")
 
 
@@ -169,7 +170,8 @@ def _check_annotation(ann: dict, images: dict, categories: set, path: Path) -> N
     elif isinstance(seg, dict):
         check_rle(seg, h, w, where)
     else:
-        raise GnhubError(f"{where}: segmentation is {short_repr(seg)}; expected polygons or an RLE of the {h}x{w} image")
+        raise GnhubError(f"{where}: segmentation is {short_repr(seg)}; expected polygons or an RLE of the "
+                         f"{h}x{w} image")
 
 
 def _check_polygon(poly, w: int, h: int, where: str) -> None:
