@@ -42,8 +42,7 @@ class Instances:
         bare = next((a for a in self.annotations if a.get("segmentation") is None), None)
         if bare is not None:
             raise GnhubError(f"{self.path}: annotation {short_repr(bare['id'])} has no segmentation; masks need "
-                             "polygons "
-                             "or an RLE for every instance")
+                             "polygons or an RLE for every instance")
 
 
 def read_instances(path: str | Path, masks: bool = True) -> Instances:
