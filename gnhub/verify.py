@@ -66,15 +66,15 @@ def verify_against(
     tolerance = tolerance or stored
     mapping = reference_for(source, model.dtype, framework)
     full = reference_for(source, torch.float32, framework) if stored != "float32" else None
-    exact = "float32" if full else tolerance  # the mapping's tolerances
-    if framework is not None and exact == "float32":
-        exact = "float32-framework"  # another framework's own float32 run (report.TOLERANCES)
+    mapped = "float32" if full else tolerance  # the mapping's tolerances
+    if framework is not None and mapped == "float32":
+        mapped = "float32-framework"  # another framework's own float32 run (report.TOLERANCES)
     model = float32_model(model)
     checks, golden = [], {}
     for name, rgb in images:
         got = run_model(model, rgb)
         ref = mapping(rgb)
-        checks += compare(name, got, ref, exact, box_offset(model))
+        checks += compare(name, got, ref, mapped, box_offset(model))
         ref = with_input_sample(ref)
         if full is not None:
             exact = full(rgb)
@@ -84,7 +84,7 @@ def verify_against(
         golden.update({f"{name}/{k}": ref[k].contiguous() for k in GOLDEN_STAGES[model.task]})
         if first_failure and not all(c.passed for c in checks):
             break
-    return Report(checks, tolerance if full else exact, against or f"source {source.path.name}"), golden
+    return Report(checks, tolerance if full else mapped, against or f"source {source.path.name}"), golden
 
 
 def verify_conversion(source, model: GNModel, log=lambda msg: None) -> tuple[Report, dict[str, Tensor]]:
