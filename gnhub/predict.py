@@ -199,11 +199,11 @@ def _predict_into(folder: Folder, model, paths, batch_size, progress, score_thre
         preds = model.predict(images, batch_size=batch_size) if images else []
         for (p, stem), rgb, pred in zip(chunk, images, preds):
             image_id = stem + p.suffix  # unique: a second x.png (from another folder) is x_2.png
+            extra = {}
             if model.task == "image-classification":
                 dets = [{"image_id": image_id, "category_id": label, "category": classes[label], "score": round(s, 5)}
                         for label, s in zip(pred["labels"].tolist(), pred["scores"].tolist())]
             else:
-                extra = {}
                 if panoptic:  # before the score threshold: segments name detections by their index
                     seg = np.asarray(pred["panoptic_seg"])
                     extra["panoptic"] = segments_json(seg, pred["segments"], classes, model.config.semantic.classes,

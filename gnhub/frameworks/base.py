@@ -13,9 +13,9 @@ class Convention:
     """
 
     name: str
-    # the training losses: mmdetection's, or "detectron2": detectron2's RPN and box stage
+    # the training losses: mmdetection's, or (True) detectron2's RPN and box stage
     # (RPN.detectron2_loss, RoIHeads._detectron2_loss), what PaddleDetection computes
-    losses = "mmdet"
+    detectron2_losses = False
     cascades = False  # whether it has cascade RoI heads (`refine`)
     width_offset = 0.0  # boxes are x2 - x1 + width_offset wide
     rescale = None  # arrays.rescale: (network-order image, PreprocessConfig) -> (resized, (w, h) factor)

@@ -150,7 +150,7 @@ class GNMaskRCNN(GNModel):
         train = self.config.train
         div = self.config.preprocess.size_divisor
         padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
-        if self.convention.losses == "detectron2":
+        if self.convention.detectron2_losses:
             rpn_cls, rpn_bbox = self.rpn.detectron2_loss(objectness, deltas, boxes, train, generator)
         else:
             rpn_cls, rpn_bbox = self.rpn.loss(objectness, deltas, boxes, padded, train, generator)

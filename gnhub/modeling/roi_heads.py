@@ -184,7 +184,7 @@ class RoIHeads(nn.Module):
         "mask" (`gt_masks` may be None without one)."""
         if self.cfg.stages > 1:
             return self._cascade_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, image_sizes, train, generator)
-        if self.convention.losses == "detectron2":
+        if self.convention.detectron2_losses:
             return self._detectron2_loss(feats, proposals, gt_boxes, gt_labels, train, generator)
         return self._standard_loss(feats, proposals, gt_boxes, gt_labels, gt_masks, train, generator)
 

@@ -22,7 +22,7 @@ class PaddleConvention(Detectron2Convention):
     detectron2 convention's code; the rest its own."""
 
     name = "paddle"
-    losses = "detectron2"  # RPNHead.get_loss, BBoxAssigner and BBoxHead.get_loss (docs/training.md)
+    detectron2_losses = True  # RPNHead.get_loss, BBoxAssigner and BBoxHead.get_loss (docs/training.md)
     rescale = staticmethod(arrays.rescale)
 
     def untrainable(self, config):
