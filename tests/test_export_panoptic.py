@@ -1,7 +1,7 @@
 """`gnhub export` of a Panoptic FPN (detectron2's panoptic_fpn_R_101_dconv_cascade_gn_3x, as a tiny
 twin): the graph adds the semantic logits, gnhub.runtime resizes them, takes the argmax and
-merges them with the instances in numpy (gnhub.panoptic_merge, the model's own merge), and the
-export verifies the semantic labels and panoptic segments."""
+merges them with the instances in numpy (gnhub.panoptic_merge, the model's own merge, held to a
+real detectron2 run's), and the export verifies the semantic labels and panoptic segments."""
 import json
 
 import numpy as np
@@ -15,7 +15,7 @@ from gnhub.demo import deterministic_weights
 from gnhub.export import export, verify_export, verify_export_golden
 from gnhub.modeling import GNMaskRCNN, with_weights
 from gnhub.modeling.transform import load_image
-from gnhub.panoptic_merge import semantic_labels
+from gnhub.panoptic_merge import combine, semantic_labels
 from gnhub.runtime import network_input
 from gnhub.samples import sample_images
 
@@ -84,3 +84,23 @@ def test_predict_on_the_runtime_writes_the_panoptic_result(exported, tmp_path):
     assert [(s["id"], s["category_id"], s["isthing"]) for s in got] == [
         (s["id"], s["category_id"], s["isthing"]) for s in want] and len(want) >= 3
     assert sum(abs(a["area"] - b["area"]) for a, b in zip(got, want)) <= 0.001 * sum(s["area"] for s in want)
+
+
+def test_the_numpy_merge_is_detectron2s_on_a_real_run():
+    """gnhub.panoptic_merge.combine (the PyTorch model's merge and the runtime's) on a real
+    detectron2 run's own masks, scores, classes and semantic labels (recorded by
+    scripts/record_d2_cascade_run.py --case panoptic): detectron2's segment map and segments, on
+    any CPU (the R-101 test in test_d2_panoptic.py compares them after NMS on AVX512 only)."""
+    import references
+    from conftest import REAL_RUNS
+    from test_real_runs import _masks
+
+    from gnhub.config import SemanticConfig
+
+    case = REAL_RUNS / "d2_panoptic_fpn_R_101_dconv_cascade_gn_seed60"
+    meta, ref = json.loads((case / "meta.json").read_text()), references.load(case.name)
+    cfg = SemanticConfig(overlap_thresh=meta["OVERLAP_THRESH"], stuff_area=meta["STUFF_AREA_LIMIT"],
+                         instance_score_thresh=meta["INSTANCES_CONFIDENCE_THRESH"])
+    seg, segments = combine(_masks(ref), ref["scores"], ref["labels"], ref["sem_seg_labels"].astype(np.int64), cfg)
+    assert np.array_equal(seg, ref["panoptic_seg"]) and np.array_equal(segments, ref["segments"])
+    assert (segments[:, 1] == 0).any() and 0 < (segments[:, 1] == 1).sum() < len(ref["scores"])  # stuff; a cut
