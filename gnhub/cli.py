@@ -399,8 +399,9 @@ def export_(ctx, model, fmt, out, opset, no_verify, force, hub_dir, endpoint):
 
     The graph takes one image's normalised, padded input (any height and width), its resized
     size and scale factor, and returns boxes in original pixels, scores, labels and (with a mask
-    head) 28x28 mask probabilities; gnhub.runtime (onnxruntime, numpy, OpenCV) preprocesses and
-    pastes the masks as gnhub does. By default the export is verified stage by stage against the
+    head) 28x28 mask probabilities (and a Panoptic FPN's semantic logits); gnhub.runtime
+    (onnxruntime, numpy, OpenCV) preprocesses, pastes the masks and merges the panoptic result as
+    gnhub does. By default the export is verified stage by stage against the
     PyTorch model on the built-in images; a failed verification writes nothing. Batch size 1,
     float32, mmdetection-, detectron2- and PaddleDetection-convention models (not Detectron's);
     needs `pip install 'gnhub[onnx]'`.

@@ -1,6 +1,7 @@
 """`gnhub export`: a GN Mask R-CNN as an ONNX graph from the network input to detections and
-their 28x28 mask probabilities, verified against the PyTorch model on the built-in images the
-way a conversion is verified against its source. Runs with gnhub.runtime, without torch."""
+their 28x28 mask probabilities (and a Panoptic FPN's semantic logits), verified against the
+PyTorch model on the built-in images the way a conversion is verified against its source. Runs
+with gnhub.runtime, without torch."""
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,10 @@ DETECTOR_STAGES = (S.INPUT_SAMPLE, S.PROPOSALS, S.PROPOSAL_SCORES, S.BOXES, S.SC
 
 
 def export_stages(config) -> tuple[str, ...]:
-    """The stages an export keeps as golden outputs: the mask logits too for a Mask R-CNN."""
-    return DETECTOR_STAGES + ((S.MASK_LOGITS,) if config.task == "instance-segmentation" else ())
+    """The stages an export keeps as golden outputs: the mask logits too for a Mask R-CNN, and a
+    Panoptic FPN's semantic labels, segment map and segments."""
+    masks = (S.MASK_LOGITS,) if config.task == "instance-segmentation" else ()
+    return DETECTOR_STAGES + masks + ((S.SEM_SEG, S.PANOPTIC, S.SEGMENTS) if config.panoptic else ())
 
 
 class DetectionGraph(nn.Module):
@@ -93,9 +96,6 @@ def check_exportable(model) -> None:
     if not info(c.convention).EXPORTS:
         raise GnhubError(f"{c.name}: has {info(c.convention).TITLE}'s conventions (convention in config.json); ONNX "
                          "export covers mmdetection-, detectron2- and PaddleDetection-convention models")
-    if c.panoptic:
-        raise GnhubError(f"{c.name}: is a Panoptic FPN (semantic in config.json); ONNX export does not cover its "
-                         "semantic head and panoptic merge: predict with the PyTorch model")
     if model.dtype != torch.float32:
         raise GnhubError(f"{c.name}: holds {str(model.dtype).replace('torch.', '')} weights; ONNX export is float32 "
                          "only: convert or load the model in float32")
@@ -115,6 +115,8 @@ def export_onnx(model: GNMaskRCNN, path: Path, opset: int) -> None:
     outputs = outputs_of(model.config)
     dynamic = {"input": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in outputs}}
     dynamic["proposals"] = dynamic["proposal_scores"] = {0: "proposals"}
+    if S.SEM_SEG_LOGITS in outputs:  # a Panoptic FPN's semantic logits, at the padded input's size
+        dynamic[S.SEM_SEG_LOGITS] = {2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python values; the tests cover other sizes
         try:
@@ -129,7 +131,8 @@ def export_onnx(model: GNMaskRCNN, path: Path, opset: int) -> None:
 
 def verify_export(model: GNMaskRCNN, onnx_path: Path) -> tuple[Report, dict[str, Tensor]]:
     """The ONNX graph through gnhub.runtime against the PyTorch model on the built-in images:
-    input, proposals, detections (IoU, label, score), mask logits and pasted masks. Returns the
+    input, proposals, detections (IoU, label, score), mask logits and pasted masks, a Panoptic
+    FPN's semantic logits, labels and panoptic segments. Returns the
     report and the PyTorch model's stages as golden outputs."""
     predictor = OnnxPredictor(onnx_path, model.config)
     checks, golden = [], {}

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import stages as S
 from .config import ModelConfig
 from .errors import GnhubError
 from .frameworks import arrays, info
 from .images import load_image, resize
 from .layout import ONNX_FILE, read_export
+from .panoptic_merge import combine, semantic_labels
 from .resolve import resolve_export
 from .settings import HubSettings
 
@@ -33,7 +35,10 @@ DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "proposals", "proposal_scores")
 
 
 def outputs_of(config: ModelConfig) -> tuple[str, ...]:
-    return OUTPUTS if config.task == "instance-segmentation" else DETECTOR_OUTPUTS
+    """The graph's outputs: a Panoptic FPN's semantic logits (1, C, Hpad, Wpad) after a Mask R-CNN's."""
+    if config.task != "instance-segmentation":
+        return DETECTOR_OUTPUTS
+    return (*OUTPUTS, S.SEM_SEG_LOGITS) if config.panoptic else OUTPUTS
 
 
 def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,9 +56,10 @@ def network_input(rgb: np.ndarray, config: ModelConfig) -> tuple[np.ndarray, np.
 
 
 class OnnxPredictor:
-    """An exported GN Mask R-CNN or Faster R-CNN on onnxruntime: `predict(image)` gives what
-    `model.predict` gives (`boxes` xyxy in original pixels, `scores`, `labels`, `masks` (N, H, W)
-    bool where the model has masks) as numpy."""
+    """An exported GN Mask R-CNN, Faster R-CNN or Panoptic FPN on onnxruntime: `predict(image)`
+    gives what `model.predict` gives (`boxes` xyxy in original pixels, `scores`, `labels`, `masks`
+    (N, H, W) bool where the model has masks; a Panoptic FPN's `sem_seg`, `panoptic_seg` and
+    `segments`) as numpy."""
 
     @property
     def task(self) -> str:
@@ -99,7 +105,8 @@ class OnnxPredictor:
         return hashlib.sha256(f"onnx {self.onnx_sha256} {json.dumps(config, sort_keys=True)}".encode()).hexdigest()
 
     def stages(self, image) -> dict[str, np.ndarray]:
-        """The network input, every graph output and the pasted masks of one image."""
+        """The network input, every graph output and the pasted masks of one image; a Panoptic
+        FPN's semantic labels, segment map and segments too."""
         rgb = load_image(image)
         x, size, factor = network_input(rgb, self.config)
         feed = {"input": x, "image_size": size, "scale_factor": factor}
@@ -113,6 +120,10 @@ class OnnxPredictor:
         if "mask_probs" in stages:
             stages["masks"] = self.twins.paste_masks(stages["mask_probs"], stages["boxes"], *rgb.shape[:2],
                                                      self.config.roi_heads.mask_threshold)
+        if S.SEM_SEG_LOGITS in stages:
+            stages[S.SEM_SEG] = semantic_labels(stages[S.SEM_SEG_LOGITS][0], size.tolist(), rgb.shape[:2])
+            stages[S.PANOPTIC], stages[S.SEGMENTS] = combine(stages["masks"], stages["scores"], stages["labels"],
+                                                             stages[S.SEM_SEG], self.config.semantic)
         return stages
 
     def predict(self, images, batch_size: int = 1):
@@ -121,7 +132,7 @@ class OnnxPredictor:
         if isinstance(images, (list, tuple)):
             return [self.predict(im) for im in images]
         s = self.stages(images)
-        return {k: s[k] for k in ("boxes", "scores", "labels", "masks") if k in s}
+        return {k: s[k] for k in ("boxes", "scores", "labels", "masks", S.SEM_SEG, S.PANOPTIC, S.SEGMENTS) if k in s}
 
 
 def load(model: str | Path, providers: list[str] | None = None, threads: int | None = None,

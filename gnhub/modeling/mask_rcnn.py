@@ -34,7 +34,8 @@ class GNMaskRCNN(GNModel):
     `labels` (N,) indexing `config.classes`, and (Mask R-CNN) `masks` (N, H, W) bool, best
     first; a panoptic model (config.semantic) adds `sem_seg` (H, W) semantic labels,
     `panoptic_seg` (H, W) int32 segment ids (0: none) and `segments` (N, 5) int64, one row per
-    segment (panoptic.SEGMENT_FIELDS); `inspect(image)` gives every intermediate stage of one image under stable names;
+    segment (gnhub.panoptic_merge.SEGMENT_FIELDS); `inspect(image)` gives every intermediate
+    stage of one image under stable names;
     `model(images, targets)` the training losses (see `forward`).
     """
 
@@ -102,7 +103,7 @@ class GNMaskRCNN(GNModel):
         `record` (if given) receives image 0's stages. `finish=False` stops where the exported
         graph does: `boxes` (original pixels, before the convention's postprocess), `scores`,
         `labels`, `mask_probs` and `mask_logits` (28x28, not pasted), `proposals`,
-        `proposal_scores`.
+        `proposal_scores`, and a panoptic model's `sem_seg.logits` (1, C, Hpad, Wpad).
 
         Losses (mmdetection 3.3's TwoStageDetector.loss for one batch; a cascade's RoI stages as
         detectron2's CascadeROIHeads): {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"} scalars
@@ -214,7 +215,7 @@ class GNMaskRCNN(GNModel):
                 labels = torch.cat([labels, labels.new_zeros(1)])
             logits = self.roi_heads.mask_logits(feats, to_rois(mask_boxes), labels, p[0].dtype)
             (mask_logits,) = _per_image([logits[:-1] if torch.jit.is_tracing() else logits], [len(d[0]) for d in dets])
-        semantic = self.sem_seg_head(p[:4]) if self.sem_seg_head is not None and finish else None
+        semantic = self.sem_seg_head(p[:4]) if self.sem_seg_head is not None else None
         results = []
         for i, ((boxes, scores, labels), sf, size, orig) in enumerate(
             zip(dets, batch.scale_factors, batch.image_sizes, batch.original_sizes)
@@ -225,6 +226,8 @@ class GNMaskRCNN(GNModel):
                                 "proposal_scores": props[i][1]})
                 if masks:
                     results[-1].update(mask_probs=mask_logits[i].sigmoid(), mask_logits=mask_logits[i])
+                if semantic is not None:
+                    results[-1][S.SEM_SEG_LOGITS] = semantic[i : i + 1]
                 continue
             boxes, keep = conv.postprocess(boxes, size, orig)
             if keep is not None:

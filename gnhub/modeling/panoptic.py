@@ -1,6 +1,7 @@
 """Panoptic FPN's parts beside the detector (detectron2's modeling/meta_arch/semantic_seg.py and
 panoptic_fpn.py): the semantic FPN head, its logits as labels of the original image, and the merge
-of those labels with the instances into one panoptic segment map."""
+of those labels with the instances into one panoptic segment map (gnhub.panoptic_merge's, in numpy).
+"""
 from __future__ import annotations
 
 import math
@@ -10,13 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SemanticConfig
+from ..panoptic_merge import combine as merge
 from .conv import conv2d
 from .fpn import ConvGN
 
-__all__ = ["SEGMENT_FIELDS", "SemanticHead", "combine", "semantic_labels"]
-
-# the columns of a panoptic result's `segments` (one row per segment, in id order)
-SEGMENT_FIELDS = ("id", "isthing", "category", "instance", "area")
+__all__ = ["SemanticHead", "combine", "semantic_labels"]
 
 
 class SemanticHead(nn.Module):
@@ -56,36 +55,8 @@ def semantic_labels(logits: Tensor, image_size: tuple[int, int], original: tuple
 
 def combine(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor,
             cfg: SemanticConfig) -> tuple[Tensor, Tensor]:
-    """combine_semantic_and_instance_outputs: the instances, best first, scoring at least
-    cfg.instance_score_thresh, each taking its mask's free pixels unless more than
-    cfg.overlap_thresh of it is taken; then each semantic label but 0 ("things") its free pixels
-    where they are at least cfg.stuff_area. -> ((H, W) int32 segment ids, 0 where none; (N, 5)
-    int64 segments, columns SEGMENT_FIELDS: category is the detection's label for a thing, the
-    semantic label for stuff; instance the detection's index (-1 for stuff); area the stuff's
-    pixels (-1 for a thing))."""
-    seg = torch.zeros(semantic.shape, dtype=torch.int32, device=semantic.device)
-    segments = []
-    for i in torch.argsort(-scores).tolist():
-        if scores[i].item() < cfg.instance_score_thresh:
-            break
-        mask = masks[i].to(torch.bool)
-        area = mask.sum().item()
-        if area == 0:
-            continue
-        taken = (mask & (seg > 0)).sum().item()
-        if taken * 1.0 / area > cfg.overlap_thresh:
-            continue
-        if taken > 0:
-            mask = mask & (seg == 0)
-        seg[mask] = len(segments) + 1
-        segments.append((len(segments) + 1, 1, int(labels[i]), i, -1))
-    for label in torch.unique(semantic).tolist():
-        if label == 0:  # the thing classes together
-            continue
-        mask = (semantic == label) & (seg == 0)
-        area = mask.sum().item()
-        if area < cfg.stuff_area:
-            continue
-        seg[mask] = len(segments) + 1
-        segments.append((len(segments) + 1, 0, label, -1, area))
-    return seg, torch.tensor(segments, dtype=torch.int64).reshape(-1, len(SEGMENT_FIELDS))
+    """gnhub.panoptic_merge.combine (detectron2's combine_semantic_and_instance_outputs, in numpy
+    on the CPU, the merge gnhub.runtime runs too) on one image's tensors: ((H, W) int32 segment
+    ids on the semantic labels' device, (N, 5) int64 segments)."""
+    seg, segments = merge(*(t.cpu().numpy() for t in (masks, scores, labels, semantic)), cfg)
+    return torch.from_numpy(seg).to(semantic.device), torch.from_numpy(segments)
