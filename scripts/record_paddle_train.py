@@ -8,9 +8,11 @@ NormalizeImage does, zero-padded to one batch) with fixed ground truth, and fixe
 place of the RPN's (RPNHead._gen_proposal replaced: the RoI losses get what the test gives gnhub).
 The samplers' quotas exceed the candidates (RPNTargetAssign's batch_size_per_im 4096 over 1536
 anchors; BBoxAssigner's 128 foreground and 512 in all over 17 + 2 RoIs), so each takes every
-candidate and the step is deterministic whatever paddle.randperm draws.
+candidate and the step is deterministic whatever paddle.randperm draws. With `float64` the step
+runs in float64 (`_float64`): a cascade's three stages meet ReLU inputs that cancel to within
+float32 rounding of zero, which the two frameworks round to opposite signs (docs/training.md).
 
-    cd scripts && PYTHONPATH=PaddleDetection python record_paddle_train.py CONFIG SEED NAME
+    cd scripts && PYTHONPATH=PaddleDetection python record_paddle_train.py CONFIG SEED NAME [float64]
 
 Writes keys.txt (paddle's names and shapes), meta.json and reference.npz: the batch's sha256, the
 ground truth and proposals, the losses, every trained parameter's gradient norm and the full
@@ -62,13 +64,39 @@ def proposals(np, seed: int):
     return out
 
 
-def main(config: str, seed: int, name: str) -> None:
+def _float64(paddle, np) -> None:
+    """Every tensor float64: the default dtype, and float32 asked of paddle's constructors and casts
+    mapped to float64 (PaddleDetection names float32 for its anchors and targets)."""
+    paddle.set_default_dtype("float64")
+    to_tensor, arange, zeros, ones, cast, tensor_cast, astype = (
+        paddle.to_tensor, paddle.arange, paddle.zeros, paddle.ones, paddle.cast, paddle.Tensor.cast,
+        paddle.Tensor.astype)
+
+    def wide(dtype):
+        return "float64" if dtype in ("float32", paddle.float32, np.float32) else dtype
+
+    def as_tensor(data, dtype=None, *args, **kwargs):
+        out = to_tensor(data, wide(dtype), *args, **kwargs)
+        return astype(out, "float64") if out.dtype == paddle.float32 else out
+
+    paddle.to_tensor = as_tensor
+    paddle.arange = lambda *args, dtype=None, **kwargs: arange(*args, dtype=wide(dtype), **kwargs)
+    paddle.zeros = lambda shape, dtype=None, name=None: zeros(shape, wide(dtype))
+    paddle.ones = lambda shape, dtype=None, name=None: ones(shape, wide(dtype))
+    paddle.cast = lambda x, dtype: cast(x, wide(dtype))
+    paddle.Tensor.cast = lambda x, dtype: tensor_cast(x, wide(dtype))
+    paddle.Tensor.astype = lambda x, dtype: astype(x, wide(dtype))
+
+
+def main(config: str, seed: int, name: str, float64: bool = False) -> None:
     import numpy as np
     import paddle
     import ppdet
     from ppdet.core.workspace import create, load_config
 
     paddle.seed(seed)
+    if float64:
+        _float64(paddle, np)
     cfg = load_config(str(Path(ppdet.__file__).parents[1] / "configs" / "gn" / f"{config}.yml"))
     cfg["num_classes"] = 3
     cfg["FPN"]["out_channel"] = 32
@@ -106,11 +134,12 @@ def main(config: str, seed: int, name: str) -> None:
     np.savez_compressed(case / "reference.npz", **ref)
     meta = {"paddle_version": paddle.__version__, "config": f"configs/gn/{config}.yml", "seed": seed,
             "images": [[h, w, 61 + i] for i, (h, w) in enumerate(IMAGES)], "boxes": BOXES, "labels": LABELS,
-            "mean": MEAN, "std": STD, "weights_sha256": detweights.weights_digest(weights)}
+            "mean": MEAN, "std": STD, "weights_sha256": detweights.weights_digest(weights),
+            "dtype": "float64" if float64 else "float32"}
     (case / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(case, {k: float(v) for k, v in losses.items()}, f"{len(grads)} gradients")
 
 
 if __name__ == "__main__":
     _without_imgaug()
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:] == ["float64"])

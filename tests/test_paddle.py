@@ -248,7 +248,8 @@ def test_a_cascade_conversion_computes_what_paddledetection_computed(cascade_run
     _, model, meta, ref = cascade_run
     c = model.config
     assert c.convention == "paddle" and c.roi_heads.stages == 3 and c.roi_heads.class_agnostic
-    with pytest.raises(GnhubError, match=r"^[\w.-]+: gnhub trains PaddleDetection's Faster R-CNN .* not its cascade"):
+    with pytest.raises(GnhubError, match=r"^[\w.-]+: gnhub trains PaddleDetection's Faster R-CNN and cascade "
+                                         r".* not its mask head"):
         model.check_trainable()
     c.preprocess.max_size = tuple(meta["target_size"][::-1])
     c.rpn.pre_nms_top_n, c.rpn.post_nms_top_n = meta["pre_nms_top_n"], meta["post_nms_top_n"]

@@ -16,6 +16,9 @@ class Convention:
     # the training losses: mmdetection's, or (True) detectron2's RPN and box stage
     # (RPN.detectron2_loss, RoIHeads._detectron2_loss), what PaddleDetection computes
     detectron2_losses = False
+    # a cascade's 1 / stages: on each stage's losses (PaddleDetection's stage_loss_weights), or
+    # (False) on its pooled features' gradient (detectron2's _ScaleGradient)
+    stage_loss_weights = False
     cascades = False  # whether it has cascade RoI heads (`refine`)
     width_offset = 0.0  # boxes are x2 - x1 + width_offset wide
     rescale = None  # arrays.rescale: (network-order image, PreprocessConfig) -> (resized, (w, h) factor)

@@ -235,7 +235,8 @@ class RoIHeads(nn.Module):
         no low-quality matches), subsample_labels. Stage k > 0 (_create_proposals_from_boxes,
         _match_and_label_boxes): the previous stage's boxes, detached, decoded with its weights,
         clipped to the image, empty ones dropped, matched again at cascade_ious[k], not sampled.
-        Each stage: its pooled features' gradient times 1 / stages (_ScaleGradient), softmax
+        Each stage: its pooled features' gradient times 1 / stages (_ScaleGradient; or its losses
+        times 1 / stages, PaddleDetection's CascadeHead, convention.stage_loss_weights), softmax
         cross-entropy (mean), L1 (smooth L1, beta 0) of the class-agnostic deltas against
         get_deltas with the stage's weights over the foreground, divided by all its RoIs. The mask
         loss (mask_rcnn_loss) on stage 0's foreground RoIs."""
@@ -243,16 +244,20 @@ class RoIHeads(nn.Module):
         first = boxes, labels, matched = self._label_and_sample(proposals, gt_boxes, gt_labels, train.cascade_ious[0],
                                                                 train, generator)
         out, heads = {}, [self.box_head, *self.cascade_heads]
+        by_loss = self.convention.stage_loss_weights
+        weight = 1.0 / len(heads) if by_loss else 1.0
         for stage, head in enumerate(heads):
             stds = self.cfg.box_stds[4 * stage: 4 * stage + 4]
-            x = _ScaleGradient.apply(self.box_pool(feats, to_rois(boxes)), 1.0 / len(heads))
+            x = self.box_pool(feats, to_rois(boxes))
+            x = x if by_loss else _ScaleGradient.apply(x, 1.0 / len(heads))
             logits, deltas = head(x)
             lab = torch.cat(labels)
-            out[f"cls_stage{stage}"] = F.cross_entropy(logits.float(), lab) if len(lab) else logits.sum() * 0.0
+            cls = F.cross_entropy(logits.float(), lab) if len(lab) else logits.sum() * 0.0
+            out[f"cls_stage{stage}"] = cls * weight
             fg = lab < k
             targets = torch.cat([gt[idx] if len(gt) else b for b, gt, idx in zip(boxes, gt_boxes, matched)])
             t = d2_deltas(torch.cat(boxes)[fg], targets[fg], stds)
-            out[f"bbox_stage{stage}"] = (deltas.float()[fg] - t).abs().sum() / max(len(lab), 1)
+            out[f"bbox_stage{stage}"] = (deltas.float()[fg] - t).abs().sum() / max(len(lab), 1) * weight
             if stage + 1 == len(heads):
                 break
             boxes = [self.convention.refine(b, d.detach().float(), stds, size)

@@ -23,19 +23,18 @@ class PaddleConvention(Detectron2Convention):
 
     name = "paddle"
     detectron2_losses = True  # RPNHead.get_loss, BBoxAssigner and BBoxHead.get_loss (docs/training.md)
+    stage_loss_weights = True  # CascadeHead: each stage's losses x 1 / 3
     rescale = staticmethod(arrays.rescale)
 
     def untrainable(self, config):
-        """A cascade (CascadeHead's relabelled stages) and a mask head (generate_mask_target: each
-        RoI's target rasterised from the ground truth's polygons inside it) train in ways gnhub
-        has not built; a Faster R-CNN trains."""
-        if config.roi_heads.stages > 1 or config.task != "object-detection":
-            what = "cascade (CascadeHead's stages)" if config.roi_heads.stages > 1 else \
-                "mask head (mask targets rasterised from polygons inside each RoI)"
-            return (f"gnhub trains PaddleDetection's Faster R-CNN as PaddleDetection does (docs/training.md) but "
-                    f"not its {what}: this model has PaddleDetection's conventions (convention in config.json), "
-                    "whose training gnhub does not have; fine-tune faster_rcnn_r50_fpn_gn_2x_coco, or an "
-                    "mmdetection or detectron2 checkpoint")
+        """A mask head (generate_mask_target: each RoI's target rasterised from the ground truth's
+        polygons inside it) trains in a way gnhub has not built; a Faster R-CNN and a cascade train."""
+        if config.task != "object-detection":
+            return ("gnhub trains PaddleDetection's Faster R-CNN and cascade as PaddleDetection does "
+                    "(docs/training.md) but not its mask head (mask targets rasterised from polygons inside each "
+                    "RoI): this model has PaddleDetection's conventions (convention in config.json), whose mask "
+                    "training gnhub does not have; fine-tune faster_rcnn_r50_fpn_gn_2x_coco or "
+                    "cascade_rcnn_r50_fpn_gn_2x_coco, or an mmdetection or detectron2 checkpoint")
         return None
 
     def proposals(self, base, objectness, deltas, image_size, b, scale, cfg):
