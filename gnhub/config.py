@@ -187,6 +187,7 @@ class SemanticConfig:
     overlap_thresh: float = 0.5  # an instance is dropped where more than this part of its mask is taken
     stuff_area: int = 4096  # stuff regions of fewer pixels (original image) are dropped
     instance_score_thresh: float = 0.5  # instances scoring less are left out of the panoptic result
+    loss_weight: float = 0.5  # of the semantic loss (Base-Panoptic-FPN's SEM_SEG_HEAD.LOSS_WEIGHT)
 
 
 @dataclass
@@ -331,6 +332,7 @@ RULES = {
     "semantic.common_stride": (_I, 4, 4, None), "semantic.num_groups": (_I, 1, 1024, None),
     "semantic.norm_eps": (_F, 1e-12, 1.0, None), "semantic.overlap_thresh": (_F, 0.0, 1.0, None),
     "semantic.stuff_area": (_I, 0, 10**9, None), "semantic.instance_score_thresh": (_F, 0.0, 1.0, None),
+    "semantic.loss_weight": (_F, 0.0, 1e3, None),
     "weights_sha256": (str, 0, 64, None), "format_version": (_I, 1, 1000, None),
     **{f"train.{k}_iou": (_F, 0.0, 1.0, None) for k in ("rpn_pos", "rpn_neg", "rpn_min_pos", "rpn_nms", "box_pos",
                                                         "box_neg", "box_min_pos")},

@@ -16,7 +16,7 @@ from .base import GNModel, with_weights
 from .bfloat16 import network_layout, roi_align_features
 from .boxes import to_rois
 from .fpn import FPN
-from .panoptic import SemanticHead, combine, semantic_labels
+from .panoptic import SemanticHead, combine, semantic_labels, semantic_targets
 from .resnet import STAGE_CHANNELS, GNResNet
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -108,12 +108,13 @@ class GNMaskRCNN(GNModel):
         Losses (mmdetection 3.3's TwoStageDetector.loss for one batch; a cascade's RoI stages as
         detectron2's CascadeROIHeads): {"rpn_cls", "rpn_bbox", "cls", "bbox", "mask"} scalars
         ("cls_stageK", "bbox_stageK" for each cascade stage K instead of "cls", "bbox"; "mask" for a
-        Mask R-CNN) whose sum is the loss to backpropagate. `images`: paths, PIL images or RGB
-        arrays, prepared by the model's own preprocessing (mmdetection's or detectron2's);
-        `targets`: per image `boxes` (N, 4) xyxy in original pixels, `labels` (N,) indexing
-        config.classes, `masks` (N, H, W) bool. Settings come from config.train at each call;
-        the samplers draw from `generator`; `record` (if given) receives the training proposals
-        of each image ("proposals").
+        Mask R-CNN; a panoptic model adds "sem_seg", PanopticFPN's semantic loss) whose sum is the
+        loss to backpropagate. `images`: paths, PIL images or RGB arrays, prepared by the model's
+        own preprocessing (mmdetection's or detectron2's); `targets`: per image `boxes` (N, 4) xyxy
+        in original pixels, `labels` (N,) indexing config.classes, `masks` (N, H, W) bool and, for
+        a panoptic model, `sem_seg` (H, W) labels indexing config.semantic.classes (255: none).
+        Settings come from config.train at each call; the samplers draw from `generator`; `record`
+        (if given) receives the training proposals of each image ("proposals").
         """
         training = targets is not None
         if training:
@@ -133,7 +134,8 @@ class GNMaskRCNN(GNModel):
     # -- training ---------------------------------------------------------------------------
 
     def _training_batch(self, images, targets: list[dict]):
-        """The images and targets as training sees them: (batch, (boxes, labels, masks) per image)."""
+        """The images and targets as training sees them: (batch, (boxes, labels, masks) per image and
+        a panoptic model's semantic targets, None for others)."""
         self.check_trainable()
         items = images if isinstance(images, (list, tuple)) else [images]
         if len(items) != len(targets) or not items:
@@ -144,10 +146,12 @@ class GNMaskRCNN(GNModel):
         for lab in labels:
             if len(lab) and (lab.min() < 0 or lab.max() >= self.config.num_classes):
                 raise GnhubError(f"target labels must index config.classes (0..{self.config.num_classes - 1})")
-        return batch, (boxes, labels, masks)
+        semantic = semantic_targets(targets, batch, len(self.config.semantic.classes)) if self.config.panoptic \
+            else None
+        return batch, (boxes, labels, masks, semantic)
 
     def _losses(self, batch, gt, p, objectness, deltas, generator, record) -> dict[str, Tensor]:
-        boxes, labels, masks = gt
+        boxes, labels, masks, semantic = gt
         train = self.config.train
         div = self.config.preprocess.size_divisor
         padded = [(math.ceil(h / div) * div, math.ceil(w / div) * div) for h, w in batch.image_sizes]
@@ -164,16 +168,16 @@ class GNMaskRCNN(GNModel):
         roi = self.roi_heads.loss(p[:4], proposals, boxes, labels, masks, batch.image_sizes, train, generator)
         if record is not None:
             record["proposals"] = proposals
-        return {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
+        losses = {"rpn_cls": rpn_cls, "rpn_bbox": rpn_bbox, **roi}
+        if semantic is not None:
+            losses["sem_seg"] = self.sem_seg_head.loss(p[:4], semantic, self.config.semantic.loss_weight)
+        return losses
 
     def check_trainable(self) -> None:
         """One clear error where the model's convention does not train (gnhub's losses are
         mmdetection's and, for a cascade's RoI stages and PaddleDetection's Faster R-CNN,
-        detectron2's: Detectron's widths x2 - x1 + 1, PaddleDetection's mask and cascade targets
-        and a panoptic model's semantic head are not built)."""
-        if self.config.panoptic:
-            raise GnhubError(f"{self.config.name}: gnhub predicts with Panoptic FPN but does not train it (no loss "
-                             "for its semantic head)")
+        detectron2's: Detectron's widths x2 - x1 + 1 and PaddleDetection's mask targets are not
+        built)."""
         reason = self.convention.untrainable(self.config)
         if reason:
             raise GnhubError(f"{self.config.name}: {reason}")

@@ -1,21 +1,27 @@
 """Panoptic FPN's parts beside the detector (detectron2's modeling/meta_arch/semantic_seg.py and
-panoptic_fpn.py): the semantic FPN head, its logits as labels of the original image, and the merge
-of those labels with the instances into one panoptic segment map (gnhub.panoptic_merge's, in numpy).
+panoptic_fpn.py): the semantic FPN head and its loss, its training targets, its logits as labels of
+the original image, and the merge of those labels with the instances into one panoptic segment map
+(gnhub.panoptic_merge's, in numpy).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SemanticConfig
+from ..errors import GnhubError
 from ..panoptic_merge import combine as merge
 from .conv import conv2d
 from .fpn import ConvGN
+from .transform import ImageBatch
 
-__all__ = ["SemanticHead", "combine", "semantic_labels"]
+__all__ = ["IGNORE", "SemanticHead", "combine", "resize_labels", "semantic_labels", "semantic_targets"]
+
+IGNORE = 255  # SEM_SEG_HEAD.IGNORE_VALUE: unlabelled pixels, and the padding of the targets
 
 
 class SemanticHead(nn.Module):
@@ -43,6 +49,38 @@ class SemanticHead(nn.Module):
                     f = F.interpolate(f, scale_factor=2, mode="bilinear", align_corners=False)
             x = f if x is None else x + f
         return F.interpolate(self.predictor(x), scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+
+    def loss(self, feats: list[Tensor], targets: Tensor, weight: float) -> Tensor:
+        """SemSegFPNHead.losses: the logits at the padded input's size against `targets` (B, Hpad,
+        Wpad) int64 (semantic_targets), cross-entropy averaged over the labelled pixels, times `weight`."""
+        return F.cross_entropy(self(feats).float(), targets, ignore_index=IGNORE) * weight
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 labels resized to `size` (h, w) as detectron2's ResizeTransform.apply_segmentation
+    resizes them (PIL's nearest)."""
+    # PIL only for training's label resize
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
+
+
+def semantic_targets(targets: list[dict], batch: ImageBatch, num_classes: int) -> Tensor:
+    """(B, Hpad, Wpad) int64 semantic labels of a training batch as PanopticFPN trains on them: each
+    target's `sem_seg` ((H, W) labels of its original image, 255 where none) resized to its resized
+    image (resize_labels), padded with 255 to the batch's size (ImageList.from_tensors)."""
+    out = torch.full((len(targets), *batch.tensor.shape[-2:]), IGNORE, dtype=torch.int64)
+    for i, (t, orig, (h, w)) in enumerate(zip(targets, batch.original_sizes, batch.image_sizes)):
+        s = t.get("sem_seg") if isinstance(t, dict) else None
+        s = None if s is None else np.asarray(s.cpu() if hasattr(s, "cpu") else s)
+        if s is None or s.shape != tuple(orig) or not np.issubdtype(s.dtype, np.integer):
+            raise GnhubError(f"target {i}: a Panoptic FPN trains its semantic head too: give `sem_seg`, the "
+                             f"{orig[0]}x{orig[1]} image's semantic labels ((H, W) integers, 255 where none)")
+        if ((s < 0) | ((s >= num_classes) & (s != IGNORE))).any():
+            raise GnhubError(f"target {i}: sem_seg labels must index config.semantic.classes (0..{num_classes - 1}) "
+                             "or be 255 (none)")
+        out[i, :h, :w] = torch.from_numpy(resize_labels(s.astype(np.uint8), (h, w)).astype(np.int64))
+    return out.to(batch.tensor.device)
 
 
 def semantic_labels(logits: Tensor, image_size: tuple[int, int], original: tuple[int, int]) -> Tensor:

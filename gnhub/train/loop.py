@@ -143,6 +143,10 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     check_model_output(out, force)
     _check_apart(out, work)
     base.check_trainable()
+    if base.config.panoptic:
+        raise GnhubError(f"{base.config.name}: `gnhub finetune` does not train a Panoptic FPN yet: its data pipeline "
+                         "reads no semantic labels from COCO panoptic annotations (train it with model(images, "
+                         "targets), each target's `sem_seg` its labels)")
     dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation")
     if val is not None:
         _check_val(val, dataset)
