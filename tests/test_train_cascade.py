@@ -57,6 +57,18 @@ def recorded():
     return model, batch, gt, sizes, ref
 
 
+def assert_gradients_are_detectron2s(grads: dict, feats: list, ref) -> None:
+    """The recorded step's parameter gradient norms (every name), its full gradients and the FPN
+    features' gradients."""
+    assert sorted(grads) == sorted(map(str, ref["grad_norm_names"]))
+    for name, norm in zip(ref["grad_norm_names"], ref["grad_norm"]):
+        assert float(grads[str(name)].double().norm()) == pytest.approx(float(norm), rel=1e-4, abs=1e-9), name
+    for key in references.names(ref, "grad__"):
+        references.assert_close(key, grads[key[6:]], ref, atol=1e-6, rtol=1e-4)
+    for i, f in enumerate(feats):
+        references.assert_close(f"feature_grad_p{i + 2}", f.grad, ref, atol=1e-8, rtol=1e-4)
+
+
 def test_cascade_losses_and_gradients_are_detectron2s(recorded, reference_threads):
     """Every stage's losses and the mask loss, the gradient norm of every RoI-head parameter, nine
     full gradients and the FPN features' gradients (each stage's pooled features scaled by 1/3)
@@ -73,13 +85,7 @@ def test_cascade_losses_and_gradients_are_detectron2s(recorded, reference_thread
     sum(losses.values()).backward()
     names = d2_names(model)
     grads = {names[k]: p.grad for k, p in model.roi_heads.named_parameters(prefix="roi_heads")}
-    assert sorted(grads) == sorted(map(str, ref["grad_norm_names"]))
-    for name, norm in zip(ref["grad_norm_names"], ref["grad_norm"]):
-        assert float(grads[str(name)].double().norm()) == pytest.approx(float(norm), rel=1e-4, abs=1e-9), name
-    for key in references.names(ref, "grad__"):
-        references.assert_close(key, grads[key[6:]], ref, atol=1e-6, rtol=1e-4)
-    for i, f in enumerate(feats):
-        references.assert_close(f"feature_grad_p{i + 2}", f.grad, ref, atol=1e-8, rtol=1e-4)
+    assert_gradients_are_detectron2s(grads, feats, ref)
 
 
 def test_deformable_convolution_has_torchvisions_gradient():

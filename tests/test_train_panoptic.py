@@ -9,7 +9,7 @@ import references
 import torch
 from conftest import REAL_RUNS
 from test_d2_panoptic import d2_names, panoptic_config
-from test_train_cascade import LOSSES
+from test_train_cascade import LOSSES, assert_gradients_are_detectron2s
 
 from gnhub import GNMaskRCNN
 from gnhub.errors import GnhubError
@@ -68,13 +68,7 @@ def test_semantic_and_cascade_losses_and_gradients_are_detectron2s(recorded, ref
     names = d2_names(model)
     grads = {names[k]: p.grad for head in ("roi_heads", "sem_seg_head")
              for k, p in getattr(model, head).named_parameters(prefix=head)}
-    assert sorted(grads) == sorted(map(str, ref["grad_norm_names"]))
-    for name, norm in zip(ref["grad_norm_names"], ref["grad_norm"]):
-        assert float(grads[str(name)].double().norm()) == pytest.approx(float(norm), rel=1e-4, abs=1e-9), name
-    for key in references.names(ref, "grad__"):
-        references.assert_close(key, grads[key[6:]], ref, atol=1e-6, rtol=1e-4)
-    for i, f in enumerate(feats):
-        references.assert_close(f"feature_grad_p{i + 2}", f.grad, ref, atol=1e-8, rtol=1e-4)
+    assert_gradients_are_detectron2s(grads, feats, ref)
 
 
 def test_the_model_gives_the_semantic_loss_beside_the_instance_losses(recorded):
