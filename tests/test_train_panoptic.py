@@ -1,6 +1,7 @@
 """Panoptic FPN training: the semantic head's loss, its targets (labels resized and padded as
 detectron2's training input) and the cascade's losses held to a real detectron2 training step of
-PanopticFPN (scripts/record_d2_cascade_train.py --case panoptic)."""
+PanopticFPN (scripts/record_d2_cascade_train.py --case panoptic); `gnhub finetune` on COCO panoptic
+annotations (detectron2's "panoptic_separated" labels)."""
 import copy
 import json
 
