@@ -310,6 +310,10 @@ def eval_(ctx, model, images, annotations, results, panoptic_annotations, panopt
 @click.option("--train", "train_annotations", required=True, type=click.Path(path_type=Path),
               help="COCO-format instances JSON to train on (its categories become the classes).")
 @click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False), help="Its image folder.")
+@click.option("--train-panoptic", type=click.Path(path_type=Path),
+              help="A Panoptic FPN's COCO panoptic JSON of those images (panoptic_train2017.json): semantic labels.")
+@click.option("--train-panoptic-images", type=click.Path(path_type=Path, file_okay=False),
+              help="Its PNG folder [default: the JSON's path without .json].")
 @click.option("--val", "val_annotations", type=click.Path(path_type=Path), help="COCO instances JSON for box/mask AP.")
 @click.option("--val-images", type=click.Path(path_type=Path, file_okay=False), help="Its image folder.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output model directory.")
@@ -335,16 +339,17 @@ def eval_(ctx, model, images, annotations, results, panoptic_annotations, panopt
 @click.option("--force", is_flag=True, help="Replace an existing gnhub model directory at OUT.")
 @_hub_options
 @click.pass_context
-def finetune(ctx, model, train_annotations, images, val_annotations, val_images, out, epochs, iterations, batch_size,
-             accumulate, lr, steps, warmup, flip, seed, amp, device, checkpoint_every, val_every, work_dir, resume,
-             name, force, hub_dir, endpoint):
+def finetune(ctx, model, train_annotations, images, train_panoptic, train_panoptic_images, val_annotations, val_images,
+             out, epochs, iterations, batch_size, accumulate, lr, steps, warmup, flip, seed, amp, device,
+             checkpoint_every, val_every, work_dir, resume, name, force, hub_dir, endpoint):
     """Fine-tune MODEL on a COCO-format dataset with mmdetection's recipe for these models.
 
     \b
     SGD (momentum 0.9, weight decay 1e-4), lr 0.02 per 16 images, 500-step linear warm-up,
     lr x 0.1 at 2/3 and 11/12 of the run, random horizontal flip, batches grouped by aspect
     ratio, stem and first stage frozen; mmdetection's losses exactly (GNMaskRCNN given targets).
-    New classes get new heads. Every input and output is checked before training (the images
+    New classes get new heads. A Panoptic FPN also trains its semantic head (detectron2's loss)
+    on --train-panoptic's labels. Every input and output is checked before training (the images
     decoded once). Checkpoints every --checkpoint-every steps; after a crash or Ctrl-C,
     --resume continues exactly. Under torchrun each process trains on its shard (DDP).
     OUT is a model directory (weights, config.json with the classes and provenance, golden
@@ -355,6 +360,8 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
 
     if (val_annotations is None) != (val_images is None):
         raise GnhubError("--val and --val-images go together")
+    if train_panoptic_images is not None and train_panoptic is None:
+        raise GnhubError("--train-panoptic-images needs --train-panoptic")
     try:
         step_list = tuple(int(x) for x in steps.split(",")) if steps else None
     except ValueError:
@@ -367,13 +374,16 @@ def finetune(ctx, model, train_annotations, images, val_annotations, val_images,
 
     def progress(it, total, row):
         bar.length = total
-        terms = " ".join(f"{k} {row[k]:.3f}" for k in ("rpn_cls", "rpn_bbox", "cls", "bbox", "mask") if k in row)
+        names = ("rpn_cls", "rpn_bbox", "cls", "bbox", "mask", "sem_seg")
+        terms = " ".join(f"{k} {row[k]:.3f}" for k in names if k in row)
         bar.update(it - bar.pos, f"loss {row['loss']:.3f} ({terms}) lr {row['lr']:.2e}")
 
     with bar:
         summary = finetune_model(model, train_annotations=train_annotations, train_images=images, out=out,
-                                 recipe=recipe, val=val, work_dir=work_dir, resume=resume, force=force, device=device,
-                                 name=name, settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
+                                 recipe=recipe, val=val, work_dir=work_dir,
+                                 train_panoptic=(train_panoptic, train_panoptic_images) if train_panoptic else None,
+                                 resume=resume, force=force, device=device, name=name,
+                                 settings=_settings(ctx, hub_dir=hub_dir, endpoint=endpoint),
                                  progress=progress, log=lambda msg: click.echo(msg, err=True))
     if not summary:  # not rank 0
         return

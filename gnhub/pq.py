@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from .coco import check_file_name, check_unique, check_whole, short_repr
 from .errors import GnhubError
 
-__all__ = ["KINDS", "OFFSET", "VOID", "Panoptic", "add_counts", "category_map", "image_counts", "read_panoptic",
-           "summarize"]
+__all__ = ["KINDS", "OFFSET", "VOID", "Panoptic", "add_counts", "category_map", "image_counts", "read_ids",
+           "read_panoptic", "summarize"]
 
 OFFSET = 256 * 256 * 256  # a (ground truth, prediction) pair of ids as one number: gt * OFFSET + prediction
 VOID = 0
@@ -41,10 +41,12 @@ class Panoptic:
     annotations: dict[int, dict]
 
 
-def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int, dict]) -> Panoptic:
+def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int, dict],
+                  options: tuple[str, str] = ("`annotations`", "`panoptic_images`")) -> Panoptic:
     """The panoptic annotations at `path` with their PNGs in `folder` (default: `path` without
     .json, as panopticapi's), every record checked against `images` (the instances file's, by
-    id): each annotated image is one of them, its PNG exists and has its size."""
+    id): each annotated image is one of them, its PNG exists and has its size. `options` name
+    the instances file and the PNG folder in the errors."""
     path = Path(path)
     folder = Path(folder) if folder is not None else path.with_suffix("")
     if not path.is_file():
@@ -63,14 +65,14 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
             raise GnhubError(f"{path}: category {c['id']}: needs a name and isthing 0 or 1")
     check_unique([c["id"] for c in cats], path, "category")
     if not folder.is_dir():
-        raise GnhubError(f"{folder}: no such folder of panoptic PNGs; give it with `panoptic_images`")
+        raise GnhubError(f"{folder}: no such folder of panoptic PNGs; give it with {options[1]}")
     anns, known = {}, {c["id"] for c in cats}
     for ann in _records(data.get("annotations"), path, "'annotations'", ("image_id", "file_name", "segments_info")):
         where = f"{path}: annotation of image {short_repr(ann['image_id'])}"
         check_whole(ann["image_id"], f"{where}: image_id")
         if ann["image_id"] not in images or ann["image_id"] in anns:
             raise GnhubError(f"{where}: " + ("is given twice" if ann["image_id"] in anns else
-                             "is not an image of the instances file (`annotations`); PQ is scored on its images"))
+                             f"is not an image of the instances file ({options[0]}); annotate its images"))
         check_file_name(ann["file_name"], where)
         segments = _records(ann["segments_info"], path, f"image {ann['image_id']}'s segments_info",
                             ("id", "category_id"))
@@ -83,7 +85,7 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
             if s.get("iscrowd", 0) not in (0, 1):
                 raise GnhubError(f"{where}: segment {s['id']}: iscrowd is {short_repr(s['iscrowd'])}; expected 0 or 1")
         check_unique([s["id"] for s in segments], path, f"image {ann['image_id']}'s segment")
-        _check_png(folder / ann["file_name"], images[ann["image_id"]])
+        _check_png(folder / ann["file_name"], images[ann["image_id"]], options[1])
         anns[ann["image_id"]] = ann
     if not anns:
         raise GnhubError(f"{path}: annotates no images; there is no panoptic quality to score")
@@ -97,9 +99,9 @@ def _records(records, path: Path, what: str, fields: tuple[str, ...]) -> list[di
     return records
 
 
-def _open_png(png: Path) -> Image.Image:
+def _open_png(png: Path, option: str = "`panoptic_images`") -> Image.Image:
     if not png.is_file():
-        raise GnhubError(f"{png}: no such panoptic PNG; check `panoptic_images`")
+        raise GnhubError(f"{png}: no such panoptic PNG; check {option}")
     try:
         im = Image.open(png)
     except (OSError, UnidentifiedImageError) as e:
@@ -109,15 +111,15 @@ def _open_png(png: Path) -> Image.Image:
     return im
 
 
-def _check_png(png: Path, image: dict) -> None:
-    with _open_png(png) as im:  # reads the header only
+def _check_png(png: Path, image: dict, option: str) -> None:
+    with _open_png(png, option) as im:  # reads the header only
         size = im.size
     if size != (image["width"], image["height"]):
         raise GnhubError(f"{png}: is {size[0]}x{size[1]}, but image {image['id']} ({image['file_name']}) is "
                          f"{image['width']}x{image['height']}; is it that image's?")
 
 
-def _read_ids(png: Path, shape: tuple[int, int]) -> np.ndarray:
+def read_ids(png: Path, shape: tuple[int, int]) -> np.ndarray:
     """The PNG's segment ids (panopticapi's rgb2id)."""
     try:
         with _open_png(png) as im:
@@ -163,7 +165,7 @@ def image_counts(panoptic: Panoptic, image_id: int, seg: np.ndarray, segments: l
     ann = panoptic.annotations[image_id]
     png = panoptic.folder / ann["file_name"]
     seg = np.asarray(seg)
-    pairs = _read_ids(png, seg.shape).astype(np.uint64) * OFFSET + seg.astype(np.uint64)
+    pairs = read_ids(png, seg.shape).astype(np.uint64) * OFFSET + seg.astype(np.uint64)
     keys, counts = np.unique(pairs, return_counts=True)
     inter = {(int(k) // OFFSET, int(k) % OFFSET): int(n) for k, n in zip(keys, counts)}
     gt_area, pred_area = {}, {}

@@ -1,7 +1,8 @@
 """Training data as mmdetection 3.3 reads it for these models: a COCO-format instance dataset
 (CocoDataset), the random horizontal flip (RandomFlip 0.5) and aspect-ratio grouped batches
 (DefaultSampler + AspectRatioBatchSampler), each a function of (seed, epoch) so that a resumed run
-sees the data a straight run would."""
+sees the data a straight run would. A Panoptic FPN's semantic labels come from COCO panoptic
+annotations as detectron2's "panoptic_separated" data has them (datasets/prepare_panoptic_fpn.py)."""
 from __future__ import annotations
 
 import math
@@ -15,10 +16,13 @@ import numpy as np
 from ..coco import read_instances
 from ..errors import GnhubError
 from ..images import load_image
+from ..panoptic_format import categories
+from ..pq import category_map, read_ids, read_panoptic
 
 __all__ = ["CocoInstances", "MIN_SIZE", "Sample", "epoch_batches", "flips"]
 
 MIN_SIZE = 32  # mmdetection's filter_cfg min_size: images with a shorter side are skipped
+UNLABELLED = 255  # a semantic label: VOID and unlisted segments, not trained on
 
 
 @dataclass
@@ -41,10 +45,12 @@ class CocoInstances:
     without annotations or with a side under 32 pixels are skipped. A file that is not COCO, a
     box outside its image, an undeclared category, a missing or unreadable image, or nothing to
     train on is one error. Without `masks` (a Faster R-CNN) segmentations are neither needed
-    nor decoded.
+    nor decoded. `panoptic` (a Panoptic FPN's: the panoptic JSON, its PNG folder or None, and
+    config.semantic.classes) adds each image's `sem_seg`, read and checked by gnhub.pq.
     """
 
-    def __init__(self, annotations: str | Path, images: str | Path, masks: bool = True):
+    def __init__(self, annotations: str | Path, images: str | Path, masks: bool = True,
+                 panoptic: tuple | None = None):
         self.path, self.images, self.masks = Path(annotations), Path(images), masks
         instances = read_instances(self.path, masks)
         self.classes = tuple(c["name"] for c in instances.categories)
@@ -66,7 +72,40 @@ class CocoInstances:
         if missing:
             raise GnhubError(f"{missing[0]}: no such image ({len(missing)} of the images in {self.path} are missing "
                              f"from {self.images}); check --images")
+        self.panoptic = self.semantic_label = None
+        if panoptic is not None:
+            self._read_panoptic(instances.images, *panoptic)
         self._check_images()
+
+    def _read_panoptic(self, images: dict, path, folder, stuff: tuple[str, ...]) -> None:
+        """The panoptic annotations (gnhub.pq's reader and checks) and the semantic label of each
+        of their categories (detectron2's separate_coco_semantic_from_panoptic): every thing 0,
+        the stuff categories 1.. in the order of `stuff` (config.semantic.classes, found as
+        pq.category_map finds a model's categories)."""
+        self.panoptic = read_panoptic(path, folder, images, ("--train", "--train-panoptic-images"))
+        model = categories(self.classes, stuff)
+        theirs = category_map(self.panoptic, model)
+        self.semantic_label = {c["id"]: 0 for c in self.panoptic.categories.values() if c["isthing"]}
+        self.semantic_label.update({theirs[c["id"]]: j for j, c in enumerate(model[len(self.classes):], 1)})
+        extra = [c["name"] for c in self.panoptic.categories.values() if c["id"] not in self.semantic_label]
+        if extra:
+            raise GnhubError(f"{self.panoptic.path}: its stuff categories {', '.join(extra[:4])} are not among the "
+                             f"model's {len(stuff) - 1} (config.semantic.classes); are they for this model?")
+        missing = [s.path.name for s in self.samples if s.image_id not in self.panoptic.annotations]
+        if missing:
+            raise GnhubError(f"{self.panoptic.path}: has no panoptic annotation of {len(missing)} of the images to "
+                             f"train on ({', '.join(missing[:3])}); a Panoptic FPN trains on each one's labels")
+
+    def semantic(self, i: int) -> np.ndarray:
+        """Image i's (H, W) int64 semantic labels: its PNG's segments by their category (things 0,
+        stuff 1..), 255 where VOID or a segment segments_info does not list."""
+        s = self.samples[i]
+        ann = self.panoptic.annotations[s.image_id]
+        ids = read_ids(self.panoptic.folder / ann["file_name"], (s.height, s.width))
+        out = np.full(ids.shape, UNLABELLED, np.int64)
+        for seg in ann["segments_info"]:
+            out[ids == seg["id"]] = self.semantic_label[seg["category_id"]]
+        return out
 
     def _sample(self, im: dict, anns: list[dict], label_of: dict) -> Sample:
         boxes, labels, segs = [], [], []
@@ -104,8 +143,8 @@ class CocoInstances:
         return len(self.samples)
 
     def load(self, i: int, flip: bool = False) -> tuple[np.ndarray, dict]:
-        """Image i as RGB uint8 and its target (boxes, labels and, with masks, masks), flipped
-        horizontally if asked."""
+        """Image i as RGB uint8 and its target (boxes, labels and, with masks, masks; with panoptic
+        annotations sem_seg), flipped horizontally if asked."""
         s = self.samples[i]
         rgb = load_image(s.path)
         boxes = s.boxes.copy()
@@ -116,6 +155,9 @@ class CocoInstances:
         if self.masks:
             masks = _decode(s.segmentations, s.height, s.width)
             target["masks"] = np.ascontiguousarray(masks[:, :, ::-1] if flip else masks)
+        if self.panoptic is not None:
+            sem = self.semantic(i)
+            target["sem_seg"] = np.ascontiguousarray(sem[:, ::-1] if flip else sem)
         return np.ascontiguousarray(rgb), target
 
 

@@ -96,7 +96,8 @@ class Schedule:
 
 
 def finetune_model(model: str | Path, *, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
-                   val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
+                   train_panoptic: tuple | None = None, val: tuple | None = None, work_dir: Path | None = None,
+                   resume: bool = False, force: bool = False,
                    device: str | None = None, name: str | None = None, settings=None, progress=None,
                    log=lambda msg: None) -> dict:
     """`gnhub finetune`: the recipe checked, the process group joined under torchrun, `model`
@@ -105,18 +106,22 @@ def finetune_model(model: str | Path, *, train_annotations, train_images, out: P
     device = distributed.join(device)
     base = load(model, device=device, settings=settings)
     return finetune(base, train_annotations=train_annotations, train_images=train_images, out=out, recipe=recipe,
-                    val=val, work_dir=work_dir, resume=resume, force=force, device=device, name=name,
+                    train_panoptic=train_panoptic, val=val, work_dir=work_dir, resume=resume, force=force,
+                    device=device, name=name,
                     base_name=str(model), progress=progress, log=log)
 
 
 def finetune(base: GNMaskRCNN, *, train_annotations, train_images, out: Path, recipe: Recipe | None = None,
-             val: tuple | None = None, work_dir: Path | None = None, resume: bool = False, force: bool = False,
+             train_panoptic: tuple | None = None, val: tuple | None = None, work_dir: Path | None = None,
+             resume: bool = False, force: bool = False,
              device: str = "cpu", name: str | None = None, base_name: str | None = None, progress=None,
              log=lambda msg: None) -> dict:
     """Fine-tunes `base` on a COCO-format dataset and writes a gnhub model directory to `out`.
 
     Checkpoints and the JSON-lines log go to `work_dir` (default OUT.train/); with `resume` the
-    run continues from its checkpoint exactly as if it had not stopped. `val` is (annotations,
+    run continues from its checkpoint exactly as if it had not stopped. A Panoptic FPN needs
+    `train_panoptic`, (COCO panoptic JSON, its PNG folder or None) of the training images, for
+    its semantic labels. `val` is (annotations,
     images) for box and mask AP at the end (and every recipe.val_every epochs). Under torchrun
     each rank trains on its shard and rank 0 writes. Returns a summary (empty on other ranks).
     """
@@ -124,14 +129,16 @@ def finetune(base: GNMaskRCNN, *, train_annotations, train_images, out: Path, re
     flush = cpu and torch.set_flush_denormal(True)  # first, before any thread pool: denormals make CPU training crawl
     try:
         with contextlib.ExitStack() as held:
-            return _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device,
+            return _finetune(base, train_annotations, train_images, train_panoptic, out, recipe, val, work_dir,
+                             resume, force, device,
                              name, base_name, progress, log, held)
     finally:
         if flush:
             torch.set_flush_denormal(False)
 
 
-def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir, resume, force, device, name,
+def _finetune(base, train_annotations, train_images, train_panoptic, out, recipe, val, work_dir, resume, force,
+              device, name,
               base_name, progress, log, held: contextlib.ExitStack) -> dict:
     recipe = recipe or Recipe()
     recipe.check()
@@ -143,11 +150,14 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     check_model_output(out, force)
     _check_apart(out, work)
     base.check_trainable()
-    if base.config.panoptic:
-        raise GnhubError(f"{base.config.name}: `gnhub finetune` does not train a Panoptic FPN yet: its data pipeline "
-                         "reads no semantic labels from COCO panoptic annotations (train it with model(images, "
-                         "targets), each target's `sem_seg` its labels)")
-    dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation")
+    if base.config.panoptic and train_panoptic is None:
+        raise GnhubError(f"{base.config.name}: a Panoptic FPN trains on semantic labels too: give the training images' "
+                         "COCO panoptic annotations with --train-panoptic (panoptic_train2017.json)")
+    if train_panoptic is not None and not base.config.panoptic:
+        raise GnhubError(f"{base.config.name}: has no semantic head; --train-panoptic is for a Panoptic FPN")
+    stuff = base.config.semantic.classes
+    dataset = CocoInstances(train_annotations, train_images, base.config.task == "instance-segmentation",
+                            (*train_panoptic, stuff) if train_panoptic is not None else None)
     if val is not None:
         _check_val(val, dataset)
     _check_work_dir(work, resume)
@@ -155,6 +165,8 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     device = torch.device(device)
     origin = {"base_model": base_name or base.config.name, "base_sha256": base.config.weights_sha256,
               "dataset_sha256": sha256_file(dataset.path)}
+    if dataset.panoptic is not None:
+        origin["panoptic_sha256"] = sha256_file(dataset.panoptic.path)
     provenance = dict(base.config.provenance)
     model = base if base.config.classes == dataset.classes else base.with_classes(
         dataset.classes, torch.Generator(base.device).manual_seed(recipe.seed))
@@ -171,7 +183,8 @@ def _finetune(base, train_annotations, train_images, out, recipe, val, work_dir,
     scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
     identity = {"recipe": dataclasses.asdict(recipe), "dataset_sha256": origin["dataset_sha256"],
                 "base_sha256": origin["base_sha256"], "base_config_sha256": _config_digest(base.config),
-                "classes": list(dataset.classes), "world": world}
+                "classes": list(dataset.classes), "world": world,
+                **({"panoptic_sha256": origin["panoptic_sha256"]} if dataset.panoptic is not None else {})}
     # rank 0 holds the work directory for the run: a second run there is one error
     folder = held.enter_context(Folder(work, "--work-dir", hold=True)) if rank == 0 else None
     if rank == 0:
@@ -363,7 +376,8 @@ def _saved_iteration(path: Path) -> int:
     return _load_checkpoint(path, tensors=False)[0]["iteration"] if path.is_file() else 0
 
 
-_IDENTITY = {"dataset_sha256": "dataset", "base_sha256": "base model (weights)",
+_IDENTITY = {"dataset_sha256": "dataset", "panoptic_sha256": "panoptic dataset",
+             "base_sha256": "base model (weights)",
              "base_config_sha256": "base model (settings)", "world": "number of processes"}
 
 
