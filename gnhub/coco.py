@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from .errors import GnhubError
 
 __all__ = ["BORDER", "Instances", "MAX_SIDE", "POLYGON_MARGIN", "check_file_name", "check_rle", "check_unique",
-           "check_whole", "pycoco", "read_instances", "short_repr"]
+           "check_whole", "pycoco", "read_instances", "read_json_object", "short_repr"]
 
 BORDER = 1.0  # pixels a box may extend past its image (rounding in real annotations)
 MAX_SIDE = 100_000  # pixels: larger declared images are not real
@@ -45,19 +45,24 @@ class Instances:
                              "polygons or an RLE for every instance")
 
 
+def read_json_object(path: Path, what: str, keys: str) -> dict:
+    """The JSON object in `path`, a `what` file holding `keys`, or one clear error naming it."""
+    if not path.is_file():
+        raise GnhubError(f"{path}: no such {what} file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise GnhubError(f"{path}: not a {what} file ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(data, dict):
+        raise GnhubError(f"{path}: not a {what} file: expected an object with {keys}, not a {type(data).__name__}")
+    return data
+
+
 def read_instances(path: str | Path, masks: bool = True) -> Instances:
     """The instances file at `path`, every record checked (segmentations where present); with
     `masks`, every annotation needs one (polygons or RLE). At least one image is required."""
     path = Path(path)
-    if not path.is_file():
-        raise GnhubError(f"{path}: no such annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise GnhubError(f"{path}: not a COCO-format annotation file ({type(e).__name__}: {str(e)[:80]})") from None
-    if not isinstance(data, dict):
-        raise GnhubError(f"{path}: not a COCO-format instances file: expected an object with images, annotations "
-                         f"and categories, not a {type(data).__name__}")
+    data = read_json_object(path, "COCO-format instances", "images, annotations and categories")
     cats = _records(data, "categories", path, ("id", "name"))
     for c in cats:
         check_whole(c["id"], f"{path}: category {c['id']!r}: id")

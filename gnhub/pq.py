@@ -12,14 +12,13 @@ per category and averaged over the categories with any TP, FP or FN (all, things
 annotations' isthing)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .coco import check_file_name, check_unique, check_whole, short_repr
+from .coco import check_file_name, check_unique, check_whole, read_json_object, short_repr
 from .errors import GnhubError
 
 __all__ = ["KINDS", "OFFSET", "VOID", "Panoptic", "add_counts", "category_map", "image_counts", "read_ids",
@@ -49,15 +48,7 @@ def read_panoptic(path: str | Path, folder: str | Path | None, images: dict[int,
     the instances file and the PNG folder in the errors."""
     path = Path(path)
     folder = Path(folder) if folder is not None else path.with_suffix("")
-    if not path.is_file():
-        raise GnhubError(f"{path}: no such panoptic annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise GnhubError(f"{path}: not a COCO panoptic annotation file ({type(e).__name__}: {str(e)[:80]})") from None
-    if not isinstance(data, dict):
-        raise GnhubError(f"{path}: not a COCO panoptic annotation file: expected an object with annotations and "
-                         f"categories, not a {type(data).__name__}")
+    data = read_json_object(path, "COCO panoptic annotation", "annotations and categories")
     cats = _records(data.get("categories"), path, "'categories'", ("id", "name", "isthing"))
     for c in cats:
         check_whole(c["id"], f"{path}: category {short_repr(c['id'])}: id")
